@@ -1,0 +1,60 @@
+/* util: small helpers every layer uses — error messages a user can act on,
+ * checked allocation, monotonic and wall clocks, string building.
+ *
+ * Error convention (the whole project): a function returns 0 on success or a
+ * negative errno-style code on failure. Functions whose failure a user will
+ * read also take a `struct util_err *` and fill it with a sentence saying what
+ * went wrong and, where it helps, what to do about it. */
+#ifndef QUOIN_UTIL_H
+#define QUOIN_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* quoin's own version, and the etcd server version whose API it speaks (what
+ * etcd clients check before using newer calls). */
+#define UTIL_QUOIN_VERSION "0.1.0"
+#define UTIL_ETCD_VERSION "3.4.23"
+#define UTIL_ETCD_CLUSTER_VERSION "3.4.0"
+
+#define UTIL_ERR_MAX 512
+
+struct util_err {
+    int code;               /* negative errno-style code, 0 when clear */
+    char msg[UTIL_ERR_MAX]; /* NUL-terminated message for the user */
+};
+
+/* Fills err (which may be NULL) with a formatted message and returns code, so a
+ * failing path can say `return util_errorf(err, -EINVAL, "...", ...);`. */
+int util_errorf(struct util_err *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Clears err to "no error". */
+void util_err_clear(struct util_err *err);
+
+/* Nanoseconds from a monotonic clock; only differences mean anything. */
+uint64_t util_now_mono_ns(void);
+
+/* Nanoseconds since the Unix epoch, from the wall clock. */
+uint64_t util_now_wall_ns(void);
+
+/* A growable byte buffer. Owns `data`; free with util_buf_free. */
+struct util_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+/* Appends bytes; returns 0 or -ENOMEM (the buffer is unchanged on failure). */
+int util_buf_append(struct util_buf *b, const void *p, size_t n);
+
+/* Appends printf-formatted text (NUL kept past len, not counted in it). */
+int util_buf_printf(struct util_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Appends s as the inside of a JSON string (quotes not included). */
+int util_buf_json_escape(struct util_buf *b, const char *s, size_t n);
+
+void util_buf_free(struct util_buf *b);
+
+#endif
