@@ -42,7 +42,7 @@ struct api_listener {
     uv_tcp_t tcp;
     api_server_t *srv;
     struct api_listener *next;
-    char addr[64]; /* "127.0.0.1:2379" as the logs show it */
+    char addr[UTIL_ADDR_MAX]; /* "127.0.0.1:2379" as the logs show it */
 };
 
 struct api_conn {

@@ -11,6 +11,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
 
 /* quoin's own version, and the etcd server version whose API it speaks (what
  * etcd clients check before using newer calls). */
@@ -56,5 +58,22 @@ int util_buf_printf(struct util_buf *b, const char *fmt, ...) __attribute__((for
 int util_buf_json_escape(struct util_buf *b, const char *s, size_t n);
 
 void util_buf_free(struct util_buf *b);
+
+/* Room for "[v6 address]:port" as util_listen_addr writes it. */
+#define UTIL_ADDR_MAX 64
+
+/* Resolves an etcd-style listen URL ("http://127.0.0.1:2379",
+ * "http://localhost:2379" — the first address, IPv4 first, as Go's net.Listen —,
+ * "http://[::1]:2379", "http://:2379" for every interface) to an address, and
+ * writes it as "127.0.0.1:2379" into addr. Returns 0, -EINVAL for a malformed
+ * URL or a name that does not resolve, -ENOTSUP for https:// and unix://. */
+int util_listen_addr(const char *url, struct sockaddr_storage *ss, char *addr, size_t addrlen,
+                     struct util_err *err);
+
+/* Binds the caller's initialised handle to ss and listens. On failure err reads
+ * as Go's "listen tcp 127.0.0.1:2379: bind: address already in use" and the
+ * caller still owns (and must uv_close) the handle. */
+int util_tcp_listen(uv_tcp_t *tcp, const struct sockaddr_storage *ss, const char *addr,
+                    uv_connection_cb on_connection, struct util_err *err);
 
 #endif
