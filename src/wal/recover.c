@@ -73,7 +73,8 @@ static int list_segments(struct wal *w, struct segfile **out, size_t *n_out, str
     }
     closedir(d);
     d = NULL;
-    qsort(v, n, sizeof(*v), cmp_seq);
+    if (n)
+        qsort(v, n, sizeof(*v), cmp_seq);
     for (size_t i = 1; i < n; i++) {
         if (v[i].seq != v[i - 1].seq + 1) {
             rc =
