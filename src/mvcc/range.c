@@ -1,0 +1,291 @@
+/* mvcc range reads: etcd 3.4's Range semantics (count before filters and
+ * limit, filters and sorting before the limit) as a pull iterator, so the api
+ * layer can stream a range of any size straight out of LMDB's memory map. */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mvcc/mvcc_int.h"
+
+int range_check_rev(const struct view *v, int64_t want, int64_t *rev) {
+    if (want > v->rev)
+        return MVCC_EFUTURE;
+    *rev = want <= 0 ? v->rev : want;
+    if (*rev < v->compact_rev)
+        return MVCC_ECOMPACTED;
+    return 0;
+}
+
+static enum mvcc_sort_order effective_order(const struct mvcc_range_req *req) {
+    if (req->sort_target != MVCC_SORT_KEY && req->sort_order == MVCC_SORT_NONE)
+        return MVCC_SORT_ASCEND;
+    return req->sort_order;
+}
+
+int range_it_init(struct mvcc_range_it *it, const struct view *v,
+                  const struct mvcc_range_req *req) {
+    memset(it, 0, sizeof(*it));
+    if (req->key_len == 0 || (unsigned)req->sort_order > MVCC_SORT_DESCEND ||
+        (unsigned)req->sort_target > MVCC_SORT_VALUE)
+        return -EINVAL;
+    int64_t rev;
+    int rc = range_check_rev(v, req->revision, &rev);
+    if (rc != 0)
+        return rc;
+    it->req = *req;
+    it->header_rev = v->rev;
+    enum mvcc_sort_order o = effective_order(req);
+    it->sorted = !req->count_only && o != MVCC_SORT_NONE &&
+                 !(req->sort_target == MVCC_SORT_KEY && o == MVCC_SORT_ASCEND);
+    it->descend = o == MVCC_SORT_DESCEND;
+    struct bounds b;
+    bounds_init(&b, req->key, req->key_len, req->range_end, req->range_end_len);
+    return kscan_open(&it->scan, v, &b, rev);
+}
+
+static bool filtered_out(const struct mvcc_range_req *q, const struct rec *r) {
+    return (q->max_mod_revision != 0 && r->main > q->max_mod_revision) ||
+           (q->min_mod_revision != 0 && r->main < q->min_mod_revision) ||
+           (q->max_create_revision != 0 && r->create > q->max_create_revision) ||
+           (q->min_create_revision != 0 && r->create < q->min_create_revision);
+}
+
+static void rec_to_kv(const struct rec *r, bool keys_only, struct mvcc_kv *kv) {
+    kv->key = r->key;
+    kv->key_len = r->key_len;
+    kv->value = keys_only ? NULL : r->value;
+    kv->value_len = keys_only ? 0 : r->value_len;
+    kv->create_revision = r->create;
+    kv->mod_revision = r->main;
+    kv->version = r->version;
+    kv->lease = r->lease;
+}
+
+static int cmp_i64(int64_t a, int64_t b) {
+    return a < b ? -1 : a > b;
+}
+
+static int cmp_bytes(const uint8_t *a, size_t la, const uint8_t *b, size_t lb) {
+    int c = memcmp(a, b, la < lb ? la : lb);
+    return c != 0 ? c : cmp_i64((int64_t)la, (int64_t)lb);
+}
+
+static int sort_cmp(const struct mvcc_kv *a, const struct mvcc_kv *b, enum mvcc_sort_target t) {
+    switch (t) {
+    case MVCC_SORT_VERSION:
+        return cmp_i64(a->version, b->version);
+    case MVCC_SORT_CREATE:
+        return cmp_i64(a->create_revision, b->create_revision);
+    case MVCC_SORT_MOD:
+        return cmp_i64(a->mod_revision, b->mod_revision);
+    case MVCC_SORT_VALUE:
+        return cmp_bytes(a->value, a->value_len, b->value, b->value_len);
+    case MVCC_SORT_KEY:
+        break;
+    }
+    return cmp_bytes(a->key, a->key_len, b->key, b->key_len);
+}
+
+/* Sorts by the target, ties in ascending key order (what etcd's sort gives
+ * for the input it gets, which is in key order). A merge sort: stable, so the
+ * key order of the input breaks the ties. */
+static void merge_sort(struct mvcc_kv *a, struct mvcc_kv *tmp, size_t n, enum mvcc_sort_target t,
+                       bool desc) {
+    if (n < 2)
+        return;
+    size_t h = n / 2;
+    merge_sort(a, tmp, h, t, desc);
+    merge_sort(a + h, tmp, n - h, t, desc);
+    size_t i = 0, j = h, k = 0;
+    while (i < h && j < n) {
+        int c = sort_cmp(&a[j], &a[i], t);
+        if (desc)
+            c = -c;
+        tmp[k++] = c < 0 ? a[j++] : a[i++];
+    }
+    while (i < h)
+        tmp[k++] = a[i++];
+    while (j < n)
+        tmp[k++] = a[j++];
+    memcpy(a, tmp, n * sizeof(*a));
+}
+
+/* Reads the whole range into it->arr and sorts it. */
+static int collect_sorted(struct mvcc_range_it *it) {
+    struct rec r;
+    int rc;
+    while ((rc = kscan_next(&it->scan, &r)) == 1) {
+        it->count++;
+        if (filtered_out(&it->req, &r))
+            continue;
+        if (it->n == it->cap) {
+            size_t cap = it->cap ? it->cap * 2 : 64;
+            struct mvcc_kv *a = realloc(it->arr, cap * sizeof(*a));
+            if (a == NULL)
+                return -ENOMEM;
+            it->arr = a;
+            it->cap = cap;
+        }
+        rec_to_kv(&r, false, &it->arr[it->n++]);
+    }
+    if (rc < 0)
+        return rc;
+    it->matched = (int64_t)it->n;
+    struct mvcc_kv *tmp = malloc((it->n ? it->n : 1) * sizeof(*tmp));
+    if (tmp == NULL)
+        return -ENOMEM;
+    merge_sort(it->arr, tmp, it->n, it->req.sort_target, it->descend);
+    free(tmp);
+    it->collected = true;
+    return 0;
+}
+
+int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
+    int64_t limit = it->req.limit;
+    if (it->sorted) {
+        if (!it->collected) {
+            int rc = collect_sorted(it);
+            if (rc != 0)
+                return rc;
+        }
+        if (it->pos < it->n && (limit <= 0 || (int64_t)it->pos < limit)) {
+            *kv = it->arr[it->pos++];
+            if (it->req.keys_only) {
+                kv->value = NULL;
+                kv->value_len = 0;
+            }
+            it->yielded++;
+            return 1;
+        }
+        it->done = true;
+        return 0;
+    }
+    if (it->done)
+        return 0;
+    struct rec r;
+    int rc;
+    while ((rc = kscan_next(&it->scan, &r)) == 1) {
+        it->count++;
+        if (it->req.count_only || filtered_out(&it->req, &r))
+            continue;
+        it->matched++;
+        if (limit <= 0 || it->yielded < limit) {
+            it->yielded++;
+            rec_to_kv(&r, it->req.keys_only, kv);
+            return 1;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    it->done = true;
+    return 0;
+}
+
+void range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more, int64_t *rev) {
+    assert(it->done);
+    if (count != NULL)
+        *count = it->count;
+    if (more != NULL)
+        *more = it->matched > it->yielded;
+    if (rev != NULL)
+        *rev = it->header_rev;
+}
+
+void range_it_fini(struct mvcc_range_it *it) {
+    kscan_close(&it->scan);
+    free(it->arr);
+    it->arr = NULL;
+}
+
+int range_materialize(const struct view *v, const struct mvcc_range_req *req, struct mvcc_arena *a,
+                      struct mvcc_op_resp *resp) {
+    struct mvcc_range_it it;
+    int rc = range_it_init(&it, v, req);
+    if (rc != 0) {
+        range_it_fini(&it);
+        return rc;
+    }
+    struct mvcc_range_resp *rr = &resp->u.range;
+    size_t cap = 0;
+    struct mvcc_kv kv;
+    while ((rc = range_it_next(&it, &kv)) == 1) {
+        if (rr->n_kvs == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            struct mvcc_kv *arr = arena_alloc(a, ncap * sizeof(*arr));
+            if (arr == NULL) {
+                rc = -ENOMEM;
+                break;
+            }
+            if (rr->n_kvs > 0)
+                memcpy(arr, rr->kvs, rr->n_kvs * sizeof(*arr));
+            rr->kvs = arr;
+            cap = ncap;
+        }
+        struct rec r = {.key = kv.key,
+                        .key_len = kv.key_len,
+                        .value = kv.value,
+                        .value_len = kv.value_len,
+                        .main = kv.mod_revision,
+                        .create = kv.create_revision,
+                        .version = kv.version,
+                        .lease = kv.lease};
+        if ((rc = kv_from_rec(a, &r, false, &rr->kvs[rr->n_kvs])) != 0)
+            break;
+        rr->n_kvs++;
+    }
+    if (rc == 0) {
+        resp->type = MVCC_OP_RANGE;
+        range_it_summary(&it, &rr->count, &rr->more, &resp->revision);
+    }
+    range_it_fini(&it);
+    return rc;
+}
+
+/* ---- public iterator over a read snapshot ---- */
+
+int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_range_it_t **out) {
+    *out = NULL;
+    struct mvcc_range_it *it = malloc(sizeof(*it));
+    if (it == NULL)
+        return -ENOMEM;
+    struct view v = {.db = rd->db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
+    int rc = range_it_init(it, &v, req);
+    if (rc != 0) {
+        range_it_fini(it);
+        free(it);
+        return rc;
+    }
+    *out = it;
+    return 0;
+}
+
+int mvcc_range_next(mvcc_range_it_t *it, struct mvcc_kv *kv) {
+    return range_it_next(it, kv);
+}
+
+void mvcc_range_summary(const mvcc_range_it_t *it, int64_t *count, bool *more, int64_t *revision) {
+    range_it_summary(it, count, more, revision);
+}
+
+void mvcc_range_close(mvcc_range_it_t *it) {
+    if (it == NULL)
+        return;
+    range_it_fini(it);
+    free(it);
+}
+
+int mvcc_range(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_result_t **out) {
+    *out = NULL;
+    mvcc_result_t *res = result_new();
+    if (res == NULL)
+        return -ENOMEM;
+    struct view v = {.db = rd->db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
+    int rc = range_materialize(&v, req, res->arena, &res->resp);
+    if (rc != 0) {
+        mvcc_result_free(res);
+        return rc;
+    }
+    *out = res;
+    return 0;
+}
