@@ -334,7 +334,7 @@ static void send_error(struct api_conn *c, int status, const char *why) {
  * set, PARSE_MORE, or an error status (*why set). */
 static int parse_request(struct api_conn *c, struct api_http_req **out, const char **why) {
     const struct api_config *cfg = &c->srv->cfg;
-    struct api_inbuf *in = &c->in;
+    struct util_buf *in = &c->in;
     size_t hl = head_length(in->data, in->len);
     if (hl == 0)
         return in->len > cfg->max_header_bytes ? 431 : PARSE_MORE;
@@ -405,7 +405,7 @@ static int parse_request(struct api_conn *c, struct api_http_req **out, const ch
         req->body_len = len;
         used += len;
     }
-    api_inbuf_consume(in, used);
+    api_buf_consume(in, used);
     req->srv = c->srv;
     req->conn = c;
     *out = req;
