@@ -165,23 +165,9 @@ static bool valid_value(const char *v) {
     return true;
 }
 
-/* Parses the request line and headers of req->head (NUL-terminated, ending
- * with the empty line). Fills method, path, query, headers, version. Returns 0
- * or an HTTP error status; *why gets extra text for the error body. */
-static int parse_head(struct api_http_req *req, const char **why) {
-    char *p = req->head;
-    char *line;
-    size_t nlines = 0;
-    for (const char *q = p; (q = strchr(q, '\n')); q++)
-        nlines++;
-    req->hdrs = calloc(nlines ? nlines : 1, sizeof(*req->hdrs));
-    if (!req->hdrs)
-        return 500;
-
-    while ((line = next_line(&p)) && *line == '\0')
-        ; /* empty lines before a request are ignored (RFC 9112 2.2) */
-    if (!line)
-        return 400;
+/* Parses "METHOD target HTTP/1.x" (line is split in place). Returns 0 or an
+ * HTTP error status. */
+static int parse_request_line(char *line, struct api_http_req *req) {
     char *sp1 = strchr(line, ' ');
     char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
     if (!sp1 || !sp2 || strchr(sp2 + 1, ' '))
@@ -210,7 +196,7 @@ static int parse_head(struct api_http_req *req, const char **why) {
     if (strncmp(target, "http://", 7) == 0) { /* absolute form: keep the path */
         target = strchr(target + 7, '/');
         if (!target)
-            target = "/";
+            return 400;
     }
     if (target[0] != '/' && strcmp(target, "*") != 0)
         return 400;
@@ -223,6 +209,54 @@ static int parse_head(struct api_http_req *req, const char **why) {
     if (unescape_path(target) != 0)
         return 400;
     req->path = target;
+    return 0;
+}
+
+/* Checks the request line as soon as it is in, as Go does, so garbage gets
+ * its 400 without waiting for a blank line that may never come. Returns 0
+ * (valid or not complete yet) or an error status. */
+static int early_check(const char *p, size_t n) {
+    while (n > 0 && (*p == '\r' || *p == '\n')) {
+        p++;
+        n--;
+    }
+    const char *nl = memchr(p, '\n', n);
+    if (!nl)
+        return 0;
+    size_t len = (size_t)(nl - p);
+    if (len > 0 && p[len - 1] == '\r')
+        len--;
+    if (memchr(p, '\0', len))
+        return 400;
+    char *line = strndup(p, len);
+    if (!line)
+        return 500;
+    struct api_http_req scratch = {0};
+    int rc = parse_request_line(line, &scratch);
+    free(line);
+    return rc;
+}
+
+/* Parses the request line and headers of req->head (NUL-terminated, ending
+ * with the empty line). Fills method, path, query, headers, version. Returns 0
+ * or an HTTP error status; *why gets extra text for the error body. */
+static int parse_head(struct api_http_req *req, const char **why) {
+    char *p = req->head;
+    char *line;
+    size_t nlines = 0;
+    for (const char *q = p; (q = strchr(q, '\n')); q++)
+        nlines++;
+    req->hdrs = calloc(nlines ? nlines : 1, sizeof(*req->hdrs));
+    if (!req->hdrs)
+        return 500;
+
+    while ((line = next_line(&p)) && *line == '\0')
+        ; /* empty lines before a request are ignored (RFC 9112 2.2) */
+    if (!line)
+        return 400;
+    int rc = parse_request_line(line, req);
+    if (rc != 0)
+        return rc;
 
     while ((line = next_line(&p)) && *line != '\0') {
         if (*line == ' ' || *line == '\t')
@@ -334,10 +368,14 @@ static void send_error(struct api_conn *c, int status, const char *why) {
  * set, PARSE_MORE, or an error status (*why set). */
 static int parse_request(struct api_conn *c, struct api_http_req **out, const char **why) {
     const struct api_config *cfg = &c->srv->cfg;
-    struct api_inbuf *in = &c->in;
+    struct util_buf *in = &c->in;
     size_t hl = head_length(in->data, in->len);
-    if (hl == 0)
+    if (hl == 0) {
+        int rc = early_check(in->data, in->len);
+        if (rc != 0)
+            return rc;
         return in->len > cfg->max_header_bytes ? 431 : PARSE_MORE;
+    }
     if (hl > cfg->max_header_bytes)
         return 431;
 
@@ -405,7 +443,7 @@ static int parse_request(struct api_conn *c, struct api_http_req **out, const ch
         req->body_len = len;
         used += len;
     }
-    api_inbuf_consume(in, used);
+    api_buf_consume(in, used);
     req->srv = c->srv;
     req->conn = c;
     *out = req;

@@ -4,6 +4,7 @@
 #ifndef QUOIN_API_INTERNAL_H
 #define QUOIN_API_INTERNAL_H
 
+#include <nghttp2/nghttp2.h>
 #include <pthread.h>
 #include <stdbool.h>
 
@@ -16,13 +17,6 @@ struct api_wake {
     struct api_wake *next;
     bool queued; /* guarded by the server's wake_mu */
     void (*run)(struct api_wake *w);
-};
-
-/* Bytes received and not yet consumed by a protocol. */
-struct api_inbuf {
-    char *data;
-    size_t len;
-    size_t cap;
 };
 
 /* While a request is being answered, at most this much of the next (pipelined)
@@ -50,7 +44,7 @@ struct api_conn {
     api_server_t *srv;
     struct api_conn *prev, *next; /* the server's connection list */
     enum api_proto proto;
-    struct api_inbuf in;
+    struct util_buf in; /* received, not yet consumed by the protocol */
     bool reading;
     bool closing;
     bool close_after_write; /* no more requests: linger once every write completed */
@@ -58,6 +52,9 @@ struct api_conn {
     size_t drained;         /* bytes dropped while lingering */
     size_t out_pending;     /* bytes handed to uv_write and not yet written */
     api_http_req_t *busy;   /* HTTP/1.1: the request a handler is answering */
+    nghttp2_session *h2;    /* HTTP/2: the session, freed when the handle is closed */
+    api_call_t *calls;      /* HTTP/2: calls whose stream is open */
+    size_t partial_bytes;   /* HTTP/2: request bytes held in incomplete messages */
 };
 
 struct api_server {
@@ -68,6 +65,8 @@ struct api_server {
     struct api_conn *conns;
     struct api_route *routes;
     size_t nroutes;
+    struct api_grpc_method *methods;
+    size_t nmethods;
     unsigned open_handles; /* listeners, connections and the wake handle */
     unsigned outstanding;  /* handler requests not yet answered and run */
     bool closing;
@@ -88,6 +87,9 @@ void api_server_release(api_server_t *srv);
  * the connection is being closed. */
 int api_conn_write(struct api_conn *c, const void *data, size_t len);
 
+/* As api_conn_write, taking ownership of the malloc'd data (freed even on failure). */
+int api_conn_write_take(struct api_conn *c, char *data, size_t len);
+
 /* Takes no more requests: once queued answers are written, half-closes and
  * closes when the client does. */
 void api_conn_end(struct api_conn *c);
@@ -95,8 +97,11 @@ void api_conn_end(struct api_conn *c);
 /* Closes the connection (idempotent). */
 void api_conn_close(struct api_conn *c);
 
-/* Consumes n bytes from the front of the input buffer. */
-void api_inbuf_consume(struct api_inbuf *in, size_t n);
+/* Drops n bytes from the front of a buffer. */
+void api_buf_consume(struct util_buf *b, size_t n);
+
+/* Loop thread: a handle the server counted (open_handles) has closed. */
+void api_server_handle_closed(api_server_t *srv);
 
 /* Whether the connection may take new requests: not closing and the client is
  * reading its answers. */
@@ -112,5 +117,18 @@ void api_http1_free_routes(api_server_t *srv);
 void api_http1_process(struct api_conn *c);
 /* The connection is going away: detaches a request a handler still holds. */
 void api_http1_detach(struct api_conn *c);
+
+/* gRPC over HTTP/2 (grpc.c). */
+/* The connection sent the HTTP/2 preface: creates its session. */
+int api_h2_start(struct api_conn *c);
+/* Feeds the input buffer to the session and sends what it produced. */
+void api_h2_process(struct api_conn *c);
+/* Moves what the session has to send into socket writes, up to the
+ * connection's output bound. */
+void api_h2_flush(struct api_conn *c);
+/* The connection is closing: ends its calls (cancelling handlers). */
+void api_h2_detach(struct api_conn *c);
+void api_h2_free(struct api_conn *c);
+void api_grpc_free_methods(api_server_t *srv);
 
 #endif

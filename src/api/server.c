@@ -24,6 +24,8 @@ void api_config_default(struct api_config *cfg) {
     cfg->max_request_bytes = 1536 * 1024;
     cfg->max_header_bytes = 1 << 20;
     cfg->max_conn_output_bytes = 4 << 20;
+    cfg->max_stream_output_bytes = 4 << 20;
+    cfg->max_concurrent_streams = 4096;
 }
 
 /* ---- wakeups from other threads ---- */
@@ -68,10 +70,12 @@ void api_server_release(api_server_t *srv) {
 
 /* ---- connections ---- */
 
-void api_inbuf_consume(struct api_inbuf *in, size_t n) {
-    assert(n <= in->len);
-    memmove(in->data, in->data + n, in->len - n);
-    in->len -= n;
+void api_buf_consume(struct util_buf *b, size_t n) {
+    assert(n <= b->len);
+    if (n == 0)
+        return;
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
 }
 
 bool api_conn_can_take(const struct api_conn *c) {
@@ -113,8 +117,11 @@ static void conn_process(struct api_conn *c) {
         api_http1_process(c);
         return;
     case API_PROTO_H2:
-        LOG_DEBUG(c->srv->lg, "HTTP/2 is not served yet; closing the connection");
-        api_conn_close(c);
+        if (!c->h2 && api_h2_start(c) != 0) {
+            api_conn_close(c);
+            return;
+        }
+        api_h2_process(c);
         return;
     }
 }
@@ -150,13 +157,20 @@ void api_conn_set_reading(struct api_conn *c, bool on) {
     c->reading = on;
 }
 
+void api_server_handle_closed(api_server_t *srv) {
+    assert(srv->open_handles > 1);
+    srv->open_handles--;
+    server_maybe_finish(srv);
+}
+
 static void on_conn_closed(uv_handle_t *h) {
     struct api_conn *c = h->data;
     api_server_t *srv = c->srv;
+    if (c->h2)
+        api_h2_free(c);
     free(c->in.data);
     free(c);
-    srv->open_handles--;
-    server_maybe_finish(srv);
+    api_server_handle_closed(srv);
 }
 
 void api_conn_close(struct api_conn *c) {
@@ -165,6 +179,7 @@ void api_conn_close(struct api_conn *c) {
     c->closing = true;
     c->reading = false;
     api_http1_detach(c);
+    api_h2_detach(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -202,13 +217,14 @@ struct conn_write {
     uv_write_t req;
     struct api_conn *conn;
     size_t len;
-    char data[];
+    char *data;
 };
 
 static void on_written(uv_write_t *req, int status) {
     struct conn_write *w = (struct conn_write *)req;
     struct api_conn *c = w->conn;
     c->out_pending -= w->len;
+    free(w->data);
     free(w);
     if (c->closing)
         return;
@@ -221,31 +237,46 @@ static void on_written(uv_write_t *req, int status) {
             conn_linger(c);
         return;
     }
-    /* Room again for answers: pick up requests that waited for it. */
-    if (c->proto == API_PROTO_HTTP1 && api_conn_can_take(c))
+    /* Room again for answers: pick up requests and output that waited for it. */
+    if (c->h2)
+        api_h2_flush(c);
+    else if (c->proto == API_PROTO_HTTP1 && api_conn_can_take(c))
         api_http1_process(c);
 }
 
-int api_conn_write(struct api_conn *c, const void *data, size_t len) {
+int api_conn_write_take(struct api_conn *c, char *data, size_t len) {
+    struct conn_write *w = NULL;
+    int rc = -EPIPE;
     if (c->closing)
-        return -EPIPE;
-    struct conn_write *w = malloc(sizeof(*w) + len);
-    if (!w) {
+        goto err;
+    rc = -ENOMEM;
+    w = malloc(sizeof(*w));
+    if (!w)
+        goto err;
+    w->conn = c;
+    w->len = len;
+    w->data = data;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    if (rc != 0)
+        goto err;
+    c->out_pending += len;
+    return 0;
+err:
+    free(w);
+    free(data);
+    api_conn_close(c);
+    return rc;
+}
+
+int api_conn_write(struct api_conn *c, const void *data, size_t len) {
+    char *copy = malloc(len ? len : 1);
+    if (!copy) {
         api_conn_close(c);
         return -ENOMEM;
     }
-    w->conn = c;
-    w->len = len;
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
-    if (rc != 0) {
-        free(w);
-        api_conn_close(c);
-        return rc;
-    }
-    c->out_pending += len;
-    return 0;
+    memcpy(copy, data, len);
+    return api_conn_write_take(c, copy, len);
 }
 
 static void on_connection(uv_stream_t *ls, int status) {
@@ -284,8 +315,7 @@ static void on_listener_closed(uv_handle_t *h) {
     struct api_listener *l = h->data;
     api_server_t *srv = l->srv;
     free(l);
-    srv->open_handles--;
-    server_maybe_finish(srv);
+    api_server_handle_closed(srv);
 }
 
 int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) {
@@ -365,6 +395,7 @@ static void on_wake_closed(uv_handle_t *h) {
     api_close_cb cb = srv->close_cb;
     void *arg = srv->close_arg;
     api_http1_free_routes(srv);
+    api_grpc_free_methods(srv);
     pthread_mutex_destroy(&srv->wake_mu);
     free(srv);
     if (cb)
