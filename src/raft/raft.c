@@ -65,6 +65,7 @@ struct raft {
     unsigned max_inflight;
     uint64_t pending_conf_index;
     uint64_t rng;
+    bool was_member; /* this node has been a voter at some point */
 
     /* ReadIndex (leader): reads in arrival order; rounds are numbered. */
     struct read_req *reads;
@@ -161,9 +162,22 @@ static unsigned quorum(const raft_t *r) {
     return n_voters(r) / 2 + 1;
 }
 
+/* A single-voter cluster of this node: reads and commits need nobody else. */
+static bool sole_voter(raft_t *r) {
+    struct progress *p = pr_get(r, r->id);
+    return p && !p->learner && n_voters(r) == 1;
+}
+
+/* Whether this node may campaign: a voter may; a learner or a node that has
+ * no configuration yet (joining) may not. A node that applied its own
+ * removal may too, only to hand leadership over (hand_over): the others may
+ * not have learned that the removal committed, and while they count it, its
+ * longer log can make it the only node they can elect. */
 static bool promotable(raft_t *r) {
     struct progress *p = pr_get(r, r->id);
-    return p && !p->learner;
+    if (p)
+        return !p->learner;
+    return n_voters(r) > 0 && r->was_member;
 }
 
 /* The q-th largest value among the voters' values (q = quorum): the highest
@@ -294,9 +308,15 @@ static int pr_add(raft_t *r, uint64_t id, bool learner) {
     p->state = PR_PROBE;
     p->recent_active = true;
     if (id == r->id)
-        p->match = raft_log_last(&r->log);
+        p->match = raft_log_stable_last(&r->log);
     r->n_prs++;
     return 0;
+}
+
+static void note_membership(raft_t *r) {
+    struct progress *p = pr_get(r, r->id);
+    if (p && !p->learner)
+        r->was_member = true;
 }
 
 static void pr_remove(raft_t *r, uint64_t id) {
@@ -324,6 +344,7 @@ static int set_conf(raft_t *r, const struct raft_conf_state *cs) {
         if (rc < 0)
             return rc;
     }
+    note_membership(r);
     return 0;
 }
 
@@ -502,7 +523,7 @@ static int release_waiting_reads(raft_t *r) {
         struct read_req q = r->reads[i];
         if (q.round == 0) {
             q.index = r->log.committed;
-            if ((n_voters(r) == 1 && promotable(r)) || FAULT(r, RAFT_FAULT_READ_NO_HEARTBEAT)) {
+            if ((sole_voter(r)) || FAULT(r, RAFT_FAULT_READ_NO_HEARTBEAT)) {
                 if (rc == 0)
                     rc = read_respond(r, &q);
                 continue;
@@ -551,7 +572,7 @@ static void reset(raft_t *r, uint64_t term) {
     uint64_t last = raft_log_last(&r->log);
     for (unsigned i = 0; i < r->n_prs; i++) {
         struct progress *p = &r->prs[i];
-        p->match = p->id == r->id ? last : 0;
+        p->match = p->id == r->id ? raft_log_stable_last(&r->log) : 0;
         p->next = last + 1;
         p->state = PR_PROBE;
         p->pending_snapshot = 0;
@@ -588,6 +609,7 @@ static void become_pre_candidate(raft_t *r) {
 }
 
 static int append_entries(raft_t *r, struct raft_entry *ents, size_t n);
+static int hand_over(raft_t *r);
 
 static int become_leader(raft_t *r) {
     assert(r->role != RAFT_FOLLOWER);
@@ -605,24 +627,20 @@ static int become_leader(raft_t *r) {
         return rc;
     r->pending_conf_index = raft_log_last(&r->log);
     LOG_INFO(r->lg, "raft: became leader", LOG_UINT("id", r->id), LOG_UINT("term", r->term));
+    if (!self)
+        return hand_over(r);
     return 0;
 }
 
-/* Stamps term and index on new entries, appends them and counts our copy. */
+/* Stamps term and index on new entries and appends them. The leader's own
+ * copy counts towards commitment only once durable (raft_advance). */
 static int append_entries(raft_t *r, struct raft_entry *ents, size_t n) {
     uint64_t li = raft_log_last(&r->log);
     for (size_t i = 0; i < n; i++) {
         ents[i].term = r->term;
         ents[i].index = li + 1 + i;
     }
-    int rc = raft_log_append(&r->log, ents, n);
-    if (rc < 0)
-        return rc;
-    struct progress *self = pr_get(r, r->id);
-    if (self)
-        pr_maybe_update(self, raft_log_last(&r->log));
-    maybe_commit(r);
-    return 0;
+    return raft_log_append(&r->log, ents, n);
 }
 
 static bool has_unapplied_conf(raft_t *r) {
@@ -705,8 +723,6 @@ static int hup(raft_t *r, enum campaign_type t) {
     return campaign(r, t);
 }
 
-static int hand_over(raft_t *r);
-
 static int send_timeout_now(raft_t *r, uint64_t to) {
     return send(r, &(struct raft_msg){.type = RAFT_MSG_TIMEOUT_NOW, .to = to});
 }
@@ -762,7 +778,7 @@ static int read_admit(raft_t *r, uint64_t ctx, uint64_t from) {
         q.round = 0;
         return reads_push(r, &q);
     }
-    if (n_voters(r) == 1 && promotable(r))
+    if (sole_voter(r))
         return read_respond(r, &q);
     if (FAULT(r, RAFT_FAULT_READ_NO_HEARTBEAT))
         return read_respond(r, &q);
@@ -1334,6 +1350,7 @@ int raft_apply_conf_change(raft_t *r, const struct raft_conf_change *cc,
     }
     if (rc < 0)
         return rc;
+    note_membership(r);
     if (cs)
         raft_conf_state(r, cs);
     if (r->role != RAFT_LEADER)
@@ -1510,6 +1527,14 @@ int raft_advance(raft_t *r, const struct raft_ready *rd) {
     if (rd->n_entries) {
         const struct raft_entry *e = &rd->entries[rd->n_entries - 1];
         raft_log_stable_to(&r->log, e->index, e->term);
+    }
+    struct progress *self = r->role == RAFT_LEADER ? pr_get(r, r->id) : NULL;
+    if (self && pr_maybe_update(self, raft_log_stable_last(&r->log)) && maybe_commit(r)) {
+        int rc = bcast_append(r);
+        if (rc == 0)
+            rc = release_waiting_reads(r);
+        if (rc < 0)
+            return rc;
     }
     if (rd->n_committed) {
         uint64_t a = rd->committed[rd->n_committed - 1].index;

@@ -509,6 +509,14 @@ static bool process(struct sim *s, struct node *n) {
         if (s->o.faults && !quiet_phase(s) && chance(s, rd.n_entries ? 150 : 20))
             crash_at = (int)rndn(s, 5);
         bool leader = rd.soft.role == RAFT_LEADER;
+        /* A leader dying as soon as it has decided a new commit index, before
+         * telling anyone, is the other half of Figure 8. Its decision counts
+         * as a commit for the checker: Raft must keep it whatever happens. */
+        if (leader && rd.hard_state.commit > n->seen_commit) {
+            check_node(s, n);
+            if (s->o.faults && !quiet_phase(s) && chance(s, 500))
+                crash_at = 0;
+        }
         if (rd.soft_changed)
             tr(s, "  n%d is %s, leader n%d", slot_of(n->id) + 1, role_name(rd.soft.role),
                rd.soft.leader ? slot_of(rd.soft.leader) + 1 : 0);
@@ -563,6 +571,7 @@ static bool process(struct sim *s, struct node *n) {
         if (crash_at == 4)
             goto crashed;
         raft_advance(n->r, &rd);
+        check_node(s, n);
         for (size_t i = 0; i < n_cc; i++) {
             struct raft_conf_state cs;
             if (raft_apply_conf_change(n->r, &ccs[i], &cs) != 0)
@@ -688,8 +697,11 @@ static void new_proposal(struct sim *s, struct node *n) {
 
 static void do_read(struct sim *s, struct node *n) {
     uint64_t ctx = ++s->next_read_ctx;
+    struct raft_status st;
+    raft_status(n->r, &st);
     int rc = raft_read_index(n->r, ctx);
-    tr(s, "read %llu at n%d (watermark %llu): %s", (unsigned long long)ctx, slot_of(n->id) + 1,
+    tr(s, "read %llu at n%d (%s of term %llu, watermark %llu): %s", (unsigned long long)ctx,
+       slot_of(n->id) + 1, role_name(st.role), (unsigned long long)st.term,
        (unsigned long long)s->max_applied, raft_strerror(rc));
     if (rc == 0) {
         if (s->n_reads == s->cap_reads) {
@@ -788,7 +800,15 @@ static void do_transfer(struct sim *s) {
 
 static void do_partition(struct sim *s) {
     memset(s->blocked, 0, sizeof(s->blocked));
-    if (chance(s, 5000)) {
+    struct node *l = find_leader(s);
+    if (l && chance(s, 3300)) {
+        /* cut the leader off alone: it may serve stale state until it notices */
+        int k = slot_of(l->id);
+        for (int j = 0; j < MAXN; j++)
+            s->blocked[k][j] = s->blocked[j][k] = j != k;
+        s->st.partitions++;
+        tr(s, "PARTITION leader n%d alone", k + 1);
+    } else if (chance(s, 5000)) {
         /* symmetric: split into two sides */
         unsigned mask = (unsigned)rnd(s);
         for (int a = 0; a < MAXN; a++)
@@ -891,14 +911,16 @@ static void tick_all(struct sim *s) {
 
 static bool is_member(const struct raft_conf_state *cs, uint64_t id);
 
-/* Whether any other running node still counts n as a member (then n must
- * keep answering: the others may need its vote to learn of its removal). */
+/* Whether another node may still count n as a member (then n must keep
+ * answering: the others may need its vote to learn of its removal). */
 static bool still_needed(struct sim *s, const struct node *n) {
     for (int i = 0; i < MAXN; i++) {
         struct node *o = &s->nodes[i];
         struct raft_conf_state cs;
-        if (o == n || !o->up)
+        if (o == n || !o->id || o->removed)
             continue;
+        if (!o->up)
+            return true; /* it may restart without having applied the removal */
         raft_conf_state(o->r, &cs);
         if (is_member(&cs, n->id))
             return true;
@@ -934,15 +956,14 @@ static void chaos_step(struct sim *s) {
             if (n)
                 crash(s, n, "random");
         }
-        if (chance(s, 300)) {
-            int k = (int)rndn(s, MAXN);
+        for (int k = 0; k < MAXN; k++) {
             struct node *n = &s->nodes[k];
-            if (n->id && !n->up && !n->removed)
+            if (n->id && !n->up && !n->removed && chance(s, 400))
                 restart(s, n);
         }
-        if (chance(s, 80))
+        if (chance(s, 120))
             do_partition(s);
-        if (chance(s, 150) && (s->st.partitions || s->st.one_way)) {
+        if (chance(s, 400) && (s->st.partitions || s->st.one_way)) {
             memset(s->blocked, 0, sizeof(s->blocked));
             s->st.heals++;
             tr(s, "HEAL");

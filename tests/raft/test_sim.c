@@ -2,8 +2,8 @@
  * after every step, and proof that the checker fails when raft breaks a rule
  * (test-only fault switches). Run with arguments it is the long sweep:
  *
- *   test_sim --sweep SEEDS STEPS NODES [FIRST_SEED]   run seeds, print totals
- *   test_sim --seed SEED STEPS NODES [--all]          replay one seed with trace
+ *   test_sim --sweep SEEDS STEPS NODES [FIRST [FAULTS]] run seeds, print totals
+ *   test_sim --seed SEED STEPS NODES [FAULTS [--all]] replay one seed with trace
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -120,8 +120,9 @@ static int replay(int argc, char **argv) {
                          .nodes = (unsigned)strtoul(argv[4], NULL, 10),
                          .faults = true,
                          .membership = true,
+                         .raft_faults = argc > 5 ? (unsigned)strtoul(argv[5], NULL, 10) : 0,
                          .trace = stdout,
-                         .trace_all = argc > 5 && strcmp(argv[5], "--all") == 0};
+                         .trace_all = argc > 6 && strcmp(argv[6], "--all") == 0};
     if (o.nodes == 0)
         o.nodes = 1 + (unsigned)(o.seed % 7);
     struct sim_result r;
