@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <uv.h>
 
 #include "util/util.h"
 
@@ -111,8 +113,8 @@ int util_listen_addr(const char *url, struct sockaddr_storage *ss, char *addr, s
     return rc;
 }
 
-int util_tcp_listen(uv_tcp_t *tcp, const struct sockaddr_storage *ss, const char *addr,
-                    uv_connection_cb on_connection, struct util_err *err) {
+int util_tcp_listen(struct uv_tcp_s *tcp, const struct sockaddr_storage *ss, const char *addr,
+                    void (*on_connection)(struct uv_stream_s *, int), struct util_err *err) {
     /* libuv may defer a bind error to listen(); both are reported as bind errors,
      * the only step Go names. */
     const char *step = "bind";

@@ -11,8 +11,6 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h>
-#include <uv.h>
 
 /* quoin's own version, and the etcd server version whose API it speaks (what
  * etcd clients check before using newer calls). */
@@ -59,6 +57,12 @@ int util_buf_json_escape(struct util_buf *b, const char *s, size_t n);
 
 void util_buf_free(struct util_buf *b);
 
+/* Declared, not included, so that layers without I/O (raft) do not see
+ * socket and libuv names. */
+struct sockaddr_storage;
+struct uv_tcp_s;
+struct uv_stream_s;
+
 /* Room for "[v6 address]:port" as util_listen_addr writes it. */
 #define UTIL_ADDR_MAX 64
 
@@ -73,7 +77,7 @@ int util_listen_addr(const char *url, struct sockaddr_storage *ss, char *addr, s
 /* Binds the caller's initialised handle to ss and listens. On failure err reads
  * as Go's "listen tcp 127.0.0.1:2379: bind: address already in use" and the
  * caller still owns (and must uv_close) the handle. */
-int util_tcp_listen(uv_tcp_t *tcp, const struct sockaddr_storage *ss, const char *addr,
-                    uv_connection_cb on_connection, struct util_err *err);
+int util_tcp_listen(struct uv_tcp_s *tcp, const struct sockaddr_storage *ss, const char *addr,
+                    void (*on_connection)(struct uv_stream_s *, int), struct util_err *err);
 
 #endif

@@ -29,17 +29,17 @@ ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
-def start_etcd(tmpdir, extra=()):
+def start_etcd(tmpdir, extra=(), name="ref"):
     """Starts a single-member real etcd on free loopback ports; returns
     (process, endpoint). Stop it with stop_process."""
     port, peer = free_port(), free_port()
     data = os.path.join(tmpdir, "etcd-%d" % port)
-    args = [ETCD, "--name", "ref", "--data-dir", data,
+    args = [ETCD, "--name", name, "--data-dir", data,
             "--listen-client-urls", "http://127.0.0.1:%d" % port,
             "--advertise-client-urls", "http://127.0.0.1:%d" % port,
             "--listen-peer-urls", "http://127.0.0.1:%d" % peer,
             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
-            "--initial-cluster", "ref=http://127.0.0.1:%d" % peer,
+            "--initial-cluster", "%s=http://127.0.0.1:%d" % (name, peer),
             "--logger", "zap", "--log-outputs", "stderr"] + list(extra)
     log = open(os.path.join(tmpdir, "etcd-%d.log" % port), "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=log, env=clean_env())
@@ -105,6 +105,8 @@ class Normaliser:
         s = re.sub(r'"(dbSize|dbSizeInUse|raftIndex|raftAppliedIndex|totalSize)"\s*:\s*\d+',
                    lambda m: '"%s":<n>' % m.group(1), s)
         s = re.sub(r"\b\d+(\.\d+)? [kMG]?B\b", "<size>", s)
+        # endpoint status tables: ..., is leader, is learner, term, raft index, applied index
+        s = re.sub(r"(, (?:true|false), (?:true|false), \d+, )\d+, \d+,", r"\1<n>, <n>,", s)
         return s
 
     def stderr(self, s):
@@ -159,17 +161,20 @@ def diff(reference, candidate):
 
 
 def main():
-    from etcdctl_script import SCRIPT
+    from etcdctl_script import ORDER, script
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--endpoint", required=True, help="host:port of the server to compare")
+    ap.add_argument("--sections", default=",".join(ORDER),
+                    help="comma list of script sections (default: all)")
     a = ap.parse_args()
+    steps = script(a.sections.split(","))
     tmp = tempfile.mkdtemp(prefix="etcdctl-diff-")
     proc, ref = start_etcd(tmp)
     try:
-        want = run_script(ref, SCRIPT, tmp)
+        want = run_script(ref, steps, tmp)
     finally:
         stop_process(proc)
-    got = run_script(a.endpoint, SCRIPT, tmp)
+    got = run_script(a.endpoint, steps, tmp)
     d = diff(want, got)
     print("\n".join(d) if d else "no differences (%d lines compared)" % len(want))
     shutil.rmtree(tmp, ignore_errors=True)

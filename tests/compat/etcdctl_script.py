@@ -4,7 +4,9 @@ etcd does. Steps run in order against a fresh single-member server:
     ("ctl", [args], stdin)            one etcdctl command
     ("watch", [args], [[put args]...], stdin)
                                       a watch left running while the actions run
-Revisions are compared exactly, so the order of writes matters.
+Revisions are compared exactly, so the order of writes matters. The script is
+cut into named sections so a server can be compared on the parts it serves;
+script(names) joins the sections named, in the order of ORDER.
 etcdctl 3.4 has no --count-only (it came in 3.5), so count-only ranges are
 left to the API tests."""
 
@@ -12,7 +14,9 @@ left to the API tests."""
 # send limit, so the server's error is what is compared.
 BIG = "x" * (1600 * 1024)
 
-SCRIPT = [
+SECTIONS = {}
+
+SECTIONS["kv"] = [
     # put / get / del and their options
     ("ctl", ["put", "foo", "bar"]),
     ("ctl", ["put", "foo", "baz", "--prev-kv"]),
@@ -49,6 +53,9 @@ SCRIPT = [
     ("ctl", ["put", "k3", "3"]),
     ("ctl", ["del", "k1", "k3"]),
     ("ctl", ["del", "", "--from-key"]),
+]
+
+SECTIONS["txn"] = [
     # txn fed on stdin
     ("ctl", ["put", "t", "1"]),
     ("ctl", ["txn"], 'value("t") = "1"\n\nput t 2\nget t\n\nput t failed\n\n'),
@@ -56,6 +63,9 @@ SCRIPT = [
     ("ctl", ["txn", "-w", "json"], 'mod("t") > "0"\nversion("t") = "2"\n\nget t --prefix\n\n\n'),
     ("ctl", ["txn"], 'create("nope") = "0"\n\nput nope created\n\n\n'),
     ("ctl", ["get", "nope", "-w", "json"]),
+]
+
+SECTIONS["compaction"] = [
     # compaction and the compacted / future revision errors
     ("ctl", ["put", "c", "1"]),
     ("ctl", ["put", "c", "2"]),
@@ -65,12 +75,18 @@ SCRIPT = [
     ("ctl", ["compaction", "2"]),
     ("ctl", ["compaction", "100000"]),
     ("ctl", ["get", "c", "--rev", "3"]),
+]
+
+SECTIONS["watch"] = [
     # watch: live, prefix, from a past revision, with prev kv, interactive
     ("watch", ["watch", "w"], [["put", "w", "1"], ["put", "w", "2"], ["del", "w"]]),
     ("watch", ["watch", "w", "--prefix", "--prev-kv"], [["put", "w1", "a"], ["put", "w1", "b"], ["put", "x", "no"]]),
     ("watch", ["watch", "w", "--prefix", "--rev", "4"], []),
     ("watch", ["watch", "w1", "--rev", "1"], []),
     ("watch", ["watch", "-i"], [["put", "wi", "1"]], "watch wi\n"),
+]
+
+SECTIONS["lease"] = [
     # leases
     ("ctl", ["lease", "grant", "300"]),
     ("ctl", ["lease", "list"]),
@@ -78,6 +94,9 @@ SCRIPT = [
     ("ctl", ["lease", "timetolive", "1234"]),
     ("ctl", ["lease", "keep-alive", "--once", "1234"]),
     ("ctl", ["put", "leased", "v", "--lease", "1234"]),
+]
+
+SECTIONS["maintenance"] = [
     # endpoint, member, maintenance
     ("ctl", ["endpoint", "health"]),
     ("ctl", ["endpoint", "status"]),
@@ -88,7 +107,13 @@ SCRIPT = [
     ("ctl", ["defrag"]),
     ("ctl", ["alarm", "list"]),
     ("ctl", ["alarm", "disarm"]),
+]
+
+SECTIONS["snapshot"] = [
     ("ctl", ["snapshot", "save", "{dir}/snap.db"]),
+]
+
+SECTIONS["errors"] = [
     # errors
     ("ctl", ["put", "", "empty"]),
     ("ctl", ["put", "big"], BIG),
@@ -98,3 +123,11 @@ SCRIPT = [
     ("ctl", ["put", "nolease", "x", "--ignore-lease"]),
     ("ctl", ["get", "", "--from-key", "-w", "json"]),
 ]
+
+ORDER = ["kv", "txn", "compaction", "watch", "lease", "maintenance", "snapshot", "errors"]
+
+
+def script(names=None):
+    """The steps of the sections named (all when None), in the script's order."""
+    chosen = ORDER if names is None else [n for n in ORDER if n in names]
+    return [step for n in chosen for step in SECTIONS[n]]
