@@ -451,4 +451,10 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err);
  * 3.4, a delete whose range_end is "\0" is not taken into account. */
 int mvcc_txn_check_duplicates(const struct mvcc_txn_req *txn);
 
+/* Writes a consistent, compacted copy of the whole store (an LMDB file as of
+ * one read snapshot) to fd, from its current offset. Writers are not held.
+ * Returns 0 or an LMDB-derived errno. Any thread except while that thread
+ * holds a batch. */
+int mvcc_snapshot_to_fd(mvcc_t *db, int fd);
+
 #endif
