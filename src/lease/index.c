@@ -98,14 +98,9 @@ static void sift_down(struct heap *h, size_t i) {
 int lheap_set(struct heap *h, struct ent *e, uint64_t key) {
     size_t i = e->hpos[h->which];
     if (i == HEAP_NONE) {
-        if (h->n == h->cap) {
-            size_t cap = h->cap ? h->cap * 2 : 16;
-            struct ent **v = realloc(h->v, cap * sizeof(*v));
-            if (v == NULL)
-                return -ENOMEM;
-            h->v = v;
-            h->cap = cap;
-        }
+        if (util_buf_append(&h->buf, &e, sizeof(e)) != 0)
+            return -ENOMEM;
+        h->v = (struct ent **)(void *)h->buf.data;
         e->hkey[h->which] = key;
         place(h, h->n++, e);
         sift_up(h, h->n - 1);
@@ -124,6 +119,7 @@ void lheap_remove(struct heap *h, struct ent *e) {
         return;
     assert(h->v[i] == e);
     e->hpos[h->which] = HEAP_NONE;
+    h->buf.len -= sizeof(e);
     if (--h->n == i)
         return;
     struct ent *moved = h->v[h->n];
@@ -137,9 +133,9 @@ struct ent *lheap_top(const struct heap *h) {
 }
 
 void lheap_free(struct heap *h) {
-    free(h->v);
+    util_buf_free(&h->buf);
     h->v = NULL;
-    h->n = h->cap = 0;
+    h->n = 0;
 }
 
 /* ---- id table ---- */

@@ -25,7 +25,8 @@ const char *lease_strerror(int code) {
     }
 }
 
-/* LMDB's positive codes to the store's convention. */
+/* An LMDB result in the layer's convention: a missing record is a missing
+ * lease; other failures become negative errno codes, as mvcc reports them. */
 static int lmdb_rc(int rc) {
     switch (rc) {
     case 0:
@@ -33,14 +34,12 @@ static int lmdb_rc(int rc) {
     case MDB_NOTFOUND:
         return LEASE_ENOTFOUND;
     case MDB_MAP_FULL:
-        return MVCC_ENOSPACE;
+        return -ENOSPC;
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:
         return MVCC_ECORRUPT;
-    case ENOMEM:
-        return -ENOMEM;
     default:
-        return rc > 0 && rc < 1000 ? -rc : -EIO;
+        return rc > 0 ? -rc : -EIO;
     }
 }
 
@@ -78,7 +77,7 @@ void lease_close(lease_t *ls) {
         return;
     assert(!ls->batch.open);
     lprimary_clear(ls);
-    free(ls->batch.v);
+    util_buf_free(&ls->batch.pend);
     pthread_mutex_destroy(&ls->mu);
     free(ls);
 }
@@ -89,22 +88,13 @@ lease_batch_t *lease_batch_begin(lease_t *ls, mvcc_batch_t *b) {
     struct lease_batch *lb = &ls->batch;
     assert(!lb->open);
     lb->b = b;
-    lb->n = 0;
+    lb->pend.len = 0;
     lb->open = true;
     return lb;
 }
 
 static int pend_add(struct lease_batch *lb, struct pend p) {
-    if (lb->n == lb->cap) {
-        size_t cap = lb->cap ? lb->cap * 2 : 16;
-        struct pend *v = realloc(lb->v, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        lb->v = v;
-        lb->cap = cap;
-    }
-    lb->v[lb->n++] = p;
-    return 0;
+    return util_buf_append(&lb->pend, &p, sizeof(p));
 }
 
 /* Reads lease id's record as txn sees it: 0, LEASE_ENOTFOUND or an error. */
@@ -160,32 +150,33 @@ int lease_grant(lease_batch_t *lb, int64_t id, int64_t ttl, uint64_t wall_ns,
     return 0;
 }
 
-/* Keys copied out of the lease index: bytes in one buffer, then spans. */
+/* Keys copied out of the lease index: their bytes, then their lengths. */
 struct keyset {
     struct util_buf bytes;
-    size_t *lens;
-    size_t n, cap;
+    struct util_buf lens; /* size_t[] */
 };
 
 static int keyset_add(void *arg, const uint8_t *key, size_t len) {
     struct keyset *ks = arg;
-    if (ks->n == ks->cap) {
-        size_t cap = ks->cap ? ks->cap * 2 : 16;
-        size_t *v = realloc(ks->lens, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        ks->lens = v;
-        ks->cap = cap;
-    }
-    if (util_buf_append(&ks->bytes, key, len) != 0)
+    if (util_buf_append(&ks->bytes, key, len) != 0 ||
+        util_buf_append(&ks->lens, &len, sizeof(len)) != 0)
         return -ENOMEM;
-    ks->lens[ks->n++] = len;
     return 0;
+}
+
+static size_t keyset_count(const struct keyset *ks) {
+    return ks->lens.len / sizeof(size_t);
+}
+
+static size_t keyset_len(const struct keyset *ks, size_t i) {
+    size_t len;
+    memcpy(&len, ks->lens.data + i * sizeof(len), sizeof(len));
+    return len;
 }
 
 static void keyset_free(struct keyset *ks) {
     util_buf_free(&ks->bytes);
-    free(ks->lens);
+    util_buf_free(&ks->lens);
 }
 
 int lease_revoke(lease_batch_t *lb, int64_t id, mvcc_result_t **out) {
@@ -202,20 +193,21 @@ int lease_revoke(lease_batch_t *lb, int64_t id, mvcc_result_t **out) {
     /* Copied first: the deletes rewrite the index the walk reads. */
     if ((rc = mvcc_lease_keys(ls->db, txn, id, keyset_add, &ks)) != 0)
         goto err;
-    if (ks.n > 0 && (dels = calloc(ks.n, sizeof(*dels))) == NULL) {
+    size_t n = keyset_count(&ks);
+    if (n > 0 && (dels = calloc(n, sizeof(*dels))) == NULL) {
         rc = -ENOMEM;
         goto err;
     }
     size_t off = 0;
-    for (size_t i = 0; i < ks.n; i++) {
+    for (size_t i = 0; i < n; i++) {
         dels[i].type = MVCC_OP_DELETE;
         dels[i].u.del.key = (const uint8_t *)ks.bytes.data + off;
-        dels[i].u.del.key_len = ks.lens[i];
-        off += ks.lens[i];
+        dels[i].u.del.key_len = keyset_len(&ks, i);
+        off += dels[i].u.del.key_len;
     }
     /* One txn of single-key deletes: one revision for the whole revoke, as
      * etcd deletes a lease's keys in one write transaction. */
-    struct mvcc_txn_req t = {.success = dels, .n_success = ks.n};
+    struct mvcc_txn_req t = {.success = dels, .n_success = n};
     struct mvcc_op op = {.type = MVCC_OP_TXN, .u.txn = &t};
     if ((rc = mvcc_apply(lb->b, &op, out)) != 0)
         goto err;
@@ -266,14 +258,15 @@ int lease_checkpoint(lease_batch_t *lb, const struct lease_checkpoint *cps, size
 void lease_batch_end(lease_batch_t *lb, bool committed, uint64_t now_mono) {
     assert(lb->open);
     lease_t *ls = lb->ls;
-    if (committed && lb->n > 0) {
+    size_t n = lb->pend.len / sizeof(struct pend);
+    if (committed && n > 0) {
+        const struct pend *v = (const struct pend *)(const void *)lb->pend.data;
         pthread_mutex_lock(&ls->mu);
-        if (ls->primary)
-            for (size_t i = 0; i < lb->n; i++)
-                lprimary_apply(ls, &lb->v[i], now_mono);
+        for (size_t i = 0; i < n && ls->primary; i++)
+            lprimary_apply(ls, &v[i], now_mono);
         pthread_mutex_unlock(&ls->mu);
     }
-    lb->n = 0;
+    lb->pend.len = 0;
     lb->b = NULL;
     lb->open = false;
 }
@@ -301,24 +294,9 @@ int lrec_walk(lease_t *ls, MDB_txn *txn, lrec_fn fn, void *arg) {
     return g == 0 || g == MDB_NOTFOUND ? 0 : lmdb_rc(g);
 }
 
-struct idlist {
-    int64_t *v;
-    size_t n, cap;
-};
-
-static int idlist_add(void *arg, int64_t id, const struct lrec *r) {
+static int id_add(void *arg, int64_t id, const struct lrec *r) {
     (void)r;
-    struct idlist *l = arg;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        int64_t *v = realloc(l->v, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
-    l->v[l->n++] = id;
-    return 0;
+    return util_buf_append(arg, &id, sizeof(id)) != 0 ? -ENOMEM : 0;
 }
 
 int lease_list(lease_t *ls, int64_t **ids, size_t *n) {
@@ -328,15 +306,15 @@ int lease_list(lease_t *ls, int64_t **ids, size_t *n) {
     int rc = mvcc_read_begin(ls->db, &rd);
     if (rc != 0)
         return rc;
-    struct idlist l = {0};
-    rc = lrec_walk(ls, mvcc_read_txn(rd), idlist_add, &l);
+    struct util_buf b = {0};
+    rc = lrec_walk(ls, mvcc_read_txn(rd), id_add, &b);
     mvcc_read_end(rd);
     if (rc != 0) {
-        free(l.v);
+        util_buf_free(&b);
         return rc;
     }
-    *ids = l.v;
-    *n = l.n;
+    *ids = (int64_t *)(void *)b.data;
+    *n = b.len / sizeof(int64_t);
     return 0;
 }
 
@@ -348,20 +326,21 @@ int lkeys_read(lease_t *ls, int64_t id, struct lease_ttl *out) {
     struct keyset ks = {0};
     rc = mvcc_lease_keys(ls->db, mvcc_read_txn(rd), id, keyset_add, &ks);
     mvcc_read_end(rd);
-    if (rc == 0 && ks.n > 0 && (out->keys = calloc(ks.n, sizeof(*out->keys))) == NULL)
+    size_t n = keyset_count(&ks);
+    if (rc == 0 && n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL)
         rc = -ENOMEM;
     if (rc != 0) {
         keyset_free(&ks);
         return rc;
     }
     size_t off = 0;
-    for (size_t i = 0; i < ks.n; i++) {
+    for (size_t i = 0; i < n; i++) {
         out->keys[i].key = (const uint8_t *)ks.bytes.data + off;
-        out->keys[i].len = ks.lens[i];
-        off += ks.lens[i];
+        out->keys[i].len = keyset_len(&ks, i);
+        off += out->keys[i].len;
     }
-    out->n_keys = ks.n;
+    out->n_keys = n;
     out->data = (uint8_t *)ks.bytes.data;
-    free(ks.lens);
+    util_buf_free(&ks.lens);
     return 0;
 }

@@ -50,9 +50,11 @@ struct ent {
     size_t hpos[H_COUNT];
 };
 
+/* The array lives in a util_buf: it grows the way every buffer here does. */
 struct heap {
-    struct ent **v;
-    size_t n, cap;
+    struct util_buf buf;
+    struct ent **v; /* buf.data */
+    size_t n;
     int which;
 };
 
@@ -90,8 +92,7 @@ struct pend {
 struct lease_batch {
     lease_t *ls;
     mvcc_batch_t *b;
-    struct pend *v;
-    size_t n, cap;
+    struct util_buf pend; /* struct pend[] */
     bool open;
 };
 

@@ -50,6 +50,20 @@ void fx_close(struct fx *f) {
     rmdir(f->dir);
 }
 
+int fx_setup(void **state) {
+    struct fx *f = malloc(sizeof(*f));
+    assert_non_null(f);
+    fx_open(f, *state);
+    *state = f;
+    return 0;
+}
+
+int fx_teardown(void **state) {
+    fx_close(*state);
+    free(*state);
+    return 0;
+}
+
 /* One committed batch around a lease request. */
 struct req {
     enum { R_GRANT, R_REVOKE, R_CHECKPOINT, R_EXISTS } kind;

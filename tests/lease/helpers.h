@@ -30,6 +30,13 @@ void fx_restart(struct fx *f);
 /* Closes both and removes the files. */
 void fx_close(struct fx *f);
 
+/* cmocka setup/teardown: the test's initial state is a const struct
+ * lease_options *, replaced by an open struct fx *. */
+int fx_setup(void **state);
+int fx_teardown(void **state);
+#define FX_TEST(fn, opt)                                                                           \
+    cmocka_unit_test_prestate_setup_teardown(fn, fx_setup, fx_teardown, (void *)(opt))
+
 /* Each applies one request in its own committed batch, ending the lease
  * batch at now_mono; returns the request's code. */
 int fx_grant(struct fx *f, int64_t id, int64_t ttl, uint64_t wall, uint64_t now_mono,

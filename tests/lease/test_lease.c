@@ -14,20 +14,6 @@
 
 static const struct lease_options OPT = {.min_ttl = 3, .grace_ns = SEC / 2};
 
-static int setup(void **state) {
-    struct fx *f = malloc(sizeof(*f));
-    assert_non_null(f);
-    fx_open(f, &OPT);
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fx_close(*state);
-    free(*state);
-    return 0;
-}
-
 static void test_errors_have_etcd_strings(void **state) {
     (void)state;
     assert_string_equal(lease_strerror(LEASE_ENOTFOUND), "etcdserver: requested lease not found");
@@ -320,17 +306,17 @@ static void test_many_leases(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors_have_etcd_strings),
-        cmocka_unit_test_setup_teardown(test_grant_list_exists, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_grant_duplicate_and_zero_id, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_grant_ttl_bounds, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_revoke_deletes_attached_keys_only, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_revoke_without_keys_keeps_revision, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_abort_leaves_nothing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_follower_refuses_leader_calls, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_renew_and_ttl, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ttl_keys, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_expiry_order_and_rate_limit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_many_leases, setup, teardown),
+        FX_TEST(test_grant_list_exists, &OPT),
+        FX_TEST(test_grant_duplicate_and_zero_id, &OPT),
+        FX_TEST(test_grant_ttl_bounds, &OPT),
+        FX_TEST(test_revoke_deletes_attached_keys_only, &OPT),
+        FX_TEST(test_revoke_without_keys_keeps_revision, &OPT),
+        FX_TEST(test_abort_leaves_nothing, &OPT),
+        FX_TEST(test_follower_refuses_leader_calls, &OPT),
+        FX_TEST(test_renew_and_ttl, &OPT),
+        FX_TEST(test_ttl_keys, &OPT),
+        FX_TEST(test_expiry_order_and_rate_limit, &OPT),
+        FX_TEST(test_many_leases, &OPT),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

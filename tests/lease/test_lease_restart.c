@@ -20,20 +20,6 @@
 static const struct lease_options OPT = {
     .min_ttl = 2, .grace_ns = GRACE, .checkpoint_interval_ns = 20 * SEC};
 
-static int setup(void **state) {
-    struct fx *f = malloc(sizeof(*f));
-    assert_non_null(f);
-    fx_open(f, &OPT);
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fx_close(*state);
-    free(*state);
-    return 0;
-}
-
 /* The exact monotonic time lease id expires on this leader: the last moment
  * it is not reported is one nanosecond before. */
 static void assert_expires_at(struct fx *f, int64_t id, uint64_t at) {
@@ -52,6 +38,16 @@ static void renew(struct fx *f, int64_t id, uint64_t mono, uint64_t wall,
                   struct lease_checkpoint *cp, bool *propose) {
     int64_t ttl;
     assert_int_equal(lease_renew(f->ls, id, mono, wall, &ttl, cp, propose), 0);
+}
+
+/* A leader, lease 1 granted at W with TTL 10, renewed at W+at: the renewal
+ * asks for a checkpoint, returned in cp. */
+static void leader_renewed_at(struct fx *f, uint64_t at, struct lease_checkpoint *cp) {
+    assert_int_equal(lease_promote(f->ls, MONO0, WALL0), 0);
+    assert_int_equal(fx_grant(f, 1, 10, WALL0, MONO0, NULL), 0);
+    bool propose;
+    renew(f, 1, MONO0 + at, WALL0 + at, cp, &propose);
+    assert_true(propose);
 }
 
 static void test_periodic_checkpoints(void **state) {
@@ -84,12 +80,9 @@ static void test_periodic_checkpoints(void **state) {
 
 static void test_renewal_past_deadline_asks_for_checkpoint(void **state) {
     struct fx *f = *state;
-    assert_int_equal(lease_promote(f->ls, MONO0, WALL0), 0);
-    assert_int_equal(fx_grant(f, 1, 10, WALL0, MONO0, NULL), 0); /* deadline W+10 */
     struct lease_checkpoint cp;
     bool propose;
-    renew(f, 1, MONO0 + 1 * SEC, WALL0 + 1 * SEC, &cp, &propose);
-    assert_true(propose);
+    leader_renewed_at(f, 1 * SEC, &cp); /* past the granted deadline W+10 */
     assert_int_equal(cp.id, 1);
     assert_int_equal(cp.remaining_ttl, 0);
     /* Promised W+11; half a TTL more so the next renewals need none. */
@@ -109,12 +102,8 @@ static void test_renewal_past_deadline_asks_for_checkpoint(void **state) {
 
 static void test_late_checkpoint_is_corrected(void **state) {
     struct fx *f = *state;
-    assert_int_equal(lease_promote(f->ls, MONO0, WALL0), 0);
-    assert_int_equal(fx_grant(f, 1, 10, WALL0, MONO0, NULL), 0);
     struct lease_checkpoint cp;
-    bool propose;
-    renew(f, 1, MONO0 + 3 * SEC, WALL0 + 3 * SEC, &cp, &propose);
-    assert_true(propose); /* promised W+13 */
+    leader_renewed_at(f, 3 * SEC, &cp); /* promised W+13 */
     /* An older checkpoint lands first and records less than promised. */
     struct lease_checkpoint old = {
         .id = 1, .remaining_ttl = 8, .deadline_wall_ns = WALL0 + 9 * SEC};
@@ -173,12 +162,8 @@ static void test_expired_while_down(void **state) {
 
 static void test_renewed_lease_survives_restart(void **state) {
     struct fx *f = *state;
-    assert_int_equal(lease_promote(f->ls, MONO0, WALL0), 0);
-    assert_int_equal(fx_grant(f, 1, 10, WALL0, MONO0, NULL), 0);
     struct lease_checkpoint cp;
-    bool propose;
-    renew(f, 1, MONO0 + 8 * SEC, WALL0 + 8 * SEC, &cp, &propose);
-    assert_true(propose); /* promised W+18; the server proposes it */
+    leader_renewed_at(f, 8 * SEC, &cp); /* promised W+18; the server proposes it */
     assert_int_equal(fx_checkpoint(f, &cp, 1, MONO0 + 8 * SEC), 0);
     fx_restart(f);
     assert_int_equal(lease_promote(f->ls, MONO1, WALL0 + 17 * SEC), 0);
@@ -191,12 +176,8 @@ static void test_renewed_lease_survives_restart(void **state) {
 
 static void test_leader_change_uses_persisted_deadline(void **state) {
     struct fx *f = *state;
-    assert_int_equal(lease_promote(f->ls, MONO0, WALL0), 0);
-    assert_int_equal(fx_grant(f, 1, 10, WALL0, MONO0, NULL), 0);
     struct lease_checkpoint cp;
-    bool propose;
-    renew(f, 1, MONO0 + 2 * SEC, WALL0 + 2 * SEC, &cp, &propose);
-    assert_true(propose);
+    leader_renewed_at(f, 2 * SEC, &cp);
     /* Leadership lost before the checkpoint was proposed: the next leader
      * knows only the granted deadline. */
     lease_demote(f->ls);
@@ -244,17 +225,15 @@ static void test_promotion_racing_a_batch(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_periodic_checkpoints, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_renewal_past_deadline_asks_for_checkpoint, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_late_checkpoint_is_corrected, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_restart_neither_early_nor_late, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_expired_while_down, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_renewed_lease_survives_restart, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_leader_change_uses_persisted_deadline, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_no_deadline_falls_back_to_etcd, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_promotion_racing_a_batch, setup, teardown),
+        FX_TEST(test_periodic_checkpoints, &OPT),
+        FX_TEST(test_renewal_past_deadline_asks_for_checkpoint, &OPT),
+        FX_TEST(test_late_checkpoint_is_corrected, &OPT),
+        FX_TEST(test_restart_neither_early_nor_late, &OPT),
+        FX_TEST(test_expired_while_down, &OPT),
+        FX_TEST(test_renewed_lease_survives_restart, &OPT),
+        FX_TEST(test_leader_change_uses_persisted_deadline, &OPT),
+        FX_TEST(test_no_deadline_falls_back_to_etcd, &OPT),
+        FX_TEST(test_promotion_racing_a_batch, &OPT),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
