@@ -149,7 +149,9 @@ int lease_exists(lease_batch_t *lb, int64_t id);
  * batch the leader state follows what was applied: a granted lease starts to
  * expire at now_mono + TTL, a revoked one is forgotten, a checkpoint that
  * left a lease's persisted deadline short of what a client was promised
- * makes the lease due for a new checkpoint at once. */
+ * makes the lease due for a new checkpoint at once. Out of memory there
+ * drops the leader state (logged; lease_is_primary turns false) rather than
+ * leave it half-updated: the server may promote again. */
 void lease_batch_end(lease_batch_t *lb, bool committed, uint64_t now_mono);
 
 /* ---- Leader state --------------------------------------------------------- */

@@ -301,6 +301,13 @@ static void test_many_leases(void **state) {
     for (size_t k = 1; k < n; k++)
         assert_true(ids[k] > ids[k - 1]);
     assert_int_equal(ids[0] % 3, 2);
+    /* The id table still finds exactly the survivors after the deletions. */
+    for (int64_t i = 0; i < N; i++) {
+        struct lease_ttl t;
+        int rc = lease_time_to_live(f->ls, i + 1, false, MONO0, &t);
+        assert_int_equal(rc, i % 3 == 0 ? LEASE_ENOTFOUND : 0);
+        lease_ttl_free(&t);
+    }
 }
 
 int main(void) {
