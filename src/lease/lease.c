@@ -94,6 +94,8 @@ lease_batch_t *lease_batch_begin(lease_t *ls, mvcc_batch_t *b) {
 }
 
 static int pend_add(struct lease_batch *lb, struct pend p) {
+    if (lfault(lb->ls))
+        return -ENOMEM;
     return util_buf_append(&lb->pend, &p, sizeof(p));
 }
 
@@ -152,13 +154,14 @@ int lease_grant(lease_batch_t *lb, int64_t id, int64_t ttl, uint64_t wall_ns,
 
 /* Keys copied out of the lease index: their bytes, then their lengths. */
 struct keyset {
+    lease_t *ls;
     struct util_buf bytes;
     struct util_buf lens; /* size_t[] */
 };
 
 static int keyset_add(void *arg, const uint8_t *key, size_t len) {
     struct keyset *ks = arg;
-    if (util_buf_append(&ks->bytes, key, len) != 0 ||
+    if (lfault(ks->ls) || util_buf_append(&ks->bytes, key, len) != 0 ||
         util_buf_append(&ks->lens, &len, sizeof(len)) != 0)
         return -ENOMEM;
     return 0;
@@ -185,7 +188,7 @@ int lease_revoke(lease_batch_t *lb, int64_t id, mvcc_result_t **out) {
     lease_t *ls = lb->ls;
     MDB_txn *txn = mvcc_batch_txn(lb->b);
     struct mvcc_op *dels = NULL;
-    struct keyset ks = {0};
+    struct keyset ks = {.ls = ls};
     struct lrec r;
     int rc = id == 0 ? LEASE_ENOTFOUND : rec_get(ls, txn, id, &r);
     if (rc != 0)
@@ -194,7 +197,7 @@ int lease_revoke(lease_batch_t *lb, int64_t id, mvcc_result_t **out) {
     if ((rc = mvcc_lease_keys(ls->db, txn, id, keyset_add, &ks)) != 0)
         goto err;
     size_t n = keyset_count(&ks);
-    if (n > 0 && (dels = calloc(n, sizeof(*dels))) == NULL) {
+    if (n > 0 && (lfault(ls) || (dels = calloc(n, sizeof(*dels))) == NULL)) {
         rc = -ENOMEM;
         goto err;
     }
@@ -294,9 +297,17 @@ int lrec_walk(lease_t *ls, MDB_txn *txn, lrec_fn fn, void *arg) {
     return g == 0 || g == MDB_NOTFOUND ? 0 : lmdb_rc(g);
 }
 
+struct idlist {
+    lease_t *ls;
+    struct util_buf ids; /* int64_t[] */
+};
+
 static int id_add(void *arg, int64_t id, const struct lrec *r) {
     (void)r;
-    return util_buf_append(arg, &id, sizeof(id)) != 0 ? -ENOMEM : 0;
+    struct idlist *l = arg;
+    if (lfault(l->ls) || util_buf_append(&l->ids, &id, sizeof(id)) != 0)
+        return -ENOMEM;
+    return 0;
 }
 
 int lease_list(lease_t *ls, int64_t **ids, size_t *n) {
@@ -306,15 +317,15 @@ int lease_list(lease_t *ls, int64_t **ids, size_t *n) {
     int rc = mvcc_read_begin(ls->db, &rd);
     if (rc != 0)
         return rc;
-    struct util_buf b = {0};
-    rc = lrec_walk(ls, mvcc_read_txn(rd), id_add, &b);
+    struct idlist l = {.ls = ls};
+    rc = lrec_walk(ls, mvcc_read_txn(rd), id_add, &l);
     mvcc_read_end(rd);
     if (rc != 0) {
-        util_buf_free(&b);
+        util_buf_free(&l.ids);
         return rc;
     }
-    *ids = (int64_t *)(void *)b.data;
-    *n = b.len / sizeof(int64_t);
+    *ids = (int64_t *)(void *)l.ids.data;
+    *n = l.ids.len / sizeof(int64_t);
     return 0;
 }
 
@@ -323,11 +334,11 @@ int lkeys_read(lease_t *ls, int64_t id, struct lease_ttl *out) {
     int rc = mvcc_read_begin(ls->db, &rd);
     if (rc != 0)
         return rc;
-    struct keyset ks = {0};
+    struct keyset ks = {.ls = ls};
     rc = mvcc_lease_keys(ls->db, mvcc_read_txn(rd), id, keyset_add, &ks);
     mvcc_read_end(rd);
     size_t n = keyset_count(&ks);
-    if (rc == 0 && n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL)
+    if (rc == 0 && n > 0 && (lfault(ls) || (out->keys = calloc(n, sizeof(*out->keys))) == NULL))
         rc = -ENOMEM;
     if (rc != 0) {
         keyset_free(&ks);
@@ -344,3 +355,15 @@ int lkeys_read(lease_t *ls, int64_t id, struct lease_ttl *out) {
     util_buf_free(&ks.lens);
     return 0;
 }
+
+#ifdef QUOIN_TESTING
+bool lfault(lease_t *ls) {
+    atomic_fetch_add(&ls->fault_seen, 1);
+    return atomic_load(&ls->fault_left) > 0 && atomic_fetch_sub(&ls->fault_left, 1) == 1;
+}
+
+long lease_test_fail_alloc(lease_t *ls, long n) {
+    atomic_store(&ls->fault_left, n > 0 ? n : 0);
+    return atomic_exchange(&ls->fault_seen, 0);
+}
+#endif

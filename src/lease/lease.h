@@ -227,4 +227,12 @@ void lease_ttl_free(struct lease_ttl *t);
  * error. Any thread. */
 int lease_list(lease_t *ls, int64_t **ids, size_t *n);
 
+#ifdef QUOIN_TESTING
+/* Test builds only: the n-th allocation the layer attempts from now on
+ * (counting from 1) fails as if memory ran out; n <= 0 disarms. Returns how
+ * many allocations were attempted since the previous call, so a test can fail
+ * each one in turn until a run attempts fewer than n. */
+long lease_test_fail_alloc(lease_t *ls, long n);
+#endif
+
 #endif

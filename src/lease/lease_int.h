@@ -5,6 +5,7 @@
 #define QUOIN_LEASE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "lease/lease.h"
 
@@ -103,6 +104,11 @@ struct lease_mgr {
     struct lease_options opt;
     struct lease_batch batch; /* apply thread only */
 
+#ifdef QUOIN_TESTING
+    atomic_long fault_left; /* lease_test_fail_alloc's countdown */
+    atomic_long fault_seen;
+#endif
+
     pthread_mutex_t mu; /* guards everything below */
     bool primary;
     struct table tab;
@@ -117,6 +123,13 @@ int lrec_walk(lease_t *ls, MDB_txn *txn, lrec_fn fn, void *arg);
 /* Fills out->keys / n_keys / data with the keys attached to lease id, from
  * a fresh read snapshot. Returns 0 or an error (out unchanged). */
 int lkeys_read(lease_t *ls, int64_t id, struct lease_ttl *out);
+
+/* Before each allocation: whether test builds want it to fail. */
+#ifdef QUOIN_TESTING
+bool lfault(lease_t *ls);
+#else
+#define lfault(ls) ((void)(ls), false)
+#endif
 
 /* Leader-state replay of one committed change (primary.c). Called with mu. */
 void lprimary_apply(lease_t *ls, const struct pend *p, uint64_t now_mono);

@@ -22,14 +22,14 @@ static struct ent *ent_new(int64_t id) {
 
 /* Adds a fresh entry to the table and the expiry heap. */
 static int ent_add(lease_t *ls, int64_t id, struct ent **out) {
-    struct ent *e = ent_new(id);
+    struct ent *e = lfault(ls) ? NULL : ent_new(id);
     if (e == NULL)
         return -ENOMEM;
-    if (ltab_put(&ls->tab, e) != 0) {
+    if (lfault(ls) || ltab_put(&ls->tab, e) != 0) {
         free(e);
         return -ENOMEM;
     }
-    if (lheap_set(&ls->heaps[H_EXPIRY], e, 0) != 0) {
+    if (lfault(ls) || lheap_set(&ls->heaps[H_EXPIRY], e, 0) != 0) {
         ltab_del(&ls->tab, id);
         free(e);
         return -ENOMEM;
@@ -53,13 +53,20 @@ static void set_expiry(lease_t *ls, struct ent *e, uint64_t expiry) {
     (void)rc;
 }
 
+/* Puts e in the checkpoint heap at `at` (an allocation if it is not in it). */
+static int checkpoint_at(lease_t *ls, struct ent *e, uint64_t at) {
+    if (e->hpos[H_CHECKPOINT] == HEAP_NONE && lfault(ls))
+        return -ENOMEM;
+    return lheap_set(&ls->heaps[H_CHECKPOINT], e, at);
+}
+
 /* etcd's scheduleCheckpointIfNeeded: a lease with more than an interval left
  * is checkpointed an interval from now; a shorter one needs no periodic
  * checkpoint (it expires or gets renewed first). */
 static int schedule_checkpoint(lease_t *ls, struct ent *e, uint64_t now) {
     uint64_t iv = ls->opt.checkpoint_interval_ns;
     if (e->expiry > now && e->expiry - now > iv)
-        return lheap_set(&ls->heaps[H_CHECKPOINT], e, now + iv);
+        return checkpoint_at(ls, e, now + iv);
     lheap_remove(&ls->heaps[H_CHECKPOINT], e);
     return 0;
 }
@@ -104,7 +111,7 @@ void lprimary_apply(lease_t *ls, const struct pend *p, uint64_t now_mono) {
         /* A checkpoint proposed before a renewal here can land after it and
          * record less than the renewal promised: record more at once. */
         if (e->promised != 0 && (e->deadline == 0 || e->deadline < e->promised))
-            rc = lheap_set(&ls->heaps[H_CHECKPOINT], e, now_mono);
+            rc = checkpoint_at(ls, e, now_mono);
         else
             rc = schedule_checkpoint(ls, e, now_mono);
         break;
