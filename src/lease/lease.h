@@ -21,7 +21,8 @@
  * persisted deadline plus a grace (at most the election timeout), so a lease
  * is neither revoked before the deadline its last checkpoint recorded nor kept
  * more than the grace beyond it; a lease whose deadline passed while the
- * cluster was down is reported expired as soon as the grace runs out. A
+ * cluster was down is reported expired at deadline + grace, at once if that
+ * is already past. A
  * renewal that takes a lease past its persisted deadline asks the server to
  * propose a checkpoint (lease_renew's *propose), so the deadline on disk
  * always covers what a client was told.
