@@ -144,7 +144,9 @@ static int promote_one(void *arg, int64_t id, const struct lrec *r) {
     int rc = ent_add(ls, id, &e);
     if (rc != 0)
         return rc;
-    e->ttl = r->ttl;
+    /* As etcd's recovery: a lease granted under a smaller minimum renews to
+     * the current one. */
+    e->ttl = r->ttl < ls->opt.min_ttl ? ls->opt.min_ttl : r->ttl;
     e->deadline = r->deadline;
     set_expiry(ls, e, lsat_add(pr->now_mono, promoted_left(ls, r, pr->now_wall)));
     pr->n++;

@@ -201,6 +201,20 @@ static void test_no_deadline_falls_back_to_etcd(void **state) {
     assert_expires_at(f, 1, MONO1 + 40 * SEC + GRACE);
 }
 
+static void test_restart_raises_ttl_to_new_minimum(void **state) {
+    struct fx *f = *state;
+    assert_int_equal(fx_grant(f, 1, 2, WALL0, MONO0, NULL), 0);
+    f->opt.min_ttl = 6; /* restarted with a longer election timeout */
+    fx_restart(f);
+    assert_int_equal(lease_promote(f->ls, MONO1, WALL0), 0);
+    int64_t ttl;
+    struct lease_checkpoint cp;
+    bool propose;
+    assert_int_equal(lease_renew(f->ls, 1, MONO1, WALL0, &ttl, &cp, &propose), 0);
+    assert_int_equal(ttl, 6);
+    assert_expires_at(f, 1, MONO1 + 6 * SEC);
+}
+
 static void test_promotion_racing_a_batch(void **state) {
     struct fx *f = *state;
     assert_int_equal(fx_grant(f, 2, 10, WALL0, MONO0, NULL), 0);
@@ -233,6 +247,7 @@ int main(void) {
         FX_TEST(test_renewed_lease_survives_restart, &OPT),
         FX_TEST(test_leader_change_uses_persisted_deadline, &OPT),
         FX_TEST(test_no_deadline_falls_back_to_etcd, &OPT),
+        FX_TEST(test_restart_raises_ttl_to_new_minimum, &OPT),
         FX_TEST(test_promotion_racing_a_batch, &OPT),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
