@@ -4,7 +4,8 @@
  * checkpointing, and losing and regaining leadership, all at once on one
  * shared hand-driven clock. Under the sanitizers this catches an entry used
  * after another thread freed it; the assertions check that every call returns
- * one of its documented codes. */
+ * one of its documented codes (a failed one in a worker thread ends the
+ * program, which cmocka cannot unwind, and so still fails the run). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
