@@ -457,4 +457,16 @@ int mvcc_txn_check_duplicates(const struct mvcc_txn_req *txn);
  * holds a batch. */
 int mvcc_snapshot_to_fd(mvcc_t *db, int fd);
 
+/* ---- Lease index ------------------------------------------------------- */
+
+/* Called once per key; return 0 to go on, anything else to stop. */
+typedef int (*mvcc_lease_key_fn)(void *arg, const uint8_t *key, size_t key_len);
+
+/* Calls fn for every live key whose current version is attached to `lease`,
+ * in ascending key byte order, as `txn` sees the store (a batch's
+ * mvcc_batch_txn or a snapshot's mvcc_read_txn). `key` is valid only during
+ * the call: copy it before writing through the batch. Returns 0, fn's non-zero
+ * value if it stopped the walk, or an LMDB-derived error. Thread of txn. */
+int mvcc_lease_keys(mvcc_t *db, MDB_txn *txn, int64_t lease, mvcc_lease_key_fn fn, void *arg);
+
 #endif
