@@ -26,8 +26,7 @@ struct read_waiter {
 
 struct server_apply {
     mvcc_t *db;
-    apply_entry_fn fn;
-    void *arg;
+    struct apply_hooks hooks;
     log_t *lg;
     pthread_t thread;
     pthread_mutex_t mu;
@@ -132,13 +131,15 @@ static void run_waiters(struct read_waiter *w) {
 static struct queued_entry *apply_batch(server_apply_t *a, struct queued_entry *list) {
     mvcc_batch_t *b = NULL;
     int rc = mvcc_batch_begin(a->db, &b);
+    if (rc == 0 && a->hooks.batch_begin)
+        a->hooks.batch_begin(a->hooks.arg, b);
     size_t n = 0;
     uint64_t index = 0, term = 0;
     while (rc == 0 && list && n < APPLY_MAX_BATCH) {
         struct queued_entry *q = list;
         a->dones[n] = (struct apply_done){0};
         if (q->e.type == RAFT_ENTRY_NORMAL && q->e.len > 0)
-            rc = a->fn(a->arg, b, &q->e, &a->dones[n]);
+            rc = a->hooks.entry(a->hooks.arg, b, &q->e, &a->dones[n]);
         if (rc != 0)
             break;
         index = q->e.index;
@@ -148,13 +149,17 @@ static struct queued_entry *apply_batch(server_apply_t *a, struct queued_entry *
         free(q->e.data);
         free(q);
     }
+    bool began = b != NULL;
     if (rc == 0) {
         mvcc_batch_set_applied(b, index, term);
         rc = mvcc_batch_commit(b);
         b = NULL;
     }
-    if (rc != 0) {
+    if (rc != 0)
         mvcc_batch_abort(b);
+    if (began && a->hooks.batch_end)
+        a->hooks.batch_end(a->hooks.arg, rc == 0);
+    if (rc != 0) {
         LOG_ERROR(a->lg, "cannot apply committed entries to the key space; stopping the member",
                   LOG_STR("error", mvcc_strerror(rc)), LOG_UINT("index", index));
         abort();
@@ -191,7 +196,7 @@ static void *apply_main(void *arg) {
     return NULL;
 }
 
-int server_apply_start(mvcc_t *db, uint64_t applied, apply_entry_fn fn, void *arg, log_t *lg,
+int server_apply_start(mvcc_t *db, uint64_t applied, const struct apply_hooks *hooks, log_t *lg,
                        server_apply_t **out, struct util_err *err) {
     server_apply_t *a = calloc(1, sizeof(*a));
     if (!a || !(a->dones = calloc(APPLY_MAX_BATCH, sizeof(*a->dones)))) {
@@ -199,8 +204,7 @@ int server_apply_start(mvcc_t *db, uint64_t applied, apply_entry_fn fn, void *ar
         return util_errorf(err, -ENOMEM, "out of memory");
     }
     a->db = db;
-    a->fn = fn;
-    a->arg = arg;
+    a->hooks = *hooks;
     a->lg = lg;
     atomic_store(&a->applied, applied);
     pthread_mutex_init(&a->mu, NULL);

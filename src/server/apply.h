@@ -11,6 +11,7 @@
 #ifndef QUOIN_SERVER_APPLY_H
 #define QUOIN_SERVER_APPLY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "log/log.h"
@@ -34,8 +35,18 @@ struct apply_done {
 typedef int (*apply_entry_fn)(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
                               struct apply_done *done);
 
+/* What the apply thread calls. entry is required; the batch hooks, which
+ * other layers use to join the batch (leases), may be NULL. */
+struct apply_hooks {
+    void *arg;
+    apply_entry_fn entry;
+    void (*batch_begin)(void *arg, mvcc_batch_t *b);
+    /* After the commit (committed true) or the abort of the batch. */
+    void (*batch_end)(void *arg, bool committed);
+};
+
 /* Starts the apply thread over db. applied is the index already in db. */
-int server_apply_start(mvcc_t *db, uint64_t applied, apply_entry_fn fn, void *arg, log_t *lg,
+int server_apply_start(mvcc_t *db, uint64_t applied, const struct apply_hooks *hooks, log_t *lg,
                        server_apply_t **out, struct util_err *err);
 
 /* Queues committed entries (copied). Raft thread. Returns 0 or -ENOMEM. */

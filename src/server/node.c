@@ -47,6 +47,7 @@ struct server_node {
 
     _Atomic uint64_t leader, term, commit, last_index;
     uint64_t id;
+    bool was_leader;
 };
 
 static void fail_items(server_node_t *n, struct node_item *items, size_t count, int code) {
@@ -179,9 +180,14 @@ static void drain_ready(server_node_t *n) {
         for (size_t i = 0; i < rd.n_reads; i++)
             if (n->cb.read_ready)
                 n->cb.read_ready(n->cb.arg, rd.reads[i].context, rd.reads[i].index);
-        if (rd.soft_changed)
-            LOG_INFO(n->lg, rd.soft.role == RAFT_LEADER ? "became leader" : "raft role changed",
+        if (rd.soft_changed) {
+            bool leader = rd.soft.role == RAFT_LEADER;
+            LOG_INFO(n->lg, leader ? "became leader" : "raft role changed",
                      LOG_UINT("leader", rd.soft.leader), LOG_INT("role", rd.soft.role));
+            if (leader != n->was_leader && n->cb.role_changed)
+                n->cb.role_changed(n->cb.arg, leader);
+            n->was_leader = leader;
+        }
         raft_advance(n->raft, &rd);
         publish_status(n);
     }

@@ -42,6 +42,8 @@ struct node_callbacks {
     /* The index the state machine has applied (any thread): proposals are
      * refused while the apply backlog is large. */
     uint64_t (*applied)(void *arg);
+    /* This member became leader (true) or stopped being it (false). */
+    void (*role_changed)(void *arg, bool leader);
 };
 
 struct node_config {

@@ -72,6 +72,15 @@ int v3_register(struct server *s, const struct api_grpc_method *m, size_t n, str
     return 0;
 }
 
+void v3_header_msg(struct server *s, int64_t revision, Etcdserverpb__ResponseHeader *h) {
+    struct pbw_header ph;
+    v3_header(s, revision, &ph);
+    h->cluster_id = ph.cluster_id;
+    h->member_id = ph.member_id;
+    h->revision = ph.revision;
+    h->raft_term = ph.raft_term;
+}
+
 static void on_handle_closed(uv_handle_t *h) {
     (void)h;
 }
@@ -97,6 +106,7 @@ static void server_stop(struct server *s) {
     server_wait_free(s->reads);
     s->writes = s->reads = NULL;
     run_posts(s);
+    uv_close((uv_handle_t *)&s->lease_timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->sigterm, on_handle_closed);
     uv_close((uv_handle_t *)&s->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&s->post_wake, on_handle_closed);
@@ -120,6 +130,8 @@ static int listen_all(struct server *s, struct util_err *err) {
     if (rc == 0)
         rc = v3_maintenance_register(s, err);
     if (rc == 0)
+        rc = v3_lease_register(s, err);
+    if (rc == 0)
         rc = peer_transport_new(&s->loop, s->lg, &s->peer, err);
     for (size_t i = 0; rc == 0 && i < cfg->listen_peer_urls.n; i++)
         rc = peer_transport_listen(s->peer, cfg->listen_peer_urls.v[i].text, err);
@@ -136,6 +148,33 @@ static void on_committed(void *arg, const struct raft_entry *ents, size_t n) {
         LOG_ERROR(s->lg, "out of memory handing committed entries to the apply thread");
         abort();
     }
+}
+
+static void role_changed(void *arg, bool leader) {
+    struct server *s = arg;
+    if (!leader) {
+        lease_demote(s->leases);
+        return;
+    }
+    int rc = lease_promote(s->leases, util_now_mono_ns(), util_now_wall_ns());
+    if (rc != 0)
+        LOG_ERROR(s->lg, "cannot take over lease expiry as leader",
+                  LOG_STR("error", lease_strerror(rc)));
+}
+
+static void lease_batch_begin_hook(void *arg, mvcc_batch_t *b) {
+    struct server *s = arg;
+    s->lease_batch = lease_batch_begin(s->leases, b);
+}
+
+static void lease_batch_end_hook(void *arg, bool committed) {
+    struct server *s = arg;
+    lease_batch_end(s->lease_batch, committed, util_now_mono_ns());
+    s->lease_batch = NULL;
+}
+
+static void on_lease_timer(uv_timer_t *t) {
+    v3_lease_tick(t->data);
 }
 
 static uint64_t applied_index(void *arg) {
@@ -162,7 +201,18 @@ static int start_core(struct server *s, struct util_err *err) {
     mvcc_state(s->db, &applied, &applied_term, &rev, &compact);
     if (server_wait_new(&s->writes) != 0 || server_wait_new(&s->reads) != 0)
         return util_errorf(err, -ENOMEM, "out of memory");
-    if ((rc = server_apply_start(s->db, applied, v3_apply_entry, s, s->lg, &s->apply, err)) != 0)
+    /* etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds. */
+    struct lease_options lopts = {
+        .min_ttl = (int64_t)((3ull * cfg->election_ms / 2 + 999) / 1000),
+        .grace_ns = (uint64_t)cfg->election_ms * 1000000u,
+    };
+    if ((rc = lease_open(s->db, &lopts, s->lg, &s->leases, err)) != 0)
+        return rc;
+    struct apply_hooks hooks = {.arg = s,
+                                .entry = v3_apply_entry,
+                                .batch_begin = lease_batch_begin_hook,
+                                .batch_end = lease_batch_end_hook};
+    if ((rc = server_apply_start(s->db, applied, &hooks, s->lg, &s->apply, err)) != 0)
         return rc;
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));
     uint64_t voters[1] = {s->member_id};
@@ -176,6 +226,7 @@ static int start_core(struct server *s, struct util_err *err) {
     struct node_callbacks cb = {.arg = s,
                                 .committed = on_committed,
                                 .applied = applied_index,
+                                .role_changed = role_changed,
                                 .read_ready = v3_read_ready,
                                 .read_failed = v3_read_failed,
                                 .propose_failed = v3_propose_failed};
@@ -211,6 +262,9 @@ int server_run(const struct config *cfg, log_t *lg, struct util_err *err) {
     uv_signal_init(&s->loop, &s->sigterm);
     uv_signal_init(&s->loop, &s->sigint);
     uv_async_init(&s->loop, &s->post_wake, on_post);
+    uv_timer_init(&s->loop, &s->lease_timer);
+    s->lease_timer.data = s;
+    uv_timer_start(&s->lease_timer, on_lease_timer, 500, 500);
     s->sigterm.data = s->sigint.data = s->post_wake.data = s;
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
@@ -227,6 +281,7 @@ int server_run(const struct config *cfg, log_t *lg, struct util_err *err) {
     if (closed != 0)
         LOG_WARN(lg, "event loop closed with handles still open", LOG_INT("code", closed));
 out:
+    lease_close(s->leases);
     mvcc_close(s->db);
     server_datadir_close(s->dd);
     pthread_mutex_destroy(&s->post_mu);

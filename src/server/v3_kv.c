@@ -13,15 +13,6 @@
 
 /* ---- errors --------------------------------------------------------------- */
 
-/* etcd's request errors that are not mvcc's: status code and message. */
-#define V3_EEMPTYKEY (-30001)
-#define V3_EVALUEPROVIDED (-30002)
-#define V3_ELEASEPROVIDED (-30003)
-#define V3_ETOOMANYOPS (-30004)
-#define V3_ETOOLARGE (-30005)
-#define V3_ELEASENOTFOUND (-30006)
-#define V3_ESORT (-30007)
-
 void v3_fail(api_call_t *call, int code) {
     enum api_grpc_code g = API_GRPC_UNKNOWN;
     const char *msg = NULL;
@@ -42,7 +33,15 @@ void v3_fail(api_call_t *call, int code) {
         g = API_GRPC_INVALID_ARGUMENT, msg = "etcdserver: request is too large";
         break;
     case V3_ELEASENOTFOUND:
+    case LEASE_ENOTFOUND:
+    case LEASE_EEXPIRED:
         g = API_GRPC_NOT_FOUND, msg = "etcdserver: requested lease not found";
+        break;
+    case LEASE_EEXISTS:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: lease already exists";
+        break;
+    case LEASE_ETTLTOOLARGE:
+        g = API_GRPC_OUT_OF_RANGE, msg = "etcdserver: too large lease TTL";
         break;
     case V3_ESORT:
         g = API_GRPC_INVALID_ARGUMENT, msg = "etcdserver: invalid sort option";
@@ -259,20 +258,27 @@ static int conv_txn(struct conv *c, const Etcdserverpb__TxnRequest *q, unsigned 
     return rc;
 }
 
-/* Whether any put in op (nested txns included) names a lease. */
-static bool uses_lease(const struct mvcc_op *op) {
-    if (op->type == MVCC_OP_PUT)
-        return op->u.put.lease != 0;
+/* Checks that every lease a put in op names (nested txns included) exists,
+ * as etcd does before applying. Apply thread, inside the lease batch. */
+static int leases_exist(struct server *s, const struct mvcc_op *op) {
+    if (op->type == MVCC_OP_PUT && op->u.put.lease != 0) {
+        int rc = lease_exists(s->lease_batch, op->u.put.lease);
+        return rc == LEASE_ENOTFOUND ? V3_ELEASENOTFOUND : rc;
+    }
     if (op->type != MVCC_OP_TXN)
-        return false;
+        return 0;
     const struct mvcc_txn_req *t = op->u.txn;
-    for (size_t i = 0; i < t->n_success; i++)
-        if (uses_lease(&t->success[i]))
-            return true;
-    for (size_t i = 0; i < t->n_failure; i++)
-        if (uses_lease(&t->failure[i]))
-            return true;
-    return false;
+    for (size_t i = 0; i < t->n_success; i++) {
+        int rc = leases_exist(s, &t->success[i]);
+        if (rc != 0)
+            return rc;
+    }
+    for (size_t i = 0; i < t->n_failure; i++) {
+        int rc = leases_exist(s, &t->failure[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
 }
 
 /* Converts a write request of `kind` into an mvcc op. */
@@ -290,7 +296,7 @@ static int conv_write(struct conv *c, enum v3_entry_kind kind, const ProtobufCMe
         int rc = conv_txn(c, (const Etcdserverpb__TxnRequest *)msg, max_ops, &op->u.txn);
         return rc ? rc : mvcc_txn_check_duplicates(op->u.txn);
     }
-    case V3_ENTRY_COMPACT:
+    default:
         break;
     }
     return -EINVAL;
@@ -306,23 +312,14 @@ static const ProtobufCMessageDescriptor *kind_descriptor(enum v3_entry_kind kind
         return &etcdserverpb__txn_request__descriptor;
     case V3_ENTRY_COMPACT:
         return &etcdserverpb__compaction_request__descriptor;
+    default:
+        return NULL;
     }
-    return NULL;
 }
 
 /* ---- writes: propose, apply, answer ----------------------------------------- */
 
-/* What the apply thread hands to the waiting write. */
-struct applied {
-    struct server *s;
-    uint64_t id;
-    enum v3_entry_kind kind;
-    int code;           /* 0, or the request's error */
-    mvcc_result_t *res; /* put, delete range, txn */
-    bool physical;      /* compaction: answer once the history is removed */
-};
-
-static void applied_free(struct applied *a) {
+void v3_applied_free(struct v3_applied *a) {
     if (a) {
         mvcc_result_free(a->res);
         free(a);
@@ -335,6 +332,7 @@ struct pending_write {
     api_call_t *call;
     uint64_t id;
     int code; /* why it ended before being applied, when it did */
+    v3_answer_fn answer;
 };
 
 static void compaction_answer(struct server *s, api_call_t *call, bool physical);
@@ -343,11 +341,13 @@ static void compaction_answer(struct server *s, api_call_t *call, bool physical)
  * request was cancelled or failed before being applied). */
 static void on_write_done(void *ctx, void *result) {
     struct pending_write *w = ctx;
-    struct applied *a = result;
+    struct v3_applied *a = result;
     if (!a) {
         v3_fail(w->call, w->code ? w->code : -ECANCELED);
     } else if (a->code != 0) {
         v3_fail(w->call, a->code);
+    } else if (w->answer) {
+        w->answer(w->s, w->call, a);
     } else if (a->kind == V3_ENTRY_COMPACT) {
         compaction_answer(w->s, w->call, a->physical);
     } else {
@@ -363,16 +363,16 @@ static void on_write_done(void *ctx, void *result) {
         }
         util_buf_free(&b);
     }
-    applied_free(a);
+    v3_applied_free(a);
     free(w);
 }
 
 /* Triggers the waiter of an applied write, or frees the result when nobody on
  * this member waits for it. Apply thread, after commit. */
-static void applied_done(void *ctx) {
-    struct applied *a = ctx;
+void v3_applied_done(void *ctx) {
+    struct v3_applied *a = ctx;
     if (!server_wait_trigger(a->s->writes, a->id, a))
-        applied_free(a);
+        v3_applied_free(a);
 }
 
 /* A write the client gave up on: the waiter answers with CANCELLED. The entry
@@ -384,9 +384,8 @@ static void on_write_cancel(api_call_t *call, void *arg) {
         server_wait_cancel(s->writes, id);
 }
 
-/* Proposes a checked write: [format][kind][id][raw request]. */
-static void propose_write(struct server *s, api_call_t *call, enum v3_entry_kind kind,
-                          const uint8_t *data, size_t len) {
+void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, const uint8_t *data,
+                size_t len, v3_answer_fn answer) {
     if (len > s->cfg->max_request_bytes) {
         v3_fail(call, V3_ETOOLARGE);
         return;
@@ -399,7 +398,7 @@ static void propose_write(struct server *s, api_call_t *call, enum v3_entry_kind
         v3_fail(call, -ENOMEM);
         return;
     }
-    *w = (struct pending_write){.s = s, .call = call, .id = server_next_id(s)};
+    *w = (struct pending_write){.s = s, .call = call, .id = server_next_id(s), .answer = answer};
     entry[0] = V3_ENTRY_FORMAT;
     entry[1] = (uint8_t)kind;
     for (int i = 0; i < 8; i++)
@@ -435,14 +434,14 @@ void v3_propose_failed(void *arg, const uint8_t *data, size_t len, int code) {
     struct server *s = arg;
     if (len < V3_ENTRY_HEADER)
         return;
-    struct applied *a = calloc(1, sizeof(*a));
+    struct v3_applied *a = calloc(1, sizeof(*a));
     if (!a) {
         server_wait_cancel(s->writes, entry_id(data));
         return;
     }
-    *a = (struct applied){.s = s, .id = entry_id(data), .code = code};
+    *a = (struct v3_applied){.s = s, .id = entry_id(data), .code = code};
     if (!server_wait_trigger(s->writes, a->id, a))
-        applied_free(a);
+        v3_applied_free(a);
 }
 
 int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
@@ -451,13 +450,16 @@ int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
     if (e->len < V3_ENTRY_HEADER || e->data[0] != V3_ENTRY_FORMAT)
         return 0; /* not a request of this format: nothing to apply */
     enum v3_entry_kind kind = (enum v3_entry_kind)e->data[1];
+    if (kind >= V3_ENTRY_LEASE_GRANT)
+        return v3_lease_apply(s, kind, entry_id(e->data), e->data + V3_ENTRY_HEADER,
+                              e->len - V3_ENTRY_HEADER, done);
     const ProtobufCMessageDescriptor *desc = kind_descriptor(kind);
     if (!desc)
         return 0;
-    struct applied *a = calloc(1, sizeof(*a));
+    struct v3_applied *a = calloc(1, sizeof(*a));
     if (!a)
         return -ENOMEM;
-    *a = (struct applied){.s = s, .id = entry_id(e->data), .kind = kind};
+    *a = (struct v3_applied){.s = s, .id = entry_id(e->data), .kind = kind};
     ProtobufCMessage *msg =
         protobuf_c_message_unpack(desc, NULL, e->len - V3_ENTRY_HEADER, e->data + V3_ENTRY_HEADER);
     int rc = 0;
@@ -473,10 +475,11 @@ int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
         struct conv c = {0};
         struct mvcc_op op;
         a->code = conv_write(&c, kind, msg, s->cfg->max_txn_ops, &op);
-        /* Leases arrive with the lease service; until then none exists. */
-        if (a->code == 0 && uses_lease(&op))
-            a->code = V3_ELEASENOTFOUND;
-        if (a->code == 0) {
+        if (a->code == 0)
+            a->code = leases_exist(s, &op);
+        if (a->code < 0 && a->code > -20000 && a->code != -EINVAL)
+            rc = a->code; /* LMDB trouble in the lease check: breaks the batch */
+        else if (a->code == 0) {
             a->code = mvcc_apply(b, &op, &a->res);
             if (a->code < 0 && a->code > -20000 && a->code != -EINVAL)
                 rc = a->code; /* LMDB trouble: breaks the batch */
@@ -486,10 +489,10 @@ int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
     if (msg)
         protobuf_c_message_free_unpacked(msg, NULL);
     if (rc != 0) {
-        applied_free(a);
+        v3_applied_free(a);
         return rc;
     }
-    *done = (struct apply_done){.fn = applied_done, .ctx = a};
+    *done = (struct apply_done){.fn = v3_applied_done, .ctx = a};
     return 0;
 }
 
@@ -513,7 +516,7 @@ static void on_write(api_call_t *call, ProtobufCMessage *msg, const uint8_t *dat
     if (rc != 0)
         v3_fail(call, rc);
     else
-        propose_write(s, call, kind, data, len);
+        v3_propose(s, call, kind, data, len, NULL);
 }
 
 static void on_put(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,

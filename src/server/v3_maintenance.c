@@ -11,16 +11,6 @@
 #include "api/proto/rpc.pb-c.h"
 #include "server/v3.h"
 
-/* Fills a protobuf-c header (for replies built as messages). */
-static void header_msg(struct server *s, int64_t revision, Etcdserverpb__ResponseHeader *h) {
-    struct pbw_header ph;
-    v3_header(s, revision, &ph);
-    h->cluster_id = ph.cluster_id;
-    h->member_id = ph.member_id;
-    h->revision = ph.revision;
-    h->raft_term = ph.raft_term;
-}
-
 static void on_status(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
                       void *arg) {
     (void)data;
@@ -28,7 +18,7 @@ static void on_status(api_call_t *call, ProtobufCMessage *msg, const uint8_t *da
     struct server *s = arg;
     protobuf_c_message_free_unpacked(msg, NULL);
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    header_msg(s, 0, &h);
+    v3_header_msg(s, 0, &h);
     struct node_status st;
     server_node_status(s->node, &st);
     uint64_t size = 0, in_use = 0;
@@ -60,7 +50,7 @@ static void on_hash_kv(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d
         return;
     }
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    header_msg(s, cur, &h);
+    v3_header_msg(s, cur, &h);
     Etcdserverpb__HashKVResponse r = ETCDSERVERPB__HASH_KVRESPONSE__INIT;
     r.header = &h;
     r.hash = hash;
@@ -84,7 +74,7 @@ static void on_defragment(api_call_t *call, ProtobufCMessage *msg, const uint8_t
     }
     LOG_INFO(s->lg, "defragmented the key space", LOG_UINT("writes-held-us", held_ns / 1000));
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    header_msg(s, 0, &h);
+    v3_header_msg(s, 0, &h);
     Etcdserverpb__DefragmentResponse r = ETCDSERVERPB__DEFRAGMENT_RESPONSE__INIT;
     r.header = &h;
     api_call_reply(call, &r.base);
@@ -99,7 +89,7 @@ static void on_alarm(api_call_t *call, ProtobufCMessage *msg, const uint8_t *dat
     struct server *s = arg;
     protobuf_c_message_free_unpacked(msg, NULL);
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    header_msg(s, 0, &h);
+    v3_header_msg(s, 0, &h);
     Etcdserverpb__AlarmResponse r = ETCDSERVERPB__ALARM_RESPONSE__INIT;
     r.header = &h;
     api_call_reply(call, &r.base);
@@ -133,7 +123,7 @@ static void on_member_list(api_call_t *call, ProtobufCMessage *msg, const uint8_
     m.clienturls = client;
     Etcdserverpb__Member *members[1] = {&m};
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    header_msg(s, 0, &h);
+    v3_header_msg(s, 0, &h);
     h.revision = 0; /* etcd leaves the revision out of cluster responses */
     Etcdserverpb__MemberListResponse r = ETCDSERVERPB__MEMBER_LIST_RESPONSE__INIT;
     r.header = &h;

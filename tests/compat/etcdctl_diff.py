@@ -99,7 +99,8 @@ class Normaliser:
         s = re.sub(r"http://127\.0\.0\.1:\d+", "<peer-url>", s)
         # Ids (member, cluster, lease) print in decimal in JSON and in hex
         # elsewhere; both spellings of one id get the same name.
-        s = re.sub(r'"(cluster_id|ClusterID|member_id|MemberID|ID|leader)"\s*:\s*(\d+)',
+        s = re.sub(r"remaining\(\d+s\)", "remaining(<n>s)", s)
+        s = re.sub(r'"(cluster_id|ClusterID|member_id|MemberID|ID|leader|id|lease)"\s*:\s*(\d+)',
                    lambda m: '"%s":%s' % (m.group(1), self._name("id", int(m.group(2)))), s)
         s = re.sub(r"\b[0-9a-f]{16}\b", lambda m: self._name("id", int(m.group(0), 16)), s)
         s = re.sub(r'"(dbSize|dbSizeInUse|raftIndex|raftAppliedIndex|totalSize)"\s*:\s*\d+',
@@ -116,15 +117,20 @@ class Normaliser:
 
 def run_script(endpoint, steps, workdir):
     """Runs the steps against one server; returns the normalised transcript as
-    a list of lines."""
+    a list of lines. "{lease}" in a step's arguments stands for the id of the
+    lease the last `lease grant` granted."""
     norm = Normaliser(endpoint, workdir)
     out = []
+    lease = "0"
     for step in steps:
         kind = step[0]
         if kind == "ctl":
             args, stdin = step[1], step[2] if len(step) > 2 else None
-            args = [a.replace("{dir}", workdir) for a in args]
+            args = [a.replace("{dir}", workdir).replace("{lease}", lease) for a in args]
             r = etcdctl(endpoint, args, stdin=stdin)
+            granted = re.search(r"lease ([0-9a-f]+) granted", r.stdout)
+            if granted:
+                lease = granted.group(1)
             out.append("$ etcdctl %s -> %d" % (" ".join(step[1]), r.returncode))
             out.extend(norm.text(r.stdout).splitlines())
             out.extend("! " + l for l in norm.stderr(r.stderr).splitlines())

@@ -87,13 +87,25 @@ SECTIONS["watch"] = [
 ]
 
 SECTIONS["lease"] = [
-    # leases
+    # leases: grant, attach keys, inspect, keep alive, revoke (deleting the keys)
     ("ctl", ["lease", "grant", "300"]),
     ("ctl", ["lease", "list"]),
+    ("ctl", ["put", "leased1", "v", "--lease", "{lease}"]),
+    ("ctl", ["put", "leased2", "v", "--lease", "{lease}", "-w", "json"]),
+    ("ctl", ["get", "leased1", "-w", "json"]),
+    ("ctl", ["lease", "timetolive", "{lease}", "--keys"]),
+    ("ctl", ["lease", "keep-alive", "--once", "{lease}"]),
+    ("ctl", ["lease", "revoke", "{lease}"]),
+    ("ctl", ["get", "leased", "--prefix", "-w", "json"]),
+    ("ctl", ["lease", "timetolive", "{lease}"]),
+    ("ctl", ["lease", "revoke", "{lease}"]),
+    ("ctl", ["lease", "grant", "1"]),
+    ("ctl", ["lease", "timetolive", "{lease}", "-w", "json"]),
     ("ctl", ["lease", "revoke", "1234"]),
     ("ctl", ["lease", "timetolive", "1234"]),
     ("ctl", ["lease", "keep-alive", "--once", "1234"]),
     ("ctl", ["put", "leased", "v", "--lease", "1234"]),
+    ("ctl", ["lease", "grant", "9000000001"]),
 ]
 
 SECTIONS["maintenance"] = [
@@ -124,7 +136,8 @@ SECTIONS["errors"] = [
     ("ctl", ["get", "", "--from-key", "-w", "json"]),
 ]
 
-ORDER = ["kv", "txn", "compaction", "watch", "lease", "maintenance", "snapshot", "errors"]
+# Leases come after the hash: their ids are random, and keys carry them.
+ORDER = ["kv", "txn", "compaction", "watch", "maintenance", "snapshot", "lease", "errors"]
 
 
 def script(names=None):
