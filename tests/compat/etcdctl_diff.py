@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import clean_env, free_port  # noqa: E402
+from qtest import clean_env, free_port  # noqa: E402
 
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"

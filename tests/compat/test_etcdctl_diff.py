@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from conftest import Server  # noqa: E402
+from qtest import Server  # noqa: E402
 from etcdctl_diff import diff, run_script, start_etcd, stop_process, wait_healthy  # noqa: E402
 from etcdctl_script import script  # noqa: E402
 

@@ -7,7 +7,7 @@ import socket
 import stat
 import urllib.request
 
-from conftest import Server, clean_env, free_port, run_quoin
+from qtest import Server, clean_env, free_port, run_quoin
 
 
 def test_version_flag():
