@@ -291,7 +291,7 @@ static void check_node(struct sim *s, struct node *n) {
             check_leader_complete(s, n);
             /* A leader cut off right after winning leaves entries of its term
              * on its disk only: the raw material of Figure 8. */
-            if (s->o.faults && !quiet_phase(s) && chance(s, 1500)) {
+            if (s->o.faults && !quiet_phase(s) && chance(s, s->o.hunt ? 5000 : 1500)) {
                 int k = slot_of(n->id);
                 for (int j = 0; j < MAXN; j++)
                     s->blocked[k][j] = s->blocked[j][k] = j != k;
@@ -514,7 +514,7 @@ static bool process(struct sim *s, struct node *n) {
          * as a commit for the checker: Raft must keep it whatever happens. */
         if (leader && rd.hard_state.commit > n->seen_commit) {
             check_node(s, n);
-            if (s->o.faults && !quiet_phase(s) && chance(s, 500))
+            if (s->o.faults && !quiet_phase(s) && chance(s, s->o.hunt ? 3000 : 500))
                 crash_at = 0;
         }
         if (rd.soft_changed)
@@ -801,7 +801,7 @@ static void do_transfer(struct sim *s) {
 static void do_partition(struct sim *s) {
     memset(s->blocked, 0, sizeof(s->blocked));
     struct node *l = find_leader(s);
-    if (l && chance(s, 3300)) {
+    if (l && chance(s, s->o.hunt ? 6000 : 3300)) {
         /* cut the leader off alone: it may serve stale state until it notices */
         int k = slot_of(l->id);
         for (int j = 0; j < MAXN; j++)
@@ -936,7 +936,60 @@ static void retire(struct sim *s, struct node *n) {
     n->removed = true;
 }
 
+/* A node's log end: from raft when running, from its disk when down. */
+static void log_end(struct node *n, uint64_t *last, uint64_t *term) {
+    if (n->up) {
+        struct raft_status st;
+        raft_status(n->r, &st);
+        *last = st.last_index;
+        raft_log_term(n->r, *last, term);
+        return;
+    }
+    struct raft_storage stg = raft_memstore_storage(n->ms);
+    *last = raft_memstore_last_index(n->ms);
+    stg.ops->term(stg.ctx, *last, term);
+}
+
+static bool has_entry(struct node *n, uint64_t i, uint64_t t) {
+    uint64_t x = 0;
+    if (n->up)
+        return raft_log_term(n->r, i, &x) == 0 && x == t;
+    struct raft_storage stg = raft_memstore_storage(n->ms);
+    int rc = stg.ops->term(stg.ctx, i, &x);
+    return rc == RAFT_ECOMPACTED || (rc == 0 && x == t);
+}
+
+/* The invariant behind Leader Completeness: a node that lacks a committed
+ * entry must not be at least as up to date as a quorum of voters (else it
+ * could be elected and the entry lost). Checked while the membership is the
+ * bootstrap one, so the quorum is unambiguous. */
+static void check_commit_safe(struct sim *s) {
+    uint64_t c = s->max_commit;
+    uint64_t tc = c < s->commit_term.n ? s->commit_term.v[c] : 0;
+    if (!tc || s->st.conf_changes)
+        return;
+    unsigned nv = s->o.nodes, q = nv / 2 + 1;
+    uint64_t last[MAXN], term[MAXN];
+    for (unsigned i = 0; i < nv; i++)
+        log_end(&s->nodes[i], &last[i], &term[i]);
+    for (unsigned x = 0; x < nv; x++) {
+        if (has_entry(&s->nodes[x], c, tc))
+            continue;
+        unsigned votes = 0;
+        for (unsigned v = 0; v < nv; v++)
+            votes += term[x] > term[v] || (term[x] == term[v] && last[x] >= last[v]);
+        if (votes >= q) {
+            fail(s,
+                 "commit safety: index %llu (term %llu) is committed, but n%u lacks it and "
+                 "is as up to date as %u of %u voters",
+                 (unsigned long long)c, (unsigned long long)tc, x + 1, votes, nv);
+            return;
+        }
+    }
+}
+
 static void check_all(struct sim *s) {
+    check_commit_safe(s);
     for (int i = 0; i < MAXN && !s->failed; i++) {
         struct node *n = &s->nodes[i];
         if (!n->up)
@@ -961,7 +1014,7 @@ static void chaos_step(struct sim *s) {
             if (n->id && !n->up && !n->removed && chance(s, 400))
                 restart(s, n);
         }
-        if (chance(s, 120))
+        if (chance(s, s->o.hunt ? 300 : 120))
             do_partition(s);
         if (chance(s, 400) && (s->st.partitions || s->st.one_way)) {
             memset(s->blocked, 0, sizeof(s->blocked));
@@ -974,20 +1027,21 @@ static void chaos_step(struct sim *s) {
         if (n)
             new_proposal(s, n);
     }
-    if (chance(s, 800)) {
-        /* Half of the reads go to a node that believes it leads (maybe a
-         * deposed one that has not noticed yet). */
+    if (chance(s, 1200)) {
+        /* Half of the reads go to the node that believes it leads with the
+         * oldest term: a deposed leader that has not noticed yet, if any. */
         struct node *n = random_up(s);
         if (chance(s, 5000)) {
-            for (int i = 0, k = (int)rndn(s, MAXN); i < MAXN; i++) {
-                struct node *c = &s->nodes[(k + i) % MAXN];
+            uint64_t best = UINT64_MAX;
+            for (int i = 0; i < MAXN; i++) {
+                struct node *c = &s->nodes[i];
                 struct raft_status st;
                 if (!c->up)
                     continue;
                 raft_status(c->r, &st);
-                if (st.role == RAFT_LEADER) {
+                if (st.role == RAFT_LEADER && st.term < best) {
                     n = c;
-                    break;
+                    best = st.term;
                 }
             }
         }
@@ -1139,10 +1193,10 @@ static bool run_once(const struct sim_opts *o, bool tracing, struct sim_result *
     static const uint64_t sizes[] = {0, 64, 256, 1 << 20};
     s->cfg = (struct raft_config){.election_tick = ELECTION,
                                   .heartbeat_tick = 1 + rndn(s, 2),
-                                  .max_size_per_msg = sizes[rndn(s, 4)],
+                                  .max_size_per_msg = o->hunt ? 0 : sizes[rndn(s, 4)],
                                   .max_committed_size_per_ready = sizes[rndn(s, 4)],
                                   .max_inflight_msgs = 1 + rndn(s, 8),
-                                  .check_quorum = rndn(s, 4) != 0,
+                                  .check_quorum = rndn(s, 2) != 0,
                                   .pre_vote = rndn(s, 4) != 0};
     tr(s,
        "seed %llu: %u nodes, heartbeat %u, max msg %llu, inflight %u, check_quorum %d, "

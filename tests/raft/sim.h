@@ -18,6 +18,7 @@ struct sim_opts {
     bool faults;          /* network faults, partitions and crashes */
     bool membership;      /* random conf changes and leadership transfers */
     unsigned raft_faults; /* RAFT_FAULT_* bits (test builds only) */
+    bool hunt;            /* bias the schedule towards leader churn (Figure 8) */
     FILE *trace;          /* where to print the trace of a failing run (NULL: none) */
     bool trace_all;       /* print every event as it happens */
 };
