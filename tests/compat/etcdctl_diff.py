@@ -100,6 +100,9 @@ class Normaliser:
         # Ids (member, cluster, lease) print in decimal in JSON and in hex
         # elsewhere; both spellings of one id get the same name.
         s = re.sub(r"remaining\(\d+s\)", "remaining(<n>s)", s)
+        # etcd lists a lease's keys in Go map order, which varies run to run.
+        s = re.sub(r"attached keys\(\[([^]]*)\]\)",
+                   lambda m: "attached keys([%s])" % " ".join(sorted(m.group(1).split())), s)
         s = re.sub(r'"(cluster_id|ClusterID|member_id|MemberID|ID|leader|id|lease)"\s*:\s*(\d+)',
                    lambda m: '"%s":%s' % (m.group(1), self._name("id", int(m.group(2)))), s)
         s = re.sub(r"\b[0-9a-f]{16}\b", lambda m: self._name("id", int(m.group(0), 16)), s)
