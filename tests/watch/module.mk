@@ -3,4 +3,4 @@
 .PHONY: watch-long
 watch-long:
 	@$(MAKE) --no-print-directory MODE=san build-san/tests/watch/test_watch_prop
-	WATCH_SEEDS=$${WATCH_SEEDS:-400} WATCH_OPS=$${WATCH_OPS:-1500} nice ./build-san/tests/watch/test_watch_prop
+	WATCH_SEEDS=$${WATCH_SEEDS:-1500} WATCH_OPS=$${WATCH_OPS:-2000} nice ./build-san/tests/watch/test_watch_prop
