@@ -129,15 +129,10 @@ static void run_seed(uint64_t seed, int n_ops, struct totals *tot) {
     free(s);
 }
 
-static long env_long(const char *name, long def) {
-    const char *v = getenv(name);
-    return v != NULL && *v ? strtol(v, NULL, 10) : def;
-}
-
 static void test_watch_property(void **state) {
     (void)state;
-    long one = env_long("WATCH_SEED", -1);
-    long seeds = env_long("WATCH_SEEDS", 150), ops = env_long("WATCH_OPS", 800);
+    long one = wt_env_long("WATCH_SEED", -1);
+    long seeds = wt_env_long("WATCH_SEEDS", 150), ops = wt_env_long("WATCH_OPS", 800);
     struct totals tot = {0};
     long n = 0;
     for (long seed = one >= 0 ? one : 1; seed <= (one >= 0 ? one : seeds); seed++, n++) {

@@ -32,8 +32,10 @@ void wt_open(struct wt *t, const struct watch_hub_options *opt) {
     struct watch_hub_options o = {0};
     if (opt != NULL)
         o = *opt;
-    o.sync_wanted = count_wakeup;
-    o.sync_arg = t;
+    if (o.sync_wanted == NULL) {
+        o.sync_wanted = count_wakeup;
+        o.sync_arg = t;
+    }
     assert_int_equal(watch_hub_create(t->db, &o, NULL, &t->hub), 0);
 }
 
@@ -60,7 +62,8 @@ int64_t wt_apply(struct wt *t, const struct mvcc_op *ops, size_t n,
         total += res[i]->n_events;
     }
     int64_t rev = mvcc_batch_revision(b);
-    assert_int_equal(mvcc_batch_commit(b), 0);
+    /* Events reach `seen` before the commit: a catch-up on another thread
+     * may read them from history as soon as they are committed. */
     struct mvcc_event *evs = calloc(total ? total : 1, sizeof(*evs));
     assert_non_null(evs);
     size_t k = 0;
@@ -71,6 +74,7 @@ int64_t wt_apply(struct wt *t, const struct mvcc_op *ops, size_t n,
                 seen(&evs[k], arg);
             k++;
         }
+    assert_int_equal(mvcc_batch_commit(b), 0);
     watch_hub_publish(t->hub, evs, total, rev);
     free(evs);
     for (size_t i = 0; i < n; i++)
@@ -178,4 +182,9 @@ bool wt_is_put(const struct mvcc_event *ev, const char *key, const char *value, 
 bool wt_is_del(const struct mvcc_event *ev, const char *key, int64_t rev) {
     return ev->type == MVCC_EVENT_DELETE && bytes_are(ev->kv.key, ev->kv.key_len, key) &&
            ev->kv.mod_revision == rev;
+}
+
+long wt_env_long(const char *name, long def) {
+    const char *v = getenv(name);
+    return v != NULL && *v ? strtol(v, NULL, 10) : def;
 }

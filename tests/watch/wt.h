@@ -18,14 +18,15 @@ struct wt {
     int sync_wakeups; /* sync_wanted calls */
 };
 
-/* Opens a store and a hub (opt may be NULL; its sync_wanted is replaced by a
- * counter). Fails the test on error. */
+/* Opens a store and a hub (opt may be NULL; without a sync_wanted callback,
+ * sync_wakeups counts the calls). Fails the test on error. */
 void wt_open(struct wt *t, const struct watch_hub_options *opt);
 /* Destroys the hub, closes the store and removes its files. */
 void wt_close(struct wt *t);
 
 /* Applies the ops in one mvcc batch (each must succeed), commits, then
- * publishes every event; `seen` (may be NULL) gets each event first.
+ * publishes every event; `seen` (may be NULL) gets each event before the
+ * commit.
  * Returns the revision after the batch. */
 int64_t wt_apply(struct wt *t, const struct mvcc_op *ops, size_t n,
                  void (*seen)(const struct mvcc_event *ev, void *arg), void *arg);
@@ -52,5 +53,8 @@ void wt_expect_created(watch_stream_t *st, int64_t id);
 /* Whether ev is a put of key=value / a delete of key, at revision rev. */
 bool wt_is_put(const struct mvcc_event *ev, const char *key, const char *value, int64_t rev);
 bool wt_is_del(const struct mvcc_event *ev, const char *key, int64_t rev);
+
+/* An integer from the environment, or def. */
+long wt_env_long(const char *name, long def);
 
 #endif
