@@ -126,9 +126,30 @@ void hub_unlist(watch_hub_t *hub, struct watcher *w) {
         w->st->n_unsynced--;
 }
 
+#ifdef QUOIN_TESTING
+void watch_hub_inject_faults(watch_hub_t *hub, unsigned one_in, uint64_t seed) {
+    pthread_mutex_lock(&hub->mu);
+    hub->fault_seed = seed;
+    atomic_store(&hub->fault_one_in, one_in);
+    pthread_mutex_unlock(&hub->mu);
+}
+
+bool hub_fault(watch_hub_t *hub) {
+    unsigned one_in = atomic_load(&hub->fault_one_in);
+    if (one_in == 0)
+        return false;
+    /* splitmix64 of the draw number: reproducible for a seed. */
+    uint64_t x = hub->fault_seed + 0x9e3779b97f4a7c15ull * (atomic_fetch_add(&hub->fault_n, 1) + 1);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return (x ^ (x >> 31)) % one_in == 0;
+}
+#endif
+
 /* ---- publish ---- */
 
 struct pub {
+    watch_hub_t *hub;
     const struct mvcc_event *ev;
     struct wev *copy; /* made on the first match, shared by all */
     bool copy_failed;
@@ -156,10 +177,10 @@ static void pub_match(struct watcher *w, void *arg) {
         p->touched = w;
     }
     if (p->copy == NULL && !p->copy_failed) {
-        p->copy = wev_new(p->ev);
+        p->copy = HUB_FAULT(p->hub) ? NULL : wev_new(p->ev);
         p->copy_failed = p->copy == NULL;
     }
-    if (p->copy == NULL || (w->npend == w->pcap && pend_grow(w) != 0)) {
+    if (p->copy == NULL || (w->npend == w->pcap && (HUB_FAULT(p->hub) || pend_grow(w) != 0))) {
         /* Out of memory: this revision and the rest come from history. */
         w->fail_rev = rev;
         return;
@@ -172,10 +193,16 @@ static void pub_match(struct watcher *w, void *arg) {
  * revision it could not keep. Returns whether it went unsynced. */
 static bool pub_deliver(watch_hub_t *hub, struct watcher *w, int64_t revision) {
     int64_t fail = w->fail_rev;
-    if (w->npend > 0) {
+    /* Events of the failed revision itself stay out: it is re-read whole. */
+    size_t keep = w->npend;
+    while (fail != 0 && keep > 0 && w->pend[keep - 1]->ev.kv.mod_revision >= fail)
+        keep--;
+    if (keep > 0) {
         struct rlist l = {0};
-        int rc = resp_build_events(&l, w, w->pend, w->npend, fail ? fail - 1 : revision,
-                                   hub->opt.max_response_bytes);
+        int rc = HUB_FAULT(hub)
+                     ? -ENOMEM
+                     : resp_build_events(&l, w, w->pend, keep, fail ? fail - 1 : revision,
+                                         hub->opt.max_response_bytes);
         if (rc == 0)
             rc = stream_push(w->st, &l, false);
         if (rc == 0) {
@@ -184,6 +211,8 @@ static bool pub_deliver(watch_hub_t *hub, struct watcher *w, int64_t revision) {
             rlist_free(&l);
             fail = w->pend[0]->ev.kv.mod_revision;
         }
+    }
+    if (w->npend > 0) {
         for (size_t i = 0; i < w->npend; i++)
             wev_unref(w->pend[i]);
         w->npend = 0;
@@ -208,7 +237,7 @@ void watch_hub_publish(watch_hub_t *hub, const struct mvcc_event *evs, size_t n,
         return;
     }
     int64_t old = hub->rev;
-    struct pub p = {0};
+    struct pub p = {.hub = hub};
     for (size_t i = 0; i < n; i++) {
         const struct mvcc_event *ev = &evs[i];
         assert(ev->kv.mod_revision <= revision);

@@ -37,6 +37,7 @@ struct room {
 };
 
 struct step {
+    watch_hub_t *hub;
     struct entry *e;
     size_t n;
     struct room *rooms;
@@ -97,11 +98,15 @@ static void step_match(struct watcher *w, void *arg) {
     int64_t rev = s->ev->kv.mod_revision;
     if (s->err != 0 || e->stop != 0 || rev < e->from || !watcher_wants(w, s->ev))
         return;
-    if (s->copy == NULL && (s->copy = wev_new(s->ev)) == NULL) {
+    if (s->copy == NULL && (HUB_FAULT(s->hub) || (s->copy = wev_new(s->ev)) == NULL)) {
         s->err = -ENOMEM;
         return;
     }
     if (e->n == e->cap) {
+        if (HUB_FAULT(s->hub)) {
+            s->err = -ENOMEM;
+            return;
+        }
         size_t cap = e->cap ? 2 * e->cap : 16;
         struct wev **p = realloc(e->evs, cap * sizeof(*p));
         if (p == NULL) {
@@ -201,7 +206,7 @@ static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_
     struct watcher *w = e->w;
     watch_stream_t *st = w->st;
     if (e->compacted) {
-        struct wresp *r = resp_control(w->id, w->next_rev - 1);
+        struct wresp *r = HUB_FAULT(hub) ? NULL : resp_control(w->id, w->next_rev - 1);
         if (r == NULL)
             return true;
         r->pub.canceled = true;
@@ -222,7 +227,8 @@ static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_
         next = scanned + 1;
     if (e->n > 0) {
         struct rlist l = {0};
-        if (resp_build_events(&l, w, e->evs, e->n, next - 1, hub->opt.max_response_bytes) != 0)
+        if (HUB_FAULT(hub) ||
+            resp_build_events(&l, w, e->evs, e->n, next - 1, hub->opt.max_response_bytes) != 0)
             return true;
         stream_push(st, &l, true);
         w->sent_since_tick = true;
@@ -244,7 +250,7 @@ static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_
 int watch_hub_sync_step(watch_hub_t *hub, size_t budget) {
     if (budget == 0)
         budget = STEP_DEFAULT_BUDGET;
-    struct step s = {0};
+    struct step s = {.hub = hub};
     s.e = malloc(STEP_MAX_WATCHERS * sizeof(*s.e));
     s.rooms = malloc(STEP_MAX_WATCHERS * sizeof(*s.rooms));
     s.touched = malloc(STEP_MAX_WATCHERS * sizeof(*s.touched));

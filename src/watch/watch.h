@@ -242,4 +242,11 @@ void watch_response_free(struct watch_response *r);
  * budgets and the fragment limit measure. */
 size_t watch_response_size(const struct watch_response *r);
 
+#ifdef QUOIN_TESTING
+/* Test builds only: makes about one in `one_in` allocations of live delivery
+ * and catch-up fail (0 stops), to show that a shortage never loses, repeats
+ * or reorders an event. */
+void watch_hub_inject_faults(watch_hub_t *hub, unsigned one_in, uint64_t seed);
+#endif
+
 #endif

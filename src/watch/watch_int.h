@@ -94,7 +94,21 @@ struct watch_hub {
     size_t n_streams;
     uint64_t rng;
     uint64_t step_epoch;
+#ifdef QUOIN_TESTING
+    atomic_uint fault_one_in;
+    uint64_t fault_seed;
+    atomic_uint_fast64_t fault_n; /* draws so far */
+#endif
 };
+
+/* Whether an allocation on the delivery paths should fail (fault injection
+ * of test builds; any thread). */
+#ifdef QUOIN_TESTING
+bool hub_fault(watch_hub_t *hub);
+#define HUB_FAULT(hub) hub_fault(hub)
+#else
+#define HUB_FAULT(hub) false
+#endif
 
 /* ---- events and responses (resp.c) ---- */
 

@@ -35,6 +35,7 @@ struct sim {
     struct model m;
     int drain[MODEL_STREAMS]; /* responses popped per round (0: rarely reads) */
     size_t budget[MODEL_STREAMS];
+    bool faults; /* allocation failures injected on the delivery paths */
 };
 
 static void drain(struct sim *s, int k, int max) {
@@ -47,7 +48,7 @@ static void drain(struct sim *s, int k, int max) {
 
 static void sync_some(struct sim *s) {
     int rc = watch_hub_sync_step(s->m.t.hub, 1 + (size_t)model_rn(&s->m, 64));
-    assert_true(rc == 0 || rc == 1);
+    assert_true(rc == 0 || rc == 1 || (s->faults && rc == -ENOMEM));
 }
 
 static void request_progress(struct sim *s, int k) {
@@ -78,6 +79,9 @@ static void run_seed(uint64_t seed, int n_ops, struct totals *tot) {
     struct watch_hub_options o = {.max_response_bytes = 250 + (size_t)(seed * 7919 % 600)};
     model_init(m, seed, &o);
     m->n_streams = MODEL_STREAMS;
+    s->faults = seed % 3 == 0;
+    if (s->faults)
+        watch_hub_inject_faults(m->t.hub, 20, seed);
     for (int k = 0; k < MODEL_STREAMS; k++) {
         bool slow = model_rn(m, 2);
         s->budget[k] = slow ? 100 + (size_t)model_rn(m, 600) : 1u << 20;
@@ -111,6 +115,7 @@ static void run_seed(uint64_t seed, int n_ops, struct totals *tot) {
         }
     }
     /* Quiesce: every client reads everything, catch-up runs to the end. */
+    watch_hub_inject_faults(m->t.hub, 0, 0);
     struct watch_hub_stats st;
     for (int round = 0;; round++) {
         assert_true(round < 100000);

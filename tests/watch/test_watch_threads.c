@@ -5,7 +5,9 @@
  * the hub's sync_wanted callback fires. Every popped response goes through
  * the same model checker as the property test, so a race between publish,
  * catch-up and draining shows up as a gap, a duplicate, a reorder or a
- * progress notification ahead of an event. WATCH_THREAD_RUNS scales it. */
+ * progress notification ahead of an event. Every other run injects
+ * allocation failures into delivery and catch-up. WATCH_THREAD_RUNS scales
+ * it. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -106,7 +108,7 @@ static void *run_sync(void *arg) {
         int rc;
         while ((rc = watch_hub_sync_step(s->hub, 1 + rand_r(&seed) % 200)) == 1)
             ;
-        if (rc < 0)
+        if (rc < 0 && rc != -ENOMEM) /* -ENOMEM: injected faults */
             atomic_fetch_add(&s->errors, 1);
         wait_poke(&s->wake);
     }
@@ -129,6 +131,8 @@ static void run(uint64_t seed, int n_ops, struct totals *tot) {
     m->lock = &lock;
     m->n_streams = MODEL_STREAMS;
     sy->hub = m->t.hub;
+    if (seed % 2 == 0)
+        watch_hub_inject_faults(m->t.hub, 25, seed);
     for (int k = 0; k < MODEL_STREAMS; k++) {
         struct consumer *c = &cs[k];
         c->m = m;
@@ -163,6 +167,7 @@ static void run(uint64_t seed, int n_ops, struct totals *tot) {
             usleep(100);
     }
     /* Quiesce: clients read at full speed until nothing is left anywhere. */
+    watch_hub_inject_faults(m->t.hub, 0, 0);
     for (int k = 0; k < MODEL_STREAMS; k++) {
         atomic_store(&cs[k].fast, true);
         poke(&cs[k].wake);
