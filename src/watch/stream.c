@@ -184,16 +184,23 @@ void hub_forget_id(struct watcher *w) {
     st->n_ids--;
 }
 
-/* Queues etcd's answer to a rejected create. */
-static int reject(watch_stream_t *st, int code) {
+/* Queues etcd's answer to a rejected create. Hub mutex held. */
+static int reject(watch_stream_t *st, const char *reason) {
     struct wresp *r = resp_control(-1, st->hub->rev);
     if (r == NULL)
         return -ENOMEM;
     r->pub.created = true;
     r->pub.canceled = true;
-    r->pub.cancel_reason = watch_strerror(code);
+    r->pub.cancel_reason = reason;
     push_one(st, r);
-    return code;
+    return 0;
+}
+
+int watch_stream_reject(watch_stream_t *st, const char *reason) {
+    pthread_mutex_lock(&st->hub->mu);
+    int rc = reject(st, reason);
+    pthread_mutex_unlock(&st->hub->mu);
+    return rc;
 }
 
 /* A new watcher for the request, or NULL (out of memory). */
@@ -241,12 +248,14 @@ int watch_stream_create(watch_stream_t *st, const struct watch_create_req *req, 
     *id = -1;
     pthread_mutex_lock(&hub->mu);
     if (end != NULL && index_bytes_cmp(key, key_len, end, req->range_end_len) >= 0) {
-        rc = reject(st, WATCH_EEMPTYRANGE);
+        rc = reject(st, watch_strerror(WATCH_EEMPTYRANGE));
+        rc = rc ? rc : WATCH_EEMPTYRANGE;
         goto out;
     }
     int64_t wid = req->watch_id;
     if (wid != 0 && id_find(st, wid) != NULL) {
-        rc = reject(st, WATCH_EDUPID);
+        rc = reject(st, watch_strerror(WATCH_EDUPID));
+        rc = rc ? rc : WATCH_EDUPID;
         goto out;
     }
     if (wid == 0) {

@@ -189,6 +189,12 @@ struct watch_create_req {
  * with nothing queued. Authorisation is the caller's, before this call. */
 int watch_stream_create(watch_stream_t *st, const struct watch_create_req *req, int64_t *id);
 
+/* Queues a create rejection decided by the caller (auth: etcd's
+ * "etcdserver: permission denied", ...): created + canceled, watch_id -1,
+ * `reason` (a static string) as cancel_reason, in order with the stream's
+ * other responses. Returns 0 or -ENOMEM. */
+int watch_stream_reject(watch_stream_t *st, const char *reason);
+
 /* Cancels a watcher: no event of it is queued after its canceled response
  * (those queued before stay, in order). Returns 0; -ENOENT for an unknown id
  * (etcd sends nothing then); -ENOMEM with nothing changed. */

@@ -19,8 +19,7 @@ static void test_create_current_and_live_events(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     int64_t r1 = wt_put(&t, "a", "1");
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     int64_t id = wt_watch(st, "a", NULL, 0);
     assert_int_equal(id, 0);
     struct watch_response *r = wt_pop(st);
@@ -44,16 +43,14 @@ static void test_create_current_and_live_events(void **state) {
     assert_true(wt_is_del(r->events[0], "a", r3));
     watch_response_free(r);
     wt_assert_empty(st);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_watch_ids(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     assert_int_equal(wt_watch(st, "a", NULL, 0), 0);
     assert_int_equal(wt_watch(st, "a", NULL, 0), 1);
     /* A client-chosen id, then auto ids skip it. */
@@ -71,6 +68,13 @@ static void test_watch_ids(void **state) {
     assert_int_equal(r->watch_id, -1);
     assert_string_equal(r->cancel_reason, "mvcc: duplicate watch ID provided on the WatchStream");
     watch_response_free(r);
+    /* A rejection the transport decided (auth) queues in order. */
+    assert_int_equal(watch_stream_reject(st, "etcdserver: permission denied"), 0);
+    r = wt_pop(st);
+    assert_true(r->created && r->canceled);
+    assert_int_equal(r->watch_id, -1);
+    assert_string_equal(r->cancel_reason, "etcdserver: permission denied");
+    watch_response_free(r);
     /* Cancel frees the id; auto allocation goes on from its counter. */
     assert_int_equal(watch_stream_cancel(st, 1), 0);
     r = wt_pop(st);
@@ -84,8 +88,7 @@ static void test_watch_ids(void **state) {
     assert_int_equal(wt_watch(st, "a", NULL, 0), 4);
     wt_expect_created(st, 4);
     /* Ids are per stream. */
-    watch_stream_t *st2;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st2), 0);
+    watch_stream_t *st2 = wt_stream(&t, 0);
     assert_int_equal(wt_watch(st2, "a", NULL, 0), 0);
     wt_expect_created(st2, 0);
     /* Every live watcher of both streams gets the put, in id order per stream. */
@@ -115,8 +118,7 @@ static void test_cancel_stops_events(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     int64_t id = wt_watch(st, "k", NULL, 0);
     int64_t rev = wt_put(&t, "k", "1");
     assert_int_equal(watch_stream_cancel(st, id), 0);
@@ -132,8 +134,7 @@ static void test_cancel_stops_events(void **state) {
     assert_null(r->cancel_reason);
     watch_response_free(r);
     wt_assert_empty(st);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_filters_and_prev_kv(void **state) {
@@ -141,8 +142,7 @@ static void test_filters_and_prev_kv(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     wt_put(&t, "k", "0");
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     struct watch_create_req req = {.key = (const uint8_t *)"k", .key_len = 1};
     int64_t noput, nodel, prev, id;
     req.filters = WATCH_FILTER_NOPUT;
@@ -190,8 +190,7 @@ static void test_filters_and_prev_kv(void **state) {
     assert_memory_equal(r->events[0]->prev_kv.value, "0", 1);
     assert_memory_equal(r->events[1]->prev_kv.value, "1", 1);
     watch_response_free(r);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 /* Each kind of range sees exactly its keys. */
@@ -199,8 +198,7 @@ static void test_ranges(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     struct {
         const char *key, *end, *want;
     } cases[] = {
@@ -245,8 +243,7 @@ static void test_ranges(void **state) {
     }
     for (size_t i = 0; i < n; i++)
         assert_string_equal(got[i], cases[i].want);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_past_start_catches_up_without_gap(void **state) {
@@ -256,8 +253,7 @@ static void test_past_start_catches_up_without_gap(void **state) {
     int64_t first = wt_put(&t, "k", "0");
     for (int i = 1; i < 10; i++)
         wt_put(&t, "k", "x");
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     int64_t id = wt_watch(st, "k", NULL, first + 3);
     wt_expect_created(st, id);
     struct watch_hub_stats s;
@@ -281,8 +277,7 @@ static void test_past_start_catches_up_without_gap(void **state) {
         watch_response_free(r);
     }
     assert_int_equal(want, last + 1);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_future_start(void **state) {
@@ -290,8 +285,7 @@ static void test_future_start(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     int64_t rev = wt_put(&t, "k", "0");
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     int64_t id = wt_watch(st, "k", NULL, rev + 3);
     wt_expect_created(st, id);
     wt_put(&t, "k", "1");
@@ -302,8 +296,7 @@ static void test_future_start(void **state) {
     assert_int_equal(r->n_events, 1);
     assert_true(wt_is_put(r->events[0], "k", "3", r3));
     watch_response_free(r);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_compacted_start(void **state) {
@@ -315,8 +308,7 @@ static void test_compacted_start(void **state) {
     int64_t r3 = wt_del(&t, "k", NULL);
     int64_t r4 = wt_put(&t, "k", "4");
     wt_compact(&t, r3, true);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     /* Below the compaction, and at it (its delete is gone from history). */
     int64_t a = wt_watch(st, "k", NULL, r1);
     int64_t b = wt_watch(st, "k", NULL, r3);
@@ -349,16 +341,14 @@ static void test_compacted_start(void **state) {
     struct watch_hub_stats s;
     watch_hub_stats(t.hub, &s);
     assert_int_equal(s.synced, 2);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_compaction_while_slow(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 64, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 64);
     int64_t id = wt_watch(st, "k", NULL, 0);
     wt_expect_created(st, id);
     int64_t r1 = wt_put(&t, "k", "1"); /* queue empty: accepted whole */
@@ -381,8 +371,7 @@ static void test_compaction_while_slow(void **state) {
     assert_int_equal(r->revision, r1); /* it had everything up to r1 */
     watch_response_free(r);
     wt_assert_empty(st);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_slow_consumer_bounded_then_complete(void **state) {
@@ -436,8 +425,7 @@ static void test_slow_consumer_bounded_then_complete(void **state) {
     struct watch_response *r = wt_pop(st);
     assert_int_equal(r->events[0]->kv.mod_revision, live);
     watch_response_free(r);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_progress_request(void **state) {
@@ -445,8 +433,7 @@ static void test_progress_request(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     int64_t r1 = wt_put(&t, "k", "1");
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     /* No watcher: answered at once with the revision. */
     assert_int_equal(watch_stream_request_progress(st), 0);
     struct watch_response *r = wt_pop(st);
@@ -484,8 +471,7 @@ static void test_progress_request(void **state) {
     assert_int_equal(r->watch_id, -1);
     assert_int_equal(r->revision, r2);
     watch_response_free(r);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_progress_tick(void **state) {
@@ -493,8 +479,7 @@ static void test_progress_tick(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     int64_t r1 = wt_put(&t, "k", "1");
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     struct watch_create_req req = {
         .key = (const uint8_t *)"k", .key_len = 1, .progress_notify = true};
     int64_t id, plain;
@@ -530,8 +515,7 @@ static void test_progress_tick(void **state) {
     assert_int_equal(r->watch_id, id);
     watch_response_free(r);
     wt_assert_empty(st);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_revisions_kept_whole(void **state) {
@@ -539,8 +523,7 @@ static void test_revisions_kept_whole(void **state) {
     struct watch_hub_options o = {.max_response_bytes = 200};
     struct wt t;
     wt_open(&t, &o);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     int64_t id = wt_watch(st, "", WT_FROM_KEY, 0);
     wt_expect_created(st, id);
     /* One batch: three revisions; the middle one a txn of six puts. */
@@ -571,8 +554,7 @@ static void test_revisions_kept_whole(void **state) {
     }
     assert_int_equal(total, 8);
     assert_int_equal(seen_rev, rev);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_fragment(void **state) {
@@ -580,8 +562,7 @@ static void test_fragment(void **state) {
     struct watch_hub_options o = {.max_response_bytes = 300};
     struct wt t;
     wt_open(&t, &o);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     struct watch_create_req req = {.key = (const uint8_t *)"f",
                                    .key_len = 1,
                                    .range_end = (const uint8_t *)"g",
@@ -627,8 +608,7 @@ static void test_fragment(void **state) {
     assert_true(frag_parts >= 3);
     assert_int_equal(frag_events, 10);
     assert_int_equal(whole_parts, 1);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void ready_cb(void *arg) {
@@ -650,16 +630,14 @@ static void test_ready_callback(void **state) {
     watch_response_free(wt_pop(st));
     wt_put(&t, "k", "2");
     assert_int_equal(calls, 2);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_restore(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 0, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 0);
     int64_t id = wt_watch(st, "k", NULL, 0);
     wt_expect_created(st, id);
     int64_t r1 = wt_put(&t, "k", "1");
@@ -686,8 +664,7 @@ static void test_restore(void **state) {
     r = wt_pop(st);
     assert_true(wt_is_put(r->events[0], "k", "3", r3));
     watch_response_free(r);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 static void test_close_with_watchers_in_every_state(void **state) {
@@ -695,8 +672,7 @@ static void test_close_with_watchers_in_every_state(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     int64_t r1 = wt_put(&t, "k", "1");
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 64, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 64);
     wt_watch(st, "k", NULL, 0);        /* synced */
     wt_watch(st, "k", NULL, r1);       /* unsynced (past) */
     wt_watch(st, "k", NULL, r1 + 100); /* future */
@@ -717,8 +693,7 @@ static void test_many_watchers(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
-    watch_stream_t *st;
-    assert_int_equal(watch_stream_open(t.hub, 1u << 24, NULL, NULL, &st), 0);
+    watch_stream_t *st = wt_stream(&t, 1u << 24);
     char key[16];
     for (int i = 0; i < 2000; i++) {
         snprintf(key, sizeof(key), "key%04d", i);
@@ -740,8 +715,7 @@ static void test_many_watchers(void **state) {
         watch_response_free(r);
     }
     assert_int_equal(n, (2000 + 6) / 7);
-    watch_stream_close(st);
-    wt_close(&t);
+    wt_finish(&t, st);
 }
 
 int main(void) {

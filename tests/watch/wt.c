@@ -133,6 +133,17 @@ void wt_sync(struct wt *t) {
     assert_int_equal(rc, 0);
 }
 
+watch_stream_t *wt_stream(struct wt *t, size_t budget) {
+    watch_stream_t *st;
+    assert_int_equal(watch_stream_open(t->hub, budget, NULL, NULL, &st), 0);
+    return st;
+}
+
+void wt_finish(struct wt *t, watch_stream_t *st) {
+    watch_stream_close(st);
+    wt_close(t);
+}
+
 int64_t wt_watch(watch_stream_t *st, const char *key, const char *end, int64_t start) {
     struct watch_create_req req = {
         .key = (const uint8_t *)key, .key_len = strlen(key), .start_revision = start};

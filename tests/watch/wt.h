@@ -43,6 +43,11 @@ void wt_sync(struct wt *t);
 struct mvcc_op wt_op_put(const char *key, const char *value);
 struct mvcc_op wt_op_del(const char *key, const char *end);
 
+/* Opens a stream without callbacks (budget 0: the hub's default). */
+watch_stream_t *wt_stream(struct wt *t, size_t budget);
+/* Closes the stream, then the hub and store. */
+void wt_finish(struct wt *t, watch_stream_t *st);
+
 /* Creates a watcher; returns its id (asserts success). */
 int64_t wt_watch(watch_stream_t *st, const char *key, const char *end, int64_t start);
 /* Pops a response (asserts there is one); free it with watch_response_free. */
