@@ -1,0 +1,311 @@
+/* watch catch-up: unsynced watchers read their events from mvcc history
+ * (etcd's syncWatchers), a group at a time over one scan of the revision
+ * log, and go back to live delivery once they reach the hub's revision.
+ *
+ * A step has three phases: choose watchers under the hub's mutex; read
+ * history on a read snapshot with no lock held (publish goes on meanwhile,
+ * skipping these watchers); hand over under the mutex again. A watcher's
+ * next_rev is written only by the step while it holds the watcher, so the
+ * scan needs no lock; cancel and stream close mark held watchers dead and
+ * the step frees them. */
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "watch/watch_int.h"
+
+#define STEP_MAX_WATCHERS 512
+#define STEP_PAGE 256
+#define STEP_DEFAULT_BUDGET 4096
+
+/* One watcher in a step. */
+struct entry {
+    struct watcher *w;
+    size_t room; /* index in step.rooms */
+    int64_t from;
+    int64_t stop; /* revision it stopped at for want of room, or 0 */
+    bool compacted, scanning, touched;
+    struct wev **evs;
+    size_t n, cap, committed; /* evs[0, committed) are whole revisions */
+};
+
+/* Queue room of one stream for this step. */
+struct room {
+    size_t left;
+    bool empty; /* queue empty at the start: one oversized revision may go */
+};
+
+struct step {
+    watch_hub_t *hub;
+    struct entry *e;
+    size_t n;
+    struct room *rooms;
+    size_t n_rooms;
+    struct watcher *tree; /* scanning watchers, by range */
+    size_t *touched;      /* entries with events in the current revision */
+    size_t n_touched, active;
+    const struct mvcc_event *ev;
+    struct wev *copy;
+    int err;
+};
+
+static void entry_drop(struct entry *e, size_t from) {
+    for (size_t i = from; i < e->n; i++)
+        wev_unref(e->evs[i]);
+    e->n = from;
+}
+
+static void step_free(struct step *s) {
+    for (size_t i = 0; i < s->n; i++) {
+        entry_drop(&s->e[i], 0);
+        free(s->e[i].evs);
+    }
+    free(s->e);
+    free(s->rooms);
+    free(s->touched);
+}
+
+/* Picks up to STEP_MAX_WATCHERS unsynced watchers whose stream has room.
+ * Returns whether eligible watchers were left out. Hub mutex held. */
+static bool choose(watch_hub_t *hub, struct step *s) {
+    uint64_t epoch = ++hub->step_epoch;
+    struct watcher *w = hub->uhead;
+    for (; w != NULL && s->n < STEP_MAX_WATCHERS; w = w->unext) {
+        watch_stream_t *st = w->st;
+        assert(st != NULL && !w->in_step);
+        if (st->step_epoch != epoch) {
+            if (s->n_rooms == STEP_MAX_WATCHERS)
+                break;
+            st->step_epoch = epoch;
+            st->step_room = s->n_rooms;
+            struct room *r = &s->rooms[s->n_rooms++];
+            r->left = stream_room(st, &r->empty);
+        }
+        if (s->rooms[st->step_room].left == 0)
+            continue;
+        w->in_step = true;
+        w->step_idx = s->n;
+        w->prio = index_prio(hub);
+        s->e[s->n++] = (struct entry){.w = w, .room = st->step_room, .from = w->next_rev};
+    }
+    return w != NULL;
+}
+
+static void step_match(struct watcher *w, void *arg) {
+    struct step *s = arg;
+    struct entry *e = &s->e[w->step_idx];
+    int64_t rev = s->ev->kv.mod_revision;
+    if (s->err != 0 || e->stop != 0 || rev < e->from || !watcher_wants(w, s->ev))
+        return;
+    if (s->copy == NULL && (HUB_FAULT(s->hub) || (s->copy = wev_new(s->ev)) == NULL)) {
+        s->err = -ENOMEM;
+        return;
+    }
+    if (e->n == e->cap) {
+        if (HUB_FAULT(s->hub)) {
+            s->err = -ENOMEM;
+            return;
+        }
+        size_t cap = e->cap ? 2 * e->cap : 16;
+        struct wev **p = realloc(e->evs, cap * sizeof(*p));
+        if (p == NULL) {
+            s->err = -ENOMEM;
+            return;
+        }
+        e->evs = p;
+        e->cap = cap;
+    }
+    wev_ref(s->copy);
+    e->evs[e->n++] = s->copy;
+    if (!e->touched) {
+        e->touched = true;
+        s->touched[s->n_touched++] = w->step_idx;
+    }
+}
+
+/* Revision `rev` is read whole: each watcher that got events in it keeps
+ * them if its stream has room, else stops before it. */
+static void revision_done(struct step *s, int64_t rev) {
+    for (size_t t = 0; t < s->n_touched; t++) {
+        struct entry *e = &s->e[s->touched[t]];
+        struct room *r = &s->rooms[e->room];
+        e->touched = false;
+        size_t size = 0;
+        for (size_t i = e->committed; i < e->n; i++)
+            size += wev_wire_size(e->evs[i], e->w->prev_kv);
+        if (size <= r->left || r->empty) {
+            r->left = size < r->left ? r->left - size : 0;
+            r->empty = false;
+            e->committed = e->n;
+        } else {
+            entry_drop(e, e->committed);
+            e->stop = rev;
+            s->active--;
+        }
+    }
+    s->n_touched = 0;
+}
+
+/* Reads history from the smallest `from` of the scanning watchers, matching
+ * every event, until about `budget` events were read (finishing the revision
+ * in progress) or the snapshot's end. Returns the last revision read whole,
+ * or a negative error. */
+static int64_t scan(struct step *s, mvcc_read_t *rd, int64_t min_from, bool with_prev,
+                    size_t budget) {
+    static const uint8_t all = 0;
+    struct mvcc_event *page = malloc(STEP_PAGE * sizeof(*page));
+    if (page == NULL)
+        return -ENOMEM;
+    struct mvcc_history_pos pos = {.main = min_from, .sub = 0};
+    int64_t cur = 0, end = mvcc_read_revision(rd);
+    size_t read = 0;
+    for (;;) {
+        bool done;
+        int n = mvcc_history_read(rd, &all, 1, &all, 1, with_prev, &pos, page, STEP_PAGE, &done);
+        if (n < 0) {
+            end = n;
+            goto out;
+        }
+        for (int i = 0; i < n; i++) {
+            int64_t rev = page[i].kv.mod_revision;
+            if (rev != cur) {
+                if (cur != 0) {
+                    revision_done(s, cur);
+                    if (read >= budget || s->active == 0) {
+                        end = rev - 1;
+                        goto out;
+                    }
+                }
+                cur = rev;
+            }
+            read++;
+            s->ev = &page[i];
+            s->copy = NULL;
+            index_stab(s->tree, page[i].kv.key, page[i].kv.key_len, step_match, s);
+            wev_unref(s->copy);
+            if (s->err != 0) {
+                end = s->err;
+                goto out;
+            }
+        }
+        if (done) {
+            if (cur != 0)
+                revision_done(s, cur);
+            goto out;
+        }
+    }
+out:
+    free(page);
+    return end;
+}
+
+/* Queues the outcome for one watcher and files it as synced or unsynced.
+ * Returns whether it still has history to read now. Hub mutex held. */
+static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_t compact) {
+    struct watcher *w = e->w;
+    watch_stream_t *st = w->st;
+    if (e->compacted) {
+        struct wresp *r = HUB_FAULT(hub) ? NULL : resp_control(w->id, w->next_rev - 1);
+        if (r == NULL)
+            return true;
+        r->pub.canceled = true;
+        r->pub.compact_revision = compact + 1;
+        struct rlist l = {0};
+        rlist_append(&l, r);
+        stream_push(st, &l, true);
+        hub_unlist(hub, w);
+        hub_forget_id(w);
+        watcher_free(w);
+        stream_answer_progress(st);
+        return false;
+    }
+    int64_t next = e->from;
+    if (e->stop != 0)
+        next = e->stop;
+    else if (e->scanning && scanned >= e->from)
+        next = scanned + 1;
+    if (e->n > 0) {
+        struct rlist l = {0};
+        if (HUB_FAULT(hub) ||
+            resp_build_events(&l, w, e->evs, e->n, next - 1, hub->opt.max_response_bytes) != 0)
+            return true;
+        stream_push(st, &l, true);
+        w->sent_since_tick = true;
+    }
+    w->next_rev = next;
+    hub_unlist(hub, w);
+    if (e->stop == 0 && next > hub->rev) {
+        w->synced = true;
+        index_insert(&hub->synced, w);
+        hub->n_synced++;
+        stream_answer_progress(st);
+        return false;
+    }
+    /* Back at the tail: the next step serves the others first. */
+    hub_list_unsynced(hub, w, next);
+    return e->stop == 0;
+}
+
+int watch_hub_sync_step(watch_hub_t *hub, size_t budget) {
+    if (budget == 0)
+        budget = STEP_DEFAULT_BUDGET;
+    struct step s = {.hub = hub};
+    s.e = malloc(STEP_MAX_WATCHERS * sizeof(*s.e));
+    s.rooms = malloc(STEP_MAX_WATCHERS * sizeof(*s.rooms));
+    s.touched = malloc(STEP_MAX_WATCHERS * sizeof(*s.touched));
+    if (s.e == NULL || s.rooms == NULL || s.touched == NULL) {
+        step_free(&s);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&hub->step_mu);
+    pthread_mutex_lock(&hub->mu);
+    bool more = choose(hub, &s);
+    pthread_mutex_unlock(&hub->mu);
+    int rc = 0;
+    mvcc_read_t *rd = NULL;
+    int64_t scanned = 0, compact = 0;
+    if (s.n == 0)
+        goto done;
+    if ((rc = mvcc_read_begin(hub->db, &rd)) != 0)
+        goto done;
+    int64_t snap = mvcc_read_revision(rd), min_from = INT64_MAX;
+    compact = mvcc_read_compact_revision(rd);
+    bool with_prev = false;
+    for (size_t i = 0; i < s.n; i++) {
+        struct entry *e = &s.e[i];
+        /* Strict: the sweep drops tombstones at the compaction revision. */
+        if (e->from <= compact) {
+            e->compacted = true;
+        } else if (e->from <= snap) {
+            e->scanning = true;
+            s.active++;
+            index_insert(&s.tree, e->w);
+            with_prev |= e->w->prev_kv;
+            if (e->from < min_from)
+                min_from = e->from;
+        }
+    }
+    scanned = snap;
+    if (s.tree != NULL)
+        scanned = scan(&s, rd, min_from, with_prev, budget);
+    mvcc_read_end(rd);
+    if (scanned < 0)
+        rc = (int)scanned;
+done:
+    pthread_mutex_lock(&hub->mu);
+    for (size_t i = 0; i < s.n; i++) {
+        struct entry *e = &s.e[i];
+        e->w->in_step = false;
+        if (e->w->dead)
+            watcher_free(e->w);
+        else if (rc == 0)
+            more |= hand_over(hub, e, scanned, compact);
+    }
+    pthread_mutex_unlock(&hub->mu);
+    pthread_mutex_unlock(&hub->step_mu);
+    step_free(&s);
+    if (rc != 0)
+        return rc;
+    return more ? 1 : 0;
+}

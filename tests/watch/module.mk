@@ -1,0 +1,6 @@
+# Long watch property sweep: many more seeds and operations than `make test`
+# runs (WATCH_SEEDS / WATCH_OPS override).
+.PHONY: watch-long
+watch-long:
+	@$(MAKE) --no-print-directory MODE=san build-san/tests/watch/test_watch_prop
+	WATCH_SEEDS=$${WATCH_SEEDS:-1500} WATCH_OPS=$${WATCH_OPS:-2000} nice ./build-san/tests/watch/test_watch_prop
