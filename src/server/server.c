@@ -106,7 +106,7 @@ static void server_stop(struct server *s) {
     server_wait_free(s->reads);
     s->writes = s->reads = NULL;
     run_posts(s);
-    uv_close((uv_handle_t *)&s->lease_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->tick_timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->sigterm, on_handle_closed);
     uv_close((uv_handle_t *)&s->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&s->post_wake, on_handle_closed);
@@ -131,6 +131,8 @@ static int listen_all(struct server *s, struct util_err *err) {
         rc = v3_maintenance_register(s, err);
     if (rc == 0)
         rc = v3_lease_register(s, err);
+    if (rc == 0)
+        rc = v3_watch_register(s, err);
     if (rc == 0)
         rc = peer_transport_new(&s->loop, s->lg, &s->peer, err);
     for (size_t i = 0; rc == 0 && i < cfg->listen_peer_urls.n; i++)
@@ -167,14 +169,38 @@ static void lease_batch_begin_hook(void *arg, mvcc_batch_t *b) {
     s->lease_batch = lease_batch_begin(s->leases, b);
 }
 
-static void lease_batch_end_hook(void *arg, bool committed) {
+int v3_batch_track(struct server *s, struct v3_applied *a) {
+    if (s->n_batch_applied == s->cap_batch_applied) {
+        size_t cap = s->cap_batch_applied ? s->cap_batch_applied * 2 : 256;
+        struct v3_applied **p = realloc(s->batch_applied, cap * sizeof(*p));
+        if (!p)
+            return -ENOMEM;
+        s->batch_applied = p;
+        s->cap_batch_applied = cap;
+    }
+    s->batch_applied[s->n_batch_applied++] = a;
+    return 0;
+}
+
+/* After a batch: leases follow what was applied, watchers get its events.
+ * Apply thread, before the batch's waiters are answered. */
+static void batch_end_hook(void *arg, bool committed) {
     struct server *s = arg;
     lease_batch_end(s->lease_batch, committed, util_now_mono_ns());
     s->lease_batch = NULL;
+    if (committed)
+        v3_watch_publish(s);
+    s->n_batch_applied = 0;
 }
 
-static void on_lease_timer(uv_timer_t *t) {
-    v3_lease_tick(t->data);
+/* etcd's default --experimental-watch-progress-notify-interval (10 minutes),
+ * in 500 ms ticks. */
+#define PROGRESS_TICKS 1200
+
+static void on_tick(uv_timer_t *t) {
+    struct server *s = t->data;
+    v3_lease_tick(s);
+    v3_watch_tick(s, ++s->ticks % PROGRESS_TICKS == 0);
 }
 
 static uint64_t applied_index(void *arg) {
@@ -206,12 +232,13 @@ static int start_core(struct server *s, struct util_err *err) {
         .min_ttl = (int64_t)((3ull * cfg->election_ms / 2 + 999) / 1000),
         .grace_ns = (uint64_t)cfg->election_ms * 1000000u,
     };
-    if ((rc = lease_open(s->db, &lopts, s->lg, &s->leases, err)) != 0)
+    if ((rc = lease_open(s->db, &lopts, s->lg, &s->leases, err)) != 0 ||
+        (rc = v3_watch_open(s, err)) != 0)
         return rc;
     struct apply_hooks hooks = {.arg = s,
                                 .entry = v3_apply_entry,
                                 .batch_begin = lease_batch_begin_hook,
-                                .batch_end = lease_batch_end_hook};
+                                .batch_end = batch_end_hook};
     if ((rc = server_apply_start(s->db, applied, &hooks, s->lg, &s->apply, err)) != 0)
         return rc;
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));
@@ -262,9 +289,9 @@ int server_run(const struct config *cfg, log_t *lg, struct util_err *err) {
     uv_signal_init(&s->loop, &s->sigterm);
     uv_signal_init(&s->loop, &s->sigint);
     uv_async_init(&s->loop, &s->post_wake, on_post);
-    uv_timer_init(&s->loop, &s->lease_timer);
-    s->lease_timer.data = s;
-    uv_timer_start(&s->lease_timer, on_lease_timer, 500, 500);
+    uv_timer_init(&s->loop, &s->tick_timer);
+    s->tick_timer.data = s;
+    uv_timer_start(&s->tick_timer, on_tick, 500, 500);
     s->sigterm.data = s->sigint.data = s->post_wake.data = s;
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
@@ -281,8 +308,10 @@ int server_run(const struct config *cfg, log_t *lg, struct util_err *err) {
     if (closed != 0)
         LOG_WARN(lg, "event loop closed with handles still open", LOG_INT("code", closed));
 out:
+    watch_hub_destroy(s->watch);
     lease_close(s->leases);
     mvcc_close(s->db);
+    free(s->batch_applied);
     server_datadir_close(s->dd);
     pthread_mutex_destroy(&s->post_mu);
     free(s);

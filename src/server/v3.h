@@ -28,6 +28,7 @@
 #include "server/pbw.h"
 #include "server/server.h"
 #include "server/wait.h"
+#include "watch/watch.h"
 
 /* Work handed to the io loop from another thread. */
 struct server_post {
@@ -57,7 +58,16 @@ struct server {
     uint64_t member_id, cluster_id;
     lease_t *leases;
     lease_batch_t *lease_batch; /* apply thread: the batch being applied */
-    uv_timer_t lease_timer;
+    uv_timer_t tick_timer;      /* leases every tick, watch progress less often */
+    unsigned ticks;
+    watch_hub_t *watch;
+    struct watch_conn *watch_conns; /* io loop */
+    bool watch_syncing, watch_sync_again;
+    uv_work_t watch_sync_req;
+    /* Apply thread: the writes of the batch being applied, whose events are
+     * published to watchers once it commits. */
+    struct v3_applied **batch_applied;
+    size_t n_batch_applied, cap_batch_applied;
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */
@@ -129,6 +139,20 @@ int v3_lease_register(struct server *s, struct util_err *err);
 /* The leader's lease timer (every 500 ms): proposes revokes of expired
  * leases and due checkpoints. io loop. */
 void v3_lease_tick(struct server *s);
+
+/* Records an applied entry of the current batch, for v3_watch_publish.
+ * Apply thread. Returns 0 or -ENOMEM (which breaks the batch). */
+int v3_batch_track(struct server *s, struct v3_applied *a);
+
+/* Watch: the hub over the store, the gRPC service, publishing a committed
+ * batch's events (apply thread, after the commit), catch-up from history on
+ * a worker thread (io loop schedules it), and the periodic tick (safety-net
+ * catch-up; progress notifications when `progress`). */
+int v3_watch_open(struct server *s, struct util_err *err);
+int v3_watch_register(struct server *s, struct util_err *err);
+void v3_watch_publish(struct server *s);
+void v3_watch_sync(void *arg);
+void v3_watch_tick(struct server *s, bool progress);
 #define V3_ENTRY_FORMAT 1
 #define V3_ENTRY_HEADER 10
 

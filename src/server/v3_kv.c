@@ -488,6 +488,8 @@ int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
     }
     if (msg)
         protobuf_c_message_free_unpacked(msg, NULL);
+    if (rc == 0)
+        rc = v3_batch_track(s, a);
     if (rc != 0) {
         v3_applied_free(a);
         return rc;

@@ -75,8 +75,8 @@
 
 /* Create rejections, answered on the stream as etcd does: a response with
  * created and canceled set, watch_id -1 and the error text as cancel_reason. */
-#define WATCH_EDUPID (-21001)      /* "mvcc: duplicate watch ID provided on the WatchStream" */
-#define WATCH_EEMPTYRANGE (-21002) /* "mvcc: watcher range is empty" */
+#define WATCH_EDUPID (-22001)      /* "mvcc: duplicate watch ID provided on the WatchStream" */
+#define WATCH_EEMPTYRANGE (-22002) /* "mvcc: watcher range is empty" */
 
 /* etcd's text for WATCH_E* codes, strerror() text for errno codes. */
 const char *watch_strerror(int code);

@@ -14,7 +14,7 @@ from qtest import Server  # noqa: E402
 from etcdctl_diff import diff, run_script, start_etcd, stop_process, wait_healthy  # noqa: E402
 from etcdctl_script import script  # noqa: E402
 
-SERVED = ["kv", "txn", "compaction", "lease", "maintenance", "snapshot", "errors"]
+SERVED = ["kv", "txn", "compaction", "watch", "maintenance", "snapshot", "lease", "errors"]
 
 
 def test_etcdctl_outputs_match_etcd(tmp_path):
