@@ -17,6 +17,13 @@ def quoin_bin():
     return os.environ.get("QUOIN_BIN", os.path.join(ROOT, "build", "quoin"))
 
 
+def quoin_release_bin():
+    """The optimised build next to the sanitizer one: memory measurements mean
+    nothing under AddressSanitizer, whose quarantine holds freed memory."""
+    path = quoin_bin().replace("/build-san/", "/build/")
+    return path if os.path.exists(path) else quoin_bin()
+
+
 def free_port():
     """A port in 20000-29999 that nothing listens on right now. Ports above
     32768 are handed out to outgoing connections, so they are avoided."""
@@ -40,13 +47,13 @@ def clean_env():
 class Server:
     """One quoin process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, tmp_path, name="default", extra=(), env=None):
+    def __init__(self, tmp_path, name="default", extra=(), env=None, binary=None):
         self.client_port = free_port()
         self.peer_port = free_port()
         self.data_dir = str(tmp_path / (name + ".quoin"))
         self.client_url = "http://127.0.0.1:%d" % self.client_port
         self.args = [
-            quoin_bin(),
+            binary or quoin_bin(),
             "--name", name,
             "--data-dir", self.data_dir,
             "--listen-client-urls", self.client_url,

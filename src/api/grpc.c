@@ -208,7 +208,14 @@ static void on_timer_closed(uv_handle_t *h) {
 static void call_maybe_free(api_call_t *call) {
     if (call->conn || call->handler_owns)
         return;
-    assert(!call->wake.queued);
+    /* Posted again by another thread while this run went on (a send, then the
+     * finish this run already took): that wake still points at the call and
+     * frees it when it runs. */
+    pthread_mutex_lock(&call->srv->wake_mu);
+    bool queued = call->wake.queued;
+    pthread_mutex_unlock(&call->srv->wake_mu);
+    if (queued)
+        return;
     if (call->timer) {
         uv_timer_stop(call->timer);
         call->timer->data = call->srv;

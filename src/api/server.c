@@ -52,11 +52,16 @@ static void on_wake(uv_async_t *a) {
     struct api_wake *w = srv->wake_head;
     srv->wake_head = NULL;
     srv->wake_tail = &srv->wake_head;
-    for (struct api_wake *i = w; i; i = i->next)
-        i->queued = false;
     pthread_mutex_unlock(&srv->wake_mu);
+    /* Each item is marked unqueued only just before it runs: a post made while
+     * earlier items run (a callback finishing another call) then finds it still
+     * queued and leaves this list alone, instead of moving it to the next list
+     * and cutting this one short. */
     while (w) {
+        pthread_mutex_lock(&srv->wake_mu);
         struct api_wake *next = w->next;
+        w->queued = false;
+        pthread_mutex_unlock(&srv->wake_mu);
         w->run(w);
         w = next;
     }
