@@ -105,7 +105,8 @@ class Normaliser:
                    lambda m: "attached keys([%s])" % " ".join(sorted(m.group(1).split())), s)
         s = re.sub(r'"(cluster_id|ClusterID|member_id|MemberID|ID|leader|id|lease)"\s*:\s*(\d+)',
                    lambda m: '"%s":%s' % (m.group(1), self._name("id", int(m.group(2)))), s)
-        s = re.sub(r"\b[0-9a-f]{16}\b", lambda m: self._name("id", int(m.group(0), 16)), s)
+        # Go prints hex ids without leading zeros: 12 to 16 digits.
+        s = re.sub(r"\b[0-9a-f]{12,16}\b", lambda m: self._name("id", int(m.group(0), 16)), s)
         s = re.sub(r'"(dbSize|dbSizeInUse|raftIndex|raftAppliedIndex|totalSize)"\s*:\s*\d+',
                    lambda m: '"%s":<n>' % m.group(1), s)
         s = re.sub(r"\b\d+(\.\d+)? [kMG]?B\b", "<size>", s)
