@@ -223,7 +223,7 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
     if (rc != 0)
         return rc;
     *cur_rev = rd->rev;
-    *compact_rev = rd->compact_rev;
+    *compact_rev = rd->compact_rev > 0 ? rd->compact_rev : -1;
     MDB_cursor *lc = NULL, *kvc = NULL;
     struct crc *c = NULL;
     if (revision > 0 && revision <= rd->compact_rev) {
@@ -235,8 +235,11 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
         goto out;
     }
     int64_t rev = revision > 0 ? revision : rd->rev;
-    /* etcd skips compacted-away history only when some key is live at rev
-     * (its "keep" set is not empty); find out first. */
+    /* History at or below the compaction revision counts only where etcd's
+     * sweep leaves it and its "keep" set takes it: the version live at rev of
+     * each key, or, when no key is live at rev, every version live at the
+     * compaction revision. That makes the hash independent of how far the
+     * sweep has got (etcd's is not, while its sweep runs). */
     struct view v = {.db = db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
     struct bounds all;
     static const uint8_t zero = 0;
@@ -268,10 +271,10 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
             goto out;
         if (r.main > rev)
             break;
-        if (r.main <= rd->compact_rev && any_live) {
+        if (r.main <= rd->compact_rev) {
             if (r.tomb)
                 continue;
-            int sup = superseded(kvc, &r, rev);
+            int sup = superseded(kvc, &r, any_live ? rev : rd->compact_rev);
             if (sup < 0) {
                 rc = sup;
                 goto out;

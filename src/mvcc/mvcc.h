@@ -396,9 +396,17 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
                       size_t range_end_len, bool with_prev, struct mvcc_history_pos *pos,
                       struct mvcc_event *evs, size_t max_events, bool *done);
 
+/* Calls fn for every live key attached to `lease` (ascending key order), for
+ * the lease layer's revoke and its start-up; stops early and returns fn's
+ * value if fn returns non-zero. Returns 0 or an error. Same thread as the
+ * snapshot. */
+int mvcc_lease_keys(mvcc_read_t *rd, int64_t lease,
+                    int (*fn)(void *arg, const uint8_t *key, size_t key_len), void *arg);
+
 /* etcd's HashKV: CRC-32C over the key space at `revision` (0 = current), with
  * etcd 3.4's exact input bytes, so equal histories give equal hashes across
- * members and against etcd itself. Fills the current and compaction revisions.
+ * members and against etcd itself. Fills the current revision and, as etcd
+ * does, the compaction revision or -1 if the store was never compacted.
  * Returns 0, MVCC_ECOMPACTED, MVCC_EFUTURE or an error. Any thread; reads the
  * whole history on its own snapshot. */
 int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,

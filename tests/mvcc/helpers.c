@@ -109,8 +109,13 @@ struct mvcc_range_req t_rreq(const char *key, const char *end) {
 int t_range(mvcc_t *db, const struct mvcc_range_req *req, mvcc_result_t **out) {
     mvcc_read_t *rd;
     assert_int_equal(mvcc_read_begin(db, &rd), 0);
-    int rc = mvcc_range(rd, req, out);
+    mvcc_result_t *res = NULL;
+    int rc = mvcc_range(rd, req, &res);
     mvcc_read_end(rd);
+    if (out != NULL)
+        *out = res;
+    else
+        mvcc_result_free(res);
     return rc;
 }
 
