@@ -334,11 +334,12 @@ static int validate_op(const mvcc_t *db, const struct mvcc_op *op, int depth) {
     return -EINVAL;
 }
 
-/* etcd's checkRequests on the state before the txn: puts that keep the value
- * or lease need the key, range revisions must be readable. Sets *risky when a
- * put could still fail while applying (its key deleted earlier in the txn). */
+/* etcd's checkRequests on the state before the txn, one kind per pass as
+ * etcd runs them (puts first): puts that keep the value or lease need the
+ * key, range revisions must be readable. Sets *risky when such a put could
+ * still fail while applying (its key deleted earlier in the same txn). */
 static int check_path(const struct view *v, const struct mvcc_txn_req *t, struct path *p,
-                      bool *risky) {
+                      enum mvcc_op_type kind, bool *risky) {
     const struct mvcc_op *ops;
     size_t n;
     branch(t, p->v[p->pos++], &ops, &n);
@@ -346,7 +347,9 @@ static int check_path(const struct view *v, const struct mvcc_txn_req *t, struct
         const struct mvcc_op *op = &ops[i];
         int rc = 0;
         if (op->type == MVCC_OP_TXN) {
-            rc = check_path(v, op->u.txn, p, risky);
+            rc = check_path(v, op->u.txn, p, kind, risky);
+        } else if (op->type != kind) {
+            continue;
         } else if (op->type == MVCC_OP_RANGE) {
             int64_t rev;
             rc = range_check_rev(v, op->u.range.revision, &rev);
@@ -428,7 +431,10 @@ static int do_txn(struct actx *c, const struct mvcc_txn_req *t, struct mvcc_op_r
     MDB_txn *child = NULL;
     int rc = build_path(&v, t, &p);
     if (rc == 0)
-        rc = check_path(&v, t, &p, &risky);
+        rc = check_path(&v, t, &p, MVCC_OP_PUT, &risky);
+    p.pos = 0;
+    if (rc == 0)
+        rc = check_path(&v, t, &p, MVCC_OP_RANGE, &risky);
     if (rc != 0)
         goto err;
     /* The only request error that can still happen is a put keeping the value
