@@ -334,12 +334,48 @@ static int validate_op(const mvcc_t *db, const struct mvcc_op *op, int depth) {
     return -EINVAL;
 }
 
+/* The puts and deletes met so far while checking a txn in execution order,
+ * to know whether a key exists when a put keeping its value runs. */
+struct effects {
+    const struct mvcc_op **v;
+    size_t n, cap;
+};
+
+/* Whether `key` exists after the effects so far: the last put or delete
+ * touching it decides, else the state before the txn. 1/0/error. */
+static int exists_now(const struct view *v, const struct effects *e, const uint8_t *key,
+                      size_t len) {
+    for (size_t i = e->n; i-- > 0;) {
+        const struct mvcc_op *op = e->v[i];
+        if (op->type == MVCC_OP_PUT) {
+            if (op->u.put.key_len == len && memcmp(op->u.put.key, key, len) == 0)
+                return 1;
+            continue;
+        }
+        struct bounds b;
+        bounds_init(&b, op->u.del.key, op->u.del.key_len, op->u.del.range_end,
+                    op->u.del.range_end_len);
+        if (bounds_contains(&b, key, len))
+            return 0;
+    }
+    MDB_cursor *cur;
+    struct rec r;
+    int rc = mdb_cursor_open(v->txn, v->db->kv, &cur);
+    if (rc != 0)
+        return lmdb_err(rc);
+    rc = latest_rec(cur, key, len, &r);
+    mdb_cursor_close(cur);
+    return rc < 0 ? rc : rc == 1 && !r.tomb;
+}
+
 /* etcd's checkRequests on the state before the txn, one kind per pass as
- * etcd runs them (puts first): puts that keep the value or lease need the
- * key, range revisions must be readable. Sets *risky when such a put could
- * still fail while applying (its key deleted earlier in the same txn). */
+ * etcd runs them (puts first): a put keeping the value or lease needs the
+ * key before the txn (etcd's rule), range revisions must be readable. The
+ * put pass also follows the txn's own puts and deletes: where etcd panics on
+ * a kept-value put whose key the txn itself deleted, the txn is refused with
+ * the same error before it writes anything. */
 static int check_path(const struct view *v, const struct mvcc_txn_req *t, struct path *p,
-                      enum mvcc_op_type kind, bool *risky) {
+                      enum mvcc_op_type kind, struct effects *e) {
     const struct mvcc_op *ops;
     size_t n;
     branch(t, p->v[p->pos++], &ops, &n);
@@ -347,22 +383,29 @@ static int check_path(const struct view *v, const struct mvcc_txn_req *t, struct
         const struct mvcc_op *op = &ops[i];
         int rc = 0;
         if (op->type == MVCC_OP_TXN) {
-            rc = check_path(v, op->u.txn, p, kind, risky);
-        } else if (op->type != kind) {
-            continue;
-        } else if (op->type == MVCC_OP_RANGE) {
+            rc = check_path(v, op->u.txn, p, kind, e);
+        } else if (kind == MVCC_OP_RANGE) {
             int64_t rev;
-            rc = range_check_rev(v, op->u.range.revision, &rev);
-        } else if (op->type == MVCC_OP_PUT && (op->u.put.ignore_value || op->u.put.ignore_lease)) {
-            MDB_cursor *cur;
-            struct rec r;
-            if ((rc = mdb_cursor_open(v->txn, v->db->kv, &cur)) != 0)
-                return lmdb_err(rc);
-            rc = latest_rec(cur, op->u.put.key, op->u.put.key_len, &r);
-            mdb_cursor_close(cur);
-            if (rc >= 0)
-                rc = rc == 1 && !r.tomb ? 0 : MVCC_EKEYNOTFOUND;
-            *risky = true;
+            if (op->type == MVCC_OP_RANGE)
+                rc = range_check_rev(v, op->u.range.revision, &rev);
+        } else if (op->type != MVCC_OP_RANGE) {
+            if (op->type == MVCC_OP_PUT && (op->u.put.ignore_value || op->u.put.ignore_lease)) {
+                struct effects before = {0};
+                rc = exists_now(v, &before, op->u.put.key, op->u.put.key_len);
+                if (rc == 1)
+                    rc = exists_now(v, e, op->u.put.key, op->u.put.key_len);
+                rc = rc == 1 ? 0 : rc == 0 ? MVCC_EKEYNOTFOUND : rc;
+            }
+            if (rc == 0 && e->n == e->cap) {
+                size_t cap = e->cap ? e->cap * 2 : 8;
+                const struct mvcc_op **nv = realloc(e->v, cap * sizeof(*nv));
+                if (nv == NULL)
+                    return -ENOMEM;
+                e->v = nv;
+                e->cap = cap;
+            }
+            if (rc == 0)
+                e->v[e->n++] = op;
         }
         if (rc != 0)
             return rc;
@@ -412,59 +455,22 @@ static int exec_op(struct actx *c, const struct mvcc_op *op, struct path *p,
     return -EINVAL;
 }
 
-static bool has_writes(const struct mvcc_txn_req *t) {
-    for (int br = 0; br < 2; br++) {
-        const struct mvcc_op *ops;
-        size_t n;
-        branch(t, br == 0, &ops, &n);
-        for (size_t i = 0; i < n; i++)
-            if (ops[i].type != MVCC_OP_RANGE)
-                return true;
-    }
-    return false;
-}
-
 static int do_txn(struct actx *c, const struct mvcc_txn_req *t, struct mvcc_op_resp *resp) {
     struct view v = cur_view(c);
     struct path p = {0};
-    bool risky = false;
-    MDB_txn *child = NULL;
+    struct effects e = {0};
     int rc = build_path(&v, t, &p);
     if (rc == 0)
-        rc = check_path(&v, t, &p, MVCC_OP_PUT, &risky);
+        rc = check_path(&v, t, &p, MVCC_OP_PUT, &e);
     p.pos = 0;
     if (rc == 0)
-        rc = check_path(&v, t, &p, MVCC_OP_RANGE, &risky);
-    if (rc != 0)
-        goto err;
-    /* The only request error that can still happen is a put keeping the value
-     * of a key the same txn deleted (etcd panics there); run such a txn in a
-     * nested LMDB transaction so it can be undone whole. */
-    if (risky && has_writes(t)) {
-        if ((rc = mdb_txn_begin(mdb_txn_env(c->txn), c->txn, 0, &child)) != 0) {
-            rc = lmdb_err(rc);
-            goto err;
-        }
-        c->txn = child;
-    }
+        rc = check_path(&v, t, &p, MVCC_OP_RANGE, &e);
+    free(e.v);
     p.pos = 0;
-    rc = exec_txn(c, t, &p, resp);
-    if (child != NULL) {
-        c->txn = c->b->txn;
-        if (rc == 0) {
-            rc = lmdb_err(mdb_txn_commit(child));
-        } else {
-            mdb_txn_abort(child);
-            c->changes = 0;
-            c->res->n_events = 0;
-        }
-    }
-    if (rc != 0)
-        goto err;
-    resp->revision = c->begin_rev + (c->changes > 0);
-    free(p.v);
-    return 0;
-err:
+    if (rc == 0)
+        rc = exec_txn(c, t, &p, resp);
+    if (rc == 0)
+        resp->revision = c->begin_rev + (c->changes > 0);
     free(p.v);
     return rc;
 }

@@ -75,6 +75,11 @@ struct mvcc_options {
      * data but not the meta page on each commit. */
     bool no_sync;
     bool no_meta_sync;
+    /* LMDB's MDB_WRITEMAP: commits write straight into the memory map instead
+     * of pwrite(2), about twice the put throughput with random keys. The
+     * file then shows the map size (sparse), and a full disk shows up as
+     * SIGBUS on a write instead of an error. */
+    bool write_map;
     /* Maximum concurrent read snapshots (LMDB reader slots); 0 means 1024. */
     unsigned max_readers;
 };

@@ -68,6 +68,8 @@ int env_open(mvcc_t *db, const char *path, MDB_env **out) {
     if (rc != 0)
         return lmdb_err(rc);
     unsigned flags = MDB_NOSUBDIR | MDB_NOTLS | MDB_NORDAHEAD;
+    if (db->opt.write_map)
+        flags |= MDB_WRITEMAP;
     if (db->opt.no_sync)
         flags |= MDB_NOSYNC;
     if (db->opt.no_meta_sync)

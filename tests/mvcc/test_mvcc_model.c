@@ -622,7 +622,7 @@ static void check_history(struct rng *g, mvcc_t *db, const struct model *m) {
 
 static void run_seed(uint64_t seed, int steps) {
     struct tdb t;
-    struct mvcc_options opt = {.no_sync = true};
+    struct mvcc_options opt = {.no_sync = true, .write_map = seed % 3 == 0};
     tdb_open(&t, &opt);
     struct model m = {.rev = 1, .compact = 0};
     struct rng g = {.s = seed * 2654435761u + 1};

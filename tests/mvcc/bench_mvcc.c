@@ -1,0 +1,220 @@
+/* mvcc benchmark (make bench-mvcc; not part of make test): put throughput,
+ * open time and RSS right after open of large databases, and the latency of
+ * a 10,000-key range.
+ *
+ *   bench_mvcc DIR [KEYS_FOR_OPEN_TEST...]
+ *
+ * Builds DIR/bench-puts with 1M keys (256-byte values, 100 puts per batch, keys
+ * in scattered order), reports puts/s and range latency, and re-executes
+ * itself to open it in a fresh process, reporting open time and VmRSS; then
+ * the same open test on DIR/bench-N for each count N given (built with
+ * sequential keys if missing). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "mvcc/mvcc.h"
+
+#define VALUE_LEN 256
+#define PER_BATCH 100
+
+static double now_s(void) {
+    return (double)util_now_mono_ns() / 1e9;
+}
+
+static long rss_kib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    long v = -1;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmRSS: %ld kB", &v) == 1)
+            break;
+    fclose(f);
+    return v;
+}
+
+static int open_db(const char *path, bool write_map, mvcc_t **db) {
+    struct mvcc_options opt = {.quota_bytes = 32ull << 30, .no_sync = true, .write_map = write_map};
+    struct util_err err;
+    int rc = mvcc_open(path, &opt, NULL, db, &err);
+    if (rc != 0)
+        fprintf(stderr, "bench: %s\n", err.msg);
+    return rc;
+}
+
+/* Writes n keys; scattered: key i is (i * a large odd number) mod n. */
+static int fill(mvcc_t *db, long n, bool scattered, double *secs) {
+    uint8_t value[VALUE_LEN];
+    for (int i = 0; i < VALUE_LEN; i++)
+        value[i] = (uint8_t)('a' + i % 26);
+    double t0 = now_s();
+    for (long i = 0; i < n;) {
+        mvcc_batch_t *b;
+        int rc = mvcc_batch_begin(db, &b);
+        if (rc != 0)
+            return rc;
+        for (int j = 0; j < PER_BATCH && i < n; j++, i++) {
+            char key[32];
+            long k = scattered
+                         ? (long)(((unsigned long long)i * 2654435761ull) % (unsigned long long)n)
+                         : i;
+            int kl = snprintf(key, sizeof(key), "/registry/pods/%010ld", k);
+            struct mvcc_op op = {.type = MVCC_OP_PUT};
+            op.u.put.key = (const uint8_t *)key;
+            op.u.put.key_len = (size_t)kl;
+            op.u.put.value = value;
+            op.u.put.value_len = VALUE_LEN;
+            mvcc_result_t *res;
+            if ((rc = mvcc_apply(b, &op, &res)) != 0) {
+                mvcc_batch_abort(b);
+                return rc;
+            }
+            mvcc_result_free(res);
+        }
+        mvcc_batch_set_applied(b, (uint64_t)i, 1);
+        if ((rc = mvcc_batch_commit(b)) != 0)
+            return rc;
+    }
+    *secs = now_s() - t0;
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Times 50 ranges of 10,000 consecutive keys at scattered starting points. */
+static int range_latency(mvcc_t *db, long n) {
+    double lat[50];
+    for (int r = 0; r < 50; r++) {
+        char key[32];
+        long start =
+            (long)(((unsigned long long)r * 7919ull * 131ull) % (unsigned long long)(n - 10000));
+        int kl = snprintf(key, sizeof(key), "/registry/pods/%010ld", start);
+        struct mvcc_range_req q = {.key = (const uint8_t *)key, .key_len = (size_t)kl};
+        char end[32];
+        int el = snprintf(end, sizeof(end), "/registry/pods/%010ld", start + 10000);
+        q.range_end = (const uint8_t *)end;
+        q.range_end_len = (size_t)el;
+        double t0 = now_s();
+        mvcc_read_t *rd;
+        mvcc_range_it_t *it;
+        int rc = mvcc_read_begin(db, &rd);
+        if (rc != 0)
+            return rc;
+        if ((rc = mvcc_range_open(rd, &q, &it)) != 0) {
+            mvcc_read_end(rd);
+            return rc;
+        }
+        struct mvcc_kv kv;
+        size_t got = 0, bytes = 0;
+        while (mvcc_range_next(it, &kv) == 1) {
+            got++;
+            bytes += kv.value_len;
+        }
+        mvcc_range_close(it);
+        mvcc_read_end(rd);
+        lat[r] = now_s() - t0;
+        if (got != 10000 || bytes != 10000 * VALUE_LEN) {
+            fprintf(stderr, "bench: range returned %zu keys\n", got);
+            return -EIO;
+        }
+    }
+    qsort(lat, 50, sizeof(lat[0]), cmp_double);
+    printf("range of 10000 keys (streamed from a snapshot, values read): p50 %.2f ms, "
+           "max %.2f ms\n",
+           lat[25] * 1e3, lat[49] * 1e3);
+    return 0;
+}
+
+/* Child mode: open, report, close. */
+static int open_only(const char *path) {
+    long before = rss_kib();
+    double t0 = now_s();
+    mvcc_t *db;
+    if (open_db(path, false, &db) != 0)
+        return 1;
+    double t1 = now_s();
+    long after = rss_kib();
+    int64_t rev;
+    mvcc_state(db, NULL, NULL, &rev, NULL);
+    double t2 = now_s();
+    printf("open %s: %.2f ms (first state read +%.2f ms), VmRSS %ld KiB after open (%ld KiB "
+           "before), revision %lld\n",
+           path, (t1 - t0) * 1e3, (t2 - t1) * 1e3, after, before, (long long)rev);
+    mvcc_close(db);
+    return 0;
+}
+
+/* Opens `path` in a new process, so RSS counts nothing of the builder's. */
+static int open_child(const char *self, const char *path) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        execl("/proc/self/exe", self, "--open", path, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return -1;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--open") == 0)
+        return open_only(argv[2]);
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_mvcc DIR [KEYS...]\n");
+        return 2;
+    }
+    const char *dir = argv[1];
+    char path[512];
+    mvcc_t *db;
+    double secs;
+    long n = 1000000;
+    for (int wm = 1; wm >= 0; wm--) {
+        snprintf(path, sizeof(path), "%s/bench-puts%s", dir, wm ? "-wm" : "");
+        if (open_db(path, wm, &db) != 0 || fill(db, n, true, &secs) != 0)
+            return 1;
+        uint64_t size;
+        mvcc_size(db, &size, NULL);
+        printf("puts: %ld keys, %d-byte values, %d per batch, no sync%s: %.0f puts/s (%.1f s, "
+               "db %.0f MiB)\n",
+               n, VALUE_LEN, PER_BATCH, wm ? ", write_map" : "", n / secs, secs, size / 1048576.0);
+        if (wm) {
+            mvcc_close(db);
+            unlink(path);
+        }
+    }
+    double t0 = now_s();
+    mvcc_sync(db);
+    printf("sync after load: %.0f ms\n", (now_s() - t0) * 1e3);
+    if (range_latency(db, n) != 0)
+        return 1;
+    mvcc_close(db);
+
+    if (open_child(argv[0], path) != 0)
+        return 1;
+    for (int a = 2; a < argc; a++) {
+        long keys = atol(argv[a]);
+        snprintf(path, sizeof(path), "%s/bench-%ld", dir, keys);
+        if (access(path, F_OK) != 0) {
+            if (open_db(path, true, &db) != 0 || fill(db, keys, false, &secs) != 0)
+                return 1;
+            mvcc_close(db);
+            printf("built %s: %ld keys in %.1f s (%.0f puts/s, sequential keys)\n", path, keys,
+                   secs, keys / secs);
+        }
+        if (open_child(argv[0], path) != 0)
+            return 1;
+    }
+    return 0;
+}
