@@ -422,7 +422,8 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
 /* Removes up to `max_records` history records below the scheduled compaction
  * in one short write transaction, so writers wait at most one step. Sets *done
  * when the compaction is finished (also when none is pending). Returns 0 or an
- * error. Any thread except while that thread holds a batch. */
+ * error, -EBUSY while a defragmentation runs. Any thread except while that
+ * thread holds a batch. */
 int mvcc_compact_step(mvcc_t *db, size_t max_records, bool *done);
 
 /* Whether a scheduled compaction has history left to remove. Any thread. */

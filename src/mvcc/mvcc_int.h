@@ -101,7 +101,8 @@ struct kscan {
     MDB_cursor *cur;
     struct bounds b;
     int64_t rev;
-    bool have; /* the cursor stands on an entry not yet looked at */
+    bool have;        /* the cursor stands on an entry not yet looked at */
+    bool check_start; /* the start key was too long to seek to */
     MDB_val k, v;
     uint8_t seek[SEEK_MAX];
 };

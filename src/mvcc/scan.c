@@ -160,12 +160,16 @@ int kscan_open(struct kscan *s, const struct view *v, const struct bounds *b, in
     s->b = *b;
     s->rev = rev;
     s->have = false;
-    if (b->start_len + REV_LEN > sizeof(s->seek))
-        return MVCC_EKEYTOOLONG;
+    /* A start longer than any stored key: seek to its longest prefix a key
+     * can have and skip what sorts below the start. */
+    size_t seek_len = b->start_len;
+    s->check_start = seek_len + REV_LEN > sizeof(s->seek);
+    if (s->check_start)
+        seek_len = sizeof(s->seek) - REV_LEN;
     int rc = mdb_cursor_open(v->txn, v->db->kv, &s->cur);
     if (rc != 0)
         return lmdb_err(rc);
-    rc = seek(s, b->start, b->start_len, 0, 0, false);
+    rc = seek(s, b->start, seek_len, 0, 0, false);
     if (rc != 0)
         kscan_close(s);
     return rc;
@@ -200,6 +204,11 @@ int kscan_next(struct kscan *s, struct rec *out) {
         if (past_end(&s->b, cur.key, cur.key_len)) {
             s->have = false;
             return 0;
+        }
+        if (s->check_start && bytes_cmp(cur.key, cur.key_len, s->b.start, s->b.start_len) < 0) {
+            if ((rc = seek(s, cur.key, cur.key_len, 0, 0, true)) != 0)
+                return rc;
+            continue;
         }
         const uint8_t *gk = cur.key;
         size_t gl = cur.key_len;

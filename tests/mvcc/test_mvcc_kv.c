@@ -378,6 +378,21 @@ static void keys_with_nul_bytes_and_limits(void **state) {
     assert_int_equal(t_apply(db, &op, NULL), MVCC_EKEYTOOLONG);
     op.u.put.key_len = 0;
     assert_int_equal(t_apply(db, &op, NULL), -EINVAL);
+    /* Ranges may start at keys longer than any stored one. */
+    uint8_t *start = malloc(2000);
+    memset(start, 'y', 2000);
+    struct mvcc_range_req lr = {.key = start, .key_len = 2000};
+    lr.range_end = (const uint8_t *)"";
+    lr.range_end_len = 1;
+    assert_int_equal(t_range(db, &lr, &res), 0);
+    assert_int_equal(res->resp.u.range.n_kvs, 1);
+    assert_int_equal(res->resp.u.range.kvs[0].key_len, max);
+    mvcc_result_free(res);
+    memset(start, 'z', 2000);
+    assert_int_equal(t_range(db, &lr, &res), 0);
+    assert_int_equal(res->resp.u.range.n_kvs, 0);
+    mvcc_result_free(res);
+    free(start);
     free(big);
 }
 
