@@ -146,19 +146,8 @@ static int do_delete(struct actx *c, const struct mvcc_delete_req *q, struct mvc
     size_t n = 0, cap = 0;
     struct rec r;
     while ((rc = kscan_next(&s, &r)) == 1) {
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            struct mvcc_kv *d = arena_alloc(a, ncap * sizeof(*d));
-            if (d == NULL) {
-                rc = -ENOMEM;
-                break;
-            }
-            if (n > 0)
-                memcpy(d, dels, n * sizeof(*d));
-            dels = d;
-            cap = ncap;
-        }
-        if ((rc = kv_from_rec(a, &r, false, &dels[n])) != 0)
+        if ((rc = arena_grow(a, &dels, &cap, n, sizeof(*dels))) != 0 ||
+            (rc = kv_from_rec(a, &r, false, &dels[n])) != 0)
             break;
         n++;
     }
@@ -265,16 +254,10 @@ struct path {
 };
 
 static int path_push(struct path *p, bool x) {
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 8;
-        bool *v = realloc(p->v, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        p->v = v;
-        p->cap = cap;
-    }
-    p->v[p->n++] = x;
-    return 0;
+    int rc = vec_grow(&p->v, &p->cap, p->n, sizeof(*p->v));
+    if (rc == 0)
+        p->v[p->n++] = x;
+    return rc;
 }
 
 static void branch(const struct mvcc_txn_req *t, bool ok, const struct mvcc_op **ops, size_t *n) {
@@ -396,15 +379,7 @@ static int check_path(const struct view *v, const struct mvcc_txn_req *t, struct
                     rc = exists_now(v, e, op->u.put.key, op->u.put.key_len);
                 rc = rc == 1 ? 0 : rc == 0 ? MVCC_EKEYNOTFOUND : rc;
             }
-            if (rc == 0 && e->n == e->cap) {
-                size_t cap = e->cap ? e->cap * 2 : 8;
-                const struct mvcc_op **nv = realloc(e->v, cap * sizeof(*nv));
-                if (nv == NULL)
-                    return -ENOMEM;
-                e->v = nv;
-                e->cap = cap;
-            }
-            if (rc == 0)
+            if (rc == 0 && (rc = vec_grow(&e->v, &e->cap, e->n, sizeof(*e->v))) == 0)
                 e->v[e->n++] = op;
         }
         if (rc != 0)
@@ -549,16 +524,10 @@ struct spans {
 };
 
 static int spans_add(struct spans *s, struct span x) {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 8;
-        struct span *v = realloc(s->v, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        s->v = v;
-        s->cap = cap;
-    }
-    s->v[s->n++] = x;
-    return 0;
+    int rc = vec_grow(&s->v, &s->cap, s->n, sizeof(*s->v));
+    if (rc == 0)
+        s->v[s->n++] = x;
+    return rc;
 }
 
 static int bcmp_len(const uint8_t *a, size_t la, const uint8_t *b, size_t lb) {

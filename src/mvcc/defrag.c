@@ -82,12 +82,8 @@ static int64_t replay(mvcc_t *db, MDB_txn *from, MDB_txn *to) {
     }
     rc = meta_put_i64(to, db->meta, META_REV, want);
 out:
-    if (lc != NULL)
-        mdb_cursor_close(lc);
-    if (fkv != NULL)
-        mdb_cursor_close(fkv);
-    if (tkv != NULL)
-        mdb_cursor_close(tkv);
+    cursors_close(lc, fkv);
+    cursors_close(tkv, NULL);
     return rc != 0 ? rc : n;
 }
 

@@ -137,10 +137,7 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
     }
     rc = (int)n;
 out:
-    if (lc != NULL)
-        mdb_cursor_close(lc);
-    if (kvc != NULL)
-        mdb_cursor_close(kvc);
+    cursors_close(lc, kvc);
     return rc;
 }
 
@@ -291,10 +288,7 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
     *hash = c->v ^ 0xffffffffu;
 out:
     free(c);
-    if (lc != NULL)
-        mdb_cursor_close(lc);
-    if (kvc != NULL)
-        mdb_cursor_close(kvc);
+    cursors_close(lc, kvc);
     mvcc_read_end(rd);
     return rc;
 }
@@ -375,10 +369,7 @@ static int compact_sweep(mvcc_t *db, MDB_txn *txn, size_t max_records, bool *don
             rc = meta_put_i64(txn, db->meta, META_COMPACT_POS_SUB, sub);
     }
 out:
-    if (lc != NULL)
-        mdb_cursor_close(lc);
-    if (kvc != NULL)
-        mdb_cursor_close(kvc);
+    cursors_close(lc, kvc);
     return rc;
 }
 

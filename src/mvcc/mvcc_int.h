@@ -136,6 +136,11 @@ struct mvcc_arena;
 struct mvcc_arena *arena_new(void);
 void *arena_alloc(struct mvcc_arena *a, size_t n);
 void arena_free(struct mvcc_arena *a);
+/* Make room for element n of an array (malloc'ed, or in an arena) whose
+ * capacity is *cap; `arrp` points to the array pointer. 0 or -ENOMEM. */
+int vec_grow(void *arrp, size_t *cap, size_t n, size_t size);
+int arena_grow(struct mvcc_arena *a, void *arrp, size_t *cap, size_t n, size_t size);
+void cursors_close(MDB_cursor *a, MDB_cursor *b);
 mvcc_result_t *result_new(void);
 int result_add_event(mvcc_result_t *res, const struct mvcc_event *ev);
 int kv_from_rec(struct mvcc_arena *a, const struct rec *r, bool keys_only, struct mvcc_kv *kv);
@@ -167,6 +172,7 @@ struct mvcc_env *env_get(mvcc_t *db);
 void env_put(mvcc_t *db, struct mvcc_env *e);
 
 /* Store meta access. */
+int meta_revs(MDB_txn *txn, const mvcc_t *db, int64_t *rev, int64_t *compact_rev);
 int meta_get_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t *out, int64_t dflt);
 int meta_put_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t val);
 

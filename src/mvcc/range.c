@@ -119,14 +119,8 @@ static int collect_sorted(struct mvcc_range_it *it) {
         it->count++;
         if (filtered_out(&it->req, &r))
             continue;
-        if (it->n == it->cap) {
-            size_t cap = it->cap ? it->cap * 2 : 64;
-            struct mvcc_kv *a = realloc(it->arr, cap * sizeof(*a));
-            if (a == NULL)
-                return -ENOMEM;
-            it->arr = a;
-            it->cap = cap;
-        }
+        if (vec_grow(&it->arr, &it->cap, it->n, sizeof(*it->arr)) != 0)
+            return -ENOMEM;
         rec_to_kv(&r, false, &it->arr[it->n++]);
     }
     if (rc < 0)
@@ -210,18 +204,8 @@ int range_materialize(const struct view *v, const struct mvcc_range_req *req, st
     size_t cap = 0;
     struct mvcc_kv kv;
     while ((rc = range_it_next(&it, &kv)) == 1) {
-        if (rr->n_kvs == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            struct mvcc_kv *arr = arena_alloc(a, ncap * sizeof(*arr));
-            if (arr == NULL) {
-                rc = -ENOMEM;
-                break;
-            }
-            if (rr->n_kvs > 0)
-                memcpy(arr, rr->kvs, rr->n_kvs * sizeof(*arr));
-            rr->kvs = arr;
-            cap = ncap;
-        }
+        if ((rc = arena_grow(a, &rr->kvs, &cap, rr->n_kvs, sizeof(*rr->kvs))) != 0)
+            break;
         struct rec r = {.key = kv.key,
                         .key_len = kv.key_len,
                         .value = kv.value,

@@ -272,7 +272,42 @@ int latest_rec(MDB_cursor *cur, const uint8_t *key, size_t key_len, struct rec *
     return r->key_len == key_len && memcmp(r->key, key, key_len) == 0;
 }
 
-/* ---- arena and results ---- */
+/* ---- growable arrays, arena and results ---- */
+
+int vec_grow(void *arrp, size_t *cap, size_t n, size_t size) {
+    void **arr = arrp;
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 8;
+    void *v = realloc(*arr, ncap * size);
+    if (v == NULL)
+        return -ENOMEM;
+    *arr = v;
+    *cap = ncap;
+    return 0;
+}
+
+int arena_grow(struct mvcc_arena *a, void *arrp, size_t *cap, size_t n, size_t size) {
+    void **arr = arrp;
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 8;
+    void *v = arena_alloc(a, ncap * size);
+    if (v == NULL)
+        return -ENOMEM;
+    if (n > 0)
+        memcpy(v, *arr, n * size);
+    *arr = v;
+    *cap = ncap;
+    return 0;
+}
+
+void cursors_close(MDB_cursor *a, MDB_cursor *b) {
+    if (a != NULL)
+        mdb_cursor_close(a);
+    if (b != NULL)
+        mdb_cursor_close(b);
+}
 
 struct chunk {
     struct chunk *next;
@@ -340,15 +375,9 @@ void mvcc_result_free(mvcc_result_t *res) {
 }
 
 int result_add_event(mvcc_result_t *res, const struct mvcc_event *ev) {
-    struct mvcc_arena *a = res->arena;
-    if (res->n_events == a->events_cap) {
-        size_t cap = a->events_cap ? a->events_cap * 2 : 4;
-        struct mvcc_event *e = realloc(res->events, cap * sizeof(*e));
-        if (e == NULL)
-            return -ENOMEM;
-        res->events = e;
-        a->events_cap = cap;
-    }
+    int rc = vec_grow(&res->events, &res->arena->events_cap, res->n_events, sizeof(*ev));
+    if (rc != 0)
+        return rc;
     res->events[res->n_events++] = *ev;
     return 0;
 }

@@ -53,6 +53,12 @@ int meta_get_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t *out, int6
     return 0;
 }
 
+/* The revision counter and the compaction revision a transaction sees. */
+int meta_revs(MDB_txn *txn, const mvcc_t *db, int64_t *rev, int64_t *compact_rev) {
+    int rc = meta_get_i64(txn, db->meta, META_REV, rev, 1);
+    return rc != 0 ? rc : meta_get_i64(txn, db->meta, META_COMPACT, compact_rev, 0);
+}
+
 int meta_put_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t val) {
     uint8_t buf[8];
     enc_u64(buf, (uint64_t)val);
@@ -219,9 +225,7 @@ int mvcc_batch_begin(mvcc_t *db, mvcc_batch_t **out) {
     pthread_mutex_lock(&db->wmu);
     int rc = lmdb_err(mdb_txn_begin(db->cur->env, NULL, 0, &b->txn));
     if (rc == 0)
-        rc = meta_get_i64(b->txn, db->meta, META_REV, &b->rev, 1);
-    if (rc == 0)
-        rc = meta_get_i64(b->txn, db->meta, META_COMPACT, &b->compact_rev, 0);
+        rc = meta_revs(b->txn, db, &b->rev, &b->compact_rev);
     if (rc != 0) {
         mvcc_batch_abort(b);
         return rc;
@@ -320,9 +324,7 @@ int mvcc_read_begin(mvcc_t *db, mvcc_read_t **out) {
     rd->e = env_get(db);
     int rc = lmdb_err(mdb_txn_begin(rd->e->env, NULL, MDB_RDONLY, &rd->txn));
     if (rc == 0)
-        rc = meta_get_i64(rd->txn, db->meta, META_REV, &rd->rev, 1);
-    if (rc == 0)
-        rc = meta_get_i64(rd->txn, db->meta, META_COMPACT, &rd->compact_rev, 0);
+        rc = meta_revs(rd->txn, db, &rd->rev, &rd->compact_rev);
     if (rc != 0) {
         mvcc_read_end(rd);
         return rc;

@@ -45,6 +45,25 @@ void tdb_close(struct tdb *t) {
     rmdir(t->dir);
 }
 
+int tdb_setup(void **state) {
+    struct tdb *t = malloc(sizeof(*t));
+    assert_non_null(t);
+    tdb_open(t, NULL);
+    *state = t;
+    return 0;
+}
+
+int tdb_teardown(void **state) {
+    struct tdb *t = *state;
+    tdb_close(t);
+    free(t);
+    return 0;
+}
+
+mvcc_t *tdb_db(void **state) {
+    return ((struct tdb *)*state)->db;
+}
+
 int t_apply(mvcc_t *db, const struct mvcc_op *op, mvcc_result_t **out) {
     mvcc_batch_t *b;
     assert_int_equal(mvcc_batch_begin(db, &b), 0);

@@ -20,6 +20,11 @@ void tdb_open(struct tdb *t, const struct mvcc_options *opt);
 void tdb_reopen(struct tdb *t, const struct mvcc_options *opt);
 /* Closes the store and removes its files. */
 void tdb_close(struct tdb *t);
+/* cmocka fixtures: a fresh default store per test in *state. */
+int tdb_setup(void **state);
+int tdb_teardown(void **state);
+mvcc_t *tdb_db(void **state);
+#define TDB_TEST(f) cmocka_unit_test_setup_teardown(f, tdb_setup, tdb_teardown)
 
 /* Applies one request in its own batch; returns the mvcc code, *out the
  * result (caller frees) when out is not NULL. */

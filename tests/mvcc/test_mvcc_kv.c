@@ -13,41 +13,23 @@
 
 #include "helpers.h"
 
-static int setup(void **state) {
-    struct tdb *t = malloc(sizeof(*t));
-    tdb_open(t, NULL);
-    *state = t;
-    return 0;
-}
-
-static int teardown(void **state) {
-    struct tdb *t = *state;
-    tdb_close(t);
-    free(t);
-    return 0;
-}
-
-static mvcc_t *DB(void **state) {
-    return ((struct tdb *)*state)->db;
-}
-
 static void fresh_store_is_at_revision_1(void **state) {
     int64_t rev, crev;
     uint64_t idx, term;
-    assert_int_equal(mvcc_state(DB(state), &idx, &term, &rev, &crev), 0);
+    assert_int_equal(mvcc_state(tdb_db(state), &idx, &term, &rev, &crev), 0);
     assert_int_equal(rev, 1);
     assert_int_equal(crev, 0);
     assert_int_equal(idx, 0);
     struct mvcc_range_req r = t_rreq("a", T_ALL);
     mvcc_result_t *res;
-    assert_int_equal(t_range(DB(state), &r, &res), 0);
+    assert_int_equal(t_range(tdb_db(state), &r, &res), 0);
     assert_int_equal(res->resp.revision, 1);
     assert_int_equal(res->resp.u.range.count, 0);
     mvcc_result_free(res);
 }
 
 static void put_sets_revisions_and_versions(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     assert_int_equal(t_put(db, "foo", "bar"), 2);
     assert_int_equal(t_put(db, "foo", "baz"), 3);
     assert_int_equal(t_put(db, "other", "x"), 4);
@@ -65,7 +47,7 @@ static void put_sets_revisions_and_versions(void **state) {
 }
 
 static void put_returns_prev_kv_and_events(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put_lease(db, "k", "v1", 7);
     struct mvcc_op op = {.type = MVCC_OP_PUT};
     op.u.put = (struct mvcc_put_req){
@@ -95,7 +77,7 @@ static void put_returns_prev_kv_and_events(void **state) {
 }
 
 static void put_ignore_value_and_lease(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     struct mvcc_op op = {.type = MVCC_OP_PUT};
     op.u.put = (struct mvcc_put_req){.key = (const uint8_t *)"k", .key_len = 1};
     op.u.put.ignore_value = true;
@@ -134,7 +116,7 @@ static void put_ignore_value_and_lease(void **state) {
 }
 
 static void delete_tombstones_and_recreate(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "a", "1"); /* 2 */
     t_put(db, "a", "2"); /* 3 */
     t_put(db, "b", "1"); /* 4 */
@@ -216,7 +198,7 @@ static void range_keys(mvcc_t *db, struct mvcc_range_req *r, const char *expect)
 }
 
 static void range_options(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     fill_sort_data(db);
     struct mvcc_range_req r = t_rreq("k", "l");
     range_keys(db, &r, "k0 k1 k2 k3 k4 k5 k6 k7 k8 k9 ");
@@ -308,7 +290,7 @@ static void range_options(void **state) {
 }
 
 static void range_at_revisions_and_errors(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "a", "1"); /* 2 */
     t_put(db, "b", "1"); /* 3 */
     t_put(db, "a", "2"); /* 4 */
@@ -338,7 +320,7 @@ static void range_at_revisions_and_errors(void **state) {
 }
 
 static void keys_with_nul_bytes_and_limits(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     static const uint8_t k1[] = {'a', 0, 'b'}, k2[] = {'a'}, k3[] = {'a', 0};
     const uint8_t *keys[] = {k1, k2, k3};
     size_t lens[] = {3, 1, 2};
@@ -440,7 +422,7 @@ static bool txn_cmp(mvcc_t *db, struct mvcc_compare c) {
 }
 
 static void txn_compares(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put_lease(db, "a", "m", 5); /* 2 */
     t_put(db, "a", "m");          /* 3: version 2, lease 0 */
     t_put(db, "b", "z");          /* 4 */
@@ -489,7 +471,7 @@ static void txn_compares(void **state) {
 }
 
 static void txn_branches_share_one_revision(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "x", "0"); /* 2 */
     struct mvcc_compare c = cmp_num("x", MVCC_CMP_VERSION, MVCC_CMP_EQUAL, 1);
     struct mvcc_op succ[] = {op_put("x", "1"), op_put("y", "1"), op_range("x", "z"), op_del("x"),
@@ -528,7 +510,7 @@ static void txn_branches_share_one_revision(void **state) {
 }
 
 static void txn_nested_compares_see_state_before(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "n", "0"); /* 2, version 1 */
     /* outer: put n; inner txn compares version(n)==1: true on the state
      * before the outer txn, although the outer put came first. */
@@ -558,7 +540,7 @@ static void txn_nested_compares_see_state_before(void **state) {
 }
 
 static void txn_errors_change_nothing(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "k", "v"); /* 2 */
     /* A range at a future revision fails the whole txn before any write. */
     struct mvcc_op succ[] = {op_put("a", "1"), op_range("k", NULL)};
@@ -677,7 +659,7 @@ static void batch_persists_applied_index_and_is_atomic(void **state) {
 }
 
 static void streaming_iterator(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     mvcc_batch_t *b;
     assert_int_equal(mvcc_batch_begin(db, &b), 0);
     for (int i = 0; i < 2000; i++) {
@@ -722,22 +704,21 @@ static void streaming_iterator(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(fresh_store_is_at_revision_1, setup, teardown),
-        cmocka_unit_test_setup_teardown(put_sets_revisions_and_versions, setup, teardown),
-        cmocka_unit_test_setup_teardown(put_returns_prev_kv_and_events, setup, teardown),
-        cmocka_unit_test_setup_teardown(put_ignore_value_and_lease, setup, teardown),
-        cmocka_unit_test_setup_teardown(delete_tombstones_and_recreate, setup, teardown),
-        cmocka_unit_test_setup_teardown(range_options, setup, teardown),
-        cmocka_unit_test_setup_teardown(range_at_revisions_and_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(keys_with_nul_bytes_and_limits, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_compares, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_branches_share_one_revision, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_nested_compares_see_state_before, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_errors_change_nothing, setup, teardown),
+        TDB_TEST(fresh_store_is_at_revision_1),
+        TDB_TEST(put_sets_revisions_and_versions),
+        TDB_TEST(put_returns_prev_kv_and_events),
+        TDB_TEST(put_ignore_value_and_lease),
+        TDB_TEST(delete_tombstones_and_recreate),
+        TDB_TEST(range_options),
+        TDB_TEST(range_at_revisions_and_errors),
+        TDB_TEST(keys_with_nul_bytes_and_limits),
+        TDB_TEST(txn_compares),
+        TDB_TEST(txn_branches_share_one_revision),
+        TDB_TEST(txn_nested_compares_see_state_before),
+        TDB_TEST(txn_errors_change_nothing),
         cmocka_unit_test(duplicate_key_check),
-        cmocka_unit_test_setup_teardown(batch_persists_applied_index_and_is_atomic, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(streaming_iterator, setup, teardown),
+        TDB_TEST(batch_persists_applied_index_and_is_atomic),
+        TDB_TEST(streaming_iterator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

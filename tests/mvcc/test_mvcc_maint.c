@@ -15,24 +15,6 @@
 
 #include "helpers.h"
 
-static int setup(void **state) {
-    struct tdb *t = malloc(sizeof(*t));
-    tdb_open(t, NULL);
-    *state = t;
-    return 0;
-}
-
-static int teardown(void **state) {
-    struct tdb *t = *state;
-    tdb_close(t);
-    free(t);
-    return 0;
-}
-
-static mvcc_t *DB(void **state) {
-    return ((struct tdb *)*state)->db;
-}
-
 /* Number of records in one of the store's own databases. */
 static size_t db_entries(mvcc_t *db, const char *name) {
     mvcc_read_t *rd;
@@ -46,7 +28,7 @@ static size_t db_entries(mvcc_t *db, const char *name) {
 }
 
 static void compaction_keeps_latest_versions(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "a", "1");  /* 2 */
     t_put(db, "a", "2");  /* 3 */
     t_put(db, "b", "1");  /* 4 */
@@ -116,7 +98,7 @@ static void compaction_resumes_after_reopen(void **state) {
 
 /* Replays the history used to take the reference hashes from etcd 3.4. */
 static void hash_matches_etcd(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     uint32_t h;
     int64_t cur, comp;
     assert_int_equal(mvcc_hash_kv(db, 0, &h, &cur, &comp), 0);
@@ -165,7 +147,7 @@ static void hash_matches_etcd(void **state) {
 }
 
 static void history_pages_in_revision_order(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "w/a", "1");   /* 2 */
     t_put(db, "other", "1"); /* 3 */
     t_put(db, "w/b", "1");   /* 4 */
@@ -225,7 +207,7 @@ static int collect_keys(void *arg, const uint8_t *key, size_t len) {
 }
 
 static void lease_index_follows_keys(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put_lease(db, "a", "1", 5);
     t_put_lease(db, "b", "1", 5);
     t_put_lease(db, "c", "1", 6);
@@ -418,13 +400,13 @@ static void defrag_runs_beside_readers_and_writers(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(compaction_keeps_latest_versions, setup, teardown),
-        cmocka_unit_test_setup_teardown(compaction_resumes_after_reopen, setup, teardown),
-        cmocka_unit_test_setup_teardown(hash_matches_etcd, setup, teardown),
-        cmocka_unit_test_setup_teardown(history_pages_in_revision_order, setup, teardown),
-        cmocka_unit_test_setup_teardown(lease_index_follows_keys, setup, teardown),
-        cmocka_unit_test_setup_teardown(quota_caps_writes_until_defrag, setup, teardown),
-        cmocka_unit_test_setup_teardown(defrag_runs_beside_readers_and_writers, setup, teardown),
+        TDB_TEST(compaction_keeps_latest_versions),
+        TDB_TEST(compaction_resumes_after_reopen),
+        TDB_TEST(hash_matches_etcd),
+        TDB_TEST(history_pages_in_revision_order),
+        TDB_TEST(lease_index_follows_keys),
+        TDB_TEST(quota_caps_writes_until_defrag),
+        TDB_TEST(defrag_runs_beside_readers_and_writers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
