@@ -48,7 +48,8 @@ void tdb_close(struct tdb *t) {
 int tdb_setup(void **state) {
     struct tdb *t = malloc(sizeof(*t));
     assert_non_null(t);
-    tdb_open(t, NULL);
+    struct mvcc_options opt = {.no_sync = true};
+    tdb_open(t, &opt);
     *state = t;
     return 0;
 }

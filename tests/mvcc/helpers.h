@@ -20,7 +20,7 @@ void tdb_open(struct tdb *t, const struct mvcc_options *opt);
 void tdb_reopen(struct tdb *t, const struct mvcc_options *opt);
 /* Closes the store and removes its files. */
 void tdb_close(struct tdb *t);
-/* cmocka fixtures: a fresh default store per test in *state. */
+/* cmocka fixtures: a fresh store (no_sync) per test in *state. */
 int tdb_setup(void **state);
 int tdb_teardown(void **state);
 mvcc_t *tdb_db(void **state);

@@ -318,6 +318,7 @@ static void *write_loop(void *arg) {
 static void defrag_runs_beside_readers_and_writers(void **state) {
     struct tdb *t = *state;
     mvcc_t *db = t->db;
+    mvcc_batch_t *b2;
     char val[512];
     memset(val, 'x', sizeof(val) - 1);
     val[sizeof(val) - 1] = 0;
@@ -346,6 +347,14 @@ static void defrag_runs_beside_readers_and_writers(void **state) {
     uint32_t h1, h2;
     int64_t cur, comp;
     assert_int_equal(mvcc_hash_kv(db, rev, &h1, &cur, &comp), 0);
+
+    /* Another layer's database, written in the same batches. */
+    MDB_dbi other;
+    assert_int_equal(mvcc_dbi_open(db, "lease", &other), 0);
+    assert_int_equal(mvcc_batch_begin(db, &b2), 0);
+    MDB_val ok = {.mv_size = 3, .mv_data = "l42"}, ov = {.mv_size = 2, .mv_data = "ok"};
+    assert_int_equal(mdb_put(mvcc_batch_txn(b2), other, &ok, &ov, 0), 0);
+    assert_int_equal(mvcc_batch_commit(b2), 0);
 
     mvcc_read_t *old_rd;
     assert_int_equal(mvcc_read_begin(db, &old_rd), 0);
@@ -391,11 +400,86 @@ static void defrag_runs_beside_readers_and_writers(void **state) {
     assert_int_equal(mvcc_lease_keys(rd, 2, count_keys, &n2), 0);
     assert_int_equal(n2, w.n / 3); /* keys i with i % 3 == 2 */
     mvcc_read_end(rd);
+    assert_int_equal(mvcc_read_begin(db, &rd), 0);
+    MDB_val got;
+    assert_int_equal(mdb_get(mvcc_read_txn(rd), other, &ok, &got), 0);
+    assert_int_equal(got.mv_size, 2);
+    assert_memory_equal(got.mv_data, "ok", 2);
+    mvcc_read_end(rd);
     /* It survives a reopen. */
     tdb_reopen(t, NULL);
     assert_int_equal(t_range(t->db, &r, &res), 0);
     assert_int_equal(res->resp.u.range.count, w.n);
     mvcc_result_free(res);
+}
+
+struct reader {
+    mvcc_t *db;
+    _Atomic int stop;
+    _Atomic int checks;
+    _Atomic int bad;
+};
+
+/* Each snapshot must see exactly the keys written up to its revision: the
+ * writer puts key i at revision i + 1 and deletes nothing. */
+static void *read_loop(void *arg) {
+    struct reader *r = arg;
+    while (!r->stop) {
+        mvcc_read_t *rd;
+        if (mvcc_read_begin(r->db, &rd) != 0) {
+            r->bad++;
+            break;
+        }
+        int64_t rev = mvcc_read_revision(rd);
+        struct mvcc_range_req q = t_rreq("c", "d");
+        q.count_only = true;
+        q.revision = rev > 1 ? rev - (rev % 7) : 0;
+        if (q.revision < 1)
+            q.revision = 0;
+        mvcc_range_it_t *it;
+        struct mvcc_kv kv;
+        int64_t count;
+        if (mvcc_range_open(rd, &q, &it) != 0 || mvcc_range_next(it, &kv) != 0) {
+            r->bad++;
+        } else {
+            mvcc_range_summary(it, &count, NULL, NULL);
+            int64_t at = q.revision > 0 ? q.revision : rev;
+            if (count != at - 1)
+                r->bad++;
+            mvcc_range_close(it);
+        }
+        mvcc_read_end(rd);
+        r->checks++;
+    }
+    return NULL;
+}
+
+static void readers_see_consistent_snapshots(void **state) {
+    mvcc_t *db = tdb_db(state);
+    struct reader r = {.db = db};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, read_loop, &r), 0);
+    for (int i = 0; i < 400; i++) {
+        mvcc_batch_t *b;
+        assert_int_equal(mvcc_batch_begin(db, &b), 0);
+        for (int j = 0; j < 5; j++) {
+            char k[16];
+            snprintf(k, sizeof(k), "c%05d", i * 5 + j);
+            struct mvcc_op op = {.type = MVCC_OP_PUT};
+            op.u.put.key = (const uint8_t *)k;
+            op.u.put.key_len = strlen(k);
+            mvcc_result_t *res;
+            assert_int_equal(mvcc_apply(b, &op, &res), 0);
+            mvcc_result_free(res);
+        }
+        assert_int_equal(mvcc_batch_commit(b), 0);
+    }
+    r.stop = 1;
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(r.bad, 0);
+    assert_true(r.checks > 0);
 }
 
 int main(void) {
@@ -407,6 +491,7 @@ int main(void) {
         TDB_TEST(lease_index_follows_keys),
         TDB_TEST(quota_caps_writes_until_defrag),
         TDB_TEST(defrag_runs_beside_readers_and_writers),
+        TDB_TEST(readers_see_consistent_snapshots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

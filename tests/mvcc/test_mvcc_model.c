@@ -692,7 +692,7 @@ static void random_ops_match_model(void **state) {
         run_seed(strtoull(s, NULL, 10), 4000);
         return;
     }
-    for (uint64_t seed = 1; seed <= 6; seed++)
+    for (uint64_t seed = 1; seed <= 16; seed++)
         run_seed(seed, 5000);
 }
 
