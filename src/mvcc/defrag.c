@@ -150,8 +150,11 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     uint64_t t0 = 0, size_before = 0, size_after = 0;
     if (tmp == NULL || tmp_lock == NULL)
         goto err;
-    snprintf(tmp, plen + 16, "%s.defrag", db->path);
-    snprintf(tmp_lock, plen + 24, "%s.defrag-lock", db->path);
+    /* A new name each time: the current environment may still use the lock
+     * file of the previous defragmentation's name. */
+    unsigned gen = ++db->defrag_gen;
+    snprintf(tmp, plen + 16, "%s.defrag%u", db->path, gen % 100000u);
+    snprintf(tmp_lock, plen + 24, "%s.defrag%u-lock", db->path, gen % 100000u);
     unlink(tmp);
     unlink(tmp_lock);
     mvcc_size(db, &size_before, NULL);

@@ -44,6 +44,7 @@ struct mvcc {
     size_t max_key;
     atomic_bool capped;
     atomic_bool defragging;
+    unsigned defrag_gen; /* written only by the running defragmentation */
 };
 
 struct mvcc_batch {

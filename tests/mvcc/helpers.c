@@ -40,8 +40,10 @@ void tdb_close(struct tdb *t) {
     unlink(buf);
     snprintf(buf, sizeof(buf), "%s/db-lock", t->dir);
     unlink(buf);
-    snprintf(buf, sizeof(buf), "%s/db.defrag-lock", t->dir);
-    unlink(buf);
+    for (int i = 1; i < 4; i++) {
+        snprintf(buf, sizeof(buf), "%s/db.defrag%d-lock", t->dir, i);
+        unlink(buf);
+    }
     rmdir(t->dir);
 }
 

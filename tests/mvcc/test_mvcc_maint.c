@@ -406,6 +406,10 @@ static void defrag_runs_beside_readers_and_writers(void **state) {
     assert_int_equal(got.mv_size, 2);
     assert_memory_equal(got.mv_data, "ok", 2);
     mvcc_read_end(rd);
+    /* A second defragmentation, then a reopen. */
+    assert_int_equal(mvcc_defrag(db, &held, &err), 0);
+    assert_int_equal(mvcc_hash_kv(db, rev, &h2, &cur, &comp), 0);
+    assert_int_equal(h1, h2);
     /* It survives a reopen. */
     tdb_reopen(t, NULL);
     assert_int_equal(t_range(t->db, &r, &res), 0);
