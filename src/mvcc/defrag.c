@@ -136,7 +136,11 @@ static int64_t catch_up(mvcc_t *db, MDB_env *old, MDB_env *nenv, bool final) {
 int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     if (writes_held_ns != NULL)
         *writes_held_ns = 0;
-    if (mvcc_compact_pending(db))
+    bool pending;
+    int rc = mvcc_compact_pending(db, &pending);
+    if (rc != 0)
+        return util_errorf(err, rc, "mvcc: defragmentation: %s", mvcc_strerror(rc));
+    if (pending)
         return util_errorf(err, -EBUSY, "mvcc: defragment after the compaction finishes");
     bool expect = false;
     if (!atomic_compare_exchange_strong(&db->defragging, &expect, true))
@@ -145,7 +149,7 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     char *tmp = malloc(plen + 16), *tmp_lock = malloc(plen + 24);
     struct mvcc_env *old = env_get(db), *ne = NULL;
     MDB_env *nenv = NULL;
-    int rc = -ENOMEM;
+    rc = -ENOMEM;
     bool held = false;
     uint64_t t0 = 0, size_before = 0, size_after = 0;
     if (tmp == NULL || tmp_lock == NULL)

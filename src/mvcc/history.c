@@ -295,15 +295,17 @@ out:
 
 /* ---- compaction sweep ---- */
 
-bool mvcc_compact_pending(mvcc_t *db) {
+int mvcc_compact_pending(mvcc_t *db, bool *pending) {
+    *pending = false;
     mvcc_read_t *rd;
-    if (mvcc_read_begin(db, &rd) != 0)
-        return false;
+    int rc = mvcc_read_begin(db, &rd);
+    if (rc != 0)
+        return rc;
     int64_t done = 0;
-    bool pending =
-        meta_get_i64(rd->txn, db->meta, META_COMPACT_DONE, &done, 0) == 0 && done < rd->compact_rev;
+    rc = meta_get_i64(rd->txn, db->meta, META_COMPACT_DONE, &done, 0);
+    *pending = rc == 0 && done < rd->compact_rev;
     mvcc_read_end(rd);
-    return pending;
+    return rc;
 }
 
 /* One sweep step inside the writer's transaction. */

@@ -426,8 +426,9 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
  * thread holds a batch. */
 int mvcc_compact_step(mvcc_t *db, size_t max_records, bool *done);
 
-/* Whether a scheduled compaction has history left to remove. Any thread. */
-bool mvcc_compact_pending(mvcc_t *db);
+/* Whether a scheduled compaction has history left to remove. Returns 0 or an
+ * error (then *pending is false). Any thread. */
+int mvcc_compact_pending(mvcc_t *db, bool *pending);
 
 /* Sizes: `size` is the database's high-water mark in bytes (what etcd calls
  * the db size; only defragmentation lowers it), `in_use` excludes free

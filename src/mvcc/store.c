@@ -408,32 +408,36 @@ int mvcc_sync(mvcc_t *db) {
 /* ---- sizes and quota ---- */
 
 int mvcc_size(mvcc_t *db, uint64_t *size, uint64_t *in_use) {
-    mvcc_read_t *rd;
-    int rc = mvcc_read_begin(db, &rd);
-    if (rc != 0)
-        return rc;
+    struct mvcc_env *e = env_get(db);
     MDB_envinfo info;
     MDB_stat st;
-    mdb_env_info(rd->e->env, &info);
-    mdb_env_stat(rd->e->env, &st);
-    uint64_t pages = (uint64_t)info.me_last_pgno + 1;
+    int rc = lmdb_err(mdb_env_info(e->env, &info));
+    if (rc == 0)
+        rc = lmdb_err(mdb_env_stat(e->env, &st));
+    uint64_t pages = (uint64_t)info.me_last_pgno + 1, nfree = 0;
+    if (rc == 0 && in_use != NULL) {
+        /* Free pages: the free-list database (0) holds page-number lists
+         * whose first word is their length. */
+        MDB_txn *txn;
+        MDB_cursor *cur;
+        if ((rc = lmdb_err(mdb_txn_begin(e->env, NULL, MDB_RDONLY, &txn))) == 0) {
+            if ((rc = lmdb_err(mdb_cursor_open(txn, 0, &cur))) == 0) {
+                MDB_val k, d;
+                while (mdb_cursor_get(cur, &k, &d, MDB_NEXT) == 0)
+                    nfree += *(const size_t *)d.mv_data;
+                mdb_cursor_close(cur);
+            }
+            mdb_txn_abort(txn);
+        }
+    }
+    env_put(db, e);
+    if (rc != 0)
+        return rc;
     if (size != NULL)
         *size = pages * st.ms_psize;
-    if (in_use != NULL) {
-        /* Free pages: the free-list database holds page-number lists whose
-         * first word is their length. */
-        uint64_t nfree = 0;
-        MDB_cursor *cur;
-        if ((rc = lmdb_err(mdb_cursor_open(rd->txn, 0, &cur))) == 0) {
-            MDB_val k, d;
-            while (mdb_cursor_get(cur, &k, &d, MDB_NEXT) == 0)
-                nfree += *(const size_t *)d.mv_data;
-            mdb_cursor_close(cur);
-        }
+    if (in_use != NULL)
         *in_use = (pages - (nfree < pages ? nfree : pages)) * st.ms_psize;
-    }
-    mvcc_read_end(rd);
-    return rc;
+    return 0;
 }
 
 int mvcc_quota_check(mvcc_t *db, uint64_t cost) {

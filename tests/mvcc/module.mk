@@ -16,3 +16,6 @@ bench-mvcc:
 build/tests/mvcc/bench_mvcc: build/obj/tests/mvcc/bench_mvcc.o build/libquoin-core.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The fault-injection test wraps the allocator of the code it links statically.
+$(B)/tests/mvcc/test_mvcc_fault: LDFLAGS += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
