@@ -26,9 +26,10 @@
  * Errors: 0 (or a count) on success, else a negative code: either a negative
  * errno (-ENOMEM, -EIO, -EINVAL, ...) or one of the MVCC_E* codes below, whose
  * mvcc_strerror() text is etcd's error string. Inside a batch, MVCC_E* codes
- * reject that one request and leave the batch usable; any other error leaves
- * the batch unusable: abort it and re-apply its raft entries (the applied
- * index in LMDB did not move, so replay is exact).
+ * other than MVCC_ECORRUPT reject that one request and leave the batch
+ * usable; any other error (-ENOMEM, -ENOSPC for a full LMDB map, -EIO, ...)
+ * leaves the batch unusable: abort it and re-apply its raft entries (the
+ * applied index in LMDB did not move, so replay is exact).
  *
  * Byte strings (keys, values, range ends) are pointer + length and may hold
  * NUL bytes. Keys must be non-empty and at most mvcc_max_key_len() bytes. */
@@ -362,8 +363,8 @@ void mvcc_read_end(mvcc_read_t *rd);
 
 /* Starts a range read on a snapshot. Keys come out one at a time straight from
  * LMDB's memory map, so a range of millions of keys costs no copy and bounded
- * memory, unless sorting by something other than ascending key was asked, which
- * holds one small record per matching key. Returns 0, MVCC_EFUTURE,
+ * memory. Sorting by anything but ascending key holds one 64-byte entry per
+ * matching key, or per returned key when there is a limit. Returns 0, MVCC_EFUTURE,
  * MVCC_ECOMPACTED, -EINVAL or -ENOMEM. Same thread as the snapshot. */
 int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_range_it_t **out);
 

@@ -87,50 +87,77 @@ static int sort_cmp(const struct mvcc_kv *a, const struct mvcc_kv *b, enum mvcc_
     return cmp_bytes(a->key, a->key_len, b->key, b->key_len);
 }
 
-/* Sorts by the target, ties in ascending key order (what etcd's sort gives
- * for the input it gets, which is in key order). A merge sort: stable, so the
- * key order of the input breaks the ties. */
-static void merge_sort(struct mvcc_kv *a, struct mvcc_kv *tmp, size_t n, enum mvcc_sort_target t,
-                       bool desc) {
-    if (n < 2)
-        return;
-    size_t h = n / 2;
-    merge_sort(a, tmp, h, t, desc);
-    merge_sort(a + h, tmp, n - h, t, desc);
-    size_t i = 0, j = h, k = 0;
-    while (i < h && j < n) {
-        int c = sort_cmp(&a[j], &a[i], t);
-        if (desc)
-            c = -c;
-        tmp[k++] = c < 0 ? a[j++] : a[i++];
-    }
-    while (i < h)
-        tmp[k++] = a[i++];
-    while (j < n)
-        tmp[k++] = a[j++];
-    memcpy(a, tmp, n * sizeof(*a));
+/* The order of a sorted range: by the target, ties in ascending key order
+ * (what etcd's sort gives for its input, which comes in key order). Keys are
+ * unique, so this is a total order. */
+static int order_cmp(const void *pa, const void *pb, void *arg) {
+    const struct mvcc_range_it *it = arg;
+    const struct mvcc_kv *a = pa, *b = pb;
+    int c = sort_cmp(a, b, it->req.sort_target);
+    if (it->descend)
+        c = -c;
+    return c != 0 ? c : cmp_bytes(a->key, a->key_len, b->key, b->key_len);
 }
 
-/* Reads the whole range into it->arr and sorts it. */
+static void kv_swap(struct mvcc_kv *a, struct mvcc_kv *b) {
+    struct mvcc_kv t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* A max-heap by order_cmp: the root is the entry that would come last. */
+static void heap_down(struct mvcc_range_it *it, size_t i) {
+    struct mvcc_kv *h = it->arr;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < it->n && order_cmp(&h[l], &h[m], it) > 0)
+            m = l;
+        if (r < it->n && order_cmp(&h[r], &h[m], it) > 0)
+            m = r;
+        if (m == i)
+            return;
+        kv_swap(&h[i], &h[m]);
+        i = m;
+    }
+}
+
+static void heap_up(struct mvcc_range_it *it, size_t i) {
+    struct mvcc_kv *h = it->arr;
+    while (i > 0 && order_cmp(&h[i], &h[(i - 1) / 2], it) > 0) {
+        kv_swap(&h[i], &h[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+}
+
+/* Reads the whole range and sorts what it keeps. With a limit only the
+ * `limit` first entries are kept (a heap), so memory follows the limit, not
+ * the range. */
 static int collect_sorted(struct mvcc_range_it *it) {
+    size_t keep = it->req.limit > 0 ? (size_t)it->req.limit : SIZE_MAX;
     struct rec r;
     int rc;
     while ((rc = kscan_next(&it->scan, &r)) == 1) {
         it->count++;
         if (filtered_out(&it->req, &r))
             continue;
-        if (vec_grow(&it->arr, &it->cap, it->n, sizeof(*it->arr)) != 0)
-            return -ENOMEM;
-        rec_to_kv(&r, false, &it->arr[it->n++]);
+        it->matched++;
+        struct mvcc_kv kv;
+        rec_to_kv(&r, false, &kv);
+        if (it->n < keep) {
+            if (vec_grow(&it->arr, &it->cap, it->n, sizeof(*it->arr)) != 0)
+                return -ENOMEM;
+            it->arr[it->n++] = kv;
+            if (keep != SIZE_MAX)
+                heap_up(it, it->n - 1);
+        } else if (order_cmp(&kv, &it->arr[0], it) < 0) {
+            it->arr[0] = kv;
+            heap_down(it, 0);
+        }
     }
     if (rc < 0)
         return rc;
-    it->matched = (int64_t)it->n;
-    struct mvcc_kv *tmp = malloc((it->n ? it->n : 1) * sizeof(*tmp));
-    if (tmp == NULL)
-        return -ENOMEM;
-    merge_sort(it->arr, tmp, it->n, it->req.sort_target, it->descend);
-    free(tmp);
+    if (it->n > 1)
+        qsort_r(it->arr, it->n, sizeof(*it->arr), order_cmp, it);
     it->collected = true;
     return 0;
 }
