@@ -133,6 +133,65 @@ static int64_t catch_up(mvcc_t *db, MDB_env *old, MDB_env *nenv, bool final) {
     return n;
 }
 
+/* With the writer held: moves `file`, open as nenv, over the store's path
+ * and makes it current. `holder` (the caller's allocation) takes nenv and
+ * lock_file (removed when the environment closes). The previous environment
+ * closes when its last snapshot ends. */
+static int env_swap(mvcc_t *db, struct mvcc_env *holder, MDB_env *nenv, const char *file,
+                    char *lock_file) {
+    if (rename(file, db->path) != 0)
+        return -errno;
+    holder->env = nenv;
+    holder->refs = 1;
+    holder->unlink = lock_file;
+    pthread_mutex_lock(&db->envmu);
+    struct mvcc_env *old = db->cur;
+    db->cur = holder;
+    pthread_mutex_unlock(&db->envmu);
+    env_put(db, old); /* its reference as the current environment */
+    return 0;
+}
+
+int mvcc_snapshot_save(mvcc_t *db, int fd) {
+    struct mvcc_env *e = env_get(db);
+    int rc = lmdb_err(mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
+    env_put(db, e);
+    return rc;
+}
+
+int mvcc_snapshot_install(mvcc_t *db, const char *file, struct util_err *err) {
+    bool expect = false;
+    if (!atomic_compare_exchange_strong(&db->defragging, &expect, true))
+        return util_errorf(err, -EBUSY, "mvcc: a defragmentation is running");
+    size_t flen = strlen(file);
+    char *lock = malloc(flen + 6);
+    struct mvcc_env *holder = calloc(1, sizeof(*holder));
+    MDB_env *nenv = NULL;
+    int rc = -ENOMEM;
+    if (lock == NULL || holder == NULL)
+        goto err;
+    snprintf(lock, flen + 6, "%s-lock", file);
+    if ((rc = env_open(db, file, &nenv)) != 0 || (rc = dbis_open(db, nenv)) != 0)
+        goto err;
+    pthread_mutex_lock(&db->wmu);
+    rc = env_swap(db, holder, nenv, file, lock);
+    pthread_mutex_unlock(&db->wmu);
+    if (rc != 0)
+        goto err;
+    atomic_store(&db->defragging, false);
+    LOG_INFO(db->lg, "installed snapshot", LOG_STR("file", file));
+    return 0;
+err:
+    if (nenv != NULL)
+        mdb_env_close(nenv);
+    if (lock != NULL)
+        unlink(lock);
+    free(lock);
+    free(holder);
+    atomic_store(&db->defragging, false);
+    return util_errorf(err, rc, "mvcc: cannot install snapshot %s: %s", file, mvcc_strerror(rc));
+}
+
 int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     if (writes_held_ns != NULL)
         *writes_held_ns = 0;
@@ -190,20 +249,11 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     }
     if ((rc = lmdb_err(mdb_env_sync(nenv, 1))) != 0)
         goto err;
-    if (rename(tmp, db->path) != 0) {
-        rc = -errno;
+    if ((rc = env_swap(db, ne, nenv, tmp, tmp_lock)) != 0)
         goto err;
-    }
-    ne->env = nenv;
-    ne->refs = 1;
-    ne->unlink = tmp_lock;
-    pthread_mutex_lock(&db->envmu);
-    db->cur = ne;
-    pthread_mutex_unlock(&db->envmu);
     uint64_t held_ns = util_now_mono_ns() - t0;
     pthread_mutex_unlock(&db->wmu);
-    env_put(db, old); /* our reference */
-    env_put(db, old); /* its reference as the current env */
+    env_put(db, old);
     free(tmp);
     atomic_store(&db->defragging, false);
     mvcc_size(db, &size_after, NULL);

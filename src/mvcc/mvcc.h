@@ -461,6 +461,19 @@ void mvcc_set_capped(mvcc_t *db, bool capped);
  * kept on any failure). */
 int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err);
 
+/* Writes a consistent, packed copy of the whole store (every layer's
+ * databases, the applied index included) to fd: a raft snapshot. Runs on its
+ * own read snapshot, so readers and writers go on. Returns 0 or an error.
+ * Any thread. */
+int mvcc_snapshot_save(mvcc_t *db, int fd);
+
+/* Replaces the store by `file`, written by mvcc_snapshot_save (on this or
+ * another member): the file is renamed over the store's path. Snapshots
+ * opened before keep reading the old content until they end. Takes the writer
+ * (so not while this thread holds a batch); -EBUSY during a defragmentation.
+ * Returns 0 or an error, the store unchanged. */
+int mvcc_snapshot_install(mvcc_t *db, const char *file, struct util_err *err);
+
 /* etcd's server-side txn check ("etcdserver: duplicate key given in txn
  * request"): a key put twice, or put and deleted, in the same branch nesting.
  * Returns 0 or MVCC_EDUPKEY; -ENOMEM. Pure function, any thread. As in etcd

@@ -117,7 +117,7 @@ static int reads(mvcc_t *db) {
 }
 
 /* The whole scenario; returns the first error. */
-static int scenario(mvcc_t *db, int *committed) {
+static int scenario(mvcc_t *db, const char *dir, int *committed) {
     struct mvcc_op ops[] = {put_op("a", "1"), put_op("b", "2"), put_op("c", "3"), put_op("a", "4")};
     int rc = batch(db, ops, 4, committed);
     if (rc != 0)
@@ -162,7 +162,19 @@ static int scenario(mvcc_t *db, int *committed) {
         return rc;
     uint64_t held;
     struct util_err err;
-    return mvcc_defrag(db, &held, &err);
+    if ((rc = mvcc_defrag(db, &held, &err)) != 0)
+        return rc;
+    /* A raft snapshot of itself, installed over itself. */
+    char file[128];
+    snprintf(file, sizeof(file), "%s/snap", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    rc = mvcc_snapshot_save(db, fileno(f));
+    fclose(f);
+    if (rc == 0)
+        rc = mvcc_snapshot_install(db, file, &err);
+    unlink(file);
+    return rc;
 }
 
 static void every_allocation_failure_is_clean(void **state) {
@@ -174,7 +186,7 @@ static void every_allocation_failure_is_clean(void **state) {
         tdb_open(&t, &opt);
         int committed = 0;
         atomic_store(&countdown, n);
-        int rc = scenario(t.db, &committed);
+        int rc = scenario(t.db, t.dir, &committed);
         bool hit = atomic_load(&countdown) < 0;
         atomic_store(&countdown, -1);
         if (!hit) {

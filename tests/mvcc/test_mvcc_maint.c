@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "helpers.h"
 
@@ -423,6 +424,70 @@ static void defrag_runs_beside_readers_and_writers(void **state) {
     mvcc_result_free(res);
 }
 
+static void snapshot_save_and_install(void **state) {
+    struct tdb *a = *state, b;
+    struct mvcc_options opt = {.no_sync = true};
+    tdb_open(&b, &opt);
+    t_put_lease(a->db, "x", "1", 3);
+    t_put(a->db, "y", "2");
+    t_del(a->db, "x", NULL);
+    t_put_lease(a->db, "z", "3", 3);
+    mvcc_batch_t *bt;
+    assert_int_equal(mvcc_batch_begin(a->db, &bt), 0);
+    mvcc_batch_set_applied(bt, 77, 4);
+    assert_int_equal(mvcc_batch_commit(bt), 0);
+    t_put(b.db, "old", "content");
+
+    char file[128];
+    snprintf(file, sizeof(file), "%s/incoming", b.dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    assert_int_equal(mvcc_snapshot_save(a->db, fileno(f)), 0);
+    fclose(f);
+    /* A write on the source after the save is not in the snapshot. */
+    t_put(a->db, "late", "x");
+
+    mvcc_read_t *before;
+    assert_int_equal(mvcc_read_begin(b.db, &before), 0);
+    struct util_err err;
+    assert_int_equal(mvcc_snapshot_install(b.db, file, &err), 0);
+    uint64_t idx, term;
+    int64_t rev;
+    assert_int_equal(mvcc_state(b.db, &idx, &term, &rev, NULL), 0);
+    assert_int_equal(idx, 77);
+    assert_int_equal(term, 4);
+    assert_int_equal(rev, 5);
+    uint32_t ha, hb;
+    int64_t cur, comp;
+    assert_int_equal(mvcc_hash_kv(a->db, 5, &ha, &cur, &comp), 0);
+    assert_int_equal(mvcc_hash_kv(b.db, 5, &hb, &cur, &comp), 0);
+    assert_int_equal(ha, hb);
+    mvcc_read_t *rd;
+    assert_int_equal(mvcc_read_begin(b.db, &rd), 0);
+    int n = 0;
+    assert_int_equal(mvcc_lease_keys(rd, 3, count_keys, &n), 0);
+    assert_int_equal(n, 1);
+    mvcc_read_end(rd);
+    /* The snapshot opened before still reads the old content. */
+    struct mvcc_range_req r = t_rreq("old", NULL);
+    mvcc_result_t *res;
+    assert_int_equal(mvcc_range(before, &r, &res), 0);
+    assert_int_equal(res->resp.u.range.n_kvs, 1);
+    mvcc_result_free(res);
+    mvcc_read_end(before);
+    assert_int_equal(t_range(b.db, &r, &res), 0);
+    assert_int_equal(res->resp.u.range.n_kvs, 0);
+    mvcc_result_free(res);
+    /* It goes on from there, also after a reopen. */
+    assert_int_equal(t_put(b.db, "next", "v"), 6);
+    tdb_reopen(&b, &opt);
+    assert_int_equal(t_put(b.db, "next", "v"), 7);
+    char lock[160];
+    snprintf(lock, sizeof(lock), "%s-lock", file);
+    tdb_close(&b);
+    assert_int_equal(access(lock, F_OK), -1);
+}
+
 struct reader {
     mvcc_t *db;
     _Atomic int stop;
@@ -502,6 +567,7 @@ int main(void) {
         TDB_TEST(quota_caps_writes_until_defrag),
         TDB_TEST(defrag_runs_beside_readers_and_writers),
         TDB_TEST(readers_see_consistent_snapshots),
+        TDB_TEST(snapshot_save_and_install),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
