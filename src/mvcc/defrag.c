@@ -1,12 +1,12 @@
 /* mvcc defragmentation without stopping the world.
  *
  * LMDB never shrinks its file: pages freed by compaction are reused but the
- * high-water mark stays. mdb_env_copy2(MDB_CP_COMPACT) writes a packed copy
- * from a read snapshot, so it runs beside readers and writers. What the
- * writer committed meanwhile is in the log database (every change has a
- * revision), so it is replayed into the copy; small databases (meta and other
- * layers') are copied whole. Writers are held only for the last replay and
- * the file swap. */
+ * high-water mark stays, and pages half emptied stay half empty. The store is
+ * rewritten in key order into a new file from a read snapshot, so it runs
+ * beside readers and writers. What the writer committed meanwhile is in the
+ * log database (every change has a revision), so it is replayed into the
+ * copy; small databases (meta and other layers') are copied whole. Writers
+ * are held only for the last replay and the file swap. */
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>
@@ -103,6 +103,48 @@ static int copy_dbi(MDB_txn *from, MDB_txn *to, MDB_dbi dbi) {
     mdb_cursor_close(c);
     if (rc == 0 && g != MDB_NOTFOUND)
         rc = lmdb_err(g);
+    return rc;
+}
+
+/* Copies every database of one snapshot of `from` into the empty `to` in key
+ * order with MDB_APPEND, so the B-tree pages come out full: LMDB's own
+ * compacting copy only leaves free pages out, and pages half emptied by a
+ * compaction would stay half empty. Commits every few thousand records to
+ * keep each transaction small. */
+static int copy_packed(mvcc_t *db, MDB_env *from_env, MDB_env *to_env) {
+    MDB_dbi dbis[4 + EXTRA_DBI_MAX] = {db->kv, db->log, db->lease, db->meta};
+    size_t nd = 4;
+    for (size_t i = 0; i < db->n_extra; i++)
+        dbis[nd++] = db->extra_dbis[i];
+    MDB_txn *from = NULL, *to = NULL;
+    MDB_cursor *c = NULL;
+    int rc = lmdb_err(mdb_txn_begin(from_env, NULL, MDB_RDONLY, &from));
+    for (size_t i = 0; rc == 0 && i < nd; i++) {
+        if ((rc = lmdb_err(mdb_cursor_open(from, dbis[i], &c))) != 0)
+            break;
+        MDB_val k, d;
+        long n = 0;
+        int g;
+        while (rc == 0 && (g = mdb_cursor_get(c, &k, &d, MDB_NEXT)) == 0) {
+            if (to == NULL && (rc = lmdb_err(mdb_txn_begin(to_env, NULL, 0, &to))) != 0)
+                break;
+            rc = lmdb_err(mdb_put(to, dbis[i], &k, &d, MDB_APPEND));
+            if (rc == 0 && ++n % 20000 == 0) {
+                rc = lmdb_err(mdb_txn_commit(to));
+                to = NULL;
+            }
+        }
+        if (rc == 0 && g != MDB_NOTFOUND)
+            rc = lmdb_err(g);
+        mdb_cursor_close(c);
+        if (rc == 0 && to != NULL)
+            rc = lmdb_err(mdb_txn_commit(to));
+        else if (to != NULL)
+            mdb_txn_abort(to);
+        to = NULL;
+    }
+    if (from != NULL)
+        mdb_txn_abort(from);
     return rc;
 }
 
@@ -221,20 +263,24 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     unlink(tmp);
     unlink(tmp_lock);
     mvcc_size(db, &size_before, NULL);
-    if ((rc = lmdb_err(mdb_env_copy2(old->env, tmp, MDB_CP_COMPACT))) != 0)
+    if ((rc = env_open(db, tmp, &nenv)) != 0 || (rc = dbis_open(db, nenv)) != 0 ||
+        (rc = copy_packed(db, old->env, nenv)) != 0)
         goto err;
-    if ((rc = env_open(db, tmp, &nenv)) != 0 || (rc = dbis_open(db, nenv)) != 0)
-        goto err;
-    /* Catch up while writers run, until a round has little left to do. */
-    for (int round = 0; round < 4; round++) {
+    /* Catch up while writers run, until a round has little left to do (or
+     * writers outpace the replay: then the hold replays what is left). */
+    for (int round = 0; round < 16; round++) {
         int64_t n = catch_up(db, old->env, nenv, false);
         if (n < 0) {
             rc = (int)n;
             goto err;
         }
-        if (n < 1000)
+        if (n < 100)
             break;
     }
+    /* Flush the bulk of the new file now, so the sync under the hold only
+     * has the last round to write. */
+    if ((rc = lmdb_err(mdb_env_sync(nenv, 1))) != 0)
+        goto err;
     if ((ne = calloc(1, sizeof(*ne))) == NULL) {
         rc = -ENOMEM;
         goto err;

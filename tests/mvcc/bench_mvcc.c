@@ -10,6 +10,8 @@
  * the same open test on DIR/bench-N for each count N given (built with
  * sequential keys if missing). */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +169,108 @@ static int range_latency(mvcc_t *db, long n) {
     return 0;
 }
 
+struct writer {
+    mvcc_t *db;
+    atomic_bool stop;
+    long puts;
+    double worst; /* longest batch, seconds */
+};
+
+/* Keeps applying batches of 10 puts, timing each, while maintenance runs. */
+static void *write_loop(void *arg) {
+    struct writer *w = arg;
+    uint8_t value[VALUE_LEN] = {0};
+    while (!atomic_load(&w->stop)) {
+        double t0 = now_s();
+        mvcc_batch_t *b;
+        if (mvcc_batch_begin(w->db, &b) != 0)
+            break;
+        for (int j = 0; j < 10; j++) {
+            char key[32];
+            int kl = snprintf(key, sizeof(key), "/registry/events/%010ld", w->puts++);
+            struct mvcc_op op = {.type = MVCC_OP_PUT};
+            op.u.put.key = (const uint8_t *)key;
+            op.u.put.key_len = (size_t)kl;
+            op.u.put.value = value;
+            op.u.put.value_len = VALUE_LEN;
+            mvcc_result_t *res;
+            if (mvcc_apply(b, &op, &res) == 0)
+                mvcc_result_free(res);
+        }
+        mvcc_batch_commit(b);
+        double d = now_s() - t0;
+        if (d > w->worst)
+            w->worst = d;
+        usleep(1000); /* a steady load of about 10k puts/s, not a flood */
+    }
+    return NULL;
+}
+
+/* Deletes half the keys, compacts and defragments while a writer runs,
+ * reporting how long the writer had to wait at worst. */
+static int maintenance(mvcc_t *db, long n) {
+    mvcc_batch_t *b;
+    int rc;
+    for (long i = 0; i < n; i += 2 * PER_BATCH) {
+        if ((rc = mvcc_batch_begin(db, &b)) != 0)
+            return rc;
+        for (long j = i; j < i + 2 * PER_BATCH && j < n; j += 2) {
+            char key[32];
+            int kl = snprintf(key, sizeof(key), "/registry/pods/%010ld", j);
+            struct mvcc_op op = {.type = MVCC_OP_DELETE};
+            op.u.del.key = (const uint8_t *)key;
+            op.u.del.key_len = (size_t)kl;
+            mvcc_result_t *res;
+            if (mvcc_apply(b, &op, &res) == 0)
+                mvcc_result_free(res);
+        }
+        if ((rc = mvcc_batch_commit(b)) != 0)
+            return rc;
+    }
+    int64_t rev;
+    mvcc_state(db, NULL, NULL, &rev, NULL);
+    if ((rc = mvcc_batch_begin(db, &b)) != 0)
+        return rc;
+    mvcc_compact(b, rev);
+    if ((rc = mvcc_batch_commit(b)) != 0)
+        return rc;
+    struct writer w = {.db = db};
+    atomic_init(&w.stop, false);
+    pthread_t th;
+    if (pthread_create(&th, NULL, write_loop, &w) != 0)
+        return -EAGAIN;
+    double t0 = now_s(), worst_step = 0;
+    bool done = false;
+    int steps = 0;
+    while (!done && rc == 0) {
+        double s0 = now_s();
+        rc = mvcc_compact_step(db, 1000, &done);
+        if (now_s() - s0 > worst_step)
+            worst_step = now_s() - s0;
+        steps++;
+    }
+    double compact_s = now_s() - t0;
+    uint64_t before, after, held = 0;
+    mvcc_size(db, &before, NULL);
+    struct util_err err;
+    t0 = now_s();
+    if (rc == 0)
+        rc = mvcc_defrag(db, &held, &err);
+    double defrag_s = now_s() - t0;
+    atomic_store(&w.stop, true);
+    pthread_join(th, NULL);
+    mvcc_size(db, &after, NULL);
+    if (rc != 0)
+        return rc;
+    printf("compaction of %ld deleted keys: %.1f s in %d steps of 1000 records, longest step "
+           "%.1f ms\n",
+           n / 2, compact_s, steps, worst_step * 1e3);
+    printf("defrag: %.1f s, %.0f -> %.0f MiB, writes held %.2f ms; concurrent writer: %ld "
+           "puts, longest batch %.1f ms\n",
+           defrag_s, before / 1048576.0, after / 1048576.0, held / 1e6, w.puts, w.worst * 1e3);
+    return 0;
+}
+
 /* Child mode: open, report, close. */
 static int open_only(const char *path) {
     long before = status_kib("VmRSS");
@@ -234,9 +338,12 @@ int main(int argc, char **argv) {
     if (range_latency(db, n) != 0 || full_stream(db) != 0)
         return 1;
     mvcc_close(db);
-
     if (open_child(argv[0], path) != 0)
         return 1;
+    if (open_db(path, false, &db) != 0 || maintenance(db, n) != 0)
+        return 1;
+    mvcc_close(db);
+
     for (int a = 2; a < argc; a++) {
         long keys = atol(argv[a]);
         snprintf(path, sizeof(path), "%s/bench-%ld", dir, keys);
