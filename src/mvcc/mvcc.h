@@ -451,8 +451,8 @@ int mvcc_quota_check(mvcc_t *db, uint64_t cost);
  * Apply thread. */
 void mvcc_set_capped(mvcc_t *db, bool capped);
 
-/* Defragments without stopping the world: copies a compacted image of the
- * database to `path`.defragN while readers and writers go on, replays the
+/* Defragments without stopping the world: rewrites the store in key order
+ * (full pages) into `path`.defragN while readers and writers go on, replays the
  * writes committed meanwhile, then holds writers only to replay the last few
  * and swap files. Read snapshots opened before the swap keep the old file
  * until they end. *writes_held_ns (may be NULL) says how long writers waited.
