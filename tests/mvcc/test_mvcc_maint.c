@@ -248,6 +248,12 @@ static void quota_caps_writes_until_defrag(void **state) {
     put.u.put.value_len = sizeof(val) - 1;
     uint64_t cost = mvcc_request_cost(&put);
     assert_int_equal(cost, 256 + 1 + 1023);
+    /* A txn costs its larger branch's top-level puts (etcd's costTxn). */
+    struct mvcc_op two[] = {put, put}, del = {.type = MVCC_OP_DELETE};
+    struct mvcc_txn_req ct = {.success = &put, .n_success = 1, .failure = two, .n_failure = 2};
+    struct mvcc_op cop = {.type = MVCC_OP_TXN, .u.txn = &ct};
+    assert_int_equal(mvcc_request_cost(&cop), 2 * cost);
+    assert_int_equal(mvcc_request_cost(&del), 0);
     int i = 0;
     while (mvcc_quota_check(t->db, cost) == 0) {
         char k[16];
