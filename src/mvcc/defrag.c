@@ -215,9 +215,9 @@ int mvcc_snapshot_install(mvcc_t *db, const char *file, struct util_err *err) {
     snprintf(lock, flen + 6, "%s-lock", file);
     if ((rc = env_open(db, file, &nenv)) != 0 || (rc = dbis_open(db, nenv)) != 0)
         goto err;
-    pthread_mutex_lock(&db->wmu);
+    writer_lock(db);
     rc = env_swap(db, holder, nenv, file, lock);
-    pthread_mutex_unlock(&db->wmu);
+    writer_unlock(db);
     if (rc != 0)
         goto err;
     atomic_store(&db->defragging, false);
@@ -285,7 +285,7 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
         rc = -ENOMEM;
         goto err;
     }
-    pthread_mutex_lock(&db->wmu);
+    writer_lock(db);
     held = true;
     t0 = util_now_mono_ns();
     int64_t n = catch_up(db, old->env, nenv, true);
@@ -298,7 +298,7 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     if ((rc = env_swap(db, ne, nenv, tmp, tmp_lock)) != 0)
         goto err;
     uint64_t held_ns = util_now_mono_ns() - t0;
-    pthread_mutex_unlock(&db->wmu);
+    writer_unlock(db);
     env_put(db, old);
     free(tmp);
     atomic_store(&db->defragging, false);
@@ -310,7 +310,7 @@ int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err) {
     return 0;
 err:
     if (held)
-        pthread_mutex_unlock(&db->wmu);
+        writer_unlock(db);
     if (nenv != NULL)
         mdb_env_close(nenv);
     free(ne);

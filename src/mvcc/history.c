@@ -381,7 +381,7 @@ int mvcc_compact_step(mvcc_t *db, size_t max_records, bool *done) {
         max_records = 1;
     if (atomic_load(&db->defragging))
         return -EBUSY;
-    pthread_mutex_lock(&db->wmu);
+    writer_lock(db);
     MDB_txn *txn;
     int rc = lmdb_err(mdb_txn_begin(db->cur->env, NULL, 0, &txn));
     if (rc == 0) {
@@ -391,7 +391,7 @@ int mvcc_compact_step(mvcc_t *db, size_t max_records, bool *done) {
         else
             mdb_txn_abort(txn);
     }
-    pthread_mutex_unlock(&db->wmu);
+    writer_unlock(db);
     if (rc != 0)
         *done = false;
     return rc;

@@ -32,7 +32,11 @@ struct mvcc_env {
 struct mvcc {
     struct mvcc_env *cur; /* guarded by envmu */
     pthread_mutex_t envmu;
-    pthread_mutex_t wmu; /* the writer: a batch, a compaction step, a defrag swap */
+    /* The writer (a batch, a compaction step, the defrag hold), handed out
+     * in arrival order: writer_lock / writer_unlock. */
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    uint64_t w_next, w_serving;
     MDB_dbi kv, log, lease, meta;
     char *extra_names[EXTRA_DBI_MAX];
     MDB_dbi extra_dbis[EXTRA_DBI_MAX];
@@ -165,6 +169,9 @@ void range_it_fini(struct mvcc_range_it *it);
 /* Runs a whole range into resp, copying every kv into the arena. */
 int range_materialize(const struct view *v, const struct mvcc_range_req *req, struct mvcc_arena *a,
                       struct mvcc_op_resp *resp);
+
+void writer_lock(mvcc_t *db);
+void writer_unlock(mvcc_t *db);
 
 /* Environments (store.c), shared with defragmentation. */
 int env_open(mvcc_t *db, const char *path, MDB_env **out);

@@ -143,6 +143,7 @@ int mvcc_open(const char *path, const struct mvcc_options *opt, log_t *lg, mvcc_
     atomic_init(&db->defragging, false);
     pthread_mutex_init(&db->envmu, NULL);
     pthread_mutex_init(&db->wmu, NULL);
+    pthread_cond_init(&db->wcv, NULL);
     if ((db->path = strdup(path)) == NULL || (db->cur = calloc(1, sizeof(*db->cur))) == NULL)
         goto err;
     db->cur->refs = 1;
@@ -185,6 +186,7 @@ void mvcc_close(mvcc_t *db) {
         free(db->extra_names[i]);
     pthread_mutex_destroy(&db->envmu);
     pthread_mutex_destroy(&db->wmu);
+    pthread_cond_destroy(&db->wcv);
     free(db->path);
     free(db);
 }
@@ -214,6 +216,26 @@ int mvcc_dbi_open(mvcc_t *db, const char *name, MDB_dbi *out) {
     return 0;
 }
 
+/* ---- the writer ---- */
+
+/* A ticket lock: batches, compaction steps and the defrag hold get the
+ * writer in arrival order. A plain mutex let a compaction loop take it again
+ * and again before a waiting batch woke up (seconds of starvation). */
+void writer_lock(mvcc_t *db) {
+    pthread_mutex_lock(&db->wmu);
+    uint64_t ticket = db->w_next++;
+    while (ticket != db->w_serving)
+        pthread_cond_wait(&db->wcv, &db->wmu);
+    pthread_mutex_unlock(&db->wmu);
+}
+
+void writer_unlock(mvcc_t *db) {
+    pthread_mutex_lock(&db->wmu);
+    db->w_serving++;
+    pthread_cond_broadcast(&db->wcv);
+    pthread_mutex_unlock(&db->wmu);
+}
+
 /* ---- batches ---- */
 
 int mvcc_batch_begin(mvcc_t *db, mvcc_batch_t **out) {
@@ -222,7 +244,7 @@ int mvcc_batch_begin(mvcc_t *db, mvcc_batch_t **out) {
     if (b == NULL)
         return -ENOMEM;
     b->db = db;
-    pthread_mutex_lock(&db->wmu);
+    writer_lock(db);
     int rc = lmdb_err(mdb_txn_begin(db->cur->env, NULL, 0, &b->txn));
     if (rc == 0)
         rc = meta_revs(b->txn, db, &b->rev, &b->compact_rev);
@@ -265,7 +287,7 @@ int mvcc_batch_commit(mvcc_batch_t *b) {
         mdb_txn_abort(b->txn);
     }
     b->txn = NULL;
-    pthread_mutex_unlock(&db->wmu);
+    writer_unlock(db);
     free(b);
     return rc;
 }
@@ -275,7 +297,7 @@ void mvcc_batch_abort(mvcc_batch_t *b) {
         return;
     if (b->txn != NULL)
         mdb_txn_abort(b->txn);
-    pthread_mutex_unlock(&b->db->wmu);
+    writer_unlock(b->db);
     free(b);
 }
 
