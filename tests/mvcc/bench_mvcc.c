@@ -345,6 +345,12 @@ int main(int argc, char **argv) {
     printf("sync after load: %.0f ms\n", (now_s() - t0) * 1e3);
     if (range_latency(db, n) != 0 || full_stream(db) != 0)
         return 1;
+    uint32_t hash;
+    int64_t cur, comp;
+    t0 = now_s();
+    if (mvcc_hash_kv(db, 0, &hash, &cur, &comp) != 0)
+        return 1;
+    printf("hashkv over %ld revisions: %.0f ms\n", n, (now_s() - t0) * 1e3);
     mvcc_close(db);
     if (open_child(argv[0], path) != 0)
         return 1;
