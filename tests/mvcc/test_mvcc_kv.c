@@ -376,6 +376,21 @@ static void keys_with_nul_bytes_and_limits(void **state) {
     mvcc_result_free(res);
     free(start);
     free(big);
+    /* A 1.5 MiB value (etcd's request limit) with NUL bytes, kept whole. */
+    size_t vl = 3 * 512 * 1024;
+    uint8_t *val = malloc(vl);
+    for (size_t i = 0; i < vl; i++)
+        val[i] = (uint8_t)(i * 7);
+    op.u.put = (struct mvcc_put_req){.key = (const uint8_t *)"huge", .key_len = 4};
+    op.u.put.value = val;
+    op.u.put.value_len = vl;
+    assert_int_equal(t_apply(db, &op, NULL), 0);
+    struct mvcc_range_req hr = t_rreq("huge", NULL);
+    assert_int_equal(t_range(db, &hr, &res), 0);
+    assert_int_equal(res->resp.u.range.kvs[0].value_len, vl);
+    assert_memory_equal(res->resp.u.range.kvs[0].value, val, vl);
+    mvcc_result_free(res);
+    free(val);
 }
 
 /* ---- txn ---- */
