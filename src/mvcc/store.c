@@ -113,6 +113,12 @@ int dbis_open(mvcc_t *db, MDB_env *env) {
     }
     if ((rc = mdb_txn_commit(txn)) != 0)
         return lmdb_err(rc);
+    if (db->cur != NULL && db->cur->env != NULL && db->cur->env != env) {
+        /* A later environment of the store (defrag, snapshot): the handles
+         * other threads use must not even be rewritten. */
+        assert(kv == db->kv && log == db->log && lease == db->lease && meta == db->meta);
+        return 0;
+    }
     db->kv = kv;
     db->log = log;
     db->lease = lease;
