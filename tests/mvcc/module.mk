@@ -19,3 +19,14 @@ build/tests/mvcc/bench_mvcc: build/obj/tests/mvcc/bench_mvcc.o build/libquoin-co
 
 # The fault-injection test wraps the allocator of the code it links statically.
 $(B)/tests/mvcc/test_mvcc_fault: LDFLAGS += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
+
+# The threaded mvcc tests under ThreadSanitizer: `make tsan-mvcc` (not part
+# of `make test`; ASan and TSan cannot share a build).
+TSAN_MVCC_SRCS := $(wildcard src/mvcc/*.c) src/util/util.c src/log/log.c tests/mvcc/helpers.c \
+                  tests/mvcc/test_mvcc_maint.c
+.PHONY: tsan-mvcc
+tsan-mvcc:
+	@mkdir -p build/tsan
+	$(CC) -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=thread -Isrc $(TSAN_MVCC_SRCS) \
+	  -o build/tsan/test_mvcc_maint $(shell pkg-config --libs lmdb) -lcmocka -lpthread
+	./build/tsan/test_mvcc_maint
