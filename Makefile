@@ -43,6 +43,9 @@ GEN_HDRS :=
 
 -include $(wildcard src/*/module.mk) $(wildcard tests/*/module.mk)
 
+# Generated files are kept: make would otherwise delete them as intermediate.
+.SECONDARY: $(GEN_SRCS) $(GEN_HDRS)
+
 LIB_SRCS := $(wildcard src/*/*.c) $(GEN_SRCS)
 LIB_OBJS := $(patsubst %.c,$(B)/obj/%.o,$(LIB_SRCS:$(B)/gen/%=gen/%))
 CORE_LIB := $(B)/libquoin-core.a

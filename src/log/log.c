@@ -134,7 +134,7 @@ void log_emit(log_t *lg, enum log_level level, const char *file, int line, const
     time_t secs = (time_t)(now / 1000000000u);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    char ts[40];
+    char ts[64];
     snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%06uZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
              (unsigned)((now % 1000000000u) / 1000u));

@@ -194,13 +194,6 @@ static int env_swap(mvcc_t *db, struct mvcc_env *holder, MDB_env *nenv, const ch
     return 0;
 }
 
-int mvcc_snapshot_save(mvcc_t *db, int fd) {
-    struct mvcc_env *e = env_get(db);
-    int rc = lmdb_err(mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
-    env_put(db, e);
-    return rc;
-}
-
 int mvcc_snapshot_install(mvcc_t *db, const char *file, struct util_err *err) {
     bool expect = false;
     if (!atomic_compare_exchange_strong(&db->defragging, &expect, true))

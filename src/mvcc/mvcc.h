@@ -402,13 +402,6 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
                       size_t range_end_len, bool with_prev, struct mvcc_history_pos *pos,
                       struct mvcc_event *evs, size_t max_events, bool *done);
 
-/* Calls fn for every live key attached to `lease` (ascending key order), for
- * the lease layer's revoke and its start-up; stops early and returns fn's
- * value if fn returns non-zero. Returns 0 or an error. Same thread as the
- * snapshot. */
-int mvcc_lease_keys(mvcc_read_t *rd, int64_t lease,
-                    int (*fn)(void *arg, const uint8_t *key, size_t key_len), void *arg);
-
 /* etcd's HashKV: CRC-32C over the key space at `revision` (0 = current), with
  * etcd 3.4's exact input bytes, so equal histories give equal hashes across
  * members and against etcd itself. Fills the current revision and, as etcd
@@ -461,13 +454,7 @@ void mvcc_set_capped(mvcc_t *db, bool capped);
  * kept on any failure). */
 int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err);
 
-/* Writes a consistent, packed copy of the whole store (every layer's
- * databases, the applied index included) to fd: a raft snapshot. Runs on its
- * own read snapshot, so readers and writers go on. Returns 0 or an error.
- * Any thread. */
-int mvcc_snapshot_save(mvcc_t *db, int fd);
-
-/* Replaces the store by `file`, written by mvcc_snapshot_save (on this or
+/* Replaces the store by `file`, written by mvcc_snapshot_to_fd (on this or
  * another member): the file is renamed over the store's path. Snapshots
  * opened before keep reading the old content until they end. Takes the writer
  * (so not while this thread holds a batch); -EBUSY during a defragmentation.
@@ -479,5 +466,23 @@ int mvcc_snapshot_install(mvcc_t *db, const char *file, struct util_err *err);
  * Returns 0 or MVCC_EDUPKEY; -ENOMEM. Pure function, any thread. As in etcd
  * 3.4, a delete whose range_end is "\0" is not taken into account. */
 int mvcc_txn_check_duplicates(const struct mvcc_txn_req *txn);
+
+/* Writes a consistent, compacted copy of the whole store (an LMDB file as of
+ * one read snapshot) to fd, from its current offset. Writers are not held.
+ * Returns 0 or an LMDB-derived errno. Any thread except while that thread
+ * holds a batch. */
+int mvcc_snapshot_to_fd(mvcc_t *db, int fd);
+
+/* ---- Lease index ------------------------------------------------------- */
+
+/* Called once per key; return 0 to go on, anything else to stop. */
+typedef int (*mvcc_lease_key_fn)(void *arg, const uint8_t *key, size_t key_len);
+
+/* Calls fn for every live key whose current version is attached to `lease`,
+ * in ascending key byte order, as `txn` sees the store (a batch's
+ * mvcc_batch_txn or a snapshot's mvcc_read_txn). `key` is valid only during
+ * the call: copy it before writing through the batch. Returns 0, fn's non-zero
+ * value if it stopped the walk, or an LMDB-derived error. Thread of txn. */
+int mvcc_lease_keys(mvcc_t *db, MDB_txn *txn, int64_t lease, mvcc_lease_key_fn fn, void *arg);
 
 #endif

@@ -382,28 +382,6 @@ void mvcc_read_end(mvcc_read_t *rd) {
     free(rd);
 }
 
-int mvcc_lease_keys(mvcc_read_t *rd, int64_t lease,
-                    int (*fn)(void *arg, const uint8_t *key, size_t key_len), void *arg) {
-    MDB_cursor *cur;
-    int rc = lmdb_err(mdb_cursor_open(rd->txn, rd->db->lease, &cur));
-    if (rc != 0)
-        return rc;
-    uint8_t start[8];
-    enc_u64(start, (uint64_t)lease);
-    MDB_val k = {.mv_size = 8, .mv_data = start}, d;
-    int g = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
-    for (; g == 0; g = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) {
-        if (k.mv_size < 8 || memcmp(k.mv_data, start, 8) != 0)
-            break;
-        if ((rc = fn(arg, (const uint8_t *)k.mv_data + 8, k.mv_size - 8)) != 0)
-            break;
-    }
-    if (rc == 0 && g != 0 && g != MDB_NOTFOUND)
-        rc = lmdb_err(g);
-    mdb_cursor_close(cur);
-    return rc;
-}
-
 int mvcc_state(mvcc_t *db, uint64_t *applied_index, uint64_t *applied_term, int64_t *revision,
                int64_t *compact_revision) {
     mvcc_read_t *rd;

@@ -57,4 +57,27 @@ int util_buf_json_escape(struct util_buf *b, const char *s, size_t n);
 
 void util_buf_free(struct util_buf *b);
 
+/* Declared, not included, so that layers without I/O (raft) do not see
+ * socket and libuv names. */
+struct sockaddr_storage;
+struct uv_tcp_s;
+struct uv_stream_s;
+
+/* Room for "[v6 address]:port" as util_listen_addr writes it. */
+#define UTIL_ADDR_MAX 64
+
+/* Resolves an etcd-style listen URL ("http://127.0.0.1:2379",
+ * "http://localhost:2379" — the first address, IPv4 first, as Go's net.Listen —,
+ * "http://[::1]:2379", "http://:2379" for every interface) to an address, and
+ * writes it as "127.0.0.1:2379" into addr. Returns 0, -EINVAL for a malformed
+ * URL or a name that does not resolve, -ENOTSUP for https:// and unix://. */
+int util_listen_addr(const char *url, struct sockaddr_storage *ss, char *addr, size_t addrlen,
+                     struct util_err *err);
+
+/* Binds the caller's initialised handle to ss and listens. On failure err reads
+ * as Go's "listen tcp 127.0.0.1:2379: bind: address already in use" and the
+ * caller still owns (and must uv_close) the handle. */
+int util_tcp_listen(struct uv_tcp_s *tcp, const struct sockaddr_storage *ss, const char *addr,
+                    void (*on_connection)(struct uv_stream_s *, int), struct util_err *err);
+
 #endif

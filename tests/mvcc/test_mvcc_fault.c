@@ -169,7 +169,7 @@ static int scenario(mvcc_t *db, const char *dir, int *committed) {
     snprintf(file, sizeof(file), "%s/snap", dir);
     FILE *f = fopen(file, "w");
     assert_non_null(f);
-    rc = mvcc_snapshot_save(db, fileno(f));
+    rc = mvcc_snapshot_to_fd(db, fileno(f));
     fclose(f);
     if (rc == 0)
         rc = mvcc_snapshot_install(db, file, &err);

@@ -225,10 +225,10 @@ static void lease_index_follows_keys(void **state) {
     mvcc_read_t *rd;
     assert_int_equal(mvcc_read_begin(db, &rd), 0);
     char got[64] = "";
-    assert_int_equal(mvcc_lease_keys(rd, 5, collect_keys, got), 0);
+    assert_int_equal(mvcc_lease_keys(db, mvcc_read_txn(rd), 5, collect_keys, got), 0);
     assert_string_equal(got, "d ");
     got[0] = 0;
-    assert_int_equal(mvcc_lease_keys(rd, 6, collect_keys, got), 0);
+    assert_int_equal(mvcc_lease_keys(db, mvcc_read_txn(rd), 6, collect_keys, got), 0);
     assert_string_equal(got, "b ");
     mvcc_read_end(rd);
 }
@@ -410,7 +410,7 @@ static void defrag_runs_beside_readers_and_writers(void **state) {
     mvcc_read_t *rd;
     assert_int_equal(mvcc_read_begin(db, &rd), 0);
     int n2 = 0;
-    assert_int_equal(mvcc_lease_keys(rd, 2, count_keys, &n2), 0);
+    assert_int_equal(mvcc_lease_keys(db, mvcc_read_txn(rd), 2, count_keys, &n2), 0);
     assert_int_equal(n2, w.n / 3); /* keys i with i % 3 == 2 */
     mvcc_read_end(rd);
     assert_int_equal(mvcc_read_begin(db, &rd), 0);
@@ -448,7 +448,7 @@ static void snapshot_save_and_install(void **state) {
     snprintf(file, sizeof(file), "%s/incoming", b.dir);
     FILE *f = fopen(file, "w");
     assert_non_null(f);
-    assert_int_equal(mvcc_snapshot_save(a->db, fileno(f)), 0);
+    assert_int_equal(mvcc_snapshot_to_fd(a->db, fileno(f)), 0);
     fclose(f);
     /* A write on the source after the save is not in the snapshot. */
     t_put(a->db, "late", "x");
@@ -471,7 +471,7 @@ static void snapshot_save_and_install(void **state) {
     mvcc_read_t *rd;
     assert_int_equal(mvcc_read_begin(b.db, &rd), 0);
     int n = 0;
-    assert_int_equal(mvcc_lease_keys(rd, 3, count_keys, &n), 0);
+    assert_int_equal(mvcc_lease_keys(b.db, mvcc_read_txn(rd), 3, count_keys, &n), 0);
     assert_int_equal(n, 1);
     mvcc_read_end(rd);
     /* The snapshot opened before still reads the old content. */

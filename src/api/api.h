@@ -1,0 +1,235 @@
+/* api: quoin's client-facing transport — everything between a client socket and
+ * a decoded request handed to a handler.
+ *
+ * One api_server_t lives on one libuv loop (an "io loop") and serves any number
+ * of listening URLs. Each accepted connection is sniffed by its first bytes:
+ * the 24-byte HTTP/2 client preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", sent by
+ * gRPC clients speaking h2c with prior knowledge) selects HTTP/2, anything else
+ * is parsed as HTTP/1.1. Other layers plug in by registering HTTP/1.1 routes
+ * (api_server_route). Built in: GET /version.
+ *
+ * Threads. Every function below runs on the server's loop thread, except those
+ * marked "any thread". A handler is called on the loop thread; it may answer at
+ * once or later, from any thread (a write answers on the apply thread): the
+ * answer is queued and the loop is woken with uv_async_send.
+ *
+ * Lifetimes (libuv's split): api_server_t is a long-lived handle; an
+ * api_http_req_t is a short-lived request owned by the handler from the moment
+ * the handler is called until it calls api_http_respond, exactly once.
+ *
+ * Errors: 0 or a negative errno-style code; user-facing failures also fill a
+ * struct util_err with etcd's wording where etcd has one. */
+#ifndef QUOIN_API_H
+#define QUOIN_API_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "log/log.h"
+#include "util/util.h"
+
+typedef struct api_server api_server_t;
+typedef struct api_http_req api_http_req_t;
+typedef struct api_call api_call_t;
+
+/* Limits. Every buffer the transport keeps for a peer is bounded by one of these. */
+struct api_config {
+    /* etcd's --max-request-bytes: the largest request body (HTTP/1.1) or request
+     * message (gRPC) accepted. Default 1.5 MiB, as etcd. */
+    size_t max_request_bytes;
+    /* The largest HTTP/1.1 request line plus headers; larger gets 431. Default
+     * 1 MiB, Go's http.DefaultMaxHeaderBytes, which etcd uses. */
+    size_t max_header_bytes;
+    /* Bytes of responses a connection may have queued for a client that does not
+     * read them; past it the connection stops reading requests. Default 4 MiB. */
+    size_t max_conn_output_bytes;
+    /* gRPC: bytes of answers a stream may have queued before api_call_send
+     * refuses more with -EAGAIN (a slow watcher). Default 4 MiB. */
+    size_t max_stream_output_bytes;
+    /* gRPC: HTTP/2 streams (calls) a client may have open at once. Default 4096. */
+    uint32_t max_concurrent_streams;
+};
+
+/* What etcd adds to --max-request-bytes for gRPC's own framing: a gRPC message
+ * up to max_request_bytes + this is read (larger fails with RESOURCE_EXHAUSTED
+ * "grpc: received message larger than max (N vs. M)"); whether the request
+ * itself is too large ("etcdserver: request is too large") is the server's
+ * check, on the request it proposes. */
+#define API_GRPC_OVERHEAD_BYTES (512 * 1024)
+
+/* Fills cfg with the defaults above. */
+void api_config_default(struct api_config *cfg);
+
+/* Creates a server on `loop` (which the caller runs). lg may be NULL (silent);
+ * cfg may be NULL (defaults). Nothing listens until api_server_listen.
+ * Returns 0, -ENOMEM, or the libuv error initialising the wakeup handle. */
+int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api_server_t **out,
+                   struct util_err *err);
+
+/* Starts accepting on an etcd-style client URL: "http://127.0.0.1:2379",
+ * "http://localhost:2379" (the first address the name resolves to, IPv4 first,
+ * as Go's net.Listen), "http://[::1]:2379", "http://:2379" (every interface).
+ * Returns 0;
+ *   -EINVAL        the URL is malformed (err says how);
+ *   -ENOTSUP       https:// and unix:// URLs ("... not supported yet");
+ *   -EADDRINUSE, -EACCES, -EADDRNOTAVAIL, ...  the bind or listen failed, with
+ *                  err worded as etcd reports it:
+ *                  "listen tcp 127.0.0.1:2379: bind: address already in use". */
+int api_server_listen(api_server_t *srv, const char *url, struct util_err *err);
+
+/* Called once the server is closed and freed. */
+typedef void (*api_close_cb)(void *arg);
+
+/* Stops listening, closes every connection and, once every handle is closed and
+ * every outstanding handler request has been answered (api_http_respond), frees
+ * the server and calls cb(arg) on the loop thread. The caller must not use srv
+ * afterwards; requests still held by handlers stay valid until answered, and
+ * their answers are dropped. cb may be NULL. */
+void api_server_close(api_server_t *srv, api_close_cb cb, void *arg);
+
+/* ---- HTTP/1.1 routes ---- */
+
+/* Handles one request. Called on the loop thread; owns req until it calls
+ * api_http_respond (now or later, from any thread). */
+typedef void (*api_http_handler)(api_http_req_t *req, void *arg);
+
+/* Registers a handler for `method` ("GET", ...; NULL = any method) on `path`.
+ * A path ending in '/' also matches everything below it ("/v2/keys/"); the
+ * longest matching path wins, as in Go's ServeMux. A path that matches with no
+ * handler for the request's method answers 405. Register before listening.
+ * Returns 0, -ENOMEM, or -EEXIST when the same method and path are taken. */
+int api_server_route(api_server_t *srv, const char *method, const char *path,
+                     api_http_handler handler, void *arg);
+
+/* Accessors, valid until api_http_respond; any thread (the request is owned by
+ * one thread at a time). path excludes the query; query excludes '?' and is ""
+ * when absent. api_http_header matches the name case-insensitively and returns
+ * the first value or NULL. The body is not NUL-terminated. */
+const char *api_http_method(const api_http_req_t *req);
+const char *api_http_path(const api_http_req_t *req);
+const char *api_http_query(const api_http_req_t *req);
+const char *api_http_header(const api_http_req_t *req, const char *name);
+const void *api_http_body(const api_http_req_t *req, size_t *len);
+
+/* Adds a response header (e.g. "X-Etcd-Index") to the coming response. Call
+ * before api_http_respond, from the thread that owns req. Returns 0 or -ENOMEM. */
+int api_http_add_header(api_http_req_t *req, const char *name, const char *value);
+
+/* Answers req with `status`, a Content-Type and a body (copied), and releases
+ * it. Any thread. If the client has gone meanwhile the answer is dropped.
+ * Returns 0, or -ENOMEM (the request is answered with 500 instead). */
+int api_http_respond(api_http_req_t *req, int status, const char *content_type, const void *body,
+                     size_t len);
+
+/* ---- gRPC (HTTP/2, h2c) ---- */
+
+/* gRPC status codes. */
+enum api_grpc_code {
+    API_GRPC_OK = 0,
+    API_GRPC_CANCELLED = 1,
+    API_GRPC_UNKNOWN = 2,
+    API_GRPC_INVALID_ARGUMENT = 3,
+    API_GRPC_DEADLINE_EXCEEDED = 4,
+    API_GRPC_NOT_FOUND = 5,
+    API_GRPC_ALREADY_EXISTS = 6,
+    API_GRPC_PERMISSION_DENIED = 7,
+    API_GRPC_RESOURCE_EXHAUSTED = 8,
+    API_GRPC_FAILED_PRECONDITION = 9,
+    API_GRPC_ABORTED = 10,
+    API_GRPC_OUT_OF_RANGE = 11,
+    API_GRPC_UNIMPLEMENTED = 12,
+    API_GRPC_INTERNAL = 13,
+    API_GRPC_UNAVAILABLE = 14,
+    API_GRPC_DATA_LOSS = 15,
+    API_GRPC_UNAUTHENTICATED = 16,
+};
+
+/* One gRPC method and its handler. Callbacks run on the loop thread.
+ *
+ * Ownership of a call: the handler owns it from on_message (unary) or on_open
+ * (streaming) until it calls api_call_finish, exactly once, from any thread;
+ * after that it must not touch the call. A call whose client never completes
+ * a request is cleaned up by the transport without the handler.
+ *
+ * Cancellation: when the client resets the stream, disconnects, or the
+ * grpc-timeout deadline passes, on_cancel runs once (if the handler owns the
+ * call; it may race with a finish being posted from another thread). The client has its status
+ * already; api_call_send returns -ECANCELED from then on; the handler must still call
+ * api_call_finish. A handler whose finish was already posted is not
+ * cancelled, so for handlers on the loop thread on_cancel and finish exclude
+ * each other. */
+struct api_grpc_method {
+    const char *path; /* "/etcdserverpb.KV/Range" */
+    bool client_streaming;
+    bool server_streaming;
+    /* Decodes each request message (malformed: the call ends with INTERNAL
+     * "grpc: error unmarshalling request: ...", as grpc-go). NULL: the handler
+     * gets the bytes only. */
+    const ProtobufCMessageDescriptor *request;
+    /* A request message. msg (NULL without a descriptor) belongs to the handler:
+     * free it with protobuf_c_message_free_unpacked(msg, NULL). data/len (the
+     * raw message) are valid during the call only. Unary: called once, and the
+     * handler owns the call from here. */
+    void (*on_message)(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
+                       void *arg);
+    /* Streaming only (required there): the call has started; the handler owns it. */
+    void (*on_open)(api_call_t *call, void *arg);
+    /* Streaming: the client has sent its last message. May be NULL. */
+    void (*on_half_close)(api_call_t *call, void *arg);
+    /* See above. May be NULL. */
+    void (*on_cancel)(api_call_t *call, void *arg);
+    /* After api_call_send returned -EAGAIN: the stream's buffer has drained to
+     * half its limit. May be NULL. */
+    void (*on_writable)(api_call_t *call, void *arg);
+    void *arg;
+};
+
+/* Registers a method (the struct is copied; path is copied). Register before
+ * listening. A call to a path not registered ends with UNIMPLEMENTED ("unknown
+ * service etcdserverpb.Foo", "unknown method Foo for service etcdserverpb.KV").
+ * Returns 0, -ENOMEM, -EEXIST, or -EINVAL (bad path or missing callbacks). */
+int api_server_register(api_server_t *srv, const struct api_grpc_method *m);
+
+/* Queues one response message (packed now, so msg may be freed on return).
+ * Any thread. Returns 0; -EAGAIN when the stream already holds
+ * max_stream_output_bytes of unsent answers (nothing queued: wait for
+ * on_writable; a message is always accepted into an empty buffer, whatever its
+ * size); -ECANCELED when the call is over (client gone, deadline); -EINVAL after
+ * api_call_finish; -ENOMEM. */
+int api_call_send(api_call_t *call, const ProtobufCMessage *msg);
+
+/* As api_call_send, with an already-encoded message. */
+int api_call_send_raw(api_call_t *call, const void *data, size_t len);
+
+/* Ends the call with a gRPC status (message may be NULL; it is copied and
+ * percent-encoded on the wire) and gives the call back. Any thread; exactly
+ * once. Messages queued before are sent before the status. Returns 0, or
+ * -ENOMEM (the status goes out without its message). */
+int api_call_finish(api_call_t *call, enum api_grpc_code code, const char *message);
+
+/* Unary convenience: api_call_send(msg) then api_call_finish(OK). Any thread.
+ * Returns what api_call_send returned (the call is finished either way). */
+int api_call_reply(api_call_t *call, const ProtobufCMessage *msg);
+
+/* The value of request metadata `key` (lower-case, e.g. "token"), or NULL.
+ * Valid while the handler owns the call; any thread. */
+const char *api_call_metadata(const api_call_t *call, const char *key);
+
+/* The method's path ("/etcdserverpb.KV/Range"). */
+const char *api_call_path(const api_call_t *call);
+
+/* Monotonic time (util_now_mono_ns) at which the client's grpc-timeout
+ * expires, or 0 without one. */
+uint64_t api_call_deadline_ns(const api_call_t *call);
+
+/* Whether the call is over for the client (cancelled, deadline, gone). Any thread. */
+bool api_call_is_cancelled(api_call_t *call);
+
+/* A pointer the handler keeps with the call. */
+void api_call_set_data(api_call_t *call, void *data);
+void *api_call_data(const api_call_t *call);
+
+#endif

@@ -1,0 +1,134 @@
+/* api internals shared by the files of the transport: the server, its
+ * connections, and the queue that carries answers from other threads back to
+ * the loop. Not for use outside src/api/. */
+#ifndef QUOIN_API_INTERNAL_H
+#define QUOIN_API_INTERNAL_H
+
+#include <nghttp2/nghttp2.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "api/api.h"
+
+/* Something a handler answers from any thread. Posting it (api_wake_post)
+ * queues it on the server and wakes the loop, which then calls run(). An item is
+ * queued at most once at a time; posting a queued item only wakes the loop. */
+struct api_wake {
+    struct api_wake *next;
+    bool queued; /* guarded by the server's wake_mu */
+    void (*run)(struct api_wake *w);
+};
+
+/* While a request is being answered, at most this much of the next (pipelined)
+ * requests is read ahead. */
+#define API_PIPELINE_READAHEAD (64 * 1024)
+
+enum api_proto { API_PROTO_SNIFF, API_PROTO_HTTP1, API_PROTO_H2 };
+
+struct api_route {
+    char *method; /* NULL = any */
+    char *path;
+    api_http_handler handler;
+    void *arg;
+};
+
+struct api_listener {
+    uv_tcp_t tcp;
+    api_server_t *srv;
+    struct api_listener *next;
+    char addr[UTIL_ADDR_MAX]; /* "127.0.0.1:2379" as the logs show it */
+};
+
+struct api_conn {
+    uv_tcp_t tcp;
+    api_server_t *srv;
+    struct api_conn *prev, *next; /* the server's connection list */
+    enum api_proto proto;
+    struct util_buf in; /* received, not yet consumed by the protocol */
+    bool reading;
+    bool closing;
+    bool close_after_write; /* no more requests: linger once every write completed */
+    bool lingering;         /* half-closed, dropping input until the client closes */
+    size_t drained;         /* bytes dropped while lingering */
+    size_t out_pending;     /* bytes handed to uv_write and not yet written */
+    api_http_req_t *busy;   /* HTTP/1.1: the request a handler is answering */
+    nghttp2_session *h2;    /* HTTP/2: the session, freed when the handle is closed */
+    api_call_t *calls;      /* HTTP/2: calls whose stream is open */
+    size_t partial_bytes;   /* HTTP/2: request bytes held in incomplete messages */
+};
+
+struct api_server {
+    uv_loop_t *loop;
+    log_t *lg;
+    struct api_config cfg;
+    struct api_listener *listeners;
+    struct api_conn *conns;
+    struct api_route *routes;
+    size_t nroutes;
+    struct api_grpc_method *methods;
+    size_t nmethods;
+    unsigned open_handles; /* listeners, connections and the wake handle */
+    unsigned outstanding;  /* handler requests not yet answered and run */
+    bool closing;
+    api_close_cb close_cb;
+    void *close_arg;
+    uv_async_t wake_async;
+    pthread_mutex_t wake_mu;
+    struct api_wake *wake_head, **wake_tail;
+};
+
+/* Any thread: queues w (unless queued already) and wakes the loop. */
+void api_wake_post(api_server_t *srv, struct api_wake *w);
+
+/* Loop thread: a handler request was answered and run; lets a closing server finish. */
+void api_server_release(api_server_t *srv);
+
+/* Queues bytes for the client (copied). Returns 0 or a negative code; on failure
+ * the connection is being closed. */
+int api_conn_write(struct api_conn *c, const void *data, size_t len);
+
+/* As api_conn_write, taking ownership of the malloc'd data (freed even on failure). */
+int api_conn_write_take(struct api_conn *c, char *data, size_t len);
+
+/* Takes no more requests: once queued answers are written, half-closes and
+ * closes when the client does. */
+void api_conn_end(struct api_conn *c);
+
+/* Closes the connection (idempotent). */
+void api_conn_close(struct api_conn *c);
+
+/* Drops n bytes from the front of a buffer. */
+void api_buf_consume(struct util_buf *b, size_t n);
+
+/* Loop thread: a handle the server counted (open_handles) has closed. */
+void api_server_handle_closed(api_server_t *srv);
+
+/* Whether the connection may take new requests: not closing and the client is
+ * reading its answers. */
+bool api_conn_can_take(const struct api_conn *c);
+
+/* Starts or stops reading from the socket to bound what is buffered. */
+void api_conn_set_reading(struct api_conn *c, bool on);
+
+/* HTTP/1.1 (http1.c). */
+int api_http1_add_builtin_routes(api_server_t *srv);
+void api_http1_free_routes(api_server_t *srv);
+/* Parses and dispatches whatever complete requests the input buffer holds. */
+void api_http1_process(struct api_conn *c);
+/* The connection is going away: detaches a request a handler still holds. */
+void api_http1_detach(struct api_conn *c);
+
+/* gRPC over HTTP/2 (grpc.c). */
+/* The connection sent the HTTP/2 preface: creates its session. */
+int api_h2_start(struct api_conn *c);
+/* Feeds the input buffer to the session and sends what it produced. */
+void api_h2_process(struct api_conn *c);
+/* Moves what the session has to send into socket writes, up to the
+ * connection's output bound. */
+void api_h2_flush(struct api_conn *c);
+/* The connection is closing: ends its calls (cancelling handlers). */
+void api_h2_detach(struct api_conn *c);
+void api_h2_free(struct api_conn *c);
+void api_grpc_free_methods(api_server_t *srv);
+
+#endif

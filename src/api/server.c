@@ -1,0 +1,427 @@
+/* api server: listening sockets, accepted connections, the protocol sniffer
+ * that tells HTTP/2 from HTTP/1.1, and the wakeup queue that lets handlers on
+ * other threads answer on the loop thread. */
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/internal.h"
+
+#define API_READ_CHUNK (64 * 1024)
+/* After a final answer, what a client may still send is read and dropped up to
+ * this much before the socket is closed (closing with unread input makes the
+ * kernel send a reset, which can destroy the answer before the client reads it). */
+#define API_LINGER_MAX (1024 * 1024)
+
+static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+#define H2_PREFACE_LEN (sizeof(h2_preface) - 1)
+
+void api_config_default(struct api_config *cfg) {
+    cfg->max_request_bytes = 1536 * 1024;
+    cfg->max_header_bytes = 1 << 20;
+    cfg->max_conn_output_bytes = 4 << 20;
+    cfg->max_stream_output_bytes = 4 << 20;
+    cfg->max_concurrent_streams = 4096;
+}
+
+/* ---- wakeups from other threads ---- */
+
+void api_wake_post(api_server_t *srv, struct api_wake *w) {
+    pthread_mutex_lock(&srv->wake_mu);
+    if (!w->queued) {
+        w->queued = true;
+        w->next = NULL;
+        *srv->wake_tail = w;
+        srv->wake_tail = &w->next;
+    }
+    /* Sent under the lock: once the lock is released the loop may run the item
+     * and free the server, so nothing after the unlock may touch srv. */
+    uv_async_send(&srv->wake_async);
+    pthread_mutex_unlock(&srv->wake_mu);
+}
+
+static void server_maybe_finish(api_server_t *srv);
+
+static void on_wake(uv_async_t *a) {
+    api_server_t *srv = a->data;
+    pthread_mutex_lock(&srv->wake_mu);
+    struct api_wake *w = srv->wake_head;
+    srv->wake_head = NULL;
+    srv->wake_tail = &srv->wake_head;
+    for (struct api_wake *i = w; i; i = i->next)
+        i->queued = false;
+    pthread_mutex_unlock(&srv->wake_mu);
+    while (w) {
+        struct api_wake *next = w->next;
+        w->run(w);
+        w = next;
+    }
+}
+
+void api_server_release(api_server_t *srv) {
+    assert(srv->outstanding > 0);
+    srv->outstanding--;
+    server_maybe_finish(srv);
+}
+
+/* ---- connections ---- */
+
+void api_buf_consume(struct util_buf *b, size_t n) {
+    assert(n <= b->len);
+    if (n == 0)
+        return;
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+}
+
+bool api_conn_can_take(const struct api_conn *c) {
+    return !c->closing && c->out_pending <= c->srv->cfg.max_conn_output_bytes;
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+    struct api_conn *c = h->data;
+    (void)hint;
+    if (c->in.cap - c->in.len < API_READ_CHUNK) {
+        size_t cap = c->in.len + API_READ_CHUNK;
+        char *p = realloc(c->in.data, cap);
+        if (!p) {
+            *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+            return;
+        }
+        c->in.data = p;
+        c->in.cap = cap;
+    }
+    *buf = uv_buf_init(c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+}
+
+/* Decides the protocol once enough bytes are in: the HTTP/2 preface, or HTTP/1.1. */
+static void conn_sniff(struct api_conn *c) {
+    size_t n = c->in.len < H2_PREFACE_LEN ? c->in.len : H2_PREFACE_LEN;
+    if (memcmp(c->in.data, h2_preface, n) != 0)
+        c->proto = API_PROTO_HTTP1;
+    else if (n == H2_PREFACE_LEN)
+        c->proto = API_PROTO_H2;
+}
+
+static void conn_process(struct api_conn *c) {
+    if (c->proto == API_PROTO_SNIFF)
+        conn_sniff(c);
+    switch (c->proto) {
+    case API_PROTO_SNIFF:
+        return;
+    case API_PROTO_HTTP1:
+        api_http1_process(c);
+        return;
+    case API_PROTO_H2:
+        if (!c->h2 && api_h2_start(c) != 0) {
+            api_conn_close(c);
+            return;
+        }
+        api_h2_process(c);
+        return;
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    struct api_conn *c = s->data;
+    (void)buf;
+    if (nread < 0) {
+        api_conn_close(c);
+        return;
+    }
+    if (c->lingering) {
+        c->drained += (size_t)nread;
+        if (c->drained > API_LINGER_MAX)
+            api_conn_close(c);
+        return;
+    }
+    c->in.len += (size_t)nread;
+    conn_process(c);
+}
+
+void api_conn_set_reading(struct api_conn *c, bool on) {
+    if (c->closing || c->reading == on)
+        return;
+    if (on) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+            api_conn_close(c);
+            return;
+        }
+    } else {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
+    c->reading = on;
+}
+
+void api_server_handle_closed(api_server_t *srv) {
+    assert(srv->open_handles > 1);
+    srv->open_handles--;
+    server_maybe_finish(srv);
+}
+
+static void on_conn_closed(uv_handle_t *h) {
+    struct api_conn *c = h->data;
+    api_server_t *srv = c->srv;
+    if (c->h2)
+        api_h2_free(c);
+    free(c->in.data);
+    free(c);
+    api_server_handle_closed(srv);
+}
+
+void api_conn_close(struct api_conn *c) {
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->reading = false;
+    api_http1_detach(c);
+    api_h2_detach(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    (void)status;
+    free(req);
+}
+
+/* Output is flushed: half-close, then drop input until the client closes. */
+static void conn_linger(struct api_conn *c) {
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        free(req);
+        api_conn_close(c);
+        return;
+    }
+    c->lingering = true;
+    c->in.len = 0;
+    api_conn_set_reading(c, true);
+}
+
+void api_conn_end(struct api_conn *c) {
+    c->close_after_write = true;
+    if (c->out_pending == 0 && !c->closing && !c->lingering)
+        conn_linger(c);
+}
+
+struct conn_write {
+    uv_write_t req;
+    struct api_conn *conn;
+    size_t len;
+    char *data;
+};
+
+static void on_written(uv_write_t *req, int status) {
+    struct conn_write *w = (struct conn_write *)req;
+    struct api_conn *c = w->conn;
+    c->out_pending -= w->len;
+    free(w->data);
+    free(w);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        api_conn_close(c);
+        return;
+    }
+    if (c->close_after_write) {
+        if (c->out_pending == 0)
+            conn_linger(c);
+        return;
+    }
+    /* Room again for answers: pick up requests and output that waited for it. */
+    if (c->h2)
+        api_h2_flush(c);
+    else if (c->proto == API_PROTO_HTTP1 && api_conn_can_take(c))
+        api_http1_process(c);
+}
+
+int api_conn_write_take(struct api_conn *c, char *data, size_t len) {
+    struct conn_write *w = NULL;
+    int rc = -EPIPE;
+    if (c->closing)
+        goto err;
+    rc = -ENOMEM;
+    w = malloc(sizeof(*w));
+    if (!w)
+        goto err;
+    w->conn = c;
+    w->len = len;
+    w->data = data;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    if (rc != 0)
+        goto err;
+    c->out_pending += len;
+    return 0;
+err:
+    free(w);
+    free(data);
+    api_conn_close(c);
+    return rc;
+}
+
+int api_conn_write(struct api_conn *c, const void *data, size_t len) {
+    char *copy = malloc(len ? len : 1);
+    if (!copy) {
+        api_conn_close(c);
+        return -ENOMEM;
+    }
+    memcpy(copy, data, len);
+    return api_conn_write_take(c, copy, len);
+}
+
+static void on_connection(uv_stream_t *ls, int status) {
+    struct api_listener *l = ls->data;
+    api_server_t *srv = l->srv;
+    if (status < 0) {
+        LOG_WARN(srv->lg, "accept failed", LOG_STR("address", l->addr),
+                 LOG_STR("error", uv_strerror(status)));
+        return;
+    }
+    struct api_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return; /* the pending connection stays in the backlog until memory frees */
+    c->srv = srv;
+    if (uv_tcp_init(srv->loop, &c->tcp) != 0) {
+        free(c);
+        return;
+    }
+    c->tcp.data = c;
+    srv->open_handles++;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        api_conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    api_conn_set_reading(c, true);
+}
+
+/* ---- listening ---- */
+
+static void on_listener_closed(uv_handle_t *h) {
+    struct api_listener *l = h->data;
+    api_server_t *srv = l->srv;
+    free(l);
+    api_server_handle_closed(srv);
+}
+
+int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) {
+    struct sockaddr_storage ss;
+    char addr[UTIL_ADDR_MAX];
+    int rc = util_listen_addr(url, &ss, addr, sizeof(addr), err);
+    if (rc != 0)
+        return rc;
+    struct api_listener *l = calloc(1, sizeof(*l));
+    if (!l)
+        return util_errorf(err, -ENOMEM, "out of memory");
+    l->srv = srv;
+    snprintf(l->addr, sizeof(l->addr), "%s", addr);
+    rc = uv_tcp_init(srv->loop, &l->tcp);
+    if (rc != 0) {
+        util_errorf(err, rc, "listen tcp %s: %s", l->addr, uv_strerror(rc));
+        free(l);
+        return rc;
+    }
+    l->tcp.data = l;
+    srv->open_handles++;
+    rc = util_tcp_listen(&l->tcp, &ss, l->addr, on_connection, err);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+        return rc;
+    }
+    l->next = srv->listeners;
+    srv->listeners = l;
+    LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
+             LOG_STR("address", l->addr));
+    return 0;
+}
+
+/* ---- lifetime ---- */
+
+int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api_server_t **out,
+                   struct util_err *err) {
+    api_server_t *srv = calloc(1, sizeof(*srv));
+    int rc;
+    if (!srv)
+        return util_errorf(err, -ENOMEM, "out of memory");
+    srv->loop = loop;
+    srv->lg = lg;
+    if (cfg)
+        srv->cfg = *cfg;
+    else
+        api_config_default(&srv->cfg);
+    srv->wake_tail = &srv->wake_head;
+    rc = pthread_mutex_init(&srv->wake_mu, NULL);
+    if (rc != 0) {
+        free(srv);
+        return util_errorf(err, -rc, "cannot create a mutex: %s", strerror(rc));
+    }
+    rc = api_http1_add_builtin_routes(srv);
+    if (rc != 0) {
+        util_errorf(err, rc, "out of memory");
+        goto err;
+    }
+    rc = uv_async_init(loop, &srv->wake_async, on_wake);
+    if (rc != 0) {
+        util_errorf(err, rc, "cannot create the wakeup handle: %s", uv_strerror(rc));
+        goto err;
+    }
+    srv->wake_async.data = srv;
+    srv->open_handles = 1;
+    *out = srv;
+    return 0;
+err:
+    api_http1_free_routes(srv);
+    pthread_mutex_destroy(&srv->wake_mu);
+    free(srv);
+    return rc;
+}
+
+static void on_wake_closed(uv_handle_t *h) {
+    api_server_t *srv = h->data;
+    api_close_cb cb = srv->close_cb;
+    void *arg = srv->close_arg;
+    api_http1_free_routes(srv);
+    api_grpc_free_methods(srv);
+    pthread_mutex_destroy(&srv->wake_mu);
+    free(srv);
+    if (cb)
+        cb(arg);
+}
+
+/* The wake handle closes last: answers may still arrive for outstanding requests
+ * after every socket is gone. */
+static void server_maybe_finish(api_server_t *srv) {
+    if (srv->closing && srv->open_handles == 1 && srv->outstanding == 0) {
+        srv->open_handles = 0;
+        uv_close((uv_handle_t *)&srv->wake_async, on_wake_closed);
+    }
+}
+
+void api_server_close(api_server_t *srv, api_close_cb cb, void *arg) {
+    assert(!srv->closing);
+    srv->closing = true;
+    srv->close_cb = cb;
+    srv->close_arg = arg;
+    while (srv->listeners) {
+        struct api_listener *l = srv->listeners;
+        srv->listeners = l->next;
+        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+    }
+    while (srv->conns)
+        api_conn_close(srv->conns);
+    server_maybe_finish(srv);
+}

@@ -1,0 +1,397 @@
+/* node: the raft loop thread of a member (see node.h for the contract). */
+#include "server/node.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "wal/wal.h"
+
+/* etcd refuses proposals once the apply backlog passes this many entries
+ * ("etcdserver: too many requests"); quoin keeps the same bound. */
+#define NODE_MAX_APPLY_GAP 5000
+
+struct node_item {
+    uint8_t *data; /* a proposal's bytes, or NULL for a read request */
+    uint32_t len;
+    uint64_t context; /* read requests */
+};
+
+struct server_node {
+    uv_loop_t loop;
+    uv_timer_t tick;
+    uv_async_t wake;
+    pthread_t thread;
+    log_t *lg;
+    raft_t *raft;
+    raft_memstore_t *ms;
+    wal_t *wal;
+    struct node_callbacks cb;
+    unsigned heartbeat_ms;
+
+    pthread_mutex_t mu; /* guards the queue and stopping */
+    struct node_item *queue;
+    size_t n_queued, max_queued;
+    bool stopping;
+
+    /* Scratch space reused across Readies, so the hot path does not allocate. */
+    struct wal_entry *wal_ents;
+    size_t wal_ents_cap;
+    struct node_item *batch;
+    const uint8_t **prop_data;
+    uint32_t *prop_len;
+
+    _Atomic uint64_t leader, term, commit, last_index;
+    uint64_t id;
+    bool was_leader;
+};
+
+static void fail_items(server_node_t *n, struct node_item *items, size_t count, int code) {
+    for (size_t i = 0; i < count; i++) {
+        if (items[i].data) {
+            if (n->cb.propose_failed)
+                n->cb.propose_failed(n->cb.arg, items[i].data, items[i].len, code);
+            free(items[i].data);
+        } else if (n->cb.read_failed) {
+            n->cb.read_failed(n->cb.arg, items[i].context, code);
+        }
+    }
+}
+
+static int enqueue(server_node_t *n, struct node_item it) {
+    pthread_mutex_lock(&n->mu);
+    int rc = 0;
+    if (n->stopping)
+        rc = -ESHUTDOWN;
+    else if (n->n_queued == n->max_queued)
+        rc = -EAGAIN;
+    else
+        n->queue[n->n_queued++] = it;
+    pthread_mutex_unlock(&n->mu);
+    if (rc == 0)
+        uv_async_send(&n->wake);
+    return rc;
+}
+
+int server_node_propose(server_node_t *n, const void *data, size_t len) {
+    if (len > UINT32_MAX)
+        return -EINVAL;
+    if (n->cb.applied && atomic_load(&n->commit) > n->cb.applied(n->cb.arg) + NODE_MAX_APPLY_GAP)
+        return -EAGAIN;
+    struct node_item it = {.data = malloc(len ? len : 1), .len = (uint32_t)len};
+    if (!it.data)
+        return -ENOMEM;
+    memcpy(it.data, data, len);
+    int rc = enqueue(n, it);
+    if (rc != 0)
+        free(it.data);
+    return rc;
+}
+
+int server_node_read_index(server_node_t *n, uint64_t context) {
+    return enqueue(n, (struct node_item){.context = context});
+}
+
+void server_node_status(server_node_t *n, struct node_status *st) {
+    st->id = n->id;
+    st->leader = atomic_load(&n->leader);
+    st->term = atomic_load(&n->term);
+    st->commit = atomic_load(&n->commit);
+    st->last_index = atomic_load(&n->last_index);
+    st->is_leader = st->leader == n->id;
+}
+
+static void publish_status(server_node_t *n) {
+    struct raft_status st;
+    raft_status(n->raft, &st);
+    atomic_store(&n->leader, st.leader);
+    atomic_store(&n->term, st.term);
+    atomic_store(&n->commit, st.commit);
+    atomic_store(&n->last_index, st.last_index);
+}
+
+/* Persists one Ready: entries into the in-memory log raft reads from and into
+ * the WAL, then the hard state after them; waits for the fdatasync. */
+static int persist(server_node_t *n, const struct raft_ready *rd) {
+    if (rd->n_entries > n->wal_ents_cap) {
+        size_t cap = rd->n_entries * 2;
+        struct wal_entry *we = realloc(n->wal_ents, cap * sizeof(*we));
+        if (!we)
+            return -ENOMEM;
+        n->wal_ents = we;
+        n->wal_ents_cap = cap;
+    }
+    for (size_t i = 0; i < rd->n_entries; i++) {
+        const struct raft_entry *e = &rd->entries[i];
+        n->wal_ents[i] = (struct wal_entry){
+            .index = e->index, .term = e->term, .type = e->type, .len = e->len, .data = e->data};
+    }
+    int rc;
+    if (rd->n_entries && (rc = raft_memstore_append(n->ms, rd->entries, rd->n_entries)) != 0)
+        return rc;
+    const struct wal_hard_state *hs = NULL;
+    struct wal_hard_state whs;
+    if (rd->hard_state_changed) {
+        raft_memstore_set_hard_state(n->ms, &rd->hard_state);
+        whs = (struct wal_hard_state){.term = rd->hard_state.term,
+                                      .vote = rd->hard_state.vote,
+                                      .commit = rd->hard_state.commit};
+        hs = &whs;
+    }
+    if (!rd->n_entries && !hs)
+        return 0;
+    uint64_t seq;
+    for (;;) {
+        rc = wal_append(n->wal, n->wal_ents, rd->n_entries, hs, &seq);
+        if (rc != -EAGAIN)
+            break;
+        /* The WAL queue is full: wait for what is queued to become durable. */
+        struct wal_durable d;
+        wal_durable(n->wal, &d);
+        if ((rc = wal_wait(n->wal, d.seq + 1)) != 0)
+            return rc;
+    }
+    if (rc != 0)
+        return rc;
+    return rd->must_sync || rd->n_entries ? wal_wait(n->wal, seq) : 0;
+}
+
+/* Runs every pending Ready to completion. A persistence failure is fatal for
+ * the member: raft's promises (votes, acknowledgements) rest on the disk. */
+static void drain_ready(server_node_t *n) {
+    while (raft_has_ready(n->raft)) {
+        struct raft_ready rd;
+        if (raft_ready(n->raft, &rd) != 0)
+            return; /* out of memory: retried on the next tick */
+        int rc = persist(n, &rd);
+        if (rc != 0) {
+            LOG_ERROR(n->lg, "cannot persist the raft log; stopping the member",
+                      LOG_STR("error", raft_strerror(rc)));
+            abort();
+        }
+        /* A single member has no peers; messages to others appear only in
+         * clusters, which the peer transport will carry. */
+        if (rd.n_committed && n->cb.committed)
+            n->cb.committed(n->cb.arg, rd.committed, rd.n_committed);
+        for (size_t i = 0; i < rd.n_reads; i++)
+            if (n->cb.read_ready)
+                n->cb.read_ready(n->cb.arg, rd.reads[i].context, rd.reads[i].index);
+        if (rd.soft_changed) {
+            bool leader = rd.soft.role == RAFT_LEADER;
+            LOG_INFO(n->lg, leader ? "became leader" : "raft role changed",
+                     LOG_UINT("leader", rd.soft.leader), LOG_INT("role", rd.soft.role));
+            if (leader != n->was_leader && n->cb.role_changed)
+                n->cb.role_changed(n->cb.arg, leader);
+            n->was_leader = leader;
+        }
+        raft_advance(n->raft, &rd);
+        publish_status(n);
+    }
+}
+
+/* Takes everything queued and feeds it to raft: proposals in one batch. */
+static void on_wake(uv_async_t *a) {
+    server_node_t *n = a->data;
+    pthread_mutex_lock(&n->mu);
+    size_t count = n->n_queued;
+    memcpy(n->batch, n->queue, count * sizeof(*n->batch));
+    n->n_queued = 0;
+    bool stopping = n->stopping;
+    pthread_mutex_unlock(&n->mu);
+    if (stopping) {
+        fail_items(n, n->batch, count, -ESHUTDOWN);
+        uv_timer_stop(&n->tick);
+        uv_close((uv_handle_t *)&n->tick, NULL);
+        uv_close((uv_handle_t *)&n->wake, NULL);
+        return;
+    }
+    size_t np = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (!n->batch[i].data) {
+            int rc = raft_read_index(n->raft, n->batch[i].context);
+            if (rc != 0)
+                fail_items(n, &n->batch[i], 1, rc);
+            continue;
+        }
+        n->prop_data[np] = n->batch[i].data;
+        n->prop_len[np] = n->batch[i].len;
+        np++;
+    }
+    int rc = np ? raft_propose(n->raft, n->prop_data, n->prop_len, np) : 0;
+    for (size_t i = 0; i < count; i++) {
+        if (!n->batch[i].data)
+            continue;
+        if (rc != 0)
+            fail_items(n, &n->batch[i], 1, rc);
+        else
+            free(n->batch[i].data);
+    }
+    drain_ready(n);
+}
+
+static void on_tick(uv_timer_t *t) {
+    server_node_t *n = t->data;
+    raft_tick(n->raft);
+    drain_ready(n);
+}
+
+static void *node_main(void *arg) {
+    server_node_t *n = arg;
+    drain_ready(n); /* a restarted member may have committed entries to apply */
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/* Rebuilds the in-memory log from what the WAL recovered. */
+static int load_wal(server_node_t *n, const struct node_config *cfg, struct util_err *err) {
+    struct wal_options wopts = {.log = n->lg};
+    struct wal_recovery rec;
+    int rc = wal_open(cfg->wal_dir, &wopts, &n->wal, &rec, err);
+    if (rc != 0)
+        return rc;
+    struct raft_conf_state cs = {.n_voters = (uint32_t)cfg->n_voters};
+    for (size_t i = 0; i < cfg->n_voters && i < RAFT_MAX_MEMBERS; i++)
+        cs.voters[i] = cfg->voters[i];
+    raft_memstore_bootstrap(n->ms, &cs);
+    struct raft_hard_state hs = {
+        .term = rec.hard_state.term, .vote = rec.hard_state.vote, .commit = rec.hard_state.commit};
+    /* A new member starts in term 1, as etcd's bootstrap does, so its first
+     * election makes term 2 and response headers read as etcd's. */
+    if (hs.term == 0 && rec.n_entries == 0)
+        hs.term = 1;
+    raft_memstore_set_hard_state(n->ms, &hs);
+    rc = 0;
+    if (rec.n_entries) {
+        struct raft_entry *ents = calloc(rec.n_entries, sizeof(*ents));
+        if (!ents) {
+            rc = util_errorf(err, -ENOMEM, "out of memory recovering the WAL");
+        } else {
+            for (size_t i = 0; i < rec.n_entries; i++)
+                ents[i] = (struct raft_entry){.index = rec.entries[i].index,
+                                              .term = rec.entries[i].term,
+                                              .type = rec.entries[i].type,
+                                              .len = rec.entries[i].len,
+                                              .data = (uint8_t *)rec.entries[i].data};
+            rc = raft_memstore_append(n->ms, ents, rec.n_entries);
+            if (rc != 0)
+                util_errorf(err, rc, "the WAL in %s holds a log raft cannot load (%s)",
+                            cfg->wal_dir, raft_strerror(rc));
+            free(ents);
+        }
+    }
+    LOG_INFO(n->lg, "recovered the write-ahead log", LOG_STR("dir", cfg->wal_dir),
+             LOG_UINT("entries", rec.n_entries), LOG_UINT("term", hs.term),
+             LOG_UINT("commit", hs.commit));
+    wal_recovery_free(&rec);
+    return rc;
+}
+
+int server_node_start(const struct node_config *cfg, const struct node_callbacks *cb, log_t *lg,
+                      server_node_t **out, struct util_err *err) {
+    server_node_t *n = calloc(1, sizeof(*n));
+    int rc;
+    if (!n)
+        return util_errorf(err, -ENOMEM, "out of memory");
+    n->lg = lg;
+    n->cb = *cb;
+    n->id = cfg->id;
+    n->heartbeat_ms = cfg->heartbeat_ms;
+    n->max_queued = cfg->max_queued ? cfg->max_queued : 8192;
+    pthread_mutex_init(&n->mu, NULL);
+    n->queue = calloc(n->max_queued, sizeof(*n->queue));
+    n->batch = calloc(n->max_queued, sizeof(*n->batch));
+    n->prop_data = calloc(n->max_queued, sizeof(*n->prop_data));
+    n->prop_len = calloc(n->max_queued, sizeof(*n->prop_len));
+    if (!n->queue || !n->batch || !n->prop_data || !n->prop_len) {
+        rc = util_errorf(err, -ENOMEM, "out of memory");
+        goto err;
+    }
+    if ((rc = raft_memstore_new(&n->ms)) != 0) {
+        util_errorf(err, rc, "out of memory");
+        goto err;
+    }
+    if ((rc = load_wal(n, cfg, err)) != 0)
+        goto err;
+    struct raft_config rcfg = {
+        .id = cfg->id,
+        .heartbeat_tick = 1,
+        .election_tick = cfg->election_ms / cfg->heartbeat_ms,
+        .storage = raft_memstore_storage(n->ms),
+        .applied = cfg->applied,
+        .max_size_per_msg = 1 << 20,
+        .max_committed_size_per_ready = 64 << 20,
+        .max_inflight_msgs = 256,
+        .check_quorum = true,
+        .pre_vote = true,
+        .seed = cfg->id ^ util_now_mono_ns(),
+        .log = lg,
+    };
+    if ((rc = raft_new(&rcfg, &n->raft)) != 0) {
+        util_errorf(err, rc, "cannot start raft: %s", raft_strerror(rc));
+        goto err;
+    }
+    if ((rc = uv_loop_init(&n->loop)) != 0) {
+        util_errorf(err, rc, "cannot create the raft loop: %s", uv_strerror(rc));
+        goto err;
+    }
+    uv_timer_init(&n->loop, &n->tick);
+    uv_async_init(&n->loop, &n->wake, on_wake);
+    n->tick.data = n->wake.data = n;
+    uv_timer_start(&n->tick, on_tick, cfg->heartbeat_ms, cfg->heartbeat_ms);
+    /* A lone voter need not wait an election timeout for itself. */
+    if (cfg->n_voters == 1 && cfg->voters[0] == cfg->id)
+        raft_campaign(n->raft);
+    publish_status(n);
+    if ((rc = pthread_create(&n->thread, NULL, node_main, n)) != 0) {
+        util_errorf(err, -rc, "cannot start the raft thread: %s", strerror(rc));
+        rc = -rc;
+        uv_close((uv_handle_t *)&n->tick, NULL);
+        uv_close((uv_handle_t *)&n->wake, NULL);
+        uv_run(&n->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&n->loop);
+        goto err;
+    }
+    *out = n;
+    return 0;
+err:
+    raft_free(n->raft);
+    wal_close(n->wal);
+    raft_memstore_free(n->ms);
+    free(n->queue);
+    free(n->batch);
+    free(n->prop_data);
+    free(n->prop_len);
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+    return rc;
+}
+
+void server_node_stop(server_node_t *n) {
+    if (!n)
+        return;
+    pthread_mutex_lock(&n->mu);
+    n->stopping = true;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->wake);
+    pthread_join(n->thread, NULL);
+    uv_loop_close(&n->loop);
+    /* Anything queued after the loop took its last batch. */
+    fail_items(n, n->queue, n->n_queued, -ESHUTDOWN);
+    n->n_queued = 0;
+    int rc = wal_close(n->wal);
+    if (rc != 0)
+        LOG_ERROR(n->lg, "closing the WAL failed", LOG_STR("error", strerror(-rc)));
+    raft_free(n->raft);
+    raft_memstore_free(n->ms);
+    free(n->wal_ents);
+    free(n->queue);
+    free(n->batch);
+    free(n->prop_data);
+    free(n->prop_len);
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+}

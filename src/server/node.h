@@ -1,0 +1,89 @@
+/* node: internal to src/server — the raft loop of a member: a thread that owns
+ * the raft state machine, its in-memory log, the WAL and the tick timer.
+ *
+ * Other threads talk to it only through bounded queues:
+ *   - server_node_propose / server_node_read_index (any thread) queue work and
+ *     wake the loop; a full queue answers -EAGAIN at once ("too many requests"),
+ *     never blocks, never grows;
+ *   - committed entries, read states and failed proposals come back through the
+ *     callbacks in struct node_callbacks, called ON THE RAFT THREAD: they must
+ *     only copy and hand off (the apply thread does the work).
+ *
+ * Persistence follows raft.h's loop contract: entries and hard state go to the
+ * WAL (one group-committed fdatasync per Ready), messages leave, committed
+ * entries are handed to the apply callback, then raft_advance. The loop waits
+ * for the WAL's fdatasync before raft_advance, as etcd's does; a Ready batches
+ * everything proposed meanwhile, so one fdatasync covers many requests. */
+#ifndef QUOIN_SERVER_NODE_H
+#define QUOIN_SERVER_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log/log.h"
+#include "raft/raft.h"
+#include "util/util.h"
+
+typedef struct server_node server_node_t;
+
+struct node_callbacks {
+    void *arg;
+    /* Committed entries in index order; data is valid only during the call. */
+    void (*committed)(void *arg, const struct raft_entry *ents, size_t n);
+    /* A read index answered: reads with `context` may be served once the
+     * state machine has applied `index`. */
+    void (*read_ready)(void *arg, uint64_t context, uint64_t index);
+    /* A queued read index or proposal could not be started (no leader, node
+     * stopping): code is a RAFT_E* or negative errno. For a proposal, data is
+     * the proposal's bytes (valid only during the call). */
+    void (*read_failed)(void *arg, uint64_t context, int code);
+    void (*propose_failed)(void *arg, const uint8_t *data, size_t len, int code);
+    /* The index the state machine has applied (any thread): proposals are
+     * refused while the apply backlog is large. */
+    uint64_t (*applied)(void *arg);
+    /* This member became leader (true) or stopped being it (false). */
+    void (*role_changed)(void *arg, bool leader);
+};
+
+struct node_config {
+    uint64_t id;      /* this member's id, nonzero */
+    uint64_t *voters; /* the initial configuration (bootstrap only) */
+    size_t n_voters;
+    unsigned heartbeat_ms; /* one tick */
+    unsigned election_ms;  /* election timeout, a multiple of ticks */
+    const char *wal_dir;
+    uint64_t applied;  /* last index the state machine has applied */
+    size_t max_queued; /* proposals + reads waiting for the loop; 0: 8192 */
+};
+
+/* Recovers the WAL in cfg->wal_dir (creating it for a new member), builds the
+ * raft state and starts the raft thread. Returns 0 or a negative code with err
+ * filled (a corrupt WAL refuses to start: err names file and offset). */
+int server_node_start(const struct node_config *cfg, const struct node_callbacks *cb, log_t *lg,
+                      server_node_t **out, struct util_err *err);
+
+/* Queues a proposal (data copied). Any thread. Returns 0, -EAGAIN (queue full),
+ * -ENOMEM or -ESHUTDOWN (stopping). Failure later (no leader) comes through
+ * cb->propose_failed. */
+int server_node_propose(server_node_t *n, const void *data, size_t len);
+
+/* Queues a linearizable-read request. Any thread. Returns as propose; the
+ * answer comes through cb->read_ready or cb->read_failed. */
+int server_node_read_index(server_node_t *n, uint64_t context);
+
+/* Raft's view, refreshed after every Ready. Any thread. */
+struct node_status {
+    uint64_t id;
+    uint64_t leader;
+    uint64_t term;
+    uint64_t commit;
+    uint64_t last_index;
+    bool is_leader;
+};
+void server_node_status(server_node_t *n, struct node_status *st);
+
+/* Stops the thread, fails what is queued, closes the WAL and frees n. */
+void server_node_stop(server_node_t *n);
+
+#endif

@@ -1,0 +1,154 @@
+/* v3: internal to src/server — the member's shared state and etcd's v3
+ * services over it (KV, Maintenance, Cluster, ...). Like etcd's etcdserver, the
+ * services speak etcd's protobuf types; src/api carries them.
+ *
+ * Threads: service handlers run on the io loop (the thread of server_run). A
+ * write is proposed to the raft loop with a waiter registered under its
+ * request id; the apply thread applies it and, once its LMDB batch has
+ * committed, fires the waiter, which answers the client (api calls are
+ * thread-safe). A linearizable read gets a read index from the raft loop,
+ * waits for the apply thread to reach it, and then runs back on the io loop
+ * (server_post), never on the raft or apply thread. */
+#ifndef QUOIN_SERVER_V3_H
+#define QUOIN_SERVER_V3_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "api/api.h"
+#include "api/proto/rpc.pb-c.h"
+#include "config/config.h"
+#include "lease/lease.h"
+#include "mvcc/mvcc.h"
+#include "peer/peer.h"
+#include "server/apply.h"
+#include "server/node.h"
+#include "server/pbw.h"
+#include "server/server.h"
+#include "server/wait.h"
+
+/* Work handed to the io loop from another thread. */
+struct server_post {
+    void (*fn)(void *ctx);
+    void *ctx;
+    struct server_post *next;
+};
+
+struct server {
+    uv_loop_t loop;
+    log_t *lg;
+    const struct config *cfg;
+    server_datadir_t *dd;
+    mvcc_t *db;
+    server_node_t *node;
+    server_apply_t *apply;
+    server_wait_t *writes; /* request id -> waiting write */
+    server_wait_t *reads;  /* read id -> waiting linearizable read */
+    api_server_t *api;
+    peer_transport_t *peer;
+    uv_signal_t sigterm, sigint;
+    uv_async_t post_wake;
+    pthread_mutex_t post_mu;
+    struct server_post *posts, *posts_tail;
+    int stopping;
+    _Atomic uint64_t next_id;
+    uint64_t member_id, cluster_id;
+    lease_t *leases;
+    lease_batch_t *lease_batch; /* apply thread: the batch being applied */
+    uv_timer_t lease_timer;
+};
+
+/* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */
+int server_post(struct server *s, void (*fn)(void *ctx), void *ctx);
+
+/* A fresh request id: unique for this member's lifetime. Any thread. */
+uint64_t server_next_id(struct server *s);
+
+/* Fills an etcd response header with the member's ids, the current raft term
+ * and `revision`. Any thread. */
+void v3_header(struct server *s, int64_t revision, struct pbw_header *h);
+
+/* The same, into a protobuf-c header (for replies built as messages). */
+void v3_header_msg(struct server *s, int64_t revision, Etcdserverpb__ResponseHeader *h);
+
+/* The kinds of request a raft entry carries; the entry is
+ * [format 1][kind][request id, 8 bytes big-endian][the request's protobuf]. */
+enum v3_entry_kind {
+    V3_ENTRY_PUT = 1,
+    V3_ENTRY_DELETE_RANGE = 2,
+    V3_ENTRY_TXN = 3,
+    V3_ENTRY_COMPACT = 4,
+    /* Lease kinds from here on (v3_lease_apply). */
+    V3_ENTRY_LEASE_GRANT = 5,      /* [wall clock ns, 8 bytes][LeaseGrantRequest, ID set] */
+    V3_ENTRY_LEASE_REVOKE = 6,     /* LeaseRevokeRequest */
+    V3_ENTRY_LEASE_CHECKPOINT = 7, /* n x [id][remaining ttl][deadline], 8 bytes each */
+};
+
+/* etcd's request errors that are not mvcc's or the lease layer's. */
+#define V3_EEMPTYKEY (-30001)
+#define V3_EVALUEPROVIDED (-30002)
+#define V3_ELEASEPROVIDED (-30003)
+#define V3_ETOOMANYOPS (-30004)
+#define V3_ETOOLARGE (-30005)
+#define V3_ELEASENOTFOUND (-30006)
+#define V3_ESORT (-30007)
+
+/* What the apply thread hands to a waiting write, after its batch committed. */
+struct v3_applied {
+    struct server *s;
+    uint64_t id;
+    enum v3_entry_kind kind;
+    int code;           /* 0, or the request's error */
+    mvcc_result_t *res; /* put, delete range, txn, lease revoke (may be NULL) */
+    bool physical;      /* compaction: answer once the history is removed */
+    int64_t lease_id, ttl;
+};
+
+void v3_applied_free(struct v3_applied *a);
+
+/* The apply_done function of an applied entry: wakes its waiter or frees it. */
+void v3_applied_done(void *ctx);
+
+/* Encodes and sends the answer of an applied write (code 0). Any thread. */
+typedef void (*v3_answer_fn)(struct server *s, api_call_t *call, struct v3_applied *a);
+
+/* Proposes a write [format][kind][id][payload] with a waiter that answers the
+ * call through `answer` (NULL: the KV answers) once applied, or with the
+ * error that stopped it. io loop. */
+void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, const uint8_t *data,
+                size_t len, v3_answer_fn answer);
+
+/* Applies a lease entry inside the current batch. Apply thread. */
+int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const uint8_t *p,
+                   size_t len, struct apply_done *done);
+
+int v3_lease_register(struct server *s, struct util_err *err);
+
+/* The leader's lease timer (every 500 ms): proposes revokes of expired
+ * leases and due checkpoints. io loop. */
+void v3_lease_tick(struct server *s);
+#define V3_ENTRY_FORMAT 1
+#define V3_ENTRY_HEADER 10
+
+/* Registers n gRPC methods on the member's client server. */
+int v3_register(struct server *s, const struct api_grpc_method *m, size_t n, struct util_err *err);
+
+/* Registers the KV, Maintenance and Cluster services. */
+int v3_kv_register(struct server *s, struct util_err *err);
+int v3_maintenance_register(struct server *s, struct util_err *err);
+
+/* The apply thread's entry function (apply_entry_fn). */
+int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e, struct apply_done *done);
+
+/* node_callbacks (raft thread). */
+void v3_propose_failed(void *arg, const uint8_t *data, size_t len, int code);
+void v3_read_ready(void *arg, uint64_t context, uint64_t index);
+void v3_read_failed(void *arg, uint64_t context, int code);
+
+/* Ends a call with the gRPC status and etcd message for a quoin error code
+ * (MVCC_E*, RAFT_E*, negative errno). Any thread. */
+void v3_fail(api_call_t *call, int code);
+
+#endif

@@ -1,0 +1,406 @@
+/* v3_lease: etcd's Lease service — Grant, Revoke, KeepAlive, TimeToLive,
+ * Leases — over src/lease, and the leader's timer that revokes expired leases
+ * and proposes checkpoints. Grants, revokes and checkpoints go through raft;
+ * renewals and TimeToLive are the leader's own (docs/lease.md). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/proto/rpc.pb-c.h"
+#include "server/v3.h"
+
+static void put_be64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint64_t get_be64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static bool is_lease_error(int code) {
+    return code <= LEASE_ENOTFOUND && code >= LEASE_EEXPIRED;
+}
+
+/* ---- apply ------------------------------------------------------------------ */
+
+/* Decodes a checkpoint entry's payload. Returns the count, or -EINVAL. */
+static int decode_checkpoints(const uint8_t *p, size_t len, struct lease_checkpoint **out) {
+    if (len % 24 != 0)
+        return -EINVAL;
+    size_t n = len / 24;
+    struct lease_checkpoint *cps = calloc(n ? n : 1, sizeof(*cps));
+    if (!cps)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        cps[i] = (struct lease_checkpoint){.id = (int64_t)get_be64(p + 24 * i),
+                                           .remaining_ttl = (int64_t)get_be64(p + 24 * i + 8),
+                                           .deadline_wall_ns = get_be64(p + 24 * i + 16)};
+    *out = cps;
+    return (int)n;
+}
+
+int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const uint8_t *p,
+                   size_t len, struct apply_done *done) {
+    struct v3_applied *a = calloc(1, sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    *a = (struct v3_applied){.s = s, .id = id, .kind = kind};
+    int rc = 0;
+    if (kind == V3_ENTRY_LEASE_GRANT && len >= 8) {
+        Etcdserverpb__LeaseGrantRequest *q =
+            etcdserverpb__lease_grant_request__unpack(NULL, len - 8, p + 8);
+        if (q) {
+            a->lease_id = q->id;
+            rc = lease_grant(s->lease_batch, q->id, q->ttl, get_be64(p), &a->ttl);
+            etcdserverpb__lease_grant_request__free_unpacked(q, NULL);
+        }
+    } else if (kind == V3_ENTRY_LEASE_REVOKE) {
+        Etcdserverpb__LeaseRevokeRequest *q =
+            etcdserverpb__lease_revoke_request__unpack(NULL, len, p);
+        if (q) {
+            a->lease_id = q->id;
+            rc = lease_revoke(s->lease_batch, q->id, &a->res);
+            etcdserverpb__lease_revoke_request__free_unpacked(q, NULL);
+        }
+    } else if (kind == V3_ENTRY_LEASE_CHECKPOINT) {
+        struct lease_checkpoint *cps = NULL;
+        int n = decode_checkpoints(p, len, &cps);
+        if (n >= 0)
+            rc = lease_checkpoint(s->lease_batch, cps, (size_t)n);
+        free(cps);
+    }
+    if (rc != 0 && !is_lease_error(rc)) {
+        v3_applied_free(a);
+        return rc;
+    }
+    a->code = rc;
+    *done = (struct apply_done){.fn = v3_applied_done, .ctx = a};
+    return 0;
+}
+
+/* ---- Grant, Revoke ----------------------------------------------------------- */
+
+static void answer_grant(struct server *s, api_call_t *call, struct v3_applied *a) {
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    v3_header_msg(s, 0, &h);
+    Etcdserverpb__LeaseGrantResponse r = ETCDSERVERPB__LEASE_GRANT_RESPONSE__INIT;
+    r.header = &h;
+    r.id = a->lease_id;
+    r.ttl = a->ttl;
+    api_call_reply(call, &r.base);
+}
+
+static void on_grant(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
+                     void *arg) {
+    (void)data;
+    (void)len;
+    struct server *s = arg;
+    Etcdserverpb__LeaseGrantRequest *q = (Etcdserverpb__LeaseGrantRequest *)msg;
+    /* The id is chosen here, before proposing, so every member applies the
+     * same one (etcd: the proposing member's id generator). */
+    while (q->id == 0)
+        q->id = (int64_t)(server_next_id(s) & INT64_MAX);
+    size_t plen = etcdserverpb__lease_grant_request__get_packed_size(q);
+    uint8_t *payload = malloc(8 + plen);
+    if (!payload) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        v3_fail(call, -ENOMEM);
+        return;
+    }
+    put_be64(payload, util_now_wall_ns());
+    etcdserverpb__lease_grant_request__pack(q, payload + 8);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    v3_propose(s, call, V3_ENTRY_LEASE_GRANT, payload, 8 + plen, answer_grant);
+    free(payload);
+}
+
+static void answer_header(struct server *s, api_call_t *call, struct v3_applied *a) {
+    struct pbw_header h;
+    v3_header(s, a->res ? a->res->resp.revision : 0, &h);
+    struct util_buf b = {0};
+    if (pbw_header(&b, 1, &h) == 0)
+        api_call_send_raw(call, b.data, b.len);
+    api_call_finish(call, API_GRPC_OK, NULL);
+    util_buf_free(&b);
+}
+
+static void on_revoke(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
+                      void *arg) {
+    protobuf_c_message_free_unpacked(msg, NULL);
+    v3_propose(arg, call, V3_ENTRY_LEASE_REVOKE, data, len, answer_header);
+}
+
+/* ---- KeepAlive ---------------------------------------------------------------
+ * One stream renews any number of leases. A renewal that needs a checkpoint
+ * first is answered once the checkpoint is applied, so the stream stays open
+ * until every such answer is out (pending). */
+
+struct keepalive {
+    struct server *s;
+    api_call_t *call;
+    pthread_mutex_t mu;
+    int pending;  /* checkpoints proposed and not yet answered */
+    bool closing; /* the client half-closed or went away */
+};
+
+static void keepalive_release(struct keepalive *k) {
+    pthread_mutex_lock(&k->mu);
+    bool done = k->closing && k->pending == 0;
+    pthread_mutex_unlock(&k->mu);
+    if (done) {
+        api_call_finish(k->call, API_GRPC_OK, NULL);
+        pthread_mutex_destroy(&k->mu);
+        free(k);
+    }
+}
+
+static void keepalive_send(struct keepalive *k, int64_t id, int64_t ttl) {
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    v3_header_msg(k->s, 0, &h);
+    Etcdserverpb__LeaseKeepAliveResponse r = ETCDSERVERPB__LEASE_KEEP_ALIVE_RESPONSE__INIT;
+    r.header = &h;
+    r.id = id;
+    r.ttl = ttl;
+    api_call_send(k->call, &r.base);
+}
+
+struct keepalive_wait {
+    struct keepalive *k;
+    int64_t id, ttl;
+};
+
+/* The renewal's checkpoint was applied (or failed): answer it. */
+static void keepalive_checkpointed(void *ctx, void *result) {
+    struct keepalive_wait *w = ctx;
+    struct v3_applied *a = result;
+    keepalive_send(w->k, w->id, a && a->code == 0 ? w->ttl : 0);
+    v3_applied_free(a);
+    pthread_mutex_lock(&w->k->mu);
+    w->k->pending--;
+    pthread_mutex_unlock(&w->k->mu);
+    keepalive_release(w->k);
+    free(w);
+}
+
+/* Proposes one checkpoint entry (no waiter when wait is NULL). */
+static int propose_checkpoints(struct server *s, const struct lease_checkpoint *cps, size_t n,
+                               struct keepalive_wait *wait) {
+    uint8_t *e = malloc(V3_ENTRY_HEADER + 24 * n);
+    if (!e)
+        return -ENOMEM;
+    uint64_t id = server_next_id(s);
+    e[0] = V3_ENTRY_FORMAT;
+    e[1] = V3_ENTRY_LEASE_CHECKPOINT;
+    put_be64(e + 2, id);
+    for (size_t i = 0; i < n; i++) {
+        put_be64(e + V3_ENTRY_HEADER + 24 * i, (uint64_t)cps[i].id);
+        put_be64(e + V3_ENTRY_HEADER + 24 * i + 8, (uint64_t)cps[i].remaining_ttl);
+        put_be64(e + V3_ENTRY_HEADER + 24 * i + 16, cps[i].deadline_wall_ns);
+    }
+    int rc = wait ? server_wait_register(s->writes, id, keepalive_checkpointed, wait) : 0;
+    if (rc == 0) {
+        rc = server_node_propose(s->node, e, V3_ENTRY_HEADER + 24 * n);
+        if (rc != 0 && wait)
+            server_wait_cancel(s->writes, id); /* answers TTL 0 */
+        if (wait)
+            rc = 0; /* the waiter owns the answer from here */
+    }
+    free(e);
+    return rc;
+}
+
+static void on_keepalive_open(api_call_t *call, void *arg) {
+    struct keepalive *k = calloc(1, sizeof(*k));
+    if (!k) {
+        v3_fail(call, -ENOMEM);
+        return;
+    }
+    k->s = arg;
+    k->call = call;
+    pthread_mutex_init(&k->mu, NULL);
+    api_call_set_data(call, k);
+}
+
+static void on_keepalive(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
+                         void *arg) {
+    (void)data;
+    (void)len;
+    (void)arg;
+    struct keepalive *k = api_call_data(call);
+    int64_t id = ((Etcdserverpb__LeaseKeepAliveRequest *)msg)->id;
+    protobuf_c_message_free_unpacked(msg, NULL);
+    if (!k)
+        return;
+    int64_t ttl = 0;
+    struct lease_checkpoint cp;
+    bool propose = false;
+    int rc =
+        lease_renew(k->s->leases, id, util_now_mono_ns(), util_now_wall_ns(), &ttl, &cp, &propose);
+    if (rc == 0 && propose) {
+        struct keepalive_wait *w = malloc(sizeof(*w));
+        if (w) {
+            *w = (struct keepalive_wait){.k = k, .id = id, .ttl = ttl};
+            pthread_mutex_lock(&k->mu);
+            k->pending++;
+            pthread_mutex_unlock(&k->mu);
+            if (propose_checkpoints(k->s, &cp, 1, w) == 0)
+                return;
+            pthread_mutex_lock(&k->mu);
+            k->pending--;
+            pthread_mutex_unlock(&k->mu);
+            free(w);
+        }
+        rc = -ENOMEM;
+    }
+    /* As etcd: a lease that is not found (or not renewable) answers TTL 0. */
+    keepalive_send(k, id, rc == 0 ? ttl : 0);
+}
+
+static void on_keepalive_end(api_call_t *call, void *arg) {
+    (void)arg;
+    struct keepalive *k = api_call_data(call);
+    if (!k)
+        return;
+    api_call_set_data(call, NULL);
+    pthread_mutex_lock(&k->mu);
+    k->closing = true;
+    pthread_mutex_unlock(&k->mu);
+    keepalive_release(k);
+}
+
+/* ---- TimeToLive, Leases -------------------------------------------------------- */
+
+static void on_time_to_live(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data,
+                            size_t len, void *arg) {
+    (void)data;
+    (void)len;
+    struct server *s = arg;
+    Etcdserverpb__LeaseTimeToLiveRequest *q = (Etcdserverpb__LeaseTimeToLiveRequest *)msg;
+    struct lease_ttl t;
+    int rc = lease_time_to_live(s->leases, q->id, q->keys, util_now_mono_ns(), &t);
+    Etcdserverpb__LeaseTimeToLiveResponse r = ETCDSERVERPB__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    v3_header_msg(s, 0, &h);
+    r.header = &h;
+    r.id = q->id;
+    ProtobufCBinaryData *keys = NULL;
+    if (rc == LEASE_ENOTFOUND || rc == LEASE_EEXPIRED) {
+        r.ttl = -1; /* etcd's answer for a lease that is gone */
+        rc = 0;
+    } else if (rc == 0) {
+        r.ttl = t.ttl;
+        r.grantedttl = t.granted_ttl;
+        keys = calloc(t.n_keys ? t.n_keys : 1, sizeof(*keys));
+        if (!keys)
+            rc = -ENOMEM;
+        for (size_t i = 0; keys && i < t.n_keys; i++)
+            keys[i] = (ProtobufCBinaryData){.len = t.keys[i].len, .data = (uint8_t *)t.keys[i].key};
+        r.n_keys = keys ? t.n_keys : 0;
+        r.keys = keys;
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+    if (rc == 0)
+        api_call_reply(call, &r.base);
+    else
+        v3_fail(call, rc);
+    free(keys);
+    if (rc == 0 && r.ttl != -1)
+        lease_ttl_free(&t);
+}
+
+static void on_leases(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
+                      void *arg) {
+    (void)data;
+    (void)len;
+    struct server *s = arg;
+    protobuf_c_message_free_unpacked(msg, NULL);
+    int64_t *ids = NULL;
+    size_t n = 0;
+    int rc = lease_list(s->leases, &ids, &n);
+    Etcdserverpb__LeaseStatus *st = calloc(n ? n : 1, sizeof(*st));
+    Etcdserverpb__LeaseStatus **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    if (rc == 0 && (!st || !ptrs))
+        rc = -ENOMEM;
+    if (rc == 0) {
+        for (size_t i = 0; i < n; i++) {
+            etcdserverpb__lease_status__init(&st[i]);
+            st[i].id = ids[i];
+            ptrs[i] = &st[i];
+        }
+        Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+        v3_header_msg(s, 0, &h);
+        Etcdserverpb__LeaseLeasesResponse r = ETCDSERVERPB__LEASE_LEASES_RESPONSE__INIT;
+        r.header = &h;
+        r.n_leases = n;
+        r.leases = ptrs;
+        api_call_reply(call, &r.base);
+    } else {
+        v3_fail(call, rc);
+    }
+    free(st);
+    free(ptrs);
+    free(ids);
+}
+
+/* ---- the leader's timer ------------------------------------------------------- */
+
+void v3_lease_tick(struct server *s) {
+    if (!lease_is_primary(s->leases))
+        return;
+    int64_t ids[LEASE_REVOKE_BATCH];
+    size_t n = lease_expired(s->leases, util_now_mono_ns(), ids, LEASE_REVOKE_BATCH);
+    for (size_t i = 0; i < n; i++) {
+        Etcdserverpb__LeaseRevokeRequest q = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
+        q.id = ids[i];
+        uint8_t e[V3_ENTRY_HEADER + 16];
+        e[0] = V3_ENTRY_FORMAT;
+        e[1] = V3_ENTRY_LEASE_REVOKE;
+        put_be64(e + 2, server_next_id(s));
+        size_t plen = etcdserverpb__lease_revoke_request__pack(&q, e + V3_ENTRY_HEADER);
+        /* A lost proposal is retried: lease_expired reports the lease again. */
+        server_node_propose(s->node, e, V3_ENTRY_HEADER + plen);
+    }
+    struct lease_checkpoint *cps = malloc(LEASE_CHECKPOINT_BATCH * sizeof(*cps));
+    if (!cps)
+        return;
+    n = lease_due_checkpoints(s->leases, util_now_mono_ns(), util_now_wall_ns(), cps,
+                              LEASE_CHECKPOINT_BATCH);
+    if (n)
+        propose_checkpoints(s, cps, n, NULL);
+    free(cps);
+}
+
+int v3_lease_register(struct server *s, struct util_err *err) {
+    const struct api_grpc_method methods[] = {
+        {.path = "/etcdserverpb.Lease/LeaseGrant",
+         .request = &etcdserverpb__lease_grant_request__descriptor,
+         .on_message = on_grant,
+         .arg = s},
+        {.path = "/etcdserverpb.Lease/LeaseRevoke",
+         .request = &etcdserverpb__lease_revoke_request__descriptor,
+         .on_message = on_revoke,
+         .arg = s},
+        {.path = "/etcdserverpb.Lease/LeaseKeepAlive",
+         .client_streaming = true,
+         .server_streaming = true,
+         .request = &etcdserverpb__lease_keep_alive_request__descriptor,
+         .on_open = on_keepalive_open,
+         .on_message = on_keepalive,
+         .on_half_close = on_keepalive_end,
+         .on_cancel = on_keepalive_end,
+         .arg = s},
+        {.path = "/etcdserverpb.Lease/LeaseTimeToLive",
+         .request = &etcdserverpb__lease_time_to_live_request__descriptor,
+         .on_message = on_time_to_live,
+         .arg = s},
+        {.path = "/etcdserverpb.Lease/LeaseLeases",
+         .request = &etcdserverpb__lease_leases_request__descriptor,
+         .on_message = on_leases,
+         .arg = s},
+    };
+    return v3_register(s, methods, sizeof(methods) / sizeof(methods[0]), err);
+}

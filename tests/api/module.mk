@@ -1,0 +1,9 @@
+# api tests: the test-double server the process-level tests (tests/api/*.py)
+# drive with etcdctl, etcd3 and grpc. Built with the unit tests.
+API_FAKE_SERVER := $(B)/tests/api/fake_api_server
+
+$(API_FAKE_SERVER): $(B)/obj/tests/api/fakeserver/fake_api_server.o $(B)/libquoin-core.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+unit-test-bins: $(API_FAKE_SERVER)
