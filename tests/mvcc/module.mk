@@ -1,14 +1,12 @@
 # mvcc benchmark: `make bench-mvcc` (never part of `make test`). Builds the
 # release binary and runs it niced on databases under BENCH_MVCC_DIR, removed
 # afterwards. BENCH_MVCC_KEYS lists extra database sizes for the open test.
-# (-Wno-format-truncation: src/log/log.c trips that warning at -O2.)
 BENCH_MVCC_DIR ?= /tmp/quoin-bench-mvcc
 BENCH_MVCC_KEYS ?= 5000000
 
 .PHONY: bench-mvcc
 bench-mvcc:
-	@$(MAKE) --no-print-directory MODE=release EXTRA_CFLAGS=-Wno-format-truncation \
-	  build/tests/mvcc/bench_mvcc
+	@$(MAKE) --no-print-directory MODE=release build/tests/mvcc/bench_mvcc
 	@mkdir -p $(BENCH_MVCC_DIR)
 	nice ./build/tests/mvcc/bench_mvcc $(BENCH_MVCC_DIR) $(BENCH_MVCC_KEYS); \
 	  rc=$$?; rm -rf $(BENCH_MVCC_DIR); exit $$rc
