@@ -43,17 +43,6 @@ static int superseded(MDB_cursor *kvc, const struct rec *r, int64_t rev) {
     return n.key_len == r->key_len && memcmp(n.key, r->key, r->key_len) == 0 && n.main <= rev;
 }
 
-static void fill_kv(const struct rec *r, struct mvcc_kv *kv) {
-    kv->key = r->key;
-    kv->key_len = r->key_len;
-    kv->value = r->value;
-    kv->value_len = r->value_len;
-    kv->create_revision = r->create;
-    kv->mod_revision = r->main;
-    kv->version = r->version;
-    kv->lease = r->lease;
-}
-
 /* The version of the event's key just before the record under `kvc`. */
 static int find_prev(MDB_cursor *kvc, const struct rec *rec, struct mvcc_event *ev) {
     MDB_val pk, pd;
@@ -69,7 +58,7 @@ static int find_prev(MDB_cursor *kvc, const struct rec *rec, struct mvcc_event *
     if (!prev.tomb && prev.key_len == rec->key_len &&
         memcmp(prev.key, rec->key, rec->key_len) == 0) {
         ev->has_prev = true;
-        fill_kv(&prev, &ev->prev_kv);
+        rec_to_kv(&prev, false, &ev->prev_kv);
     }
     return 0;
 }
@@ -122,7 +111,7 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
             struct mvcc_event *ev = &evs[n++];
             memset(ev, 0, sizeof(*ev));
             ev->type = rec.tomb ? MVCC_EVENT_DELETE : MVCC_EVENT_PUT;
-            fill_kv(&rec, &ev->kv);
+            rec_to_kv(&rec, false, &ev->kv);
             if (with_prev && (rc = find_prev(kvc, &rec, ev)) != 0)
                 goto out;
         }

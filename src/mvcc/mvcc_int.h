@@ -148,6 +148,7 @@ int arena_grow(struct mvcc_arena *a, void *arrp, size_t *cap, size_t n, size_t s
 void cursors_close(MDB_cursor *a, MDB_cursor *b);
 mvcc_result_t *result_new(void);
 int result_add_event(mvcc_result_t *res, const struct mvcc_event *ev);
+void rec_to_kv(const struct rec *r, bool keys_only, struct mvcc_kv *kv);
 int kv_from_rec(struct mvcc_arena *a, const struct rec *r, bool keys_only, struct mvcc_kv *kv);
 
 /* A range read in progress (the public mvcc_range_it_t). */

@@ -51,17 +51,6 @@ static bool filtered_out(const struct mvcc_range_req *q, const struct rec *r) {
            (q->min_create_revision != 0 && r->create < q->min_create_revision);
 }
 
-static void rec_to_kv(const struct rec *r, bool keys_only, struct mvcc_kv *kv) {
-    kv->key = r->key;
-    kv->key_len = r->key_len;
-    kv->value = keys_only ? NULL : r->value;
-    kv->value_len = keys_only ? 0 : r->value_len;
-    kv->create_revision = r->create;
-    kv->mod_revision = r->main;
-    kv->version = r->version;
-    kv->lease = r->lease;
-}
-
 static int cmp_i64(int64_t a, int64_t b) {
     return a < b ? -1 : a > b;
 }

@@ -382,6 +382,18 @@ int result_add_event(mvcc_result_t *res, const struct mvcc_event *ev) {
     return 0;
 }
 
+/* A record as a kv pointing into LMDB's pages (no copy). */
+void rec_to_kv(const struct rec *r, bool keys_only, struct mvcc_kv *kv) {
+    kv->key = r->key;
+    kv->key_len = r->key_len;
+    kv->value = keys_only ? NULL : r->value;
+    kv->value_len = keys_only ? 0 : r->value_len;
+    kv->create_revision = r->create;
+    kv->mod_revision = r->main;
+    kv->version = r->version;
+    kv->lease = r->lease;
+}
+
 /* Copies a live record into the arena as a kv (the copy outlives the txn). */
 int kv_from_rec(struct mvcc_arena *a, const struct rec *r, bool keys_only, struct mvcc_kv *kv) {
     size_t vl = keys_only ? 0 : r->value_len;

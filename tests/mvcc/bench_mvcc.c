@@ -27,6 +27,17 @@ static double now_s(void) {
     return (double)util_now_mono_ns() / 1e9;
 }
 
+/* A snapshot and a range iterator on it. */
+static int open_range(mvcc_t *db, const struct mvcc_range_req *q, mvcc_read_t **rd,
+                      mvcc_range_it_t **it) {
+    int rc = mvcc_read_begin(db, rd);
+    if (rc != 0)
+        return rc;
+    if ((rc = mvcc_range_open(*rd, q, it)) != 0)
+        mvcc_read_end(*rd);
+    return rc;
+}
+
 /* A field of /proc/self/status in KiB ("VmRSS", "RssAnon", ...). */
 static long status_kib(const char *field) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -55,13 +66,9 @@ static int full_stream(mvcc_t *db) {
     struct mvcc_range_req q = {.key = (const uint8_t *)"", .key_len = 1};
     q.range_end = (const uint8_t *)"";
     q.range_end_len = 1;
-    int rc = mvcc_read_begin(db, &rd);
+    int rc = open_range(db, &q, &rd, &it);
     if (rc != 0)
         return rc;
-    if ((rc = mvcc_range_open(rd, &q, &it)) != 0) {
-        mvcc_read_end(rd);
-        return rc;
-    }
     struct mvcc_kv kv;
     long n = 0;
     while (mvcc_range_next(it, &kv) == 1)
@@ -83,6 +90,20 @@ static int open_db(const char *path, bool write_map, mvcc_t **db) {
     return rc;
 }
 
+/* Applies one put of a VALUE_LEN-byte value in a batch. */
+static int apply_put(mvcc_batch_t *b, const char *key, size_t kl, const uint8_t *value) {
+    struct mvcc_op op = {.type = MVCC_OP_PUT};
+    op.u.put.key = (const uint8_t *)key;
+    op.u.put.key_len = kl;
+    op.u.put.value = value;
+    op.u.put.value_len = VALUE_LEN;
+    mvcc_result_t *res;
+    int rc = mvcc_apply(b, &op, &res);
+    if (rc == 0)
+        mvcc_result_free(res);
+    return rc;
+}
+
 /* Writes n keys; scattered: key i is (i * a large odd number) mod n. */
 static int fill(mvcc_t *db, long n, bool scattered, double *secs) {
     uint8_t value[VALUE_LEN];
@@ -100,17 +121,10 @@ static int fill(mvcc_t *db, long n, bool scattered, double *secs) {
                          ? (long)(((unsigned long long)i * 2654435761ull) % (unsigned long long)n)
                          : i;
             int kl = snprintf(key, sizeof(key), "/registry/pods/%010ld", k);
-            struct mvcc_op op = {.type = MVCC_OP_PUT};
-            op.u.put.key = (const uint8_t *)key;
-            op.u.put.key_len = (size_t)kl;
-            op.u.put.value = value;
-            op.u.put.value_len = VALUE_LEN;
-            mvcc_result_t *res;
-            if ((rc = mvcc_apply(b, &op, &res)) != 0) {
+            if ((rc = apply_put(b, key, (size_t)kl, value)) != 0) {
                 mvcc_batch_abort(b);
                 return rc;
             }
-            mvcc_result_free(res);
         }
         mvcc_batch_set_applied(b, (uint64_t)i, 1);
         if ((rc = mvcc_batch_commit(b)) != 0)
@@ -141,13 +155,9 @@ static int range_latency(mvcc_t *db, long n) {
         double t0 = now_s();
         mvcc_read_t *rd;
         mvcc_range_it_t *it;
-        int rc = mvcc_read_begin(db, &rd);
+        int rc = open_range(db, &q, &rd, &it);
         if (rc != 0)
             return rc;
-        if ((rc = mvcc_range_open(rd, &q, &it)) != 0) {
-            mvcc_read_end(rd);
-            return rc;
-        }
         struct mvcc_kv kv;
         size_t got = 0, bytes = 0;
         while (mvcc_range_next(it, &kv) == 1) {
@@ -191,14 +201,7 @@ static void *write_loop(void *arg) {
         for (int j = 0; j < 10; j++) {
             char key[32];
             int kl = snprintf(key, sizeof(key), "/registry/events/%010ld", w->puts++);
-            struct mvcc_op op = {.type = MVCC_OP_PUT};
-            op.u.put.key = (const uint8_t *)key;
-            op.u.put.key_len = (size_t)kl;
-            op.u.put.value = value;
-            op.u.put.value_len = VALUE_LEN;
-            mvcc_result_t *res;
-            if (mvcc_apply(b, &op, &res) == 0)
-                mvcc_result_free(res);
+            apply_put(b, key, (size_t)kl, value);
         }
         mvcc_batch_commit(b);
         double d = now_s() - t0;

@@ -80,12 +80,38 @@ int t_apply(mvcc_t *db, const struct mvcc_op *op, mvcc_result_t **out) {
     return rc;
 }
 
-int64_t t_put_lease(mvcc_t *db, const char *key, const char *value, int64_t lease) {
+struct mvcc_op t_op_put(const char *k, const char *v) {
     struct mvcc_op op = {.type = MVCC_OP_PUT};
-    op.u.put.key = (const uint8_t *)key;
-    op.u.put.key_len = strlen(key);
-    op.u.put.value = (const uint8_t *)value;
-    op.u.put.value_len = strlen(value);
+    op.u.put.key = (const uint8_t *)k;
+    op.u.put.key_len = strlen(k);
+    op.u.put.value = (const uint8_t *)v;
+    op.u.put.value_len = strlen(v);
+    return op;
+}
+
+struct mvcc_op t_op_range(const char *k, const char *end) {
+    struct mvcc_op op = {.type = MVCC_OP_RANGE};
+    op.u.range = t_rreq(k, end);
+    return op;
+}
+
+struct mvcc_op t_op_del(const char *k) {
+    struct mvcc_op op = {.type = MVCC_OP_DELETE};
+    op.u.del.key = (const uint8_t *)k;
+    op.u.del.key_len = strlen(k);
+    return op;
+}
+
+void t_batch_put(mvcc_batch_t *b, const char *key, const char *value, int64_t lease) {
+    struct mvcc_op op = t_op_put(key, value);
+    op.u.put.lease = lease;
+    mvcc_result_t *res;
+    assert_int_equal(mvcc_apply(b, &op, &res), 0);
+    mvcc_result_free(res);
+}
+
+int64_t t_put_lease(mvcc_t *db, const char *key, const char *value, int64_t lease) {
+    struct mvcc_op op = t_op_put(key, value);
     op.u.put.lease = lease;
     mvcc_result_t *res;
     assert_int_equal(t_apply(db, &op, &res), 0);

@@ -29,6 +29,12 @@ mvcc_t *tdb_db(void **state);
 /* Applies one request in its own batch; returns the mvcc code, *out the
  * result (caller frees) when out is not NULL. */
 int t_apply(mvcc_t *db, const struct mvcc_op *op, mvcc_result_t **out);
+/* Requests of NUL-terminated strings (end NULL: the single key). */
+struct mvcc_op t_op_put(const char *k, const char *v);
+struct mvcc_op t_op_range(const char *k, const char *end);
+struct mvcc_op t_op_del(const char *k);
+/* Applies a put in a batch (asserts success). */
+void t_batch_put(mvcc_batch_t *b, const char *key, const char *value, int64_t lease);
 /* Put of NUL-terminated strings; returns the header revision (asserts ok). */
 int64_t t_put(mvcc_t *db, const char *key, const char *value);
 int64_t t_put_lease(mvcc_t *db, const char *key, const char *value, int64_t lease);

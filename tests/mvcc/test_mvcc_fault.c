@@ -50,12 +50,9 @@ void *__wrap_realloc(void *p, size_t n) {
     return fail_now() ? NULL : __real_realloc(p, n);
 }
 
+/* A put asking for its previous kv. */
 static struct mvcc_op put_op(const char *k, const char *v) {
-    struct mvcc_op op = {.type = MVCC_OP_PUT};
-    op.u.put.key = (const uint8_t *)k;
-    op.u.put.key_len = strlen(k);
-    op.u.put.value = (const uint8_t *)v;
-    op.u.put.value_len = strlen(v);
+    struct mvcc_op op = t_op_put(k, v);
     op.u.put.prev_kv = true;
     return op;
 }

@@ -403,28 +403,6 @@ static struct mvcc_compare cmp_num(const char *key, enum mvcc_cmp_target t, enum
     return c;
 }
 
-static struct mvcc_op op_put(const char *k, const char *v) {
-    struct mvcc_op op = {.type = MVCC_OP_PUT};
-    op.u.put.key = (const uint8_t *)k;
-    op.u.put.key_len = strlen(k);
-    op.u.put.value = (const uint8_t *)v;
-    op.u.put.value_len = strlen(v);
-    return op;
-}
-
-static struct mvcc_op op_range(const char *k, const char *end) {
-    struct mvcc_op op = {.type = MVCC_OP_RANGE};
-    op.u.range = t_rreq(k, end);
-    return op;
-}
-
-static struct mvcc_op op_del(const char *k) {
-    struct mvcc_op op = {.type = MVCC_OP_DELETE};
-    op.u.del.key = (const uint8_t *)k;
-    op.u.del.key_len = strlen(k);
-    return op;
-}
-
 /* Runs a txn with one compare; returns succeeded. */
 static bool txn_cmp(mvcc_t *db, struct mvcc_compare c) {
     struct mvcc_txn_req t = {.compares = &c, .n_compares = 1};
@@ -489,9 +467,9 @@ static void txn_branches_share_one_revision(void **state) {
     mvcc_t *db = tdb_db(state);
     t_put(db, "x", "0"); /* 2 */
     struct mvcc_compare c = cmp_num("x", MVCC_CMP_VERSION, MVCC_CMP_EQUAL, 1);
-    struct mvcc_op succ[] = {op_put("x", "1"), op_put("y", "1"), op_range("x", "z"), op_del("x"),
-                             op_range("x", "z")};
-    struct mvcc_op fail[] = {op_range("x", NULL)};
+    struct mvcc_op succ[] = {t_op_put("x", "1"), t_op_put("y", "1"), t_op_range("x", "z"),
+                             t_op_del("x"), t_op_range("x", "z")};
+    struct mvcc_op fail[] = {t_op_range("x", NULL)};
     struct mvcc_txn_req t = {.compares = &c,
                              .n_compares = 1,
                              .success = succ,
@@ -530,15 +508,15 @@ static void txn_nested_compares_see_state_before(void **state) {
     /* outer: put n; inner txn compares version(n)==1: true on the state
      * before the outer txn, although the outer put came first. */
     struct mvcc_compare ic = cmp_num("n", MVCC_CMP_VERSION, MVCC_CMP_EQUAL, 1);
-    struct mvcc_op isucc[] = {op_put("inner", "yes")};
-    struct mvcc_op ifail[] = {op_put("inner", "no")};
+    struct mvcc_op isucc[] = {t_op_put("inner", "yes")};
+    struct mvcc_op ifail[] = {t_op_put("inner", "no")};
     struct mvcc_txn_req inner = {.compares = &ic,
                                  .n_compares = 1,
                                  .success = isucc,
                                  .n_success = 1,
                                  .failure = ifail,
                                  .n_failure = 1};
-    struct mvcc_op osucc[] = {op_put("n", "1"), {.type = MVCC_OP_TXN, .u.txn = &inner}};
+    struct mvcc_op osucc[] = {t_op_put("n", "1"), {.type = MVCC_OP_TXN, .u.txn = &inner}};
     struct mvcc_txn_req outer = {.success = osucc, .n_success = 2};
     struct mvcc_op op = {.type = MVCC_OP_TXN, .u.txn = &outer};
     mvcc_result_t *res;
@@ -558,19 +536,19 @@ static void txn_errors_change_nothing(void **state) {
     mvcc_t *db = tdb_db(state);
     t_put(db, "k", "v"); /* 2 */
     /* A range at a future revision fails the whole txn before any write. */
-    struct mvcc_op succ[] = {op_put("a", "1"), op_range("k", NULL)};
+    struct mvcc_op succ[] = {t_op_put("a", "1"), t_op_range("k", NULL)};
     succ[1].u.range.revision = 99;
     struct mvcc_txn_req t = {.success = succ, .n_success = 2};
     struct mvcc_op op = {.type = MVCC_OP_TXN, .u.txn = &t};
     assert_int_equal(t_apply(db, &op, NULL), MVCC_EFUTURE);
     /* ignore_value on a key missing before the txn. */
-    struct mvcc_op s2[] = {op_put("a", "1"), op_put("missing", "")};
+    struct mvcc_op s2[] = {t_op_put("a", "1"), t_op_put("missing", "")};
     s2[1].u.put.ignore_value = true;
     t.success = s2;
     assert_int_equal(t_apply(db, &op, NULL), MVCC_EKEYNOTFOUND);
     /* ignore_value on a key the same txn deleted (etcd would panic): the txn
      * is undone whole. */
-    struct mvcc_op s3[] = {op_put("a", "1"), op_del("k"), op_put("k", "")};
+    struct mvcc_op s3[] = {t_op_put("a", "1"), t_op_del("k"), t_op_put("k", "")};
     s3[2].u.put.ignore_value = true;
     t.success = s3;
     t.n_success = 3;
@@ -581,7 +559,7 @@ static void txn_errors_change_nothing(void **state) {
     struct mvcc_range_req r = t_rreq("a", "z");
     range_keys(db, &r, "k ");
     /* A risky txn that works commits normally. */
-    struct mvcc_op s4[] = {op_put("b", "1"), op_put("k", "")};
+    struct mvcc_op s4[] = {t_op_put("b", "1"), t_op_put("k", "")};
     s4[1].u.put.ignore_value = true;
     t.success = s4;
     t.n_success = 2;
@@ -594,32 +572,32 @@ static void txn_errors_change_nothing(void **state) {
 
 static void duplicate_key_check(void **state) {
     (void)state;
-    struct mvcc_op two_puts[] = {op_put("a", "1"), op_put("a", "2")};
+    struct mvcc_op two_puts[] = {t_op_put("a", "1"), t_op_put("a", "2")};
     struct mvcc_txn_req t = {.success = two_puts, .n_success = 2};
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
     assert_string_equal(mvcc_strerror(MVCC_EDUPKEY),
                         "etcdserver: duplicate key given in txn request");
-    struct mvcc_op put_del[] = {op_del("a"), op_put("a", "2")};
+    struct mvcc_op put_del[] = {t_op_del("a"), t_op_put("a", "2")};
     t.success = put_del;
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
-    struct mvcc_op range_del[] = {op_del("a"), op_put("b", "2")};
+    struct mvcc_op range_del[] = {t_op_del("a"), t_op_put("b", "2")};
     range_del[0].u.del.range_end = (const uint8_t *)"c";
     range_del[0].u.del.range_end_len = 1;
     t.success = range_del;
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
-    range_del[1] = op_put("c", "2");
+    range_del[1] = t_op_put("c", "2");
     assert_int_equal(mvcc_txn_check_duplicates(&t), 0);
     /* etcd 3.4 lets "\0" deletes through. */
     range_del[0].u.del.range_end = (const uint8_t *)"";
-    range_del[1] = op_put("b", "2");
+    range_del[1] = t_op_put("b", "2");
     assert_int_equal(mvcc_txn_check_duplicates(&t), 0);
     /* Nested: the same key in then and else is fine, in parent and child not. */
-    struct mvcc_op th[] = {op_put("x", "1")}, el[] = {op_put("x", "2")};
+    struct mvcc_op th[] = {t_op_put("x", "1")}, el[] = {t_op_put("x", "2")};
     struct mvcc_txn_req inner = {.success = th, .n_success = 1, .failure = el, .n_failure = 1};
-    struct mvcc_op outer_ops[] = {{.type = MVCC_OP_TXN, .u.txn = &inner}, op_put("y", "1")};
+    struct mvcc_op outer_ops[] = {{.type = MVCC_OP_TXN, .u.txn = &inner}, t_op_put("y", "1")};
     t.success = outer_ops;
     assert_int_equal(mvcc_txn_check_duplicates(&t), 0);
-    outer_ops[1] = op_put("x", "3");
+    outer_ops[1] = t_op_put("x", "3");
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
     /* Failure branch checked too. */
     t.success = NULL;
@@ -638,7 +616,7 @@ static void batch_persists_applied_index_and_is_atomic(void **state) {
     for (int i = 0; i < 50; i++) {
         char k[16];
         snprintf(k, sizeof(k), "key%02d", i);
-        struct mvcc_op op = op_put(k, "v");
+        struct mvcc_op op = t_op_put(k, "v");
         mvcc_result_t *res;
         assert_int_equal(mvcc_apply(b, &op, &res), 0);
         assert_int_equal(res->resp.revision, 2 + i);
@@ -654,7 +632,7 @@ static void batch_persists_applied_index_and_is_atomic(void **state) {
     assert_int_equal(mvcc_batch_commit(b), 0);
     /* An aborted batch leaves nothing. */
     assert_int_equal(mvcc_batch_begin(t->db, &b), 0);
-    struct mvcc_op op = op_put("gone", "v");
+    struct mvcc_op op = t_op_put("gone", "v");
     mvcc_result_t *res;
     assert_int_equal(mvcc_apply(b, &op, &res), 0);
     mvcc_result_free(res);
@@ -680,7 +658,7 @@ static void streaming_iterator(void **state) {
     for (int i = 0; i < 2000; i++) {
         char k[16];
         snprintf(k, sizeof(k), "s%05d", i);
-        struct mvcc_op op = op_put(k, k);
+        struct mvcc_op op = t_op_put(k, k);
         mvcc_result_t *res;
         assert_int_equal(mvcc_apply(b, &op, &res), 0);
         mvcc_result_free(res);

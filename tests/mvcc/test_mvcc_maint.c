@@ -79,12 +79,7 @@ static void compaction_resumes_after_reopen(void **state) {
     for (int i = 0; i < 300; i++) {
         char k[16];
         snprintf(k, sizeof(k), "k%d", i % 30);
-        struct mvcc_op op = {.type = MVCC_OP_PUT};
-        op.u.put.key = (const uint8_t *)k;
-        op.u.put.key_len = strlen(k);
-        mvcc_result_t *res;
-        assert_int_equal(mvcc_apply(b, &op, &res), 0);
-        mvcc_result_free(res);
+        t_batch_put(b, k, "", 0);
     }
     assert_int_equal(mvcc_compact(b, 301), 0);
     assert_int_equal(mvcc_batch_commit(b), 0);
@@ -308,11 +303,7 @@ static void *write_loop(void *arg) {
         mvcc_batch_t *b;
         if (mvcc_batch_begin(w->db, &b) != 0)
             break;
-        struct mvcc_op op = {.type = MVCC_OP_PUT};
-        op.u.put.key = (const uint8_t *)k;
-        op.u.put.key_len = strlen(k);
-        op.u.put.value = (const uint8_t *)k;
-        op.u.put.value_len = strlen(k);
+        struct mvcc_op op = t_op_put(k, k);
         op.u.put.lease = w->n % 3;
         mvcc_result_t *res;
         if (mvcc_apply(b, &op, &res) != 0) {
@@ -341,14 +332,7 @@ static void defrag_runs_beside_readers_and_writers(void **state) {
         for (int i = 0; i < 1000; i++) {
             char k[16];
             snprintf(k, sizeof(k), "old%05d", i);
-            struct mvcc_op op = {.type = MVCC_OP_PUT};
-            op.u.put.key = (const uint8_t *)k;
-            op.u.put.key_len = strlen(k);
-            op.u.put.value = (const uint8_t *)val;
-            op.u.put.value_len = sizeof(val) - 1;
-            mvcc_result_t *res;
-            assert_int_equal(mvcc_apply(b, &op, &res), 0);
-            mvcc_result_free(res);
+            t_batch_put(b, k, val, 0);
         }
         assert_int_equal(mvcc_batch_commit(b), 0);
     }
@@ -547,12 +531,7 @@ static void readers_see_consistent_snapshots(void **state) {
         for (int j = 0; j < 5; j++) {
             char k[16];
             snprintf(k, sizeof(k), "c%05d", i * 5 + j);
-            struct mvcc_op op = {.type = MVCC_OP_PUT};
-            op.u.put.key = (const uint8_t *)k;
-            op.u.put.key_len = strlen(k);
-            mvcc_result_t *res;
-            assert_int_equal(mvcc_apply(b, &op, &res), 0);
-            mvcc_result_free(res);
+            t_batch_put(b, k, "", 0);
         }
         assert_int_equal(mvcc_batch_commit(b), 0);
     }
