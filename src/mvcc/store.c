@@ -8,6 +8,8 @@
  * snapshots on the old one finish. */
 #include <assert.h>
 #include <errno.h>
+#include <glob.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -129,6 +131,20 @@ err:
     return lmdb_err(rc);
 }
 
+/* Removes the files of a defragmentation a crash interrupted (`path`.defragN
+ * and its lock file): only this process uses the store. */
+static void remove_defrag_leftovers(const char *path) {
+    char pattern[4200];
+    if ((size_t)snprintf(pattern, sizeof(pattern), "%s.defrag*", path) >= sizeof(pattern))
+        return;
+    glob_t g;
+    if (glob(pattern, GLOB_NOSORT, NULL, &g) != 0)
+        return;
+    for (size_t i = 0; i < g.gl_pathc; i++)
+        unlink(g.gl_pathv[i]);
+    globfree(&g);
+}
+
 int mvcc_open(const char *path, const struct mvcc_options *opt, log_t *lg, mvcc_t **out,
               struct util_err *err) {
     *out = NULL;
@@ -153,6 +169,7 @@ int mvcc_open(const char *path, const struct mvcc_options *opt, log_t *lg, mvcc_
     if ((db->path = strdup(path)) == NULL || (db->cur = calloc(1, sizeof(*db->cur))) == NULL)
         goto err;
     db->cur->refs = 1;
+    remove_defrag_leftovers(path);
     if ((rc = env_open(db, path, &db->cur->env)) != 0)
         goto err;
     if ((rc = dbis_open(db, db->cur->env)) != 0)
