@@ -364,7 +364,9 @@ void mvcc_read_end(mvcc_read_t *rd);
 /* Starts a range read on a snapshot. Keys come out one at a time straight from
  * LMDB's memory map, so a range of millions of keys costs no copy and bounded
  * memory. Sorting by anything but ascending key holds one 64-byte entry per
- * matching key, or per returned key when there is a limit. Returns 0, MVCC_EFUTURE,
+ * matching key, or per returned key when there is a limit. The same request
+ * opened twice on one snapshot gives the same keys: a caller can size a
+ * message in a first pass and write it in a second, without a copy. Returns 0, MVCC_EFUTURE,
  * MVCC_ECOMPACTED, -EINVAL or -ENOMEM. Same thread as the snapshot. */
 int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_range_it_t **out);
 
