@@ -90,7 +90,8 @@ struct mvcc_options {
  * time and memory do not depend on the database size. One process at a time.
  * Returns 0, -ENOMEM, -EIO, MVCC_ECORRUPT or an LMDB-derived errno, with err
  * filled. Call from one thread, before any other call on the handle. If a
- * compaction was interrupted, mvcc_compact_pending() says so after open. */
+ * compaction was interrupted, mvcc_compact_pending() says so after open; the
+ * files of an interrupted defragmentation are removed. */
 int mvcc_open(const char *path, const struct mvcc_options *opt, log_t *lg, mvcc_t **out,
               struct util_err *err);
 
