@@ -173,7 +173,9 @@ struct mvcc_put_req {
     bool ignore_lease;
 };
 
-/* etcd's DeleteRangeRequest; range_end as in mvcc_range_req. */
+/* etcd's DeleteRangeRequest; range_end as in mvcc_range_req. The result holds
+ * a copy of every deleted kv (the events' prev_kv), so its memory grows with
+ * the range, as etcd's does. */
 struct mvcc_delete_req {
     const uint8_t *key;
     size_t key_len;
