@@ -460,7 +460,8 @@ void mvcc_set_capped(mvcc_t *db, bool capped);
 int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err);
 
 /* Replaces the store by `file`, written by mvcc_snapshot_to_fd (on this or
- * another member): the file is renamed over the store's path. Snapshots
+ * another member): the file is renamed over the store's path, so it must be
+ * on the same file system (next to it in the data directory). Snapshots
  * opened before keep reading the old content until they end. Takes the writer
  * (so not while this thread holds a batch); -EBUSY during a defragmentation.
  * Returns 0 or an error, the store unchanged. */
