@@ -8,7 +8,7 @@
 
 #include "mvcc/mvcc_int.h"
 
-int range_check_rev(const struct view *v, int64_t want, int64_t *rev) {
+int mv_range_check_rev(const struct view *v, int64_t want, int64_t *rev) {
     if (want > v->rev)
         return MVCC_EFUTURE;
     *rev = want <= 0 ? v->rev : want;
@@ -23,14 +23,14 @@ static enum mvcc_sort_order effective_order(const struct mvcc_range_req *req) {
     return req->sort_order;
 }
 
-int range_it_init(struct mvcc_range_it *it, const struct view *v,
-                  const struct mvcc_range_req *req) {
+int mv_range_it_init(struct mvcc_range_it *it, const struct view *v,
+                     const struct mvcc_range_req *req) {
     memset(it, 0, sizeof(*it));
     if (req->key_len == 0 || (unsigned)req->sort_order > MVCC_SORT_DESCEND ||
         (unsigned)req->sort_target > MVCC_SORT_VALUE)
         return -EINVAL;
     int64_t rev;
-    int rc = range_check_rev(v, req->revision, &rev);
+    int rc = mv_range_check_rev(v, req->revision, &rev);
     if (rc != 0)
         return rc;
     it->req = *req;
@@ -40,8 +40,8 @@ int range_it_init(struct mvcc_range_it *it, const struct view *v,
                  !(req->sort_target == MVCC_SORT_KEY && o == MVCC_SORT_ASCEND);
     it->descend = o == MVCC_SORT_DESCEND;
     struct bounds b;
-    bounds_init(&b, req->key, req->key_len, req->range_end, req->range_end_len);
-    return kscan_open(&it->scan, v, &b, rev);
+    mv_bounds_init(&b, req->key, req->key_len, req->range_end, req->range_end_len);
+    return mv_kscan_open(&it->scan, v, &b, rev);
 }
 
 static bool filtered_out(const struct mvcc_range_req *q, const struct rec *r) {
@@ -125,15 +125,15 @@ static int collect_sorted(struct mvcc_range_it *it) {
     size_t keep = it->req.limit > 0 ? (size_t)it->req.limit : SIZE_MAX;
     struct rec r;
     int rc;
-    while ((rc = kscan_next(&it->scan, &r)) == 1) {
+    while ((rc = mv_kscan_next(&it->scan, &r)) == 1) {
         it->count++;
         if (filtered_out(&it->req, &r))
             continue;
         it->matched++;
         struct mvcc_kv kv;
-        rec_to_kv(&r, false, &kv);
+        mv_rec_to_kv(&r, false, &kv);
         if (it->n < keep) {
-            if (vec_grow(&it->arr, &it->cap, it->n, sizeof(*it->arr)) != 0)
+            if (mv_vec_grow(&it->arr, &it->cap, it->n, sizeof(*it->arr)) != 0)
                 return -ENOMEM;
             it->arr[it->n++] = kv;
             if (keep != SIZE_MAX)
@@ -151,7 +151,7 @@ static int collect_sorted(struct mvcc_range_it *it) {
     return 0;
 }
 
-int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
+int mv_range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
     int64_t limit = it->req.limit;
     if (it->sorted) {
         if (!it->collected) {
@@ -175,14 +175,14 @@ int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
         return 0;
     struct rec r;
     int rc;
-    while ((rc = kscan_next(&it->scan, &r)) == 1) {
+    while ((rc = mv_kscan_next(&it->scan, &r)) == 1) {
         it->count++;
         if (it->req.count_only || filtered_out(&it->req, &r))
             continue;
         it->matched++;
         if (limit <= 0 || it->yielded < limit) {
             it->yielded++;
-            rec_to_kv(&r, it->req.keys_only, kv);
+            mv_rec_to_kv(&r, it->req.keys_only, kv);
             return 1;
         }
     }
@@ -192,7 +192,7 @@ int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
     return 0;
 }
 
-void range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more, int64_t *rev) {
+void mv_range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more, int64_t *rev) {
     assert(it->done);
     if (count != NULL)
         *count = it->count;
@@ -202,25 +202,25 @@ void range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more
         *rev = it->header_rev;
 }
 
-void range_it_fini(struct mvcc_range_it *it) {
-    kscan_close(&it->scan);
+void mv_range_it_fini(struct mvcc_range_it *it) {
+    mv_kscan_close(&it->scan);
     free(it->arr);
     it->arr = NULL;
 }
 
-int range_materialize(const struct view *v, const struct mvcc_range_req *req, struct mvcc_arena *a,
-                      struct mvcc_op_resp *resp) {
+int mv_range_materialize(const struct view *v, const struct mvcc_range_req *req,
+                         struct mvcc_arena *a, struct mvcc_op_resp *resp) {
     struct mvcc_range_it it;
-    int rc = range_it_init(&it, v, req);
+    int rc = mv_range_it_init(&it, v, req);
     if (rc != 0) {
-        range_it_fini(&it);
+        mv_range_it_fini(&it);
         return rc;
     }
     struct mvcc_range_resp *rr = &resp->u.range;
     size_t cap = 0;
     struct mvcc_kv kv;
-    while ((rc = range_it_next(&it, &kv)) == 1) {
-        if ((rc = arena_grow(a, &rr->kvs, &cap, rr->n_kvs, sizeof(*rr->kvs))) != 0)
+    while ((rc = mv_range_it_next(&it, &kv)) == 1) {
+        if ((rc = mv_arena_grow(a, &rr->kvs, &cap, rr->n_kvs, sizeof(*rr->kvs))) != 0)
             break;
         struct rec r = {.key = kv.key,
                         .key_len = kv.key_len,
@@ -230,15 +230,15 @@ int range_materialize(const struct view *v, const struct mvcc_range_req *req, st
                         .create = kv.create_revision,
                         .version = kv.version,
                         .lease = kv.lease};
-        if ((rc = kv_from_rec(a, &r, false, &rr->kvs[rr->n_kvs])) != 0)
+        if ((rc = mv_kv_from_rec(a, &r, false, &rr->kvs[rr->n_kvs])) != 0)
             break;
         rr->n_kvs++;
     }
     if (rc == 0) {
         resp->type = MVCC_OP_RANGE;
-        range_it_summary(&it, &rr->count, &rr->more, &resp->revision);
+        mv_range_it_summary(&it, &rr->count, &rr->more, &resp->revision);
     }
-    range_it_fini(&it);
+    mv_range_it_fini(&it);
     return rc;
 }
 
@@ -250,9 +250,9 @@ int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_rang
     if (it == NULL)
         return -ENOMEM;
     struct view v = {.db = rd->db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
-    int rc = range_it_init(it, &v, req);
+    int rc = mv_range_it_init(it, &v, req);
     if (rc != 0) {
-        range_it_fini(it);
+        mv_range_it_fini(it);
         free(it);
         return rc;
     }
@@ -261,27 +261,27 @@ int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_rang
 }
 
 int mvcc_range_next(mvcc_range_it_t *it, struct mvcc_kv *kv) {
-    return range_it_next(it, kv);
+    return mv_range_it_next(it, kv);
 }
 
 void mvcc_range_summary(const mvcc_range_it_t *it, int64_t *count, bool *more, int64_t *revision) {
-    range_it_summary(it, count, more, revision);
+    mv_range_it_summary(it, count, more, revision);
 }
 
 void mvcc_range_close(mvcc_range_it_t *it) {
     if (it == NULL)
         return;
-    range_it_fini(it);
+    mv_range_it_fini(it);
     free(it);
 }
 
 int mvcc_range(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_result_t **out) {
     *out = NULL;
-    mvcc_result_t *res = result_new();
+    mvcc_result_t *res = mv_result_new();
     if (res == NULL)
         return -ENOMEM;
     struct view v = {.db = rd->db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
-    int rc = range_materialize(&v, req, res->arena, &res->resp);
+    int rc = mv_range_materialize(&v, req, res->arena, &res->resp);
     if (rc != 0) {
         mvcc_result_free(res);
         return rc;
