@@ -40,12 +40,12 @@ static int put_lease_index(struct actx *c, int64_t lease, const uint8_t *key, si
                            bool add) {
     uint8_t buf[SEEK_MAX];
     assert(len + 8 <= sizeof(buf));
-    enc_u64(buf, (uint64_t)lease);
+    mv_enc_u64(buf, (uint64_t)lease);
     memcpy(buf + 8, key, len);
     MDB_val k = {.mv_size = len + 8, .mv_data = buf}, d = {.mv_size = 0, .mv_data = buf};
     int rc = add ? mdb_put(c->txn, c->b->db->lease, &k, &d, 0)
                  : mdb_del(c->txn, c->b->db->lease, &k, NULL);
-    return rc == MDB_NOTFOUND ? 0 : lmdb_err(rc);
+    return rc == MDB_NOTFOUND ? 0 : mv_lmdb_err(rc);
 }
 
 /* Writes the kv and log records of one change at (begin_rev+1, changes). */
@@ -54,18 +54,18 @@ static int write_change(struct actx *c, const uint8_t *key, size_t len, const st
     int64_t main = c->begin_rev + 1, sub = c->changes;
     uint8_t kbuf[SEEK_MAX];
     memcpy(kbuf, key, len);
-    enc_rev(kbuf + len, main, sub);
+    mv_enc_rev(kbuf + len, main, sub);
     MDB_val k = {.mv_size = len + REV_LEN, .mv_data = kbuf};
     MDB_val d = {.mv_size = r->tomb ? 1 : REC_HDR + r->value_len, .mv_data = NULL};
     int rc = mdb_put(c->txn, db->kv, &k, &d, MDB_RESERVE);
     if (rc != 0)
-        return lmdb_err(rc);
+        return mv_lmdb_err(rc);
     uint8_t *p = d.mv_data;
     p[0] = r->tomb ? REC_TOMB : 0;
     if (!r->tomb) {
-        enc_u64(p + 1, (uint64_t)r->create);
-        enc_u64(p + 9, (uint64_t)r->version);
-        enc_u64(p + 17, (uint64_t)r->lease);
+        mv_enc_u64(p + 1, (uint64_t)r->create);
+        mv_enc_u64(p + 9, (uint64_t)r->version);
+        mv_enc_u64(p + 17, (uint64_t)r->lease);
         if (r->value_len > 0)
             memcpy(p + REC_HDR, r->value, r->value_len);
     }
@@ -75,7 +75,7 @@ static int write_change(struct actx *c, const uint8_t *key, size_t len, const st
     if (rc == MDB_KEYEXIST)
         return MVCC_ECORRUPT;
     if (rc != 0)
-        return lmdb_err(rc);
+        return mv_lmdb_err(rc);
     p = ld.mv_data;
     p[0] = r->tomb ? REC_TOMB : 0;
     memcpy(p + 1, key, len);
@@ -89,9 +89,9 @@ static int do_put(struct actx *c, const struct mvcc_put_req *q, struct mvcc_op_r
     MDB_cursor *cur = NULL;
     int rc = mdb_cursor_open(c->txn, db->kv, &cur);
     if (rc != 0)
-        return lmdb_err(rc);
+        return mv_lmdb_err(rc);
     struct rec old;
-    rc = latest_rec(cur, q->key, q->key_len, &old);
+    rc = mv_latest_rec(cur, q->key, q->key_len, &old);
     mdb_cursor_close(cur);
     if (rc < 0)
         return rc;
@@ -99,7 +99,7 @@ static int do_put(struct actx *c, const struct mvcc_put_req *q, struct mvcc_op_r
     if ((q->ignore_value || q->ignore_lease) && !exists)
         return MVCC_EKEYNOTFOUND;
     struct mvcc_event ev = {.type = MVCC_EVENT_PUT, .has_prev = exists};
-    if (exists && (rc = kv_from_rec(a, &old, false, &ev.prev_kv)) != 0)
+    if (exists && (rc = mv_kv_from_rec(a, &old, false, &ev.prev_kv)) != 0)
         return rc;
     int64_t main = c->begin_rev + 1;
     struct rec nr = {.tomb = false,
@@ -120,9 +120,9 @@ static int do_put(struct actx *c, const struct mvcc_put_req *q, struct mvcc_op_r
         if (nr.lease != 0 && (rc = put_lease_index(c, nr.lease, q->key, q->key_len, true)))
             return rc;
     }
-    if ((rc = kv_from_rec(a, &nr, false, &ev.kv)) != 0)
+    if ((rc = mv_kv_from_rec(a, &nr, false, &ev.kv)) != 0)
         return rc;
-    if ((rc = result_add_event(c->res, &ev)) != 0)
+    if ((rc = mv_result_add_event(c->res, &ev)) != 0)
         return rc;
     resp->type = MVCC_OP_PUT;
     resp->revision = main;
@@ -136,33 +136,22 @@ static int do_delete(struct actx *c, const struct mvcc_delete_req *q, struct mvc
     struct mvcc_arena *a = c->res->arena;
     struct view v = cur_view(c);
     struct bounds b;
-    bounds_init(&b, q->key, q->key_len, q->range_end, q->range_end_len);
+    mv_bounds_init(&b, q->key, q->key_len, q->range_end, q->range_end_len);
     struct kscan s;
-    int rc = kscan_open(&s, &v, &b, v.rev);
+    int rc = mv_kscan_open(&s, &v, &b, v.rev);
     if (rc != 0)
         return rc;
     /* Copy the keys out first: writing moves LMDB pages under the scan. */
     struct mvcc_kv *dels = NULL;
     size_t n = 0, cap = 0;
     struct rec r;
-    while ((rc = kscan_next(&s, &r)) == 1) {
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            struct mvcc_kv *d = arena_alloc(a, ncap * sizeof(*d));
-            if (d == NULL) {
-                rc = -ENOMEM;
-                break;
-            }
-            if (n > 0)
-                memcpy(d, dels, n * sizeof(*d));
-            dels = d;
-            cap = ncap;
-        }
-        if ((rc = kv_from_rec(a, &r, false, &dels[n])) != 0)
+    while ((rc = mv_kscan_next(&s, &r)) == 1) {
+        if ((rc = mv_arena_grow(a, &dels, &cap, n, sizeof(*dels))) != 0 ||
+            (rc = mv_kv_from_rec(a, &r, false, &dels[n])) != 0)
             break;
         n++;
     }
-    kscan_close(&s);
+    mv_kscan_close(&s);
     if (rc < 0)
         return rc;
     for (size_t i = 0; i < n; i++) {
@@ -176,7 +165,7 @@ static int do_delete(struct actx *c, const struct mvcc_delete_req *q, struct mvc
         ev.kv.key = p->key;
         ev.kv.key_len = p->key_len;
         ev.kv.mod_revision = c->begin_rev + 1;
-        if ((rc = result_add_event(c->res, &ev)) != 0)
+        if ((rc = mv_result_add_event(c->res, &ev)) != 0)
             return rc;
     }
     resp->type = MVCC_OP_DELETE;
@@ -234,18 +223,18 @@ static bool compare_kv(const struct mvcc_compare *cmp, const struct rec *r) {
  * zero-valued kv, except that a VALUE compare on it fails. Returns 1/0/error. */
 static int eval_compare(const struct view *v, const struct mvcc_compare *cmp) {
     struct bounds b;
-    bounds_init(&b, cmp->key, cmp->key_len, cmp->range_end, cmp->range_end_len);
+    mv_bounds_init(&b, cmp->key, cmp->key_len, cmp->range_end, cmp->range_end_len);
     struct kscan s;
-    int rc = kscan_open(&s, v, &b, v->rev);
+    int rc = mv_kscan_open(&s, v, &b, v->rev);
     if (rc != 0)
         return rc;
     struct rec r;
     bool any = false, ok = true;
-    while (ok && (rc = kscan_next(&s, &r)) == 1) {
+    while (ok && (rc = mv_kscan_next(&s, &r)) == 1) {
         any = true;
         ok = compare_kv(cmp, &r);
     }
-    kscan_close(&s);
+    mv_kscan_close(&s);
     if (rc < 0)
         return rc;
     if (!any) {
@@ -265,16 +254,10 @@ struct path {
 };
 
 static int path_push(struct path *p, bool x) {
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 8;
-        bool *v = realloc(p->v, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        p->v = v;
-        p->cap = cap;
-    }
-    p->v[p->n++] = x;
-    return 0;
+    int rc = mv_vec_grow(&p->v, &p->cap, p->n, sizeof(*p->v));
+    if (rc == 0)
+        p->v[p->n++] = x;
+    return rc;
 }
 
 static void branch(const struct mvcc_txn_req *t, bool ok, const struct mvcc_op **ops, size_t *n) {
@@ -334,11 +317,48 @@ static int validate_op(const mvcc_t *db, const struct mvcc_op *op, int depth) {
     return -EINVAL;
 }
 
-/* etcd's checkRequests on the state before the txn: puts that keep the value
- * or lease need the key, range revisions must be readable. Sets *risky when a
- * put could still fail while applying (its key deleted earlier in the txn). */
+/* The puts and deletes met so far while checking a txn in execution order,
+ * to know whether a key exists when a put keeping its value runs. */
+struct effects {
+    const struct mvcc_op **v;
+    size_t n, cap;
+};
+
+/* Whether `key` exists after the effects so far: the last put or delete
+ * touching it decides, else the state before the txn. 1/0/error. */
+static int exists_now(const struct view *v, const struct effects *e, const uint8_t *key,
+                      size_t len) {
+    for (size_t i = e->n; i-- > 0;) {
+        const struct mvcc_op *op = e->v[i];
+        if (op->type == MVCC_OP_PUT) {
+            if (op->u.put.key_len == len && memcmp(op->u.put.key, key, len) == 0)
+                return 1;
+            continue;
+        }
+        struct bounds b;
+        mv_bounds_init(&b, op->u.del.key, op->u.del.key_len, op->u.del.range_end,
+                       op->u.del.range_end_len);
+        if (mv_bounds_contains(&b, key, len))
+            return 0;
+    }
+    MDB_cursor *cur;
+    struct rec r;
+    int rc = mdb_cursor_open(v->txn, v->db->kv, &cur);
+    if (rc != 0)
+        return mv_lmdb_err(rc);
+    rc = mv_latest_rec(cur, key, len, &r);
+    mdb_cursor_close(cur);
+    return rc < 0 ? rc : rc == 1 && !r.tomb;
+}
+
+/* etcd's checkRequests on the state before the txn, one kind per pass as
+ * etcd runs them (puts first): a put keeping the value or lease needs the
+ * key before the txn (etcd's rule), range revisions must be readable. The
+ * put pass also follows the txn's own puts and deletes: where etcd panics on
+ * a kept-value put whose key the txn itself deleted, the txn is refused with
+ * the same error before it writes anything. */
 static int check_path(const struct view *v, const struct mvcc_txn_req *t, struct path *p,
-                      bool *risky) {
+                      enum mvcc_op_type kind, struct effects *e) {
     const struct mvcc_op *ops;
     size_t n;
     branch(t, p->v[p->pos++], &ops, &n);
@@ -346,20 +366,21 @@ static int check_path(const struct view *v, const struct mvcc_txn_req *t, struct
         const struct mvcc_op *op = &ops[i];
         int rc = 0;
         if (op->type == MVCC_OP_TXN) {
-            rc = check_path(v, op->u.txn, p, risky);
-        } else if (op->type == MVCC_OP_RANGE) {
+            rc = check_path(v, op->u.txn, p, kind, e);
+        } else if (kind == MVCC_OP_RANGE) {
             int64_t rev;
-            rc = range_check_rev(v, op->u.range.revision, &rev);
-        } else if (op->type == MVCC_OP_PUT && (op->u.put.ignore_value || op->u.put.ignore_lease)) {
-            MDB_cursor *cur;
-            struct rec r;
-            if ((rc = mdb_cursor_open(v->txn, v->db->kv, &cur)) != 0)
-                return lmdb_err(rc);
-            rc = latest_rec(cur, op->u.put.key, op->u.put.key_len, &r);
-            mdb_cursor_close(cur);
-            if (rc >= 0)
-                rc = rc == 1 && !r.tomb ? 0 : MVCC_EKEYNOTFOUND;
-            *risky = true;
+            if (op->type == MVCC_OP_RANGE)
+                rc = mv_range_check_rev(v, op->u.range.revision, &rev);
+        } else if (op->type != MVCC_OP_RANGE) {
+            if (op->type == MVCC_OP_PUT && (op->u.put.ignore_value || op->u.put.ignore_lease)) {
+                struct effects before = {0};
+                rc = exists_now(v, &before, op->u.put.key, op->u.put.key_len);
+                if (rc == 1)
+                    rc = exists_now(v, e, op->u.put.key, op->u.put.key_len);
+                rc = rc == 1 ? 0 : rc == 0 ? MVCC_EKEYNOTFOUND : rc;
+            }
+            if (rc == 0 && (rc = mv_vec_grow(&e->v, &e->cap, e->n, sizeof(*e->v))) == 0)
+                e->v[e->n++] = op;
         }
         if (rc != 0)
             return rc;
@@ -379,7 +400,8 @@ static int exec_txn(struct actx *c, const struct mvcc_txn_req *t, struct path *p
     resp->type = MVCC_OP_TXN;
     resp->u.txn.succeeded = ok;
     resp->u.txn.n_responses = n;
-    resp->u.txn.responses = arena_alloc(c->res->arena, (n ? n : 1) * sizeof(struct mvcc_op_resp));
+    resp->u.txn.responses =
+        mv_arena_alloc(c->res->arena, (n ? n : 1) * sizeof(struct mvcc_op_resp));
     if (resp->u.txn.responses == NULL)
         return -ENOMEM;
     memset(resp->u.txn.responses, 0, (n ? n : 1) * sizeof(struct mvcc_op_resp));
@@ -400,7 +422,7 @@ static int exec_op(struct actx *c, const struct mvcc_op *op, struct path *p,
         return do_delete(c, &op->u.del, resp);
     case MVCC_OP_RANGE: {
         struct view v = cur_view(c);
-        return range_materialize(&v, &op->u.range, c->res->arena, resp);
+        return mv_range_materialize(&v, &op->u.range, c->res->arena, resp);
     }
     case MVCC_OP_TXN:
         /* Nested txn responses carry no header revision in etcd. */
@@ -409,56 +431,22 @@ static int exec_op(struct actx *c, const struct mvcc_op *op, struct path *p,
     return -EINVAL;
 }
 
-static bool has_writes(const struct mvcc_txn_req *t) {
-    for (int br = 0; br < 2; br++) {
-        const struct mvcc_op *ops;
-        size_t n;
-        branch(t, br == 0, &ops, &n);
-        for (size_t i = 0; i < n; i++)
-            if (ops[i].type != MVCC_OP_RANGE)
-                return true;
-    }
-    return false;
-}
-
 static int do_txn(struct actx *c, const struct mvcc_txn_req *t, struct mvcc_op_resp *resp) {
     struct view v = cur_view(c);
     struct path p = {0};
-    bool risky = false;
-    MDB_txn *child = NULL;
+    struct effects e = {0};
     int rc = build_path(&v, t, &p);
     if (rc == 0)
-        rc = check_path(&v, t, &p, &risky);
-    if (rc != 0)
-        goto err;
-    /* The only request error that can still happen is a put keeping the value
-     * of a key the same txn deleted (etcd panics there); run such a txn in a
-     * nested LMDB transaction so it can be undone whole. */
-    if (risky && has_writes(t)) {
-        if ((rc = mdb_txn_begin(mdb_txn_env(c->txn), c->txn, 0, &child)) != 0) {
-            rc = lmdb_err(rc);
-            goto err;
-        }
-        c->txn = child;
-    }
+        rc = check_path(&v, t, &p, MVCC_OP_PUT, &e);
     p.pos = 0;
-    rc = exec_txn(c, t, &p, resp);
-    if (child != NULL) {
-        c->txn = c->b->txn;
-        if (rc == 0) {
-            rc = lmdb_err(mdb_txn_commit(child));
-        } else {
-            mdb_txn_abort(child);
-            c->changes = 0;
-            c->res->n_events = 0;
-        }
-    }
-    if (rc != 0)
-        goto err;
-    resp->revision = c->begin_rev + (c->changes > 0);
-    free(p.v);
-    return 0;
-err:
+    if (rc == 0)
+        rc = check_path(&v, t, &p, MVCC_OP_RANGE, &e);
+    free(e.v);
+    p.pos = 0;
+    if (rc == 0)
+        rc = exec_txn(c, t, &p, resp);
+    if (rc == 0)
+        resp->revision = c->begin_rev + (c->changes > 0);
     free(p.v);
     return rc;
 }
@@ -491,7 +479,7 @@ int mvcc_apply(mvcc_batch_t *b, const struct mvcc_op *op, mvcc_result_t **out) {
         return rc;
     if (atomic_load(&b->db->capped) && mvcc_request_cost(op) > 0)
         return MVCC_ENOSPACE;
-    mvcc_result_t *res = result_new();
+    mvcc_result_t *res = mv_result_new();
     if (res == NULL)
         return -ENOMEM;
     struct actx c = {.b = b, .txn = b->txn, .res = res, .begin_rev = b->rev, .changes = 0};
@@ -505,7 +493,7 @@ int mvcc_apply(mvcc_batch_t *b, const struct mvcc_op *op, mvcc_result_t **out) {
         break;
     case MVCC_OP_RANGE: {
         struct view v = cur_view(&c);
-        rc = range_materialize(&v, &op->u.range, res->arena, resp);
+        rc = mv_range_materialize(&v, &op->u.range, res->arena, resp);
         break;
     }
     case MVCC_OP_TXN:
@@ -537,16 +525,10 @@ struct spans {
 };
 
 static int spans_add(struct spans *s, struct span x) {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 8;
-        struct span *v = realloc(s->v, cap * sizeof(*v));
-        if (v == NULL)
-            return -ENOMEM;
-        s->v = v;
-        s->cap = cap;
-    }
-    s->v[s->n++] = x;
-    return 0;
+    int rc = mv_vec_grow(&s->v, &s->cap, s->n, sizeof(*s->v));
+    if (rc == 0)
+        s->v[s->n++] = x;
+    return rc;
 }
 
 static int bcmp_len(const uint8_t *a, size_t la, const uint8_t *b, size_t lb) {

@@ -24,8 +24,8 @@ static int log_lookup(MDB_cursor *kvc, const MDB_val *lk, const MDB_val *ld, str
     if (rc == MDB_NOTFOUND)
         return MVCC_ECORRUPT;
     if (rc != 0)
-        return lmdb_err(rc);
-    return rec_decode(&k, &d, r);
+        return mv_lmdb_err(rc);
+    return mv_rec_decode(&k, &d, r);
 }
 
 /* Whether the key of the record under `kvc` has a newer version at or below
@@ -36,22 +36,11 @@ static int superseded(MDB_cursor *kvc, const struct rec *r, int64_t rev) {
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc != 0)
-        return lmdb_err(rc);
+        return mv_lmdb_err(rc);
     struct rec n;
-    if ((rc = rec_decode(&k, &d, &n)) != 0)
+    if ((rc = mv_rec_decode(&k, &d, &n)) != 0)
         return rc;
     return n.key_len == r->key_len && memcmp(n.key, r->key, r->key_len) == 0 && n.main <= rev;
-}
-
-static void fill_kv(const struct rec *r, struct mvcc_kv *kv) {
-    kv->key = r->key;
-    kv->key_len = r->key_len;
-    kv->value = r->value;
-    kv->value_len = r->value_len;
-    kv->create_revision = r->create;
-    kv->mod_revision = r->main;
-    kv->version = r->version;
-    kv->lease = r->lease;
 }
 
 /* The version of the event's key just before the record under `kvc`. */
@@ -62,14 +51,14 @@ static int find_prev(MDB_cursor *kvc, const struct rec *rec, struct mvcc_event *
     if (p == MDB_NOTFOUND)
         return 0;
     if (p != 0)
-        return lmdb_err(p);
-    int rc = rec_decode(&pk, &pd, &prev);
+        return mv_lmdb_err(p);
+    int rc = mv_rec_decode(&pk, &pd, &prev);
     if (rc != 0)
         return rc;
     if (!prev.tomb && prev.key_len == rec->key_len &&
         memcmp(prev.key, rec->key, rec->key_len) == 0) {
         ev->has_prev = true;
-        fill_kv(&prev, &ev->prev_kv);
+        mv_rec_to_kv(&prev, false, &ev->prev_kv);
     }
     return 0;
 }
@@ -84,15 +73,15 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
         return MVCC_ECOMPACTED;
     mvcc_t *db = rd->db;
     struct bounds b;
-    bounds_init(&b, key, key_len, range_end, range_end_len);
+    mv_bounds_init(&b, key, key_len, range_end, range_end_len);
     MDB_cursor *lc = NULL, *kvc = NULL;
-    int rc = lmdb_err(mdb_cursor_open(rd->txn, db->log, &lc));
+    int rc = mv_lmdb_err(mdb_cursor_open(rd->txn, db->log, &lc));
     if (rc == 0)
-        rc = lmdb_err(mdb_cursor_open(rd->txn, db->kv, &kvc));
+        rc = mv_lmdb_err(mdb_cursor_open(rd->txn, db->kv, &kvc));
     if (rc != 0)
         goto out;
     uint8_t start[REV_LEN];
-    enc_rev(start, pos->main < 0 ? 0 : pos->main, pos->sub);
+    mv_enc_rev(start, pos->main < 0 ? 0 : pos->main, pos->sub);
     MDB_val lk = {.mv_size = REV_LEN, .mv_data = start}, ld;
     size_t n = 0, budget = 16 * max_events;
     bool end = false;
@@ -103,11 +92,11 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
             break;
         }
         if (r != 0) {
-            rc = lmdb_err(r);
+            rc = mv_lmdb_err(r);
             goto out;
         }
         int64_t main, sub;
-        dec_rev(lk.mv_data, &main, &sub);
+        mv_dec_rev(lk.mv_data, &main, &sub);
         if (main > rd->rev) {
             end = true;
             break;
@@ -115,14 +104,14 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
         pos->main = main;
         pos->sub = sub + 1;
         const uint8_t *k = (const uint8_t *)ld.mv_data + 1;
-        if (ld.mv_size >= 1 && bounds_contains(&b, k, ld.mv_size - 1)) {
+        if (ld.mv_size >= 1 && mv_bounds_contains(&b, k, ld.mv_size - 1)) {
             struct rec rec;
             if ((rc = log_lookup(kvc, &lk, &ld, &rec)) != 0)
                 goto out;
             struct mvcc_event *ev = &evs[n++];
             memset(ev, 0, sizeof(*ev));
             ev->type = rec.tomb ? MVCC_EVENT_DELETE : MVCC_EVENT_PUT;
-            fill_kv(&rec, &ev->kv);
+            mv_rec_to_kv(&rec, false, &ev->kv);
             if (with_prev && (rc = find_prev(kvc, &rec, ev)) != 0)
                 goto out;
         }
@@ -137,10 +126,7 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
     }
     rc = (int)n;
 out:
-    if (lc != NULL)
-        mdb_cursor_close(lc);
-    if (kvc != NULL)
-        mdb_cursor_close(kvc);
+    mv_cursors_close(lc, kvc);
     return rc;
 }
 
@@ -201,9 +187,9 @@ static void crc_field_bytes(struct crc *c, uint8_t tag, const uint8_t *p, size_t
  * mvccpb.KeyValue protobuf (a tombstone's holds only the key). */
 static void crc_record(struct crc *c, const struct rec *r) {
     uint8_t rb[18];
-    enc_u64(rb, (uint64_t)r->main);
+    mv_enc_u64(rb, (uint64_t)r->main);
     rb[8] = '_';
-    enc_u64(rb + 9, (uint64_t)r->sub);
+    mv_enc_u64(rb + 9, (uint64_t)r->sub);
     rb[17] = 't';
     crc_add(c, rb, r->tomb ? 18 : 17);
     crc_field_bytes(c, 0x0a, r->key, r->key_len);
@@ -223,7 +209,7 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
     if (rc != 0)
         return rc;
     *cur_rev = rd->rev;
-    *compact_rev = rd->compact_rev;
+    *compact_rev = rd->compact_rev > 0 ? rd->compact_rev : -1;
     MDB_cursor *lc = NULL, *kvc = NULL;
     struct crc *c = NULL;
     if (revision > 0 && revision <= rd->compact_rev) {
@@ -235,18 +221,21 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
         goto out;
     }
     int64_t rev = revision > 0 ? revision : rd->rev;
-    /* etcd skips compacted-away history only when some key is live at rev
-     * (its "keep" set is not empty); find out first. */
+    /* History at or below the compaction revision counts only where etcd's
+     * sweep leaves it and its "keep" set takes it: the version live at rev of
+     * each key, or, when no key is live at rev, every version live at the
+     * compaction revision. That makes the hash independent of how far the
+     * sweep has got (etcd's is not, while its sweep runs). */
     struct view v = {.db = db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
     struct bounds all;
     static const uint8_t zero = 0;
-    bounds_init(&all, &zero, 1, &zero, 1);
+    mv_bounds_init(&all, &zero, 1, &zero, 1);
     struct kscan s;
     struct rec r;
-    if ((rc = kscan_open(&s, &v, &all, rev)) != 0)
+    if ((rc = mv_kscan_open(&s, &v, &all, rev)) != 0)
         goto out;
-    int any_live = kscan_next(&s, &r);
-    kscan_close(&s);
+    int any_live = mv_kscan_next(&s, &r);
+    mv_kscan_close(&s);
     if (any_live < 0) {
         rc = any_live;
         goto out;
@@ -258,8 +247,8 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
     }
     crc_init(c);
     crc_add(c, "key", 3);
-    if ((rc = lmdb_err(mdb_cursor_open(rd->txn, db->log, &lc))) != 0 ||
-        (rc = lmdb_err(mdb_cursor_open(rd->txn, db->kv, &kvc))) != 0)
+    if ((rc = mv_lmdb_err(mdb_cursor_open(rd->txn, db->log, &lc))) != 0 ||
+        (rc = mv_lmdb_err(mdb_cursor_open(rd->txn, db->kv, &kvc))) != 0)
         goto out;
     MDB_val lk, ld;
     int g;
@@ -268,10 +257,10 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
             goto out;
         if (r.main > rev)
             break;
-        if (r.main <= rd->compact_rev && any_live) {
+        if (r.main <= rd->compact_rev) {
             if (r.tomb)
                 continue;
-            int sup = superseded(kvc, &r, rev);
+            int sup = superseded(kvc, &r, any_live ? rev : rd->compact_rev);
             if (sup < 0) {
                 rc = sup;
                 goto out;
@@ -282,43 +271,42 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
         crc_record(c, &r);
     }
     if (g != 0 && g != MDB_NOTFOUND) {
-        rc = lmdb_err(g);
+        rc = mv_lmdb_err(g);
         goto out;
     }
     *hash = c->v ^ 0xffffffffu;
 out:
     free(c);
-    if (lc != NULL)
-        mdb_cursor_close(lc);
-    if (kvc != NULL)
-        mdb_cursor_close(kvc);
+    mv_cursors_close(lc, kvc);
     mvcc_read_end(rd);
     return rc;
 }
 
 /* ---- compaction sweep ---- */
 
-bool mvcc_compact_pending(mvcc_t *db) {
+int mvcc_compact_pending(mvcc_t *db, bool *pending) {
+    *pending = false;
     mvcc_read_t *rd;
-    if (mvcc_read_begin(db, &rd) != 0)
-        return false;
+    int rc = mvcc_read_begin(db, &rd);
+    if (rc != 0)
+        return rc;
     int64_t done = 0;
-    bool pending =
-        meta_get_i64(rd->txn, db->meta, META_COMPACT_DONE, &done, 0) == 0 && done < rd->compact_rev;
+    rc = mv_meta_get_i64(rd->txn, db->meta, META_COMPACT_DONE, &done, 0);
+    *pending = rc == 0 && done < rd->compact_rev;
     mvcc_read_end(rd);
-    return pending;
+    return rc;
 }
 
 /* One sweep step inside the writer's transaction. */
 static int compact_sweep(mvcc_t *db, MDB_txn *txn, size_t max_records, bool *done) {
     int64_t target, finished, pos, pos_sub;
-    int rc = meta_get_i64(txn, db->meta, META_COMPACT, &target, 0);
+    int rc = mv_meta_get_i64(txn, db->meta, META_COMPACT, &target, 0);
     if (rc == 0)
-        rc = meta_get_i64(txn, db->meta, META_COMPACT_DONE, &finished, 0);
+        rc = mv_meta_get_i64(txn, db->meta, META_COMPACT_DONE, &finished, 0);
     if (rc == 0)
-        rc = meta_get_i64(txn, db->meta, META_COMPACT_POS, &pos, 0);
+        rc = mv_meta_get_i64(txn, db->meta, META_COMPACT_POS, &pos, 0);
     if (rc == 0)
-        rc = meta_get_i64(txn, db->meta, META_COMPACT_POS_SUB, &pos_sub, 0);
+        rc = mv_meta_get_i64(txn, db->meta, META_COMPACT_POS_SUB, &pos_sub, 0);
     if (rc != 0)
         return rc;
     if (finished >= target) {
@@ -326,17 +314,17 @@ static int compact_sweep(mvcc_t *db, MDB_txn *txn, size_t max_records, bool *don
         return 0;
     }
     MDB_cursor *lc = NULL, *kvc = NULL;
-    if ((rc = lmdb_err(mdb_cursor_open(txn, db->log, &lc))) != 0 ||
-        (rc = lmdb_err(mdb_cursor_open(txn, db->kv, &kvc))) != 0)
+    if ((rc = mv_lmdb_err(mdb_cursor_open(txn, db->log, &lc))) != 0 ||
+        (rc = mv_lmdb_err(mdb_cursor_open(txn, db->kv, &kvc))) != 0)
         goto out;
     uint8_t start[REV_LEN];
-    enc_rev(start, pos, pos_sub);
+    mv_enc_rev(start, pos, pos_sub);
     MDB_val lk = {.mv_size = REV_LEN, .mv_data = start}, ld;
     int g = mdb_cursor_get(lc, &lk, &ld, MDB_SET_RANGE);
     size_t n = 0;
     int64_t main = pos, sub = pos_sub;
     while (g == 0 && n < max_records) {
-        dec_rev(lk.mv_data, &main, &sub);
+        mv_dec_rev(lk.mv_data, &main, &sub);
         if (main > target)
             break;
         struct rec r;
@@ -349,33 +337,30 @@ static int compact_sweep(mvcc_t *db, MDB_txn *txn, size_t max_records, bool *don
         }
         if (drop) {
             if ((rc = log_lookup(kvc, &lk, &ld, &r)) != 0 ||
-                (rc = lmdb_err(mdb_cursor_del(kvc, 0))) != 0 ||
-                (rc = lmdb_err(mdb_cursor_del(lc, 0))) != 0)
+                (rc = mv_lmdb_err(mdb_cursor_del(kvc, 0))) != 0 ||
+                (rc = mv_lmdb_err(mdb_cursor_del(lc, 0))) != 0)
                 goto out;
         }
         n++;
         g = mdb_cursor_get(lc, &lk, &ld, MDB_NEXT);
     }
     if (g != 0 && g != MDB_NOTFOUND) {
-        rc = lmdb_err(g);
+        rc = mv_lmdb_err(g);
         goto out;
     }
     if (g == MDB_NOTFOUND || main > target) {
-        rc = meta_put_i64(txn, db->meta, META_COMPACT_DONE, target);
+        rc = mv_meta_put_i64(txn, db->meta, META_COMPACT_DONE, target);
         *done = true;
         LOG_INFO(db->lg, "finished scheduled compaction", LOG_INT("compact-revision", target));
     } else {
         /* Resume at the entry the cursor stands on. */
-        dec_rev(lk.mv_data, &main, &sub);
-        rc = meta_put_i64(txn, db->meta, META_COMPACT_POS, main);
+        mv_dec_rev(lk.mv_data, &main, &sub);
+        rc = mv_meta_put_i64(txn, db->meta, META_COMPACT_POS, main);
         if (rc == 0)
-            rc = meta_put_i64(txn, db->meta, META_COMPACT_POS_SUB, sub);
+            rc = mv_meta_put_i64(txn, db->meta, META_COMPACT_POS_SUB, sub);
     }
 out:
-    if (lc != NULL)
-        mdb_cursor_close(lc);
-    if (kvc != NULL)
-        mdb_cursor_close(kvc);
+    mv_cursors_close(lc, kvc);
     return rc;
 }
 
@@ -385,17 +370,17 @@ int mvcc_compact_step(mvcc_t *db, size_t max_records, bool *done) {
         max_records = 1;
     if (atomic_load(&db->defragging))
         return -EBUSY;
-    pthread_mutex_lock(&db->wmu);
+    mv_writer_lock(db);
     MDB_txn *txn;
-    int rc = lmdb_err(mdb_txn_begin(db->cur->env, NULL, 0, &txn));
+    int rc = mv_lmdb_err(mdb_txn_begin(db->cur->env, NULL, 0, &txn));
     if (rc == 0) {
         rc = compact_sweep(db, txn, max_records, done);
         if (rc == 0)
-            rc = lmdb_err(mdb_txn_commit(txn));
+            rc = mv_lmdb_err(mdb_txn_commit(txn));
         else
             mdb_txn_abort(txn);
     }
-    pthread_mutex_unlock(&db->wmu);
+    mv_writer_unlock(db);
     if (rc != 0)
         *done = false;
     return rc;

@@ -9,9 +9,9 @@ int mvcc_lease_keys(mvcc_t *db, MDB_txn *txn, int64_t lease, mvcc_lease_key_fn f
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, db->lease, &cur);
     if (rc != 0)
-        return lmdb_err(rc);
+        return mv_lmdb_err(rc);
     uint8_t prefix[8];
-    enc_u64(prefix, (uint64_t)lease);
+    mv_enc_u64(prefix, (uint64_t)lease);
     MDB_val k = {.mv_size = sizeof(prefix), .mv_data = prefix}, d;
     int g = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
     rc = 0;
@@ -23,5 +23,5 @@ int mvcc_lease_keys(mvcc_t *db, MDB_txn *txn, int64_t lease, mvcc_lease_key_fn f
     mdb_cursor_close(cur);
     if (rc != 0)
         return rc;
-    return g == 0 || g == MDB_NOTFOUND ? 0 : lmdb_err(g);
+    return g == 0 || g == MDB_NOTFOUND ? 0 : mv_lmdb_err(g);
 }

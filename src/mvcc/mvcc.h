@@ -26,9 +26,10 @@
  * Errors: 0 (or a count) on success, else a negative code: either a negative
  * errno (-ENOMEM, -EIO, -EINVAL, ...) or one of the MVCC_E* codes below, whose
  * mvcc_strerror() text is etcd's error string. Inside a batch, MVCC_E* codes
- * reject that one request and leave the batch usable; any other error leaves
- * the batch unusable: abort it and re-apply its raft entries (the applied
- * index in LMDB did not move, so replay is exact).
+ * other than MVCC_ECORRUPT reject that one request and leave the batch
+ * usable; any other error (-ENOMEM, -ENOSPC for a full LMDB map, -EIO, ...)
+ * leaves the batch unusable: abort it and re-apply its raft entries (the
+ * applied index in LMDB did not move, so replay is exact).
  *
  * Byte strings (keys, values, range ends) are pointer + length and may hold
  * NUL bytes. Keys must be non-empty and at most mvcc_max_key_len() bytes. */
@@ -75,6 +76,11 @@ struct mvcc_options {
      * data but not the meta page on each commit. */
     bool no_sync;
     bool no_meta_sync;
+    /* LMDB's MDB_WRITEMAP: commits write straight into the memory map instead
+     * of pwrite(2), about twice the put throughput with random keys. The
+     * file then shows the map size (sparse), and a full disk shows up as
+     * SIGBUS on a write instead of an error. */
+    bool write_map;
     /* Maximum concurrent read snapshots (LMDB reader slots); 0 means 1024. */
     unsigned max_readers;
 };
@@ -84,7 +90,8 @@ struct mvcc_options {
  * time and memory do not depend on the database size. One process at a time.
  * Returns 0, -ENOMEM, -EIO, MVCC_ECORRUPT or an LMDB-derived errno, with err
  * filled. Call from one thread, before any other call on the handle. If a
- * compaction was interrupted, mvcc_compact_pending() says so after open. */
+ * compaction was interrupted, mvcc_compact_pending() says so after open; the
+ * files of an interrupted defragmentation are removed. */
 int mvcc_open(const char *path, const struct mvcc_options *opt, log_t *lg, mvcc_t **out,
               struct util_err *err);
 
@@ -166,7 +173,9 @@ struct mvcc_put_req {
     bool ignore_lease;
 };
 
-/* etcd's DeleteRangeRequest; range_end as in mvcc_range_req. */
+/* etcd's DeleteRangeRequest; range_end as in mvcc_range_req. The result holds
+ * a copy of every deleted kv (the events' prev_kv), so its memory grows with
+ * the range, as etcd's does. */
 struct mvcc_delete_req {
     const uint8_t *key;
     size_t key_len;
@@ -357,8 +366,10 @@ void mvcc_read_end(mvcc_read_t *rd);
 
 /* Starts a range read on a snapshot. Keys come out one at a time straight from
  * LMDB's memory map, so a range of millions of keys costs no copy and bounded
- * memory, unless sorting by something other than ascending key was asked, which
- * holds one small record per matching key. Returns 0, MVCC_EFUTURE,
+ * memory. Sorting by anything but ascending key holds one 64-byte entry per
+ * matching key, or per returned key when there is a limit. The same request
+ * opened twice on one snapshot gives the same keys: a caller can size a
+ * message in a first pass and write it in a second, without a copy. Returns 0, MVCC_EFUTURE,
  * MVCC_ECOMPACTED, -EINVAL or -ENOMEM. Same thread as the snapshot. */
 int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_range_it_t **out);
 
@@ -398,7 +409,8 @@ int mvcc_history_read(mvcc_read_t *rd, const uint8_t *key, size_t key_len, const
 
 /* etcd's HashKV: CRC-32C over the key space at `revision` (0 = current), with
  * etcd 3.4's exact input bytes, so equal histories give equal hashes across
- * members and against etcd itself. Fills the current and compaction revisions.
+ * members and against etcd itself. Fills the current revision and, as etcd
+ * does, the compaction revision or -1 if the store was never compacted.
  * Returns 0, MVCC_ECOMPACTED, MVCC_EFUTURE or an error. Any thread; reads the
  * whole history on its own snapshot. */
 int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
@@ -409,11 +421,13 @@ int mvcc_hash_kv(mvcc_t *db, int64_t revision, uint32_t *hash, int64_t *cur_rev,
 /* Removes up to `max_records` history records below the scheduled compaction
  * in one short write transaction, so writers wait at most one step. Sets *done
  * when the compaction is finished (also when none is pending). Returns 0 or an
- * error. Any thread except while that thread holds a batch. */
+ * error, -EBUSY while a defragmentation runs. Any thread except while that
+ * thread holds a batch. */
 int mvcc_compact_step(mvcc_t *db, size_t max_records, bool *done);
 
-/* Whether a scheduled compaction has history left to remove. Any thread. */
-bool mvcc_compact_pending(mvcc_t *db);
+/* Whether a scheduled compaction has history left to remove. Returns 0 or an
+ * error (then *pending is false). Any thread. */
+int mvcc_compact_pending(mvcc_t *db, bool *pending);
 
 /* Sizes: `size` is the database's high-water mark in bytes (what etcd calls
  * the db size; only defragmentation lowers it), `in_use` excludes free
@@ -435,8 +449,8 @@ int mvcc_quota_check(mvcc_t *db, uint64_t cost);
  * Apply thread. */
 void mvcc_set_capped(mvcc_t *db, bool capped);
 
-/* Defragments without stopping the world: copies a compacted image of the
- * database to `path`.defrag while readers and writers go on, replays the
+/* Defragments without stopping the world: rewrites the store in key order
+ * (full pages) into `path`.defragN while readers and writers go on, replays the
  * writes committed meanwhile, then holds writers only to replay the last few
  * and swap files. Read snapshots opened before the swap keep the old file
  * until they end. *writes_held_ns (may be NULL) says how long writers waited.
@@ -444,6 +458,14 @@ void mvcc_set_capped(mvcc_t *db, bool capped);
  * thread holds a batch or a snapshot. Returns 0 or an error (the old file is
  * kept on any failure). */
 int mvcc_defrag(mvcc_t *db, uint64_t *writes_held_ns, struct util_err *err);
+
+/* Replaces the store by `file`, written by mvcc_snapshot_to_fd (on this or
+ * another member): the file is renamed over the store's path, so it must be
+ * on the same file system (next to it in the data directory). Snapshots
+ * opened before keep reading the old content until they end. Takes the writer
+ * (so not while this thread holds a batch); -EBUSY during a defragmentation.
+ * Returns 0 or an error, the store unchanged. */
+int mvcc_snapshot_install(mvcc_t *db, const char *file, struct util_err *err);
 
 /* etcd's server-side txn check ("etcdserver: duplicate key given in txn
  * request"): a key put twice, or put and deleted, in the same branch nesting.

@@ -32,7 +32,11 @@ struct mvcc_env {
 struct mvcc {
     struct mvcc_env *cur; /* guarded by envmu */
     pthread_mutex_t envmu;
-    pthread_mutex_t wmu; /* the writer: a batch, a compaction step, a defrag swap */
+    /* The writer (a batch, a compaction step, the defrag hold), handed out
+     * in arrival order: mv_writer_lock / mv_writer_unlock. */
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    uint64_t w_next, w_serving;
     MDB_dbi kv, log, lease, meta;
     char *extra_names[EXTRA_DBI_MAX];
     MDB_dbi extra_dbis[EXTRA_DBI_MAX];
@@ -44,6 +48,7 @@ struct mvcc {
     size_t max_key;
     atomic_bool capped;
     atomic_bool defragging;
+    unsigned defrag_gen; /* written only by the running defragmentation */
 };
 
 struct mvcc_batch {
@@ -101,43 +106,50 @@ struct kscan {
     MDB_cursor *cur;
     struct bounds b;
     int64_t rev;
-    bool have; /* the cursor stands on an entry not yet looked at */
+    bool have;        /* the cursor stands on an entry not yet looked at */
+    bool check_start; /* the start key was too long to seek to */
     MDB_val k, v;
     uint8_t seek[SEEK_MAX];
 };
 
 /* Encodings */
-void enc_u64(uint8_t *p, uint64_t v);
-uint64_t dec_u64(const uint8_t *p);
-void enc_rev(uint8_t *p, int64_t main, int64_t sub);
-void dec_rev(const uint8_t *p, int64_t *main, int64_t *sub);
-int rec_decode(const MDB_val *k, const MDB_val *v, struct rec *r);
-int kv_key_cmp(const MDB_val *a, const MDB_val *b);
+void mv_enc_u64(uint8_t *p, uint64_t v);
+uint64_t mv_dec_u64(const uint8_t *p);
+void mv_enc_rev(uint8_t *p, int64_t main, int64_t sub);
+void mv_dec_rev(const uint8_t *p, int64_t *main, int64_t *sub);
+int mv_rec_decode(const MDB_val *k, const MDB_val *v, struct rec *r);
+int mv_kv_key_cmp(const MDB_val *a, const MDB_val *b);
 
 /* LMDB error code to a negative errno (or MVCC_ECORRUPT / MVCC_ENOSPACE). */
-int lmdb_err(int rc);
+int mv_lmdb_err(int rc);
 
-void bounds_init(struct bounds *b, const uint8_t *key, size_t key_len, const uint8_t *end,
-                 size_t end_len);
-bool bounds_contains(const struct bounds *b, const uint8_t *key, size_t key_len);
+void mv_bounds_init(struct bounds *b, const uint8_t *key, size_t key_len, const uint8_t *end,
+                    size_t end_len);
+bool mv_bounds_contains(const struct bounds *b, const uint8_t *key, size_t key_len);
 
-int kscan_open(struct kscan *s, const struct view *v, const struct bounds *b, int64_t rev);
+int mv_kscan_open(struct kscan *s, const struct view *v, const struct bounds *b, int64_t rev);
 /* Returns 1 with *r filled, 0 at the end, or an error. */
-int kscan_next(struct kscan *s, struct rec *r);
-void kscan_close(struct kscan *s);
+int mv_kscan_next(struct kscan *s, struct rec *r);
+void mv_kscan_close(struct kscan *s);
 
 /* The newest record of a key (tombstone included) at the view's state;
  * returns 1 found, 0 none, or an error. */
-int latest_rec(MDB_cursor *cur, const uint8_t *key, size_t key_len, struct rec *r);
+int mv_latest_rec(MDB_cursor *cur, const uint8_t *key, size_t key_len, struct rec *r);
 
 /* A chunked allocator owning a result's memory. */
 struct mvcc_arena;
-struct mvcc_arena *arena_new(void);
-void *arena_alloc(struct mvcc_arena *a, size_t n);
-void arena_free(struct mvcc_arena *a);
-mvcc_result_t *result_new(void);
-int result_add_event(mvcc_result_t *res, const struct mvcc_event *ev);
-int kv_from_rec(struct mvcc_arena *a, const struct rec *r, bool keys_only, struct mvcc_kv *kv);
+struct mvcc_arena *mv_arena_new(void);
+void *mv_arena_alloc(struct mvcc_arena *a, size_t n);
+void mv_arena_free(struct mvcc_arena *a);
+/* Make room for element n of an array (malloc'ed, or in an arena) whose
+ * capacity is *cap; `arrp` points to the array pointer. 0 or -ENOMEM. */
+int mv_vec_grow(void *arrp, size_t *cap, size_t n, size_t size);
+int mv_arena_grow(struct mvcc_arena *a, void *arrp, size_t *cap, size_t n, size_t size);
+void mv_cursors_close(MDB_cursor *a, MDB_cursor *b);
+mvcc_result_t *mv_result_new(void);
+int mv_result_add_event(mvcc_result_t *res, const struct mvcc_event *ev);
+void mv_rec_to_kv(const struct rec *r, bool keys_only, struct mvcc_kv *kv);
+int mv_kv_from_rec(struct mvcc_arena *a, const struct rec *r, bool keys_only, struct mvcc_kv *kv);
 
 /* A range read in progress (the public mvcc_range_it_t). */
 struct mvcc_range_it {
@@ -150,24 +162,29 @@ struct mvcc_range_it {
     int64_t count, matched, yielded;
 };
 
-int range_check_rev(const struct view *v, int64_t want, int64_t *rev);
-int range_it_init(struct mvcc_range_it *it, const struct view *v, const struct mvcc_range_req *req);
-int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv);
-void range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more, int64_t *rev);
-void range_it_fini(struct mvcc_range_it *it);
+int mv_range_check_rev(const struct view *v, int64_t want, int64_t *rev);
+int mv_range_it_init(struct mvcc_range_it *it, const struct view *v,
+                     const struct mvcc_range_req *req);
+int mv_range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv);
+void mv_range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more, int64_t *rev);
+void mv_range_it_fini(struct mvcc_range_it *it);
 /* Runs a whole range into resp, copying every kv into the arena. */
-int range_materialize(const struct view *v, const struct mvcc_range_req *req, struct mvcc_arena *a,
-                      struct mvcc_op_resp *resp);
+int mv_range_materialize(const struct view *v, const struct mvcc_range_req *req,
+                         struct mvcc_arena *a, struct mvcc_op_resp *resp);
+
+void mv_writer_lock(mvcc_t *db);
+void mv_writer_unlock(mvcc_t *db);
 
 /* Environments (store.c), shared with defragmentation. */
-int env_open(mvcc_t *db, const char *path, MDB_env **out);
-int dbis_open(mvcc_t *db, MDB_env *env);
-struct mvcc_env *env_get(mvcc_t *db);
-void env_put(mvcc_t *db, struct mvcc_env *e);
+int mv_env_open(mvcc_t *db, const char *path, MDB_env **out);
+int mv_dbis_open(mvcc_t *db, MDB_env *env);
+struct mvcc_env *mv_env_get(mvcc_t *db);
+void mv_env_put(mvcc_t *db, struct mvcc_env *e);
 
 /* Store meta access. */
-int meta_get_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t *out, int64_t dflt);
-int meta_put_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t val);
+int mv_meta_revs(MDB_txn *txn, const mvcc_t *db, int64_t *rev, int64_t *compact_rev);
+int mv_meta_get_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t *out, int64_t dflt);
+int mv_meta_put_i64(MDB_txn *txn, MDB_dbi dbi, const char *name, int64_t val);
 
 #define META_REV "rev"
 #define META_COMPACT "compact"

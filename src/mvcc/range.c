@@ -8,7 +8,7 @@
 
 #include "mvcc/mvcc_int.h"
 
-int range_check_rev(const struct view *v, int64_t want, int64_t *rev) {
+int mv_range_check_rev(const struct view *v, int64_t want, int64_t *rev) {
     if (want > v->rev)
         return MVCC_EFUTURE;
     *rev = want <= 0 ? v->rev : want;
@@ -23,14 +23,14 @@ static enum mvcc_sort_order effective_order(const struct mvcc_range_req *req) {
     return req->sort_order;
 }
 
-int range_it_init(struct mvcc_range_it *it, const struct view *v,
-                  const struct mvcc_range_req *req) {
+int mv_range_it_init(struct mvcc_range_it *it, const struct view *v,
+                     const struct mvcc_range_req *req) {
     memset(it, 0, sizeof(*it));
     if (req->key_len == 0 || (unsigned)req->sort_order > MVCC_SORT_DESCEND ||
         (unsigned)req->sort_target > MVCC_SORT_VALUE)
         return -EINVAL;
     int64_t rev;
-    int rc = range_check_rev(v, req->revision, &rev);
+    int rc = mv_range_check_rev(v, req->revision, &rev);
     if (rc != 0)
         return rc;
     it->req = *req;
@@ -40,8 +40,8 @@ int range_it_init(struct mvcc_range_it *it, const struct view *v,
                  !(req->sort_target == MVCC_SORT_KEY && o == MVCC_SORT_ASCEND);
     it->descend = o == MVCC_SORT_DESCEND;
     struct bounds b;
-    bounds_init(&b, req->key, req->key_len, req->range_end, req->range_end_len);
-    return kscan_open(&it->scan, v, &b, rev);
+    mv_bounds_init(&b, req->key, req->key_len, req->range_end, req->range_end_len);
+    return mv_kscan_open(&it->scan, v, &b, rev);
 }
 
 static bool filtered_out(const struct mvcc_range_req *q, const struct rec *r) {
@@ -49,17 +49,6 @@ static bool filtered_out(const struct mvcc_range_req *q, const struct rec *r) {
            (q->min_mod_revision != 0 && r->main < q->min_mod_revision) ||
            (q->max_create_revision != 0 && r->create > q->max_create_revision) ||
            (q->min_create_revision != 0 && r->create < q->min_create_revision);
-}
-
-static void rec_to_kv(const struct rec *r, bool keys_only, struct mvcc_kv *kv) {
-    kv->key = r->key;
-    kv->key_len = r->key_len;
-    kv->value = keys_only ? NULL : r->value;
-    kv->value_len = keys_only ? 0 : r->value_len;
-    kv->create_revision = r->create;
-    kv->mod_revision = r->main;
-    kv->version = r->version;
-    kv->lease = r->lease;
 }
 
 static int cmp_i64(int64_t a, int64_t b) {
@@ -87,61 +76,82 @@ static int sort_cmp(const struct mvcc_kv *a, const struct mvcc_kv *b, enum mvcc_
     return cmp_bytes(a->key, a->key_len, b->key, b->key_len);
 }
 
-/* Sorts by the target, ties in ascending key order (what etcd's sort gives
- * for the input it gets, which is in key order). A merge sort: stable, so the
- * key order of the input breaks the ties. */
-static void merge_sort(struct mvcc_kv *a, struct mvcc_kv *tmp, size_t n, enum mvcc_sort_target t,
-                       bool desc) {
-    if (n < 2)
-        return;
-    size_t h = n / 2;
-    merge_sort(a, tmp, h, t, desc);
-    merge_sort(a + h, tmp, n - h, t, desc);
-    size_t i = 0, j = h, k = 0;
-    while (i < h && j < n) {
-        int c = sort_cmp(&a[j], &a[i], t);
-        if (desc)
-            c = -c;
-        tmp[k++] = c < 0 ? a[j++] : a[i++];
-    }
-    while (i < h)
-        tmp[k++] = a[i++];
-    while (j < n)
-        tmp[k++] = a[j++];
-    memcpy(a, tmp, n * sizeof(*a));
+/* The order of a sorted range: by the target, ties in ascending key order
+ * (what etcd's sort gives for its input, which comes in key order). Keys are
+ * unique, so this is a total order. */
+static int order_cmp(const void *pa, const void *pb, void *arg) {
+    const struct mvcc_range_it *it = arg;
+    const struct mvcc_kv *a = pa, *b = pb;
+    int c = sort_cmp(a, b, it->req.sort_target);
+    if (it->descend)
+        c = -c;
+    return c != 0 ? c : cmp_bytes(a->key, a->key_len, b->key, b->key_len);
 }
 
-/* Reads the whole range into it->arr and sorts it. */
+static void kv_swap(struct mvcc_kv *a, struct mvcc_kv *b) {
+    struct mvcc_kv t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* A max-heap by order_cmp: the root is the entry that would come last. */
+static void heap_down(struct mvcc_range_it *it, size_t i) {
+    struct mvcc_kv *h = it->arr;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < it->n && order_cmp(&h[l], &h[m], it) > 0)
+            m = l;
+        if (r < it->n && order_cmp(&h[r], &h[m], it) > 0)
+            m = r;
+        if (m == i)
+            return;
+        kv_swap(&h[i], &h[m]);
+        i = m;
+    }
+}
+
+static void heap_up(struct mvcc_range_it *it, size_t i) {
+    struct mvcc_kv *h = it->arr;
+    while (i > 0 && order_cmp(&h[i], &h[(i - 1) / 2], it) > 0) {
+        kv_swap(&h[i], &h[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+}
+
+/* Reads the whole range and sorts what it keeps. With a limit only the
+ * `limit` first entries are kept (a heap), so memory follows the limit, not
+ * the range. */
 static int collect_sorted(struct mvcc_range_it *it) {
+    size_t keep = it->req.limit > 0 ? (size_t)it->req.limit : SIZE_MAX;
     struct rec r;
     int rc;
-    while ((rc = kscan_next(&it->scan, &r)) == 1) {
+    while ((rc = mv_kscan_next(&it->scan, &r)) == 1) {
         it->count++;
         if (filtered_out(&it->req, &r))
             continue;
-        if (it->n == it->cap) {
-            size_t cap = it->cap ? it->cap * 2 : 64;
-            struct mvcc_kv *a = realloc(it->arr, cap * sizeof(*a));
-            if (a == NULL)
+        it->matched++;
+        struct mvcc_kv kv;
+        mv_rec_to_kv(&r, false, &kv);
+        if (it->n < keep) {
+            if (mv_vec_grow(&it->arr, &it->cap, it->n, sizeof(*it->arr)) != 0)
                 return -ENOMEM;
-            it->arr = a;
-            it->cap = cap;
+            it->arr[it->n++] = kv;
+            if (keep != SIZE_MAX)
+                heap_up(it, it->n - 1);
+        } else if (order_cmp(&kv, &it->arr[0], it) < 0) {
+            it->arr[0] = kv;
+            heap_down(it, 0);
         }
-        rec_to_kv(&r, false, &it->arr[it->n++]);
     }
     if (rc < 0)
         return rc;
-    it->matched = (int64_t)it->n;
-    struct mvcc_kv *tmp = malloc((it->n ? it->n : 1) * sizeof(*tmp));
-    if (tmp == NULL)
-        return -ENOMEM;
-    merge_sort(it->arr, tmp, it->n, it->req.sort_target, it->descend);
-    free(tmp);
+    if (it->n > 1)
+        qsort_r(it->arr, it->n, sizeof(*it->arr), order_cmp, it);
     it->collected = true;
     return 0;
 }
 
-int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
+int mv_range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
     int64_t limit = it->req.limit;
     if (it->sorted) {
         if (!it->collected) {
@@ -165,14 +175,14 @@ int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
         return 0;
     struct rec r;
     int rc;
-    while ((rc = kscan_next(&it->scan, &r)) == 1) {
+    while ((rc = mv_kscan_next(&it->scan, &r)) == 1) {
         it->count++;
         if (it->req.count_only || filtered_out(&it->req, &r))
             continue;
         it->matched++;
         if (limit <= 0 || it->yielded < limit) {
             it->yielded++;
-            rec_to_kv(&r, it->req.keys_only, kv);
+            mv_rec_to_kv(&r, it->req.keys_only, kv);
             return 1;
         }
     }
@@ -182,7 +192,7 @@ int range_it_next(struct mvcc_range_it *it, struct mvcc_kv *kv) {
     return 0;
 }
 
-void range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more, int64_t *rev) {
+void mv_range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more, int64_t *rev) {
     assert(it->done);
     if (count != NULL)
         *count = it->count;
@@ -192,36 +202,26 @@ void range_it_summary(const struct mvcc_range_it *it, int64_t *count, bool *more
         *rev = it->header_rev;
 }
 
-void range_it_fini(struct mvcc_range_it *it) {
-    kscan_close(&it->scan);
+void mv_range_it_fini(struct mvcc_range_it *it) {
+    mv_kscan_close(&it->scan);
     free(it->arr);
     it->arr = NULL;
 }
 
-int range_materialize(const struct view *v, const struct mvcc_range_req *req, struct mvcc_arena *a,
-                      struct mvcc_op_resp *resp) {
+int mv_range_materialize(const struct view *v, const struct mvcc_range_req *req,
+                         struct mvcc_arena *a, struct mvcc_op_resp *resp) {
     struct mvcc_range_it it;
-    int rc = range_it_init(&it, v, req);
+    int rc = mv_range_it_init(&it, v, req);
     if (rc != 0) {
-        range_it_fini(&it);
+        mv_range_it_fini(&it);
         return rc;
     }
     struct mvcc_range_resp *rr = &resp->u.range;
     size_t cap = 0;
     struct mvcc_kv kv;
-    while ((rc = range_it_next(&it, &kv)) == 1) {
-        if (rr->n_kvs == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            struct mvcc_kv *arr = arena_alloc(a, ncap * sizeof(*arr));
-            if (arr == NULL) {
-                rc = -ENOMEM;
-                break;
-            }
-            if (rr->n_kvs > 0)
-                memcpy(arr, rr->kvs, rr->n_kvs * sizeof(*arr));
-            rr->kvs = arr;
-            cap = ncap;
-        }
+    while ((rc = mv_range_it_next(&it, &kv)) == 1) {
+        if ((rc = mv_arena_grow(a, &rr->kvs, &cap, rr->n_kvs, sizeof(*rr->kvs))) != 0)
+            break;
         struct rec r = {.key = kv.key,
                         .key_len = kv.key_len,
                         .value = kv.value,
@@ -230,15 +230,15 @@ int range_materialize(const struct view *v, const struct mvcc_range_req *req, st
                         .create = kv.create_revision,
                         .version = kv.version,
                         .lease = kv.lease};
-        if ((rc = kv_from_rec(a, &r, false, &rr->kvs[rr->n_kvs])) != 0)
+        if ((rc = mv_kv_from_rec(a, &r, false, &rr->kvs[rr->n_kvs])) != 0)
             break;
         rr->n_kvs++;
     }
     if (rc == 0) {
         resp->type = MVCC_OP_RANGE;
-        range_it_summary(&it, &rr->count, &rr->more, &resp->revision);
+        mv_range_it_summary(&it, &rr->count, &rr->more, &resp->revision);
     }
-    range_it_fini(&it);
+    mv_range_it_fini(&it);
     return rc;
 }
 
@@ -250,9 +250,9 @@ int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_rang
     if (it == NULL)
         return -ENOMEM;
     struct view v = {.db = rd->db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
-    int rc = range_it_init(it, &v, req);
+    int rc = mv_range_it_init(it, &v, req);
     if (rc != 0) {
-        range_it_fini(it);
+        mv_range_it_fini(it);
         free(it);
         return rc;
     }
@@ -261,27 +261,27 @@ int mvcc_range_open(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_rang
 }
 
 int mvcc_range_next(mvcc_range_it_t *it, struct mvcc_kv *kv) {
-    return range_it_next(it, kv);
+    return mv_range_it_next(it, kv);
 }
 
 void mvcc_range_summary(const mvcc_range_it_t *it, int64_t *count, bool *more, int64_t *revision) {
-    range_it_summary(it, count, more, revision);
+    mv_range_it_summary(it, count, more, revision);
 }
 
 void mvcc_range_close(mvcc_range_it_t *it) {
     if (it == NULL)
         return;
-    range_it_fini(it);
+    mv_range_it_fini(it);
     free(it);
 }
 
 int mvcc_range(mvcc_read_t *rd, const struct mvcc_range_req *req, mvcc_result_t **out) {
     *out = NULL;
-    mvcc_result_t *res = result_new();
+    mvcc_result_t *res = mv_result_new();
     if (res == NULL)
         return -ENOMEM;
     struct view v = {.db = rd->db, .txn = rd->txn, .rev = rd->rev, .compact_rev = rd->compact_rev};
-    int rc = range_materialize(&v, req, res->arena, &res->resp);
+    int rc = mv_range_materialize(&v, req, res->arena, &res->resp);
     if (rc != 0) {
         mvcc_result_free(res);
         return rc;

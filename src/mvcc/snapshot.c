@@ -4,8 +4,8 @@
 #include "mvcc/mvcc_int.h"
 
 int mvcc_snapshot_to_fd(mvcc_t *db, int fd) {
-    struct mvcc_env *e = env_get(db);
-    int rc = lmdb_err(mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
-    env_put(db, e);
+    struct mvcc_env *e = mv_env_get(db);
+    int rc = mv_lmdb_err(mdb_env_copyfd2(e->env, fd, MDB_CP_COMPACT));
+    mv_env_put(db, e);
     return rc;
 }

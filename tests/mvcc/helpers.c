@@ -40,9 +40,31 @@ void tdb_close(struct tdb *t) {
     unlink(buf);
     snprintf(buf, sizeof(buf), "%s/db-lock", t->dir);
     unlink(buf);
-    snprintf(buf, sizeof(buf), "%s/db.defrag-lock", t->dir);
-    unlink(buf);
+    for (int i = 1; i < 4; i++) {
+        snprintf(buf, sizeof(buf), "%s/db.defrag%d-lock", t->dir, i);
+        unlink(buf);
+    }
     rmdir(t->dir);
+}
+
+int tdb_setup(void **state) {
+    struct tdb *t = malloc(sizeof(*t));
+    assert_non_null(t);
+    struct mvcc_options opt = {.no_sync = true};
+    tdb_open(t, &opt);
+    *state = t;
+    return 0;
+}
+
+int tdb_teardown(void **state) {
+    struct tdb *t = *state;
+    tdb_close(t);
+    free(t);
+    return 0;
+}
+
+mvcc_t *tdb_db(void **state) {
+    return ((struct tdb *)*state)->db;
 }
 
 int t_apply(mvcc_t *db, const struct mvcc_op *op, mvcc_result_t **out) {
@@ -58,12 +80,38 @@ int t_apply(mvcc_t *db, const struct mvcc_op *op, mvcc_result_t **out) {
     return rc;
 }
 
-int64_t t_put_lease(mvcc_t *db, const char *key, const char *value, int64_t lease) {
+struct mvcc_op t_op_put(const char *k, const char *v) {
     struct mvcc_op op = {.type = MVCC_OP_PUT};
-    op.u.put.key = (const uint8_t *)key;
-    op.u.put.key_len = strlen(key);
-    op.u.put.value = (const uint8_t *)value;
-    op.u.put.value_len = strlen(value);
+    op.u.put.key = (const uint8_t *)k;
+    op.u.put.key_len = strlen(k);
+    op.u.put.value = (const uint8_t *)v;
+    op.u.put.value_len = strlen(v);
+    return op;
+}
+
+struct mvcc_op t_op_range(const char *k, const char *end) {
+    struct mvcc_op op = {.type = MVCC_OP_RANGE};
+    op.u.range = t_rreq(k, end);
+    return op;
+}
+
+struct mvcc_op t_op_del(const char *k) {
+    struct mvcc_op op = {.type = MVCC_OP_DELETE};
+    op.u.del.key = (const uint8_t *)k;
+    op.u.del.key_len = strlen(k);
+    return op;
+}
+
+void t_batch_put(mvcc_batch_t *b, const char *key, const char *value, int64_t lease) {
+    struct mvcc_op op = t_op_put(key, value);
+    op.u.put.lease = lease;
+    mvcc_result_t *res;
+    assert_int_equal(mvcc_apply(b, &op, &res), 0);
+    mvcc_result_free(res);
+}
+
+int64_t t_put_lease(mvcc_t *db, const char *key, const char *value, int64_t lease) {
+    struct mvcc_op op = t_op_put(key, value);
     op.u.put.lease = lease;
     mvcc_result_t *res;
     assert_int_equal(t_apply(db, &op, &res), 0);
@@ -109,8 +157,13 @@ struct mvcc_range_req t_rreq(const char *key, const char *end) {
 int t_range(mvcc_t *db, const struct mvcc_range_req *req, mvcc_result_t **out) {
     mvcc_read_t *rd;
     assert_int_equal(mvcc_read_begin(db, &rd), 0);
-    int rc = mvcc_range(rd, req, out);
+    mvcc_result_t *res = NULL;
+    int rc = mvcc_range(rd, req, &res);
     mvcc_read_end(rd);
+    if (out != NULL)
+        *out = res;
+    else
+        mvcc_result_free(res);
     return rc;
 }
 

@@ -13,41 +13,23 @@
 
 #include "helpers.h"
 
-static int setup(void **state) {
-    struct tdb *t = malloc(sizeof(*t));
-    tdb_open(t, NULL);
-    *state = t;
-    return 0;
-}
-
-static int teardown(void **state) {
-    struct tdb *t = *state;
-    tdb_close(t);
-    free(t);
-    return 0;
-}
-
-static mvcc_t *DB(void **state) {
-    return ((struct tdb *)*state)->db;
-}
-
 static void fresh_store_is_at_revision_1(void **state) {
     int64_t rev, crev;
     uint64_t idx, term;
-    assert_int_equal(mvcc_state(DB(state), &idx, &term, &rev, &crev), 0);
+    assert_int_equal(mvcc_state(tdb_db(state), &idx, &term, &rev, &crev), 0);
     assert_int_equal(rev, 1);
     assert_int_equal(crev, 0);
     assert_int_equal(idx, 0);
     struct mvcc_range_req r = t_rreq("a", T_ALL);
     mvcc_result_t *res;
-    assert_int_equal(t_range(DB(state), &r, &res), 0);
+    assert_int_equal(t_range(tdb_db(state), &r, &res), 0);
     assert_int_equal(res->resp.revision, 1);
     assert_int_equal(res->resp.u.range.count, 0);
     mvcc_result_free(res);
 }
 
 static void put_sets_revisions_and_versions(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     assert_int_equal(t_put(db, "foo", "bar"), 2);
     assert_int_equal(t_put(db, "foo", "baz"), 3);
     assert_int_equal(t_put(db, "other", "x"), 4);
@@ -65,7 +47,7 @@ static void put_sets_revisions_and_versions(void **state) {
 }
 
 static void put_returns_prev_kv_and_events(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put_lease(db, "k", "v1", 7);
     struct mvcc_op op = {.type = MVCC_OP_PUT};
     op.u.put = (struct mvcc_put_req){
@@ -95,7 +77,7 @@ static void put_returns_prev_kv_and_events(void **state) {
 }
 
 static void put_ignore_value_and_lease(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     struct mvcc_op op = {.type = MVCC_OP_PUT};
     op.u.put = (struct mvcc_put_req){.key = (const uint8_t *)"k", .key_len = 1};
     op.u.put.ignore_value = true;
@@ -134,7 +116,7 @@ static void put_ignore_value_and_lease(void **state) {
 }
 
 static void delete_tombstones_and_recreate(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "a", "1"); /* 2 */
     t_put(db, "a", "2"); /* 3 */
     t_put(db, "b", "1"); /* 4 */
@@ -216,7 +198,7 @@ static void range_keys(mvcc_t *db, struct mvcc_range_req *r, const char *expect)
 }
 
 static void range_options(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     fill_sort_data(db);
     struct mvcc_range_req r = t_rreq("k", "l");
     range_keys(db, &r, "k0 k1 k2 k3 k4 k5 k6 k7 k8 k9 ");
@@ -308,7 +290,7 @@ static void range_options(void **state) {
 }
 
 static void range_at_revisions_and_errors(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "a", "1"); /* 2 */
     t_put(db, "b", "1"); /* 3 */
     t_put(db, "a", "2"); /* 4 */
@@ -338,7 +320,7 @@ static void range_at_revisions_and_errors(void **state) {
 }
 
 static void keys_with_nul_bytes_and_limits(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     static const uint8_t k1[] = {'a', 0, 'b'}, k2[] = {'a'}, k3[] = {'a', 0};
     const uint8_t *keys[] = {k1, k2, k3};
     size_t lens[] = {3, 1, 2};
@@ -378,7 +360,37 @@ static void keys_with_nul_bytes_and_limits(void **state) {
     assert_int_equal(t_apply(db, &op, NULL), MVCC_EKEYTOOLONG);
     op.u.put.key_len = 0;
     assert_int_equal(t_apply(db, &op, NULL), -EINVAL);
+    /* Ranges may start at keys longer than any stored one. */
+    uint8_t *start = malloc(2000);
+    memset(start, 'y', 2000);
+    struct mvcc_range_req lr = {.key = start, .key_len = 2000};
+    lr.range_end = (const uint8_t *)"";
+    lr.range_end_len = 1;
+    assert_int_equal(t_range(db, &lr, &res), 0);
+    assert_int_equal(res->resp.u.range.n_kvs, 1);
+    assert_int_equal(res->resp.u.range.kvs[0].key_len, max);
+    mvcc_result_free(res);
+    memset(start, 'z', 2000);
+    assert_int_equal(t_range(db, &lr, &res), 0);
+    assert_int_equal(res->resp.u.range.n_kvs, 0);
+    mvcc_result_free(res);
+    free(start);
     free(big);
+    /* A 1.5 MiB value (etcd's request limit) with NUL bytes, kept whole. */
+    size_t vl = 3 * 512 * 1024;
+    uint8_t *val = malloc(vl);
+    for (size_t i = 0; i < vl; i++)
+        val[i] = (uint8_t)(i * 7);
+    op.u.put = (struct mvcc_put_req){.key = (const uint8_t *)"huge", .key_len = 4};
+    op.u.put.value = val;
+    op.u.put.value_len = vl;
+    assert_int_equal(t_apply(db, &op, NULL), 0);
+    struct mvcc_range_req hr = t_rreq("huge", NULL);
+    assert_int_equal(t_range(db, &hr, &res), 0);
+    assert_int_equal(res->resp.u.range.kvs[0].value_len, vl);
+    assert_memory_equal(res->resp.u.range.kvs[0].value, val, vl);
+    mvcc_result_free(res);
+    free(val);
 }
 
 /* ---- txn ---- */
@@ -389,28 +401,6 @@ static struct mvcc_compare cmp_num(const char *key, enum mvcc_cmp_target t, enum
     c.key_len = strlen(key);
     c.number = n;
     return c;
-}
-
-static struct mvcc_op op_put(const char *k, const char *v) {
-    struct mvcc_op op = {.type = MVCC_OP_PUT};
-    op.u.put.key = (const uint8_t *)k;
-    op.u.put.key_len = strlen(k);
-    op.u.put.value = (const uint8_t *)v;
-    op.u.put.value_len = strlen(v);
-    return op;
-}
-
-static struct mvcc_op op_range(const char *k, const char *end) {
-    struct mvcc_op op = {.type = MVCC_OP_RANGE};
-    op.u.range = t_rreq(k, end);
-    return op;
-}
-
-static struct mvcc_op op_del(const char *k) {
-    struct mvcc_op op = {.type = MVCC_OP_DELETE};
-    op.u.del.key = (const uint8_t *)k;
-    op.u.del.key_len = strlen(k);
-    return op;
 }
 
 /* Runs a txn with one compare; returns succeeded. */
@@ -425,7 +415,7 @@ static bool txn_cmp(mvcc_t *db, struct mvcc_compare c) {
 }
 
 static void txn_compares(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put_lease(db, "a", "m", 5); /* 2 */
     t_put(db, "a", "m");          /* 3: version 2, lease 0 */
     t_put(db, "b", "z");          /* 4 */
@@ -474,12 +464,12 @@ static void txn_compares(void **state) {
 }
 
 static void txn_branches_share_one_revision(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "x", "0"); /* 2 */
     struct mvcc_compare c = cmp_num("x", MVCC_CMP_VERSION, MVCC_CMP_EQUAL, 1);
-    struct mvcc_op succ[] = {op_put("x", "1"), op_put("y", "1"), op_range("x", "z"), op_del("x"),
-                             op_range("x", "z")};
-    struct mvcc_op fail[] = {op_range("x", NULL)};
+    struct mvcc_op succ[] = {t_op_put("x", "1"), t_op_put("y", "1"), t_op_range("x", "z"),
+                             t_op_del("x"), t_op_range("x", "z")};
+    struct mvcc_op fail[] = {t_op_range("x", NULL)};
     struct mvcc_txn_req t = {.compares = &c,
                              .n_compares = 1,
                              .success = succ,
@@ -513,20 +503,20 @@ static void txn_branches_share_one_revision(void **state) {
 }
 
 static void txn_nested_compares_see_state_before(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "n", "0"); /* 2, version 1 */
     /* outer: put n; inner txn compares version(n)==1: true on the state
      * before the outer txn, although the outer put came first. */
     struct mvcc_compare ic = cmp_num("n", MVCC_CMP_VERSION, MVCC_CMP_EQUAL, 1);
-    struct mvcc_op isucc[] = {op_put("inner", "yes")};
-    struct mvcc_op ifail[] = {op_put("inner", "no")};
+    struct mvcc_op isucc[] = {t_op_put("inner", "yes")};
+    struct mvcc_op ifail[] = {t_op_put("inner", "no")};
     struct mvcc_txn_req inner = {.compares = &ic,
                                  .n_compares = 1,
                                  .success = isucc,
                                  .n_success = 1,
                                  .failure = ifail,
                                  .n_failure = 1};
-    struct mvcc_op osucc[] = {op_put("n", "1"), {.type = MVCC_OP_TXN, .u.txn = &inner}};
+    struct mvcc_op osucc[] = {t_op_put("n", "1"), {.type = MVCC_OP_TXN, .u.txn = &inner}};
     struct mvcc_txn_req outer = {.success = osucc, .n_success = 2};
     struct mvcc_op op = {.type = MVCC_OP_TXN, .u.txn = &outer};
     mvcc_result_t *res;
@@ -543,22 +533,22 @@ static void txn_nested_compares_see_state_before(void **state) {
 }
 
 static void txn_errors_change_nothing(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     t_put(db, "k", "v"); /* 2 */
     /* A range at a future revision fails the whole txn before any write. */
-    struct mvcc_op succ[] = {op_put("a", "1"), op_range("k", NULL)};
+    struct mvcc_op succ[] = {t_op_put("a", "1"), t_op_range("k", NULL)};
     succ[1].u.range.revision = 99;
     struct mvcc_txn_req t = {.success = succ, .n_success = 2};
     struct mvcc_op op = {.type = MVCC_OP_TXN, .u.txn = &t};
     assert_int_equal(t_apply(db, &op, NULL), MVCC_EFUTURE);
     /* ignore_value on a key missing before the txn. */
-    struct mvcc_op s2[] = {op_put("a", "1"), op_put("missing", "")};
+    struct mvcc_op s2[] = {t_op_put("a", "1"), t_op_put("missing", "")};
     s2[1].u.put.ignore_value = true;
     t.success = s2;
     assert_int_equal(t_apply(db, &op, NULL), MVCC_EKEYNOTFOUND);
     /* ignore_value on a key the same txn deleted (etcd would panic): the txn
      * is undone whole. */
-    struct mvcc_op s3[] = {op_put("a", "1"), op_del("k"), op_put("k", "")};
+    struct mvcc_op s3[] = {t_op_put("a", "1"), t_op_del("k"), t_op_put("k", "")};
     s3[2].u.put.ignore_value = true;
     t.success = s3;
     t.n_success = 3;
@@ -569,7 +559,7 @@ static void txn_errors_change_nothing(void **state) {
     struct mvcc_range_req r = t_rreq("a", "z");
     range_keys(db, &r, "k ");
     /* A risky txn that works commits normally. */
-    struct mvcc_op s4[] = {op_put("b", "1"), op_put("k", "")};
+    struct mvcc_op s4[] = {t_op_put("b", "1"), t_op_put("k", "")};
     s4[1].u.put.ignore_value = true;
     t.success = s4;
     t.n_success = 2;
@@ -582,32 +572,32 @@ static void txn_errors_change_nothing(void **state) {
 
 static void duplicate_key_check(void **state) {
     (void)state;
-    struct mvcc_op two_puts[] = {op_put("a", "1"), op_put("a", "2")};
+    struct mvcc_op two_puts[] = {t_op_put("a", "1"), t_op_put("a", "2")};
     struct mvcc_txn_req t = {.success = two_puts, .n_success = 2};
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
     assert_string_equal(mvcc_strerror(MVCC_EDUPKEY),
                         "etcdserver: duplicate key given in txn request");
-    struct mvcc_op put_del[] = {op_del("a"), op_put("a", "2")};
+    struct mvcc_op put_del[] = {t_op_del("a"), t_op_put("a", "2")};
     t.success = put_del;
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
-    struct mvcc_op range_del[] = {op_del("a"), op_put("b", "2")};
+    struct mvcc_op range_del[] = {t_op_del("a"), t_op_put("b", "2")};
     range_del[0].u.del.range_end = (const uint8_t *)"c";
     range_del[0].u.del.range_end_len = 1;
     t.success = range_del;
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
-    range_del[1] = op_put("c", "2");
+    range_del[1] = t_op_put("c", "2");
     assert_int_equal(mvcc_txn_check_duplicates(&t), 0);
     /* etcd 3.4 lets "\0" deletes through. */
     range_del[0].u.del.range_end = (const uint8_t *)"";
-    range_del[1] = op_put("b", "2");
+    range_del[1] = t_op_put("b", "2");
     assert_int_equal(mvcc_txn_check_duplicates(&t), 0);
     /* Nested: the same key in then and else is fine, in parent and child not. */
-    struct mvcc_op th[] = {op_put("x", "1")}, el[] = {op_put("x", "2")};
+    struct mvcc_op th[] = {t_op_put("x", "1")}, el[] = {t_op_put("x", "2")};
     struct mvcc_txn_req inner = {.success = th, .n_success = 1, .failure = el, .n_failure = 1};
-    struct mvcc_op outer_ops[] = {{.type = MVCC_OP_TXN, .u.txn = &inner}, op_put("y", "1")};
+    struct mvcc_op outer_ops[] = {{.type = MVCC_OP_TXN, .u.txn = &inner}, t_op_put("y", "1")};
     t.success = outer_ops;
     assert_int_equal(mvcc_txn_check_duplicates(&t), 0);
-    outer_ops[1] = op_put("x", "3");
+    outer_ops[1] = t_op_put("x", "3");
     assert_int_equal(mvcc_txn_check_duplicates(&t), MVCC_EDUPKEY);
     /* Failure branch checked too. */
     t.success = NULL;
@@ -626,7 +616,7 @@ static void batch_persists_applied_index_and_is_atomic(void **state) {
     for (int i = 0; i < 50; i++) {
         char k[16];
         snprintf(k, sizeof(k), "key%02d", i);
-        struct mvcc_op op = op_put(k, "v");
+        struct mvcc_op op = t_op_put(k, "v");
         mvcc_result_t *res;
         assert_int_equal(mvcc_apply(b, &op, &res), 0);
         assert_int_equal(res->resp.revision, 2 + i);
@@ -642,7 +632,7 @@ static void batch_persists_applied_index_and_is_atomic(void **state) {
     assert_int_equal(mvcc_batch_commit(b), 0);
     /* An aborted batch leaves nothing. */
     assert_int_equal(mvcc_batch_begin(t->db, &b), 0);
-    struct mvcc_op op = op_put("gone", "v");
+    struct mvcc_op op = t_op_put("gone", "v");
     mvcc_result_t *res;
     assert_int_equal(mvcc_apply(b, &op, &res), 0);
     mvcc_result_free(res);
@@ -662,13 +652,13 @@ static void batch_persists_applied_index_and_is_atomic(void **state) {
 }
 
 static void streaming_iterator(void **state) {
-    mvcc_t *db = DB(state);
+    mvcc_t *db = tdb_db(state);
     mvcc_batch_t *b;
     assert_int_equal(mvcc_batch_begin(db, &b), 0);
     for (int i = 0; i < 2000; i++) {
         char k[16];
         snprintf(k, sizeof(k), "s%05d", i);
-        struct mvcc_op op = op_put(k, k);
+        struct mvcc_op op = t_op_put(k, k);
         mvcc_result_t *res;
         assert_int_equal(mvcc_apply(b, &op, &res), 0);
         mvcc_result_free(res);
@@ -707,22 +697,21 @@ static void streaming_iterator(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(fresh_store_is_at_revision_1, setup, teardown),
-        cmocka_unit_test_setup_teardown(put_sets_revisions_and_versions, setup, teardown),
-        cmocka_unit_test_setup_teardown(put_returns_prev_kv_and_events, setup, teardown),
-        cmocka_unit_test_setup_teardown(put_ignore_value_and_lease, setup, teardown),
-        cmocka_unit_test_setup_teardown(delete_tombstones_and_recreate, setup, teardown),
-        cmocka_unit_test_setup_teardown(range_options, setup, teardown),
-        cmocka_unit_test_setup_teardown(range_at_revisions_and_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(keys_with_nul_bytes_and_limits, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_compares, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_branches_share_one_revision, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_nested_compares_see_state_before, setup, teardown),
-        cmocka_unit_test_setup_teardown(txn_errors_change_nothing, setup, teardown),
+        TDB_TEST(fresh_store_is_at_revision_1),
+        TDB_TEST(put_sets_revisions_and_versions),
+        TDB_TEST(put_returns_prev_kv_and_events),
+        TDB_TEST(put_ignore_value_and_lease),
+        TDB_TEST(delete_tombstones_and_recreate),
+        TDB_TEST(range_options),
+        TDB_TEST(range_at_revisions_and_errors),
+        TDB_TEST(keys_with_nul_bytes_and_limits),
+        TDB_TEST(txn_compares),
+        TDB_TEST(txn_branches_share_one_revision),
+        TDB_TEST(txn_nested_compares_see_state_before),
+        TDB_TEST(txn_errors_change_nothing),
         cmocka_unit_test(duplicate_key_check),
-        cmocka_unit_test_setup_teardown(batch_persists_applied_index_and_is_atomic, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(streaming_iterator, setup, teardown),
+        TDB_TEST(batch_persists_applied_index_and_is_atomic),
+        TDB_TEST(streaming_iterator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
