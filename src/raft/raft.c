@@ -65,7 +65,6 @@ struct raft {
     unsigned max_inflight;
     uint64_t pending_conf_index;
     uint64_t rng;
-    bool was_member; /* this node has been a voter at some point */
 
     /* ReadIndex (leader): reads in arrival order; rounds are numbered. */
     struct read_req *reads;
@@ -168,16 +167,11 @@ static bool sole_voter(raft_t *r) {
     return p && !p->learner && n_voters(r) == 1;
 }
 
-/* Whether this node may campaign: a voter may; a learner or a node that has
- * no configuration yet (joining) may not. A node that applied its own
- * removal may too, only to hand leadership over (hand_over): the others may
- * not have learned that the removal committed, and while they count it, its
- * longer log can make it the only node they can elect. */
+/* Whether this node may campaign: only a voter of its own configuration (a
+ * learner, a removed node or a node still joining may not). */
 static bool promotable(raft_t *r) {
     struct progress *p = pr_get(r, r->id);
-    if (p)
-        return !p->learner;
-    return n_voters(r) > 0 && r->was_member;
+    return p && !p->learner;
 }
 
 /* The q-th largest value among the voters' values (q = quorum): the highest
@@ -313,12 +307,6 @@ static int pr_add(raft_t *r, uint64_t id, bool learner) {
     return 0;
 }
 
-static void note_membership(raft_t *r) {
-    struct progress *p = pr_get(r, r->id);
-    if (p && !p->learner)
-        r->was_member = true;
-}
-
 static void pr_remove(raft_t *r, uint64_t id) {
     for (unsigned i = 0; i < r->n_prs; i++)
         if (r->prs[i].id == id) {
@@ -344,7 +332,6 @@ static int set_conf(raft_t *r, const struct raft_conf_state *cs) {
         if (rc < 0)
             return rc;
     }
-    note_membership(r);
     return 0;
 }
 
@@ -609,7 +596,6 @@ static void become_pre_candidate(raft_t *r) {
 }
 
 static int append_entries(raft_t *r, struct raft_entry *ents, size_t n);
-static int hand_over(raft_t *r);
 
 static int become_leader(raft_t *r) {
     assert(r->role != RAFT_FOLLOWER);
@@ -627,8 +613,6 @@ static int become_leader(raft_t *r) {
         return rc;
     r->pending_conf_index = raft_log_last(&r->log);
     LOG_INFO(r->lg, "raft: became leader", LOG_UINT("id", r->id), LOG_UINT("term", r->term));
-    if (!self)
-        return hand_over(r);
     return 0;
 }
 
@@ -722,6 +706,8 @@ static int hup(raft_t *r, enum campaign_type t) {
         t = CAMPAIGN_PRE;
     return campaign(r, t);
 }
+
+static int hand_over(raft_t *r);
 
 static int send_timeout_now(raft_t *r, uint64_t to) {
     return send(r, &(struct raft_msg){.type = RAFT_MSG_TIMEOUT_NOW, .to = to});
@@ -1350,7 +1336,6 @@ int raft_apply_conf_change(raft_t *r, const struct raft_conf_change *cc,
     }
     if (rc < 0)
         return rc;
-    note_membership(r);
     if (cs)
         raft_conf_state(r, cs);
     if (r->role != RAFT_LEADER)

@@ -66,9 +66,14 @@
  *   cannot be elected for a term. Consequences: replacing a member is a remove
  *   then an add; adding a member to a 1- or 2-member cluster while the new one
  *   is unreachable stops progress until it comes up — add it as a learner
- *   first and promote it when it has caught up.
- * - A leader that applies its own removal sends TimeoutNow to the voter with
- *   the longest log if that voter is caught up, then steps down. A removed node
+ *   first and promote it when it has caught up; removing one of two voters can
+ *   wedge the survivor if the removed one stops before the survivor learns that
+ *   the removal committed (it then waits for that vote forever) — keep the
+ *   removed member running until the survivor has applied the change.
+ * - A leader that applies its own removal keeps leading, without counting
+ *   itself and refusing proposals, until the voter with the longest log is
+ *   caught up; it then sends it TimeoutNow and is deposed by its election
+ *   (retried with a new choice after each election timeout). A removed node
  *   never campaigns.
  * - PreVote: a node whose election timer fires first asks whether it could win
  *   (without raising its term); a partitioned node rejoining therefore does not
