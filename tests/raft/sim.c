@@ -92,6 +92,8 @@ struct sim {
     size_t n_props, cap_props;
     struct pending_read *reads;
     size_t n_reads, cap_reads;
+    struct raft_conf_change *ccs; /* conf changes of the Ready being handled */
+    size_t cap_ccs;
     uint64_t next_read_ctx, max_applied, max_commit;
     bool failed;
     char msg[512];
@@ -200,6 +202,12 @@ static const char *msg_name(uint32_t t) {
                                   "CHECK_Q",   "TRANSFER", "TIMEOUT_NOW",  "READ_INDEX",
                                   "READ_RESP", "PRE_VOTE", "PRE_VOTE_RESP"};
     return t < sizeof(names) / sizeof(names[0]) ? names[t] : "?";
+}
+
+static const char *cc_name(uint32_t t) {
+    return t == RAFT_CC_ADD_NODE      ? "add voter"
+           : t == RAFT_CC_REMOVE_NODE ? "remove"
+                                      : "add learner";
 }
 
 static const char *role_name(enum raft_role r) {
@@ -529,13 +537,20 @@ static bool process(struct sim *s, struct node *n) {
             install_snapshot(s, n, rd.snapshot);
         /* Committed entries are durable before the Ready: apply them first,
          * which is what makes an "apply before persisting" bug observable. */
-        struct raft_conf_change ccs[8];
+        if (rd.n_committed > s->cap_ccs) {
+            s->cap_ccs = rd.n_committed;
+            s->ccs = xrealloc(s->ccs, s->cap_ccs * sizeof(*s->ccs));
+        }
+        struct raft_conf_change *ccs = s->ccs;
         size_t n_cc = 0;
         for (size_t i = 0; i < rd.n_committed; i++) {
             bool has = false;
-            apply_entry(s, n, &rd.committed[i], &ccs[n_cc < 8 ? n_cc : 7], &has);
-            if (has && n_cc < 8)
+            apply_entry(s, n, &rd.committed[i], &ccs[n_cc], &has);
+            if (has) {
+                ccs[n_cc].context = NULL; /* points into the Ready; raft ignores it */
+                ccs[n_cc].context_len = 0;
                 n_cc++;
+            }
             if (crash_at == 1 && i == rd.n_committed / 2)
                 goto crashed;
         }
@@ -576,6 +591,9 @@ static bool process(struct sim *s, struct node *n) {
             struct raft_conf_state cs;
             if (raft_apply_conf_change(n->r, &ccs[i], &cs) != 0)
                 fail(s, "apply conf change failed");
+            tr(s, "  n%d applied conf change %s n%d (%s.%llx): %u voters, %u learners",
+               slot_of(n->id) + 1, cc_name(ccs[i].type), slot_of(ccs[i].node_id) + 1, "id",
+               (unsigned long long)(ccs[i].node_id >> 32), cs.n_voters, cs.n_learners);
             if (ccs[i].node_id == n->id && ccs[i].type == RAFT_CC_REMOVE_NODE) {
                 tr(s, "  n%d applied its own removal", slot_of(n->id) + 1);
                 n->left = true;
@@ -778,8 +796,7 @@ static void do_conf_change(struct sim *s) {
         return;
     }
     int rc = raft_propose_conf_change(l->r, &cc);
-    static const char *names[] = {"add voter", "remove", "?", "add learner"};
-    tr(s, "conf change at leader n%d: %s n%d: %s", slot_of(l->id) + 1, names[cc.type],
+    tr(s, "conf change at leader n%d: %s n%d: %s", slot_of(l->id) + 1, cc_name(cc.type),
        slot_of(cc.node_id) + 1, raft_strerror(rc));
     if (rc == 0)
         s->st.conf_changes++;
@@ -1148,6 +1165,22 @@ static void liveness(struct sim *s) {
             return;
         }
         if (s->t - start > bound) {
+            for (int i = 0; i < MAXN; i++) {
+                struct node *n = &s->nodes[i];
+                if (!n->up)
+                    continue;
+                struct raft_status st;
+                struct raft_conf_state ncs;
+                raft_status(n->r, &st);
+                raft_conf_state(n->r, &ncs);
+                tr(s,
+                   "  n%d: %s term %llu, commit %llu, applied %llu, last %llu, %u voters, "
+                   "%u learners%s",
+                   i + 1, role_name(st.role), (unsigned long long)st.term,
+                   (unsigned long long)st.commit, (unsigned long long)st.applied,
+                   (unsigned long long)st.last_index, ncs.n_voters, ncs.n_learners,
+                   is_member(&ncs, n->id) ? "" : ", not a member itself");
+            }
             size_t missing = 0;
             for (size_t i = 0; i < s->n_props; i++)
                 missing += s->props[i].index == 0;
@@ -1206,6 +1239,7 @@ static void sim_free(struct sim *s) {
     free(s->lm);
     free(s->props);
     free(s->reads);
+    free(s->ccs);
     free(s->trace);
 }
 
