@@ -345,17 +345,27 @@ void raft_conf_state(const raft_t *r, struct raft_conf_state *cs) {
     }
 }
 
+/* Makes room for `need` elements of `size` bytes in *arr (capacity *cap),
+ * doubling. Returns 0 or -ENOMEM (the array is unchanged then). */
+static int grow(void **arr, size_t *cap, size_t need, size_t size) {
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 16;
+    while (c < need)
+        c *= 2;
+    void *v = realloc(*arr, c * size);
+    if (!v)
+        return -ENOMEM;
+    *arr = v;
+    *cap = c;
+    return 0;
+}
+
 /* ---- outbox ---- */
 
 static struct out_msg *out_push(raft_t *r) {
-    if (r->n_out == r->cap_out) {
-        size_t cap = r->cap_out ? r->cap_out * 2 : 16;
-        struct out_msg *v = realloc(r->out, cap * sizeof(*v));
-        if (!v)
-            return NULL;
-        r->out = v;
-        r->cap_out = cap;
-    }
+    if (grow((void **)&r->out, &r->cap_out, r->n_out + 1, sizeof(*r->out)) < 0)
+        return NULL;
     struct out_msg *o = &r->out[r->n_out++];
     memset(o, 0, sizeof(*o));
     return o;
@@ -716,14 +726,9 @@ static int send_timeout_now(raft_t *r, uint64_t to) {
 /* ---- ReadIndex ---- */
 
 static int push_read_state(raft_t *r, uint64_t index, uint64_t ctx) {
-    if (r->n_read_states == r->cap_read_states) {
-        size_t cap = r->cap_read_states ? r->cap_read_states * 2 : 8;
-        struct raft_read_state *v = realloc(r->read_states, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        r->read_states = v;
-        r->cap_read_states = cap;
-    }
+    if (grow((void **)&r->read_states, &r->cap_read_states, r->n_read_states + 1,
+             sizeof(*r->read_states)) < 0)
+        return -ENOMEM;
     r->read_states[r->n_read_states++] = (struct raft_read_state){.index = index, .context = ctx};
     return 0;
 }
@@ -738,14 +743,8 @@ static int read_respond(raft_t *r, const struct read_req *q) {
 }
 
 static int reads_push(raft_t *r, const struct read_req *q) {
-    if (r->n_reads == r->cap_reads) {
-        size_t cap = r->cap_reads ? r->cap_reads * 2 : 16;
-        struct read_req *v = realloc(r->reads, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        r->reads = v;
-        r->cap_reads = cap;
-    }
+    if (grow((void **)&r->reads, &r->cap_reads, r->n_reads + 1, sizeof(*r->reads)) < 0)
+        return -ENOMEM;
     r->reads[r->n_reads++] = *q;
     return 0;
 }
@@ -1418,13 +1417,8 @@ bool raft_has_ready(const raft_t *r) {
  * entries changed or were compacted since it was queued is dropped: Raft
  * treats it as lost. */
 static int build_msgs(raft_t *r, size_t *n_msgs) {
-    if (r->cap_rd_msgs < r->n_out) {
-        struct raft_msg *v = realloc(r->rd_msgs, r->n_out * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        r->rd_msgs = v;
-        r->cap_rd_msgs = r->n_out;
-    }
+    if (grow((void **)&r->rd_msgs, &r->cap_rd_msgs, r->n_out, sizeof(*r->rd_msgs)) < 0)
+        return -ENOMEM;
     r->rd_ents.n = 0;
     size_t k = 0;
     for (size_t i = 0; i < r->n_out; i++) {
