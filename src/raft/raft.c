@@ -1120,7 +1120,7 @@ static int step(raft_t *r, const struct raft_msg *m) {
     if (vote_req) {
         bool can_vote = r->vote == m->from || (r->vote == 0 && r->lead == 0) ||
                         (m->type == RAFT_MSG_PRE_VOTE && m->term > r->term) ||
-                        FAULT(r, RAFT_FAULT_DOUBLE_VOTE);
+                        (FAULT(r, RAFT_FAULT_DOUBLE_VOTE) && r->role == RAFT_FOLLOWER);
         uint32_t resp = m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP : RAFT_MSG_PRE_VOTE_RESP;
         if (can_vote && raft_log_up_to_date(&r->log, m->index, m->log_term)) {
             if (m->type == RAFT_MSG_VOTE) {
@@ -1146,6 +1146,25 @@ static int step(raft_t *r, const struct raft_msg *m) {
 
 /* ---- public interface ---- */
 
+/* The state invariants every public call must leave true. */
+static void check_invariants(const raft_t *r) {
+#ifndef NDEBUG
+    uint64_t last = raft_log_last(&r->log);
+    assert(r->log.applied <= r->log.committed);
+    assert(r->log.committed <= last);
+    assert(r->role != RAFT_LEADER || r->lead == r->id);
+    assert(r->role != RAFT_CANDIDATE || r->vote == r->id);
+    for (unsigned i = 0; r->role == RAFT_LEADER && i < r->n_prs; i++) {
+        const struct progress *p = &r->prs[i];
+        assert(p->match <= last && p->next <= last + 1);
+        assert(p->id == r->id || p->match < p->next);
+        assert(p->infl.count <= p->infl.cap);
+    }
+#else
+    (void)r;
+#endif
+}
+
 int raft_step(raft_t *r, const struct raft_msg *m) {
     switch (m->type) {
     case RAFT_MSG_HUP:
@@ -1160,12 +1179,13 @@ int raft_step(raft_t *r, const struct raft_msg *m) {
     if (m->type > RAFT_MSG_PRE_VOTE_RESP)
         return -EINVAL;
     int rc = step(r, m);
+    check_invariants(r);
     /* Errors that only mean "cannot serve this request" are the sender's
      * business (it times out); only resource failures reach the caller. */
     return rc == -ENOMEM ? rc : 0;
 }
 
-int raft_tick(raft_t *r) {
+static int tick(raft_t *r) {
     if (r->role != RAFT_LEADER) {
         r->election_elapsed++;
         if (promotable(r) && r->election_elapsed >= r->randomized_timeout) {
@@ -1206,6 +1226,12 @@ int raft_tick(raft_t *r) {
         return bcast_heartbeat(r);
     }
     return 0;
+}
+
+int raft_tick(raft_t *r) {
+    int rc = tick(r);
+    check_invariants(r);
+    return rc;
 }
 
 int raft_campaign(raft_t *r) {
@@ -1525,6 +1551,7 @@ int raft_advance(raft_t *r, const struct raft_ready *rd) {
         out_free_owned(&r->out[i]);
     r->n_out = 0;
     r->n_read_states = 0;
+    check_invariants(r);
     return 0;
 }
 
