@@ -118,8 +118,6 @@ const char *raft_strerror(int code) {
         return "raft: leadership transfer target is not a voter";
     case RAFT_ETRANSFERLAGGING:
         return "raft: leadership transfer target is lagging";
-    case RAFT_ENOTMEMBER:
-        return "raft: this node is not a voting member";
     case -ENOMEM:
         return "out of memory";
     case -EINVAL:

@@ -107,7 +107,6 @@
 #define RAFT_ESNAPTEMP (-10006)        /* storage: snapshot temporarily unavailable */
 #define RAFT_ETRANSFERTARGET (-10007)  /* transfer target is a learner, self, or no member */
 #define RAFT_ETRANSFERLAGGING (-10008) /* transfer target cannot catch up in time */
-#define RAFT_ENOTMEMBER (-10009)       /* this node is not a voter of the cluster */
 
 /* A static string naming any code raft functions return (negative errno too). */
 const char *raft_strerror(int code);
