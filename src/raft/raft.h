@@ -238,8 +238,11 @@ struct raft_ready {
 
 /* The log storage the caller provides (the WAL in the server, the memory store
  * in tests). Raft only reads through it; the caller writes to it when it
- * persists a Ready. Entries returned by `entries` point at data that stays
- * valid until the storage is next modified. */
+ * persists a Ready. Lifetimes raft relies on (messages of a Ready point into
+ * storage until raft_advance): the data of an entry returned by `entries`
+ * stays valid until that entry is removed (compacted, or replaced by a
+ * conflicting append); snapshot data stays valid until another snapshot is
+ * created or applied. Appending entries must not move either. */
 struct raft_storage_ops {
     /* Hard state and the configuration of the last snapshot. */
     int (*initial_state)(void *ctx, struct raft_hard_state *hs, struct raft_conf_state *cs);
@@ -253,8 +256,7 @@ struct raft_storage_ops {
     int (*term)(void *ctx, uint64_t i, uint64_t *term);
     uint64_t (*first_index)(void *ctx);
     uint64_t (*last_index)(void *ctx);
-    /* The latest snapshot; data valid until storage is next modified.
-     * Returns 0 or RAFT_ESNAPTEMP. */
+    /* The latest snapshot. Returns 0 or RAFT_ESNAPTEMP. */
     int (*snapshot)(void *ctx, struct raft_snapshot *out);
 };
 
