@@ -923,6 +923,17 @@ static int leader_transfer(raft_t *r, uint64_t target) {
     return send_append(r, target, true, NULL);
 }
 
+/* Whether a change makes sense against the leader's configuration: it must
+ * change something, keep a voter, and fit. */
+static bool conf_change_valid(raft_t *r, const struct raft_conf_change *cc) {
+    struct progress *p = pr_get(r, cc->node_id);
+    bool nothing = (cc->type == RAFT_CC_ADD_NODE && p && !p->learner) ||
+                   (cc->type == RAFT_CC_ADD_LEARNER && p) ||
+                   (cc->type == RAFT_CC_REMOVE_NODE && !p);
+    bool last_voter = cc->type == RAFT_CC_REMOVE_NODE && p && !p->learner && n_voters(r) == 1;
+    return cc->node_id != 0 && !nothing && !last_voter && (p || r->n_prs < RAFT_MAX_MEMBERS);
+}
+
 static int copy_and_append(raft_t *r, const struct raft_entry *ents, size_t n) {
     struct raft_entry stack[64];
     struct raft_entry *v = n <= 64 ? stack : malloc(n * sizeof(*v));
@@ -933,8 +944,11 @@ static int copy_and_append(raft_t *r, const struct raft_entry *ents, size_t n) {
         if (v[i].type != RAFT_ENTRY_CONF_CHANGE)
             continue;
         /* Single-server changes: one at a time, and only once this leader has
-         * applied its first entry. Otherwise the change becomes a no-op. */
-        if (r->pending_conf_index > r->log.applied) {
+         * applied its first entry; a forwarded change is checked here like a
+         * local one. Otherwise the change becomes a no-op. */
+        struct raft_conf_change cc;
+        if (r->pending_conf_index > r->log.applied ||
+            raft_conf_change_decode(v[i].data, v[i].len, &cc) != 0 || !conf_change_valid(r, &cc)) {
             v[i] = (struct raft_entry){.type = RAFT_ENTRY_NORMAL};
         } else {
             r->pending_conf_index = raft_log_last(&r->log) + 1 + i;
@@ -1286,17 +1300,12 @@ int raft_conf_change_decode(const uint8_t *data, size_t len, struct raft_conf_ch
 int raft_propose_conf_change(raft_t *r, const struct raft_conf_change *cc) {
     if (cc->node_id == 0)
         return -EINVAL;
-    struct progress *p = r->role == RAFT_LEADER ? pr_get(r, cc->node_id) : NULL;
     if (r->role == RAFT_LEADER) {
         if (r->pending_conf_index > r->log.applied)
             return RAFT_ECONFPENDING;
         if (r->lead_transferee)
             return RAFT_EDROPPED;
-        bool nothing = (cc->type == RAFT_CC_ADD_NODE && p && !p->learner) ||
-                       (cc->type == RAFT_CC_ADD_LEARNER && p) ||
-                       (cc->type == RAFT_CC_REMOVE_NODE && !p);
-        bool last_voter = cc->type == RAFT_CC_REMOVE_NODE && p && !p->learner && n_voters(r) == 1;
-        if (nothing || last_voter || (!p && r->n_prs == RAFT_MAX_MEMBERS))
+        if (!conf_change_valid(r, cc))
             return -EINVAL;
     } else if (r->lead == 0) {
         return RAFT_ENOLEADER;

@@ -795,12 +795,23 @@ static void do_conf_change(struct sim *s) {
     } else {
         return;
     }
-    int rc = raft_propose_conf_change(l->r, &cc);
-    tr(s, "conf change at leader n%d: %s n%d: %s", slot_of(l->id) + 1, cc_name(cc.type),
-       slot_of(cc.node_id) + 1, raft_strerror(rc));
+    /* A quarter of the changes are asked of another node and forwarded (the
+     * leader then checks them itself). */
+    struct node *at = l;
+    if (chance(s, 2500)) {
+        struct node *o = random_up(s);
+        struct raft_status st;
+        if (o)
+            raft_status(o->r, &st);
+        if (o && st.leader)
+            at = o;
+    }
+    int rc = raft_propose_conf_change(at->r, &cc);
+    tr(s, "conf change at n%d (leader n%d): %s n%d: %s", slot_of(at->id) + 1, slot_of(l->id) + 1,
+       cc_name(cc.type), slot_of(cc.node_id) + 1, raft_strerror(rc));
     if (rc == 0)
         s->st.conf_changes++;
-    process(s, l);
+    process(s, at);
 }
 
 static void do_transfer(struct sim *s) {
