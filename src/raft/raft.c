@@ -64,6 +64,7 @@ struct raft {
     uint64_t max_size_per_msg, max_committed_size;
     unsigned max_inflight;
     uint64_t pending_conf_index;
+    bool transfer_pending; /* TimeoutNow received while a conf change was unapplied */
     uint64_t rng;
 
     /* ReadIndex (leader): reads in arrival order; rounds are numbered. */
@@ -578,6 +579,7 @@ static void reset(raft_t *r, uint64_t term) {
         infl_reset(&p->infl);
     }
     r->pending_conf_index = 0;
+    r->transfer_pending = false;
     r->n_reads = 0;
     r->round_started = r->round_confirmed = 0;
 }
@@ -1088,6 +1090,12 @@ static int step_follower(raft_t *r, const struct raft_msg *m) {
     case RAFT_MSG_TIMEOUT_NOW:
         if (!promotable(r))
             return 0;
+        if (has_unapplied_conf(r)) {
+            /* Campaign once the configuration is applied (typically the
+             * removal of the leader handing over), not an election later. */
+            r->transfer_pending = true;
+            return 0;
+        }
         return hup(r, CAMPAIGN_TRANSFER);
     case RAFT_MSG_READ_INDEX_RESP:
         return push_read_state(r, m->index, m->context);
@@ -1370,6 +1378,10 @@ int raft_apply_conf_change(raft_t *r, const struct raft_conf_change *cc,
         return rc;
     if (cs)
         raft_conf_state(r, cs);
+    if (r->role == RAFT_FOLLOWER && r->transfer_pending && !has_unapplied_conf(r)) {
+        r->transfer_pending = false;
+        return hup(r, CAMPAIGN_TRANSFER);
+    }
     if (r->role != RAFT_LEADER)
         return 0;
     if (!pr_get(r, r->id))
