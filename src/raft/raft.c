@@ -64,8 +64,8 @@ struct raft {
     uint64_t max_size_per_msg, max_committed_size;
     unsigned max_inflight;
     uint64_t pending_conf_index;
+    bool transfer_pending; /* TimeoutNow received while a conf change was unapplied */
     uint64_t rng;
-    bool was_member; /* this node has been a voter at some point */
 
     /* ReadIndex (leader): reads in arrival order; rounds are numbered. */
     struct read_req *reads;
@@ -119,8 +119,6 @@ const char *raft_strerror(int code) {
         return "raft: leadership transfer target is not a voter";
     case RAFT_ETRANSFERLAGGING:
         return "raft: leadership transfer target is lagging";
-    case RAFT_ENOTMEMBER:
-        return "raft: this node is not a voting member";
     case -ENOMEM:
         return "out of memory";
     case -EINVAL:
@@ -168,16 +166,11 @@ static bool sole_voter(raft_t *r) {
     return p && !p->learner && n_voters(r) == 1;
 }
 
-/* Whether this node may campaign: a voter may; a learner or a node that has
- * no configuration yet (joining) may not. A node that applied its own
- * removal may too, only to hand leadership over (hand_over): the others may
- * not have learned that the removal committed, and while they count it, its
- * longer log can make it the only node they can elect. */
+/* Whether this node may campaign: only a voter of its own configuration (a
+ * learner, a removed node or a node still joining may not). */
 static bool promotable(raft_t *r) {
     struct progress *p = pr_get(r, r->id);
-    if (p)
-        return !p->learner;
-    return n_voters(r) > 0 && r->was_member;
+    return p && !p->learner;
 }
 
 /* The q-th largest value among the voters' values (q = quorum): the highest
@@ -313,12 +306,6 @@ static int pr_add(raft_t *r, uint64_t id, bool learner) {
     return 0;
 }
 
-static void note_membership(raft_t *r) {
-    struct progress *p = pr_get(r, r->id);
-    if (p && !p->learner)
-        r->was_member = true;
-}
-
 static void pr_remove(raft_t *r, uint64_t id) {
     for (unsigned i = 0; i < r->n_prs; i++)
         if (r->prs[i].id == id) {
@@ -344,7 +331,6 @@ static int set_conf(raft_t *r, const struct raft_conf_state *cs) {
         if (rc < 0)
             return rc;
     }
-    note_membership(r);
     return 0;
 }
 
@@ -358,17 +344,27 @@ void raft_conf_state(const raft_t *r, struct raft_conf_state *cs) {
     }
 }
 
+/* Makes room for `need` elements of `size` bytes in *arr (capacity *cap),
+ * doubling. Returns 0 or -ENOMEM (the array is unchanged then). */
+static int grow(void **arr, size_t *cap, size_t need, size_t size) {
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 16;
+    while (c < need)
+        c *= 2;
+    void *v = realloc(*arr, c * size);
+    if (!v)
+        return -ENOMEM;
+    *arr = v;
+    *cap = c;
+    return 0;
+}
+
 /* ---- outbox ---- */
 
 static struct out_msg *out_push(raft_t *r) {
-    if (r->n_out == r->cap_out) {
-        size_t cap = r->cap_out ? r->cap_out * 2 : 16;
-        struct out_msg *v = realloc(r->out, cap * sizeof(*v));
-        if (!v)
-            return NULL;
-        r->out = v;
-        r->cap_out = cap;
-    }
+    if (grow((void **)&r->out, &r->cap_out, r->n_out + 1, sizeof(*r->out)) < 0)
+        return NULL;
     struct out_msg *o = &r->out[r->n_out++];
     memset(o, 0, sizeof(*o));
     return o;
@@ -583,6 +579,7 @@ static void reset(raft_t *r, uint64_t term) {
         infl_reset(&p->infl);
     }
     r->pending_conf_index = 0;
+    r->transfer_pending = false;
     r->n_reads = 0;
     r->round_started = r->round_confirmed = 0;
 }
@@ -609,7 +606,6 @@ static void become_pre_candidate(raft_t *r) {
 }
 
 static int append_entries(raft_t *r, struct raft_entry *ents, size_t n);
-static int hand_over(raft_t *r);
 
 static int become_leader(raft_t *r) {
     assert(r->role != RAFT_FOLLOWER);
@@ -627,8 +623,6 @@ static int become_leader(raft_t *r) {
         return rc;
     r->pending_conf_index = raft_log_last(&r->log);
     LOG_INFO(r->lg, "raft: became leader", LOG_UINT("id", r->id), LOG_UINT("term", r->term));
-    if (!self)
-        return hand_over(r);
     return 0;
 }
 
@@ -723,6 +717,8 @@ static int hup(raft_t *r, enum campaign_type t) {
     return campaign(r, t);
 }
 
+static int hand_over(raft_t *r);
+
 static int send_timeout_now(raft_t *r, uint64_t to) {
     return send(r, &(struct raft_msg){.type = RAFT_MSG_TIMEOUT_NOW, .to = to});
 }
@@ -730,14 +726,9 @@ static int send_timeout_now(raft_t *r, uint64_t to) {
 /* ---- ReadIndex ---- */
 
 static int push_read_state(raft_t *r, uint64_t index, uint64_t ctx) {
-    if (r->n_read_states == r->cap_read_states) {
-        size_t cap = r->cap_read_states ? r->cap_read_states * 2 : 8;
-        struct raft_read_state *v = realloc(r->read_states, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        r->read_states = v;
-        r->cap_read_states = cap;
-    }
+    if (grow((void **)&r->read_states, &r->cap_read_states, r->n_read_states + 1,
+             sizeof(*r->read_states)) < 0)
+        return -ENOMEM;
     r->read_states[r->n_read_states++] = (struct raft_read_state){.index = index, .context = ctx};
     return 0;
 }
@@ -752,14 +743,8 @@ static int read_respond(raft_t *r, const struct read_req *q) {
 }
 
 static int reads_push(raft_t *r, const struct read_req *q) {
-    if (r->n_reads == r->cap_reads) {
-        size_t cap = r->cap_reads ? r->cap_reads * 2 : 16;
-        struct read_req *v = realloc(r->reads, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        r->reads = v;
-        r->cap_reads = cap;
-    }
+    if (grow((void **)&r->reads, &r->cap_reads, r->n_reads + 1, sizeof(*r->reads)) < 0)
+        return -ENOMEM;
     r->reads[r->n_reads++] = *q;
     return 0;
 }
@@ -940,6 +925,17 @@ static int leader_transfer(raft_t *r, uint64_t target) {
     return send_append(r, target, true, NULL);
 }
 
+/* Whether a change makes sense against the leader's configuration: it must
+ * change something, keep a voter, and fit. */
+static bool conf_change_valid(raft_t *r, const struct raft_conf_change *cc) {
+    struct progress *p = pr_get(r, cc->node_id);
+    bool nothing = (cc->type == RAFT_CC_ADD_NODE && p && !p->learner) ||
+                   (cc->type == RAFT_CC_ADD_LEARNER && p) ||
+                   (cc->type == RAFT_CC_REMOVE_NODE && !p);
+    bool last_voter = cc->type == RAFT_CC_REMOVE_NODE && p && !p->learner && n_voters(r) == 1;
+    return cc->node_id != 0 && !nothing && !last_voter && (p || r->n_prs < RAFT_MAX_MEMBERS);
+}
+
 static int copy_and_append(raft_t *r, const struct raft_entry *ents, size_t n) {
     struct raft_entry stack[64];
     struct raft_entry *v = n <= 64 ? stack : malloc(n * sizeof(*v));
@@ -950,8 +946,11 @@ static int copy_and_append(raft_t *r, const struct raft_entry *ents, size_t n) {
         if (v[i].type != RAFT_ENTRY_CONF_CHANGE)
             continue;
         /* Single-server changes: one at a time, and only once this leader has
-         * applied its first entry. Otherwise the change becomes a no-op. */
-        if (r->pending_conf_index > r->log.applied) {
+         * applied its first entry; a forwarded change is checked here like a
+         * local one. Otherwise the change becomes a no-op. */
+        struct raft_conf_change cc;
+        if (r->pending_conf_index > r->log.applied ||
+            raft_conf_change_decode(v[i].data, v[i].len, &cc) != 0 || !conf_change_valid(r, &cc)) {
             v[i] = (struct raft_entry){.type = RAFT_ENTRY_NORMAL};
         } else {
             r->pending_conf_index = raft_log_last(&r->log) + 1 + i;
@@ -1091,6 +1090,12 @@ static int step_follower(raft_t *r, const struct raft_msg *m) {
     case RAFT_MSG_TIMEOUT_NOW:
         if (!promotable(r))
             return 0;
+        if (has_unapplied_conf(r)) {
+            /* Campaign once the configuration is applied (typically the
+             * removal of the leader handing over), not an election later. */
+            r->transfer_pending = true;
+            return 0;
+        }
         return hup(r, CAMPAIGN_TRANSFER);
     case RAFT_MSG_READ_INDEX_RESP:
         return push_read_state(r, m->index, m->context);
@@ -1135,7 +1140,7 @@ static int step(raft_t *r, const struct raft_msg *m) {
     if (vote_req) {
         bool can_vote = r->vote == m->from || (r->vote == 0 && r->lead == 0) ||
                         (m->type == RAFT_MSG_PRE_VOTE && m->term > r->term) ||
-                        FAULT(r, RAFT_FAULT_DOUBLE_VOTE);
+                        (FAULT(r, RAFT_FAULT_DOUBLE_VOTE) && r->role == RAFT_FOLLOWER);
         uint32_t resp = m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP : RAFT_MSG_PRE_VOTE_RESP;
         if (can_vote && raft_log_up_to_date(&r->log, m->index, m->log_term)) {
             if (m->type == RAFT_MSG_VOTE) {
@@ -1161,6 +1166,25 @@ static int step(raft_t *r, const struct raft_msg *m) {
 
 /* ---- public interface ---- */
 
+/* The state invariants every public call must leave true. */
+static void check_invariants(const raft_t *r) {
+#ifndef NDEBUG
+    uint64_t last = raft_log_last(&r->log);
+    assert(r->log.applied <= r->log.committed);
+    assert(r->log.committed <= last);
+    assert(r->role != RAFT_LEADER || r->lead == r->id);
+    assert(r->role != RAFT_CANDIDATE || r->vote == r->id);
+    for (unsigned i = 0; r->role == RAFT_LEADER && i < r->n_prs; i++) {
+        const struct progress *p = &r->prs[i];
+        assert(p->match <= last && p->next <= last + 1);
+        assert(p->id == r->id || p->match < p->next);
+        assert(p->infl.count <= p->infl.cap);
+    }
+#else
+    (void)r;
+#endif
+}
+
 int raft_step(raft_t *r, const struct raft_msg *m) {
     switch (m->type) {
     case RAFT_MSG_HUP:
@@ -1175,12 +1199,13 @@ int raft_step(raft_t *r, const struct raft_msg *m) {
     if (m->type > RAFT_MSG_PRE_VOTE_RESP)
         return -EINVAL;
     int rc = step(r, m);
+    check_invariants(r);
     /* Errors that only mean "cannot serve this request" are the sender's
      * business (it times out); only resource failures reach the caller. */
     return rc == -ENOMEM ? rc : 0;
 }
 
-int raft_tick(raft_t *r) {
+static int tick(raft_t *r) {
     if (r->role != RAFT_LEADER) {
         r->election_elapsed++;
         if (promotable(r) && r->election_elapsed >= r->randomized_timeout) {
@@ -1221,6 +1246,12 @@ int raft_tick(raft_t *r) {
         return bcast_heartbeat(r);
     }
     return 0;
+}
+
+int raft_tick(raft_t *r) {
+    int rc = tick(r);
+    check_invariants(r);
+    return rc;
 }
 
 int raft_campaign(raft_t *r) {
@@ -1277,17 +1308,12 @@ int raft_conf_change_decode(const uint8_t *data, size_t len, struct raft_conf_ch
 int raft_propose_conf_change(raft_t *r, const struct raft_conf_change *cc) {
     if (cc->node_id == 0)
         return -EINVAL;
-    struct progress *p = r->role == RAFT_LEADER ? pr_get(r, cc->node_id) : NULL;
     if (r->role == RAFT_LEADER) {
         if (r->pending_conf_index > r->log.applied)
             return RAFT_ECONFPENDING;
         if (r->lead_transferee)
             return RAFT_EDROPPED;
-        bool nothing = (cc->type == RAFT_CC_ADD_NODE && p && !p->learner) ||
-                       (cc->type == RAFT_CC_ADD_LEARNER && p) ||
-                       (cc->type == RAFT_CC_REMOVE_NODE && !p);
-        bool last_voter = cc->type == RAFT_CC_REMOVE_NODE && p && !p->learner && n_voters(r) == 1;
-        if (nothing || last_voter || (!p && r->n_prs == RAFT_MAX_MEMBERS))
+        if (!conf_change_valid(r, cc))
             return -EINVAL;
     } else if (r->lead == 0) {
         return RAFT_ENOLEADER;
@@ -1350,9 +1376,12 @@ int raft_apply_conf_change(raft_t *r, const struct raft_conf_change *cc,
     }
     if (rc < 0)
         return rc;
-    note_membership(r);
     if (cs)
         raft_conf_state(r, cs);
+    if (r->role == RAFT_FOLLOWER && r->transfer_pending && !has_unapplied_conf(r)) {
+        r->transfer_pending = false;
+        return hup(r, CAMPAIGN_TRANSFER);
+    }
     if (r->role != RAFT_LEADER)
         return 0;
     if (!pr_get(r, r->id))
@@ -1433,13 +1462,8 @@ bool raft_has_ready(const raft_t *r) {
  * entries changed or were compacted since it was queued is dropped: Raft
  * treats it as lost. */
 static int build_msgs(raft_t *r, size_t *n_msgs) {
-    if (r->cap_rd_msgs < r->n_out) {
-        struct raft_msg *v = realloc(r->rd_msgs, r->n_out * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        r->rd_msgs = v;
-        r->cap_rd_msgs = r->n_out;
-    }
+    if (grow((void **)&r->rd_msgs, &r->cap_rd_msgs, r->n_out, sizeof(*r->rd_msgs)) < 0)
+        return -ENOMEM;
     r->rd_ents.n = 0;
     size_t k = 0;
     for (size_t i = 0; i < r->n_out; i++) {
@@ -1546,6 +1570,7 @@ int raft_advance(raft_t *r, const struct raft_ready *rd) {
         out_free_owned(&r->out[i]);
     r->n_out = 0;
     r->n_read_states = 0;
+    check_invariants(r);
     return 0;
 }
 

@@ -66,9 +66,14 @@
  *   cannot be elected for a term. Consequences: replacing a member is a remove
  *   then an add; adding a member to a 1- or 2-member cluster while the new one
  *   is unreachable stops progress until it comes up — add it as a learner
- *   first and promote it when it has caught up.
- * - A leader that applies its own removal sends TimeoutNow to the voter with
- *   the longest log if that voter is caught up, then steps down. A removed node
+ *   first and promote it when it has caught up; removing one of two voters can
+ *   wedge the survivor if the removed one stops before the survivor learns that
+ *   the removal committed (it then waits for that vote forever) — keep the
+ *   removed member running until the survivor has applied the change.
+ * - A leader that applies its own removal keeps leading, without counting
+ *   itself and refusing proposals, until the voter with the longest log is
+ *   caught up; it then sends it TimeoutNow and is deposed by its election
+ *   (retried with a new choice after each election timeout). A removed node
  *   never campaigns.
  * - PreVote: a node whose election timer fires first asks whether it could win
  *   (without raising its term); a partitioned node rejoining therefore does not
@@ -102,7 +107,6 @@
 #define RAFT_ESNAPTEMP (-10006)        /* storage: snapshot temporarily unavailable */
 #define RAFT_ETRANSFERTARGET (-10007)  /* transfer target is a learner, self, or no member */
 #define RAFT_ETRANSFERLAGGING (-10008) /* transfer target cannot catch up in time */
-#define RAFT_ENOTMEMBER (-10009)       /* this node is not a voter of the cluster */
 
 /* A static string naming any code raft functions return (negative errno too). */
 const char *raft_strerror(int code);
@@ -234,8 +238,11 @@ struct raft_ready {
 
 /* The log storage the caller provides (the WAL in the server, the memory store
  * in tests). Raft only reads through it; the caller writes to it when it
- * persists a Ready. Entries returned by `entries` point at data that stays
- * valid until the storage is next modified. */
+ * persists a Ready. Lifetimes raft relies on (messages of a Ready point into
+ * storage until raft_advance): the data of an entry returned by `entries`
+ * stays valid until that entry is removed (compacted, or replaced by a
+ * conflicting append); snapshot data stays valid until another snapshot is
+ * created or applied. Appending entries must not move either. */
 struct raft_storage_ops {
     /* Hard state and the configuration of the last snapshot. */
     int (*initial_state)(void *ctx, struct raft_hard_state *hs, struct raft_conf_state *cs);
@@ -249,8 +256,7 @@ struct raft_storage_ops {
     int (*term)(void *ctx, uint64_t i, uint64_t *term);
     uint64_t (*first_index)(void *ctx);
     uint64_t (*last_index)(void *ctx);
-    /* The latest snapshot; data valid until storage is next modified.
-     * Returns 0 or RAFT_ESNAPTEMP. */
+    /* The latest snapshot. Returns 0 or RAFT_ESNAPTEMP. */
     int (*snapshot)(void *ctx, struct raft_snapshot *out);
 };
 

@@ -13,6 +13,9 @@ struct raft_evec {
 };
 
 int raft_evec_reserve(struct raft_evec *ev, size_t need);
+
+/* *out = a malloc'd copy of n bytes (NULL when n is 0). 0 or -ENOMEM. */
+int raft_dup_bytes(const uint8_t *p, size_t n, uint8_t **out);
 void raft_evec_free(struct raft_evec *ev);
 
 struct raft_ublock;

@@ -260,14 +260,21 @@ uint64_t raft_log_conflict_by_term(const struct raft_log *l, uint64_t i, uint64_
     return i;
 }
 
+int raft_dup_bytes(const uint8_t *p, size_t n, uint8_t **out) {
+    *out = NULL;
+    if (n == 0)
+        return 0;
+    *out = malloc(n);
+    if (!*out)
+        return -ENOMEM;
+    memcpy(*out, p, n);
+    return 0;
+}
+
 int raft_log_restore(struct raft_log *l, const struct raft_snapshot *snap) {
-    uint8_t *d = NULL;
-    if (snap->len) {
-        d = malloc(snap->len);
-        if (!d)
-            return -ENOMEM;
-        memcpy(d, snap->data, snap->len);
-    }
+    uint8_t *d;
+    if (raft_dup_bytes(snap->data, snap->len, &d) < 0)
+        return -ENOMEM;
     if (l->has_usnap)
         free((void *)l->usnap.data);
     l->usnap = *snap;

@@ -2,7 +2,7 @@
  * implementation of raft_storage_ops and stands in for the WAL in tests, the
  * simulator and the benchmark. Entry data is kept in per-entry allocations so
  * that pointers handed to raft stay valid while the entry array grows. */
-#include "raft/raft.h"
+#include "raft/raft_int.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -16,39 +16,37 @@ struct raft_memstore {
     size_t snap_len;
     /* ents[0] is a placeholder for the entry at `off` (the compaction point):
      * only its index and term mean anything. */
-    struct raft_entry *ents;
-    size_t n, cap;
+    struct raft_evec e;
 };
 
 static uint64_t ms_off(const raft_memstore_t *ms) {
-    return ms->ents[0].index;
+    return ms->e.v[0].index;
 }
 
 int raft_memstore_new(raft_memstore_t **out) {
     raft_memstore_t *ms = calloc(1, sizeof(*ms));
     if (!ms)
         return -ENOMEM;
-    ms->cap = 64;
-    ms->ents = calloc(ms->cap, sizeof(*ms->ents));
-    if (!ms->ents) {
+    if (raft_evec_reserve(&ms->e, 64) < 0) {
         free(ms);
         return -ENOMEM;
     }
-    ms->n = 1;
+    ms->e.v[0] = (struct raft_entry){0};
+    ms->e.n = 1;
     *out = ms;
     return 0;
 }
 
 static void free_range(raft_memstore_t *ms, size_t from, size_t to) {
     for (size_t i = from; i < to; i++)
-        free(ms->ents[i].data);
+        free(ms->e.v[i].data);
 }
 
 void raft_memstore_free(raft_memstore_t *ms) {
     if (!ms)
         return;
-    free_range(ms, 1, ms->n);
-    free(ms->ents);
+    free_range(ms, 1, ms->e.n);
+    raft_evec_free(&ms->e);
     free(ms->snap_data);
     free(ms);
 }
@@ -66,21 +64,7 @@ void raft_memstore_hard_state(const raft_memstore_t *ms, struct raft_hard_state 
 }
 
 uint64_t raft_memstore_last_index(const raft_memstore_t *ms) {
-    return ms_off(ms) + ms->n - 1;
-}
-
-static int ensure_cap(raft_memstore_t *ms, size_t need) {
-    if (need <= ms->cap)
-        return 0;
-    size_t cap = ms->cap;
-    while (cap < need)
-        cap *= 2;
-    struct raft_entry *e = realloc(ms->ents, cap * sizeof(*e));
-    if (!e)
-        return -ENOMEM;
-    ms->ents = e;
-    ms->cap = cap;
-    return 0;
+    return ms_off(ms) + ms->e.n - 1;
 }
 
 int raft_memstore_append(raft_memstore_t *ms, const struct raft_entry *ents, size_t n) {
@@ -91,7 +75,7 @@ int raft_memstore_append(raft_memstore_t *ms, const struct raft_entry *ents, siz
     if (first <= off || first > raft_memstore_last_index(ms) + 1)
         return -EINVAL;
     size_t at = (size_t)(first - off);
-    if (ensure_cap(ms, at + n) < 0)
+    if (raft_evec_reserve(&ms->e, at + n) < 0)
         return -ENOMEM;
     /* Copy the data first so a failure leaves the store untouched. */
     uint8_t **copies = malloc(n * sizeof(*copies));
@@ -110,13 +94,13 @@ int raft_memstore_append(raft_memstore_t *ms, const struct raft_entry *ents, siz
             memcpy(copies[i], ents[i].data, ents[i].len);
         }
     }
-    free_range(ms, at, ms->n);
+    free_range(ms, at, ms->e.n);
     for (size_t i = 0; i < n; i++) {
         assert(ents[i].index == first + i);
-        ms->ents[at + i] = ents[i];
-        ms->ents[at + i].data = copies[i];
+        ms->e.v[at + i] = ents[i];
+        ms->e.v[at + i].data = copies[i];
     }
-    ms->n = at + n;
+    ms->e.n = at + n;
     free(copies);
     return 0;
 }
@@ -124,20 +108,16 @@ int raft_memstore_append(raft_memstore_t *ms, const struct raft_entry *ents, siz
 int raft_memstore_apply_snapshot(raft_memstore_t *ms, const struct raft_snapshot *snap) {
     if (snap->meta.index <= ms->snap.index && ms->snap.index != 0)
         return -EINVAL;
-    uint8_t *d = NULL;
-    if (snap->len) {
-        d = malloc(snap->len);
-        if (!d)
-            return -ENOMEM;
-        memcpy(d, snap->data, snap->len);
-    }
+    uint8_t *d;
+    if (raft_dup_bytes(snap->data, snap->len, &d) < 0)
+        return -ENOMEM;
     free(ms->snap_data);
     ms->snap_data = d;
     ms->snap_len = snap->len;
     ms->snap = snap->meta;
-    free_range(ms, 1, ms->n);
-    ms->n = 1;
-    ms->ents[0] = (struct raft_entry){.index = snap->meta.index, .term = snap->meta.term};
+    free_range(ms, 1, ms->e.n);
+    ms->e.n = 1;
+    ms->e.v[0] = (struct raft_entry){.index = snap->meta.index, .term = snap->meta.term};
     return 0;
 }
 
@@ -147,18 +127,14 @@ int raft_memstore_create_snapshot(raft_memstore_t *ms, uint64_t index,
     uint64_t off = ms_off(ms);
     if (index <= ms->snap.index || index < off || index > raft_memstore_last_index(ms))
         return -EINVAL;
-    uint8_t *d = NULL;
-    if (len) {
-        d = malloc(len);
-        if (!d)
-            return -ENOMEM;
-        memcpy(d, data, len);
-    }
+    uint8_t *d;
+    if (raft_dup_bytes(data, len, &d) < 0)
+        return -ENOMEM;
     free(ms->snap_data);
     ms->snap_data = d;
     ms->snap_len = len;
     ms->snap.index = index;
-    ms->snap.term = ms->ents[index - off].term;
+    ms->snap.term = ms->e.v[index - off].term;
     ms->snap.conf = *cs;
     return 0;
 }
@@ -171,10 +147,10 @@ int raft_memstore_compact(raft_memstore_t *ms, uint64_t index) {
         return -EINVAL;
     size_t k = (size_t)(index - off);
     free_range(ms, 1, k + 1);
-    struct raft_entry dummy = {.index = index, .term = ms->ents[k].term};
-    memmove(&ms->ents[1], &ms->ents[k + 1], (ms->n - k - 1) * sizeof(*ms->ents));
-    ms->n -= k;
-    ms->ents[0] = dummy;
+    struct raft_entry dummy = {.index = index, .term = ms->e.v[k].term};
+    memmove(&ms->e.v[1], &ms->e.v[k + 1], (ms->e.n - k - 1) * sizeof(*ms->e.v));
+    ms->e.n -= k;
+    ms->e.v[0] = dummy;
     return 0;
 }
 
@@ -196,7 +172,7 @@ static int ms_entries(void *ctx, uint64_t lo, uint64_t hi, uint64_t max_bytes,
     uint64_t size = 0;
     size_t k = 0;
     for (uint64_t i = lo; i < hi; i++) {
-        const struct raft_entry *e = &ms->ents[i - off];
+        const struct raft_entry *e = &ms->e.v[i - off];
         size += e->len;
         if (k > 0 && size > max_bytes)
             break;
@@ -213,7 +189,7 @@ static int ms_term(void *ctx, uint64_t i, uint64_t *term) {
         return RAFT_ECOMPACTED;
     if (i > raft_memstore_last_index(ms))
         return RAFT_EUNAVAILABLE;
-    *term = ms->ents[i - off].term;
+    *term = ms->e.v[i - off].term;
     return 0;
 }
 

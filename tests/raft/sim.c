@@ -92,6 +92,8 @@ struct sim {
     size_t n_props, cap_props;
     struct pending_read *reads;
     size_t n_reads, cap_reads;
+    struct raft_conf_change *ccs; /* conf changes of the Ready being handled */
+    size_t cap_ccs;
     uint64_t next_read_ctx, max_applied, max_commit;
     bool failed;
     char msg[512];
@@ -200,6 +202,12 @@ static const char *msg_name(uint32_t t) {
                                   "CHECK_Q",   "TRANSFER", "TIMEOUT_NOW",  "READ_INDEX",
                                   "READ_RESP", "PRE_VOTE", "PRE_VOTE_RESP"};
     return t < sizeof(names) / sizeof(names[0]) ? names[t] : "?";
+}
+
+static const char *cc_name(uint32_t t) {
+    return t == RAFT_CC_ADD_NODE      ? "add voter"
+           : t == RAFT_CC_REMOVE_NODE ? "remove"
+                                      : "add learner";
 }
 
 static const char *role_name(enum raft_role r) {
@@ -529,13 +537,20 @@ static bool process(struct sim *s, struct node *n) {
             install_snapshot(s, n, rd.snapshot);
         /* Committed entries are durable before the Ready: apply them first,
          * which is what makes an "apply before persisting" bug observable. */
-        struct raft_conf_change ccs[8];
+        if (rd.n_committed > s->cap_ccs) {
+            s->cap_ccs = rd.n_committed;
+            s->ccs = xrealloc(s->ccs, s->cap_ccs * sizeof(*s->ccs));
+        }
+        struct raft_conf_change *ccs = s->ccs;
         size_t n_cc = 0;
         for (size_t i = 0; i < rd.n_committed; i++) {
             bool has = false;
-            apply_entry(s, n, &rd.committed[i], &ccs[n_cc < 8 ? n_cc : 7], &has);
-            if (has && n_cc < 8)
+            apply_entry(s, n, &rd.committed[i], &ccs[n_cc], &has);
+            if (has) {
+                ccs[n_cc].context = NULL; /* points into the Ready; raft ignores it */
+                ccs[n_cc].context_len = 0;
                 n_cc++;
+            }
             if (crash_at == 1 && i == rd.n_committed / 2)
                 goto crashed;
         }
@@ -576,6 +591,9 @@ static bool process(struct sim *s, struct node *n) {
             struct raft_conf_state cs;
             if (raft_apply_conf_change(n->r, &ccs[i], &cs) != 0)
                 fail(s, "apply conf change failed");
+            tr(s, "  n%d applied conf change %s n%d (%s.%llx): %u voters, %u learners",
+               slot_of(n->id) + 1, cc_name(ccs[i].type), slot_of(ccs[i].node_id) + 1, "id",
+               (unsigned long long)(ccs[i].node_id >> 32), cs.n_voters, cs.n_learners);
             if (ccs[i].node_id == n->id && ccs[i].type == RAFT_CC_REMOVE_NODE) {
                 tr(s, "  n%d applied its own removal", slot_of(n->id) + 1);
                 n->left = true;
@@ -763,7 +781,12 @@ static void do_conf_change(struct sim *s) {
         n->joining = true;
         start_node(s, n);
     } else if (what == 2 && cs.n_voters + cs.n_learners > 1) {
+        /* Never shrink two voters to one: if the removed one stops before
+         * the other learns the removal committed, the survivor waits forever
+         * for its vote (documented in raft.h). */
         unsigned k = rndn(s, members);
+        if (k < cs.n_voters && cs.n_voters == 2)
+            return;
         cc.type = RAFT_CC_REMOVE_NODE;
         cc.node_id = k < cs.n_voters ? cs.voters[k] : cs.learners[k - cs.n_voters];
     } else if (cs.n_learners) {
@@ -772,13 +795,23 @@ static void do_conf_change(struct sim *s) {
     } else {
         return;
     }
-    int rc = raft_propose_conf_change(l->r, &cc);
-    static const char *names[] = {"add voter", "remove", "?", "add learner"};
-    tr(s, "conf change at leader n%d: %s n%d: %s", slot_of(l->id) + 1, names[cc.type],
-       slot_of(cc.node_id) + 1, raft_strerror(rc));
+    /* A quarter of the changes are asked of another node and forwarded (the
+     * leader then checks them itself). */
+    struct node *at = l;
+    if (chance(s, 2500)) {
+        struct node *o = random_up(s);
+        struct raft_status st;
+        if (o)
+            raft_status(o->r, &st);
+        if (o && st.leader)
+            at = o;
+    }
+    int rc = raft_propose_conf_change(at->r, &cc);
+    tr(s, "conf change at n%d (leader n%d): %s n%d: %s", slot_of(at->id) + 1, slot_of(l->id) + 1,
+       cc_name(cc.type), slot_of(cc.node_id) + 1, raft_strerror(rc));
     if (rc == 0)
         s->st.conf_changes++;
-    process(s, l);
+    process(s, at);
 }
 
 static void do_transfer(struct sim *s) {
@@ -837,7 +870,9 @@ static void deliver_due(struct sim *s) {
         }
     }
     s->n_net = k;
-    for (size_t i = nd; i > 1; i--) { /* shuffle: reordering */
+    /* Shuffle (reordering) while faults are on; FIFO per link afterwards,
+     * as a TCP transport delivers. */
+    for (size_t i = quiet_phase(s) ? 0 : nd; i > 1; i--) {
         size_t j = rndn(s, (unsigned)i);
         struct netmsg t = due[i - 1];
         due[i - 1] = due[j];
@@ -1063,7 +1098,27 @@ static void chaos_step(struct sim *s) {
  * accepted proposal must be applied on every member within LIVENESS_TICKS. */
 static void liveness(struct sim *s) {
     memset(s->blocked, 0, sizeof(s->blocked));
-    tr(s, "QUIET: faults stop; %zu proposals accepted", s->n_props);
+    /* The bound: LIVENESS_TICKS to elect and settle, plus two ticks per entry
+     * the most lagging member may have to fetch (one entry per message at
+     * worst, one round trip per in-flight window). */
+    uint64_t last = s->max_commit, least = UINT64_MAX;
+    for (int i = 0; i < MAXN; i++) {
+        struct node *n = &s->nodes[i];
+        if (!n->id || n->removed)
+            continue;
+        uint64_t l, t;
+        log_end(n, &l, &t);
+        if (l > last)
+            last = l;
+        if (n->sm_applied < least)
+            least = n->sm_applied;
+    }
+    uint64_t backlog = last - (least == UINT64_MAX ? 0 : least);
+    for (size_t i = 0; i < s->n_props; i++)
+        backlog += s->props[i].index == 0;
+    uint64_t bound = LIVENESS_TICKS + 2 * backlog;
+    tr(s, "QUIET: faults stop; %zu proposals accepted; liveness bound %llu ticks", s->n_props,
+       (unsigned long long)bound);
     uint64_t start = s->t;
     for (;;) {
         s->t++;
@@ -1120,7 +1175,23 @@ static void liveness(struct sim *s) {
                (unsigned long long)(s->t - start));
             return;
         }
-        if (s->t - start > LIVENESS_TICKS) {
+        if (s->t - start > bound) {
+            for (int i = 0; i < MAXN; i++) {
+                struct node *n = &s->nodes[i];
+                if (!n->up)
+                    continue;
+                struct raft_status st;
+                struct raft_conf_state ncs;
+                raft_status(n->r, &st);
+                raft_conf_state(n->r, &ncs);
+                tr(s,
+                   "  n%d: %s term %llu, commit %llu, applied %llu, last %llu, %u voters, "
+                   "%u learners%s",
+                   i + 1, role_name(st.role), (unsigned long long)st.term,
+                   (unsigned long long)st.commit, (unsigned long long)st.applied,
+                   (unsigned long long)st.last_index, ncs.n_voters, ncs.n_learners,
+                   is_member(&ncs, n->id) ? "" : ", not a member itself");
+            }
             size_t missing = 0;
             for (size_t i = 0; i < s->n_props; i++)
                 missing += s->props[i].index == 0;
@@ -1179,6 +1250,7 @@ static void sim_free(struct sim *s) {
     free(s->lm);
     free(s->props);
     free(s->reads);
+    free(s->ccs);
     free(s->trace);
 }
 

@@ -79,31 +79,23 @@ static void test_short_sweep(void **state) {
 
 #ifdef QUOIN_TESTING
 /* Each switch breaks one rule; the same sweep must notice. */
-static void expect_caught(unsigned fault, const char *name) {
-    unsigned failed = short_sweep(fault, NULL, NULL);
-    fprintf(stderr, "fault %s: %s\n", name, failed ? "caught" : "NOT caught");
+struct fault_case {
+    unsigned fault;
+    const char *name;
+};
+
+static void test_catches_fault(void **state) {
+    const struct fault_case *fc = *state;
+    unsigned failed = short_sweep(fc->fault, NULL, NULL);
+    fprintf(stderr, "fault %s: %s\n", fc->name, failed ? "caught" : "NOT caught");
     assert_true(failed > 0);
 }
 
-static void test_catches_double_vote(void **state) {
-    (void)state;
-    expect_caught(RAFT_FAULT_DOUBLE_VOTE, "double vote");
-}
-
-static void test_catches_commit_old_term(void **state) {
-    (void)state;
-    expect_caught(RAFT_FAULT_COMMIT_OLD_TERM, "commit old term");
-}
-
-static void test_catches_read_no_heartbeat(void **state) {
-    (void)state;
-    expect_caught(RAFT_FAULT_READ_NO_HEARTBEAT, "read without heartbeat");
-}
-
-static void test_catches_apply_unpersisted(void **state) {
-    (void)state;
-    expect_caught(RAFT_FAULT_APPLY_UNPERSISTED, "apply before persist");
-}
+static struct fault_case double_vote = {RAFT_FAULT_DOUBLE_VOTE, "double vote"};
+static struct fault_case commit_old_term = {RAFT_FAULT_COMMIT_OLD_TERM, "commit old term"};
+static struct fault_case read_no_heartbeat = {RAFT_FAULT_READ_NO_HEARTBEAT,
+                                              "read without heartbeat"};
+static struct fault_case apply_unpersisted = {RAFT_FAULT_APPLY_UNPERSISTED, "apply before persist"};
 #endif
 
 static int long_sweep(int argc, char **argv) {
@@ -162,10 +154,10 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_short_sweep),
 #ifdef QUOIN_TESTING
-        cmocka_unit_test(test_catches_double_vote),
-        cmocka_unit_test(test_catches_commit_old_term),
-        cmocka_unit_test(test_catches_read_no_heartbeat),
-        cmocka_unit_test(test_catches_apply_unpersisted),
+        cmocka_unit_test_prestate(test_catches_fault, &double_vote),
+        cmocka_unit_test_prestate(test_catches_fault, &commit_old_term),
+        cmocka_unit_test_prestate(test_catches_fault, &read_no_heartbeat),
+        cmocka_unit_test_prestate(test_catches_fault, &apply_unpersisted),
 #endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
