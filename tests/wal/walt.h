@@ -41,8 +41,12 @@ void walt_truncate(const char *path, uint64_t size);
 void walt_write_at(const char *path, uint64_t off, const void *p, size_t n);
 void walt_read_at(const char *path, uint64_t off, void *p, size_t n);
 
-/* Offset of the end of the valid records of a segment (the first zeroed
- * record header after the segment header). */
-uint64_t walt_records_end(const char *path);
+/* Offsets of the records of a segment, up to the first zeroed record header:
+ * offs[0..n) start records and offs[n] is where they end. Returns n. */
+size_t walt_record_offsets(const char *path, uint64_t *offs, size_t max);
+
+/* Whole-file copies, to damage a log and restore it between cases. */
+uint8_t *walt_read_file(const char *path, size_t *n);
+void walt_write_file(const char *path, const uint8_t *p, size_t n);
 
 #endif

@@ -1,0 +1,300 @@
+/* Recovery from damaged logs: a torn or corrupt tail of the last segment is
+ * truncated (at every byte offset of the last record, for cuts, zeroing and bit
+ * flips); damage anywhere else refuses to open with the file and byte offset in
+ * the message, and leaves the files as they were. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "walt.h"
+#include "wal/wal.h"
+
+#define MAXREC 512
+
+/* A log of entries 1..n (term 1), one call each, in segments of seg_size. */
+static char *make_log(uint64_t n, uint64_t seg_size) {
+    char *dir = walt_tmpdir();
+    struct wal_options o = {.segment_size = seg_size};
+    struct wal_recovery rec;
+    wal_t *w = NULL;
+    assert_int_equal(wal_open(dir, &o, &w, &rec, NULL), 0);
+    for (uint64_t i = 1; i <= n; i++)
+        walt_append(w, i, 1, 1, NULL);
+    assert_int_equal(wal_close(w), 0);
+    return dir;
+}
+
+/* Opens, expects success with entries 1..n of term 1, closes. */
+static void expect_entries(const char *dir, uint64_t seg_size, uint64_t n, log_t *lg) {
+    struct wal_options o = {.segment_size = seg_size, .log = lg};
+    struct wal_recovery rec;
+    struct util_err err = {0};
+    wal_t *w = NULL;
+    int rc = wal_open(dir, &o, &w, &rec, &err);
+    if (rc != 0)
+        fail_msg("wal_open: %d %s", rc, err.msg);
+    assert_int_equal(rec.n_entries, n);
+    for (uint64_t i = 1; i <= n; i++)
+        assert_true(walt_entry_ok(&rec.entries[i - 1], i, 1));
+    wal_recovery_free(&rec);
+    assert_int_equal(wal_close(w), 0);
+}
+
+/* Opens, expects a refusal whose message names `file` and `offset`. */
+static void expect_refusal(const char *dir, const char *file, uint64_t offset, const char *words) {
+    struct wal_recovery rec;
+    struct util_err err = {0};
+    wal_t *w = NULL;
+    int rc = wal_open(dir, NULL, &w, &rec, &err);
+    assert_int_equal(rc, -EBADMSG);
+    assert_null(w);
+    char want[128];
+    snprintf(want, sizeof(want), "byte offset %llu", (unsigned long long)offset);
+    if (!strstr(err.msg, file) || !strstr(err.msg, want) || !strstr(err.msg, words))
+        fail_msg("message lacks '%s', '%s' or '%s': %s", file, want, words, err.msg);
+}
+
+static char *only_segment(const char *dir, char *path, size_t cap) {
+    char **names;
+    size_t n = walt_segments(dir, &names);
+    assert_int_equal(n, 1);
+    walt_path(path, cap, dir, names[0]);
+    walt_free_names(names, n);
+    return path;
+}
+
+static void cut_every_offset_of_last_record(void **state) {
+    (void)state;
+    char *dir = make_log(20, 65536), path[512];
+    uint64_t offs[MAXREC + 1];
+    only_segment(dir, path, sizeof(path));
+    assert_int_equal(walt_record_offsets(path, offs, MAXREC), 20);
+    size_t size;
+    uint8_t *orig = walt_read_file(path, &size);
+    uint64_t r = offs[19], e = offs[20];
+    for (uint64_t t = r; t < e; t++) {
+        walt_write_file(path, orig, size);
+        walt_truncate(path, t);
+        expect_entries(dir, 65536, 19, NULL);
+        /* Zeroed instead of cut: what a preallocated file shows. */
+        walt_write_file(path, orig, size);
+        uint8_t zeros[WALT_MAX_DATA + 64] = {0};
+        walt_write_at(path, t, zeros, e - t);
+        /* Zeroing only the padding leaves the record whole. */
+        int padding = 1;
+        for (uint64_t i = t; i < e; i++)
+            padding &= orig[i] == 0;
+        expect_entries(dir, 65536, padding ? 20 : 19, NULL);
+    }
+    walt_write_file(path, orig, size);
+    walt_truncate(path, e);
+    expect_entries(dir, 65536, 20, NULL);
+    free(orig);
+    walt_rmdir(dir);
+}
+
+static void flip_every_byte_of_last_record(void **state) {
+    (void)state;
+    char *dir = make_log(20, 65536), path[512];
+    uint64_t offs[MAXREC + 1];
+    only_segment(dir, path, sizeof(path));
+    walt_record_offsets(path, offs, MAXREC);
+    size_t size;
+    uint8_t *orig = walt_read_file(path, &size);
+    for (uint64_t b = offs[19]; b < offs[20]; b++) {
+        walt_write_file(path, orig, size);
+        walt_flip_bit(path, b, (int)(b % 8));
+        expect_entries(dir, 65536, 19, NULL);
+    }
+    free(orig);
+    walt_rmdir(dir);
+}
+
+/* The truncation is logged, and the space after it is clean: a shorter
+ * record written there later cannot be followed by stale bytes. */
+static void repair_is_logged_and_clean(void **state) {
+    (void)state;
+    char *dir = make_log(20, 65536), path[512], logpath[] = "/tmp/quoin-wal-log-XXXXXX";
+    uint64_t offs[MAXREC + 1];
+    only_segment(dir, path, sizeof(path));
+    walt_record_offsets(path, offs, MAXREC);
+    walt_flip_bit(path, offs[19] + 20, 3);
+    int fd = mkstemp(logpath);
+    assert_true(fd >= 0);
+    close(fd);
+    log_t *lg;
+    assert_int_equal(log_open(LOG_LEVEL_INFO, logpath, &lg, NULL), 0);
+    expect_entries(dir, 65536, 19, lg);
+    log_close(lg);
+    size_t n;
+    char *text = (char *)walt_read_file(logpath, &n);
+    text = realloc(text, n + 1);
+    text[n] = '\0';
+    assert_non_null(strstr(text, "truncating a torn tail"));
+    assert_non_null(strstr(text, "checksum mismatch"));
+    char off[64];
+    snprintf(off, sizeof(off), "\"offset\":%llu", (unsigned long long)offs[19]);
+    assert_non_null(strstr(text, off));
+    free(text);
+    unlink(logpath);
+
+    struct wal_recovery rec;
+    wal_t *w;
+    assert_int_equal(wal_open(dir, NULL, &w, &rec, NULL), 0);
+    wal_recovery_free(&rec);
+    struct wal_entry e = {.index = 20, .term = 2};
+    assert_int_equal(wal_append(w, &e, 1, NULL, NULL), 0);
+    assert_int_equal(wal_close(w), 0);
+    assert_int_equal(wal_open(dir, NULL, &w, &rec, NULL), 0);
+    assert_int_equal(rec.n_entries, 20);
+    assert_int_equal(rec.entries[19].term, 2);
+    assert_int_equal(rec.entries[19].len, 0);
+    wal_recovery_free(&rec);
+    assert_int_equal(wal_close(w), 0);
+    walt_rmdir(dir);
+}
+
+static void flip_mid_log_refused(void **state) {
+    (void)state;
+    char *dir = make_log(20, 65536), path[512];
+    uint64_t offs[MAXREC + 1];
+    only_segment(dir, path, sizeof(path));
+    walt_record_offsets(path, offs, MAXREC);
+    size_t size;
+    uint8_t *orig = walt_read_file(path, &size);
+    const char *name = strrchr(path, '/') + 1;
+    for (uint64_t b = offs[9]; b < offs[10]; b++) {
+        walt_write_file(path, orig, size);
+        walt_flip_bit(path, b, (int)(b % 8));
+        size_t n;
+        uint8_t *damaged = walt_read_file(path, &n);
+        expect_refusal(dir, name, offs[9], "not a torn write");
+        /* Refusing changes nothing. */
+        uint8_t *after = walt_read_file(path, &n);
+        assert_memory_equal(damaged, after, n);
+        free(damaged);
+        free(after);
+    }
+    free(orig);
+    walt_rmdir(dir);
+}
+
+static void flip_in_earlier_segment_refused(void **state) {
+    (void)state;
+    char *dir = make_log(100, 4096), path[512];
+    char **names;
+    size_t nseg = walt_segments(dir, &names);
+    assert_true(nseg >= 3);
+    walt_path(path, sizeof(path), dir, names[0]);
+    uint64_t offs[MAXREC + 1];
+    size_t nrec = walt_record_offsets(path, offs, MAXREC);
+    assert_true(nrec >= 3);
+    assert_int_equal(offs[nrec], walt_file_size(path)); /* cut to its records */
+    size_t size;
+    uint8_t *orig = walt_read_file(path, &size);
+    uint64_t targets[] = {offs[1], offs[nrec - 1]}; /* a middle and the last record */
+    for (int i = 0; i < 2; i++) {
+        walt_flip_bit(path, targets[i] + 14, 1);
+        expect_refusal(dir, names[0], targets[i], "not the last");
+        walt_write_file(path, orig, size);
+    }
+    /* Its last record gone whole: the next segment's header notices. */
+    walt_truncate(path, offs[nrec - 1]);
+    expect_refusal(dir, names[1], 0, "does not continue");
+    walt_write_file(path, orig, size);
+    expect_entries(dir, 4096, 100, NULL);
+    free(orig);
+    walt_free_names(names, nseg);
+    walt_rmdir(dir);
+}
+
+/* A zeroed record header (a page the kernel never wrote before a crash) ends
+ * the log even when later pages made it to disk: nothing after it was ever
+ * reported durable. */
+static void zeroed_hole_truncates(void **state) {
+    (void)state;
+    char *dir = make_log(20, 65536), path[512];
+    uint64_t offs[MAXREC + 1];
+    only_segment(dir, path, sizeof(path));
+    walt_record_offsets(path, offs, MAXREC);
+    uint8_t zeros[12] = {0};
+    walt_write_at(path, offs[14], zeros, sizeof(zeros));
+    expect_entries(dir, 65536, 14, NULL);
+    walt_rmdir(dir);
+}
+
+static void damaged_header_refused(void **state) {
+    (void)state;
+    char *dir = make_log(5, 65536), path[512];
+    only_segment(dir, path, sizeof(path));
+    walt_flip_bit(path, 20, 0);
+    expect_refusal(dir, strrchr(path, '/') + 1, 0, "checksum");
+    walt_rmdir(dir);
+}
+
+static void missing_segments_refused(void **state) {
+    (void)state;
+    char *dir = make_log(100, 4096), path[512];
+    char **names;
+    size_t nseg = walt_segments(dir, &names);
+    assert_true(nseg >= 3);
+    size_t size;
+    walt_path(path, sizeof(path), dir, names[1]);
+    uint8_t *keep = walt_read_file(path, &size);
+    assert_int_equal(unlink(path), 0);
+    struct wal_recovery rec;
+    struct util_err err = {0};
+    wal_t *w = NULL;
+    assert_int_equal(wal_open(dir, NULL, &w, &rec, &err), -EBADMSG);
+    assert_non_null(strstr(err.msg, "segment 0000000000000001 is missing"));
+    /* Losing the first segment without a snapshot covering it is refused too. */
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+    walt_write_file(path, keep, size);
+    walt_path(path, sizeof(path), dir, names[0]);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(wal_open(dir, NULL, &w, &rec, &err), -EBADMSG);
+    assert_non_null(strstr(err.msg, "entries 1 to"));
+    assert_non_null(strstr(err.msg, "are missing"));
+    free(keep);
+    walt_free_names(names, nseg);
+    walt_rmdir(dir);
+}
+
+/* A segment whose creation did not finish is removed, never read. */
+static void unfinished_segment_removed(void **state) {
+    (void)state;
+    char *dir = make_log(3, 65536), path[512];
+    walt_path(path, sizeof(path), dir, "0000000000000001-0000000000000004.wal.tmp");
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("garbage", f);
+    fclose(f);
+    expect_entries(dir, 65536, 3, NULL);
+    assert_int_equal(access(path, F_OK), -1);
+    walt_rmdir(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(cut_every_offset_of_last_record),
+        cmocka_unit_test(flip_every_byte_of_last_record),
+        cmocka_unit_test(repair_is_logged_and_clean),
+        cmocka_unit_test(flip_mid_log_refused),
+        cmocka_unit_test(flip_in_earlier_segment_refused),
+        cmocka_unit_test(zeroed_hole_truncates),
+        cmocka_unit_test(damaged_header_refused),
+        cmocka_unit_test(missing_segments_refused),
+        cmocka_unit_test(unfinished_segment_removed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
