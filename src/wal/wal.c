@@ -512,4 +512,11 @@ void wal_test_set_fault(wal_t *w, const struct wal_fault *f) {
     memset(w->calls, 0, sizeof(w->calls));
     pthread_mutex_unlock(&w->mu);
 }
+
+unsigned wal_test_calls(wal_t *w, enum wal_fault_op op) {
+    pthread_mutex_lock(&w->mu);
+    unsigned n = w->calls[op];
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
 #endif

@@ -216,6 +216,8 @@ int wal_close(wal_t *w);
 #ifdef QUOIN_TESTING
 /* Arms a fault counted from now (replaces any armed one). */
 void wal_test_set_fault(wal_t *w, const struct wal_fault *f);
+/* How many calls of op were made since wal_open or wal_test_set_fault. */
+unsigned wal_test_calls(wal_t *w, enum wal_fault_op op);
 #endif
 
 #endif
