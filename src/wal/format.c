@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -247,6 +248,13 @@ int wal_io_pwrite(struct wal *w, int fd, const void *buf, size_t n, uint64_t off
 #ifdef QUOIN_TESTING
         enum wal_fault_kind kind;
         if (fault_hit(w, WAL_FAULT_WRITE, &kind)) {
+            if (kind == WAL_FAULT_CRASH) {
+                /* Some whole pages and part of the next, as a crash leaves. */
+                ask = n > 4096 ? n / 4096 * 4096 / 2 + 1000 : n / 3;
+                if (pwrite(fd, p, ask, (off_t)off) >= 0)
+                    raise(SIGKILL);
+                return -EIO;
+            }
             if (kind != WAL_FAULT_SHORT || n < 2)
                 return fault_code(kind);
             ask = n / 2;

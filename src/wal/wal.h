@@ -112,10 +112,12 @@ typedef void (*wal_durable_cb)(void *arg, const struct wal_durable *d);
 /* Test-only fault injection, SQLite style: the nth call (1-based, counted from
  * wal_open, or from wal_test_set_fault) of one operation fails. The wal's
  * directory fsyncs count as WAL_FAULT_FDATASYNC. WAL_FAULT_SHORT makes a
- * write(2) write half of what it was asked (the WAL must carry on); on
- * fdatasync and fallocate it acts as WAL_FAULT_EIO. */
+ * write(2) write half of what it was asked (the WAL must carry on);
+ * WAL_FAULT_CRASH makes it write part of it and then kills the process with
+ * SIGKILL, leaving the torn write a crash would. On fdatasync and fallocate
+ * both act as WAL_FAULT_EIO. */
 enum wal_fault_op { WAL_FAULT_NONE, WAL_FAULT_WRITE, WAL_FAULT_FDATASYNC, WAL_FAULT_FALLOCATE };
-enum wal_fault_kind { WAL_FAULT_ENOSPC, WAL_FAULT_EIO, WAL_FAULT_SHORT };
+enum wal_fault_kind { WAL_FAULT_ENOSPC, WAL_FAULT_EIO, WAL_FAULT_SHORT, WAL_FAULT_CRASH };
 struct wal_fault {
     enum wal_fault_op op;
     unsigned nth;
