@@ -365,8 +365,9 @@ static void *wal_thread(void *arg) {
             else
                 w->durable = w->writing.end;
             struct wal_durable d = w->durable;
-            pthread_cond_broadcast(&w->done_cv);
             pthread_mutex_unlock(&w->mu);
+            /* Woken outside the lock, so waiters do not wake only to block on it. */
+            pthread_cond_broadcast(&w->done_cv);
             notify(w, &d);
             pthread_mutex_lock(&w->mu);
         } else if (!w->durable.error && w->release_req > w->released) {
