@@ -177,35 +177,42 @@ static size_t valid_record_after(const uint8_t *p, size_t size, size_t from) {
     return 0;
 }
 
-/* Whether [from, to) holds a whole 4 KiB page of zeros: a page the kernel never
- * wrote back before a crash. */
-static int has_zero_page(const uint8_t *p, size_t from, size_t to) {
-    const size_t page = 4096;
-    for (size_t pg = (from + page - 1) & ~(page - 1); pg + page <= to; pg += page) {
-        size_t i = 0;
-        while (i < page && p[pg + i] == 0)
-            i++;
-        if (i == page)
-            return 1;
-    }
-    return 0;
-}
+#define ZERO_CHUNK 4096
 
 static int all_zero(const uint8_t *p, size_t from, size_t to) {
-    for (size_t i = from; i < to; i++)
-        if (p[i])
+    static const uint8_t zeros[ZERO_CHUNK];
+    while (from < to) {
+        size_t n = to - from < ZERO_CHUNK ? to - from : ZERO_CHUNK;
+        if (memcmp(p + from, zeros, n) != 0)
             return 0;
+        from += n;
+    }
     return 1;
 }
 
-/* Decides what a bad record at `off` of the last segment means. Records are
+/* Whether [from, to) holds a whole 4 KiB page of zeros: a page the kernel never
+ * wrote back before a crash. */
+static int has_zero_page(const uint8_t *p, size_t from, size_t to) {
+    for (size_t pg = (from + ZERO_CHUNK - 1) & ~(size_t)(ZERO_CHUNK - 1); pg + ZERO_CHUNK <= to;
+         pg += ZERO_CHUNK)
+        if (all_zero(p, pg, pg + ZERO_CHUNK))
+            return 1;
+    return 0;
+}
+
+/* Decides what a bad record at `off` of the last segment means; on a cut sets
+ * *end to off and *dirty when bytes other than zeros follow. Records are
  * written in order and a sync covers everything before its end, so anything
  * after a hole the kernel never wrote was never reported durable: a tail
  * (nothing valid follows) or a hole (a zeroed header, or a zeroed page before
- * the next valid record) is truncated. A damaged record with valid records
- * after it and no hole is a flipped bit in acknowledged data: refuse. */
+ * the next valid record) is cut. A damaged record with valid records after it
+ * and no hole is a flipped bit in acknowledged data: refuse. */
 static int judge_tail(struct wal *w, const struct segfile *s, size_t off, const char *why,
-                      size_t *keep, struct util_err *err) {
+                      size_t *end, int *dirty, struct util_err *err) {
+    *end = off;
+    *dirty = !all_zero(s->map, off, s->size);
+    if (!*dirty)
+        return 0; /* the preallocated space after the last record */
     size_t next = valid_record_after(s->map, s->size, off);
     if (next && strcmp(why, "zeroed space") != 0 && !has_zero_page(s->map, off, next))
         return util_errorf(err, -EBADMSG,
@@ -213,19 +220,17 @@ static int judge_tail(struct wal *w, const struct segfile *s, size_t off, const 
                            "valid record at byte offset %zu, so it is not a torn write; "
                            "refusing to start (restore this member from a peer or a backup)",
                            w->dir, s->name, off, why, next);
-    *keep = off;
-    if (!all_zero(s->map, off, s->size))
-        LOG_WARN(w->log, "wal: truncating a torn tail", LOG_STR("dir", w->dir),
-                 LOG_STR("file", s->name), LOG_UINT("offset", off),
-                 LOG_UINT("bytes", s->size - off), LOG_STR("reason", why),
-                 LOG_BOOL("valid_records_after_hole", next != 0));
+    LOG_WARN(w->log, "wal: truncating a torn tail", LOG_STR("dir", w->dir),
+             LOG_STR("file", s->name), LOG_UINT("offset", off), LOG_UINT("bytes", s->size - off),
+             LOG_STR("reason", why), LOG_BOOL("valid_records_after_hole", next != 0));
     return 0;
 }
 
 /* Reads the records of one segment into rp. For the last segment *end gets
- * the offset where valid records end. */
+ * the offset where valid records end, and *dirty whether non-zero bytes follow
+ * it. */
 static int replay_segment(struct wal *w, struct replay *rp, const struct segfile *s, int first,
-                          int last, size_t *end, struct util_err *err) {
+                          int last, size_t *end, int *dirty, struct util_err *err) {
     struct wal_seg_hdr h;
     const char *why = wal_seg_hdr_decode(s->map, s->size, &h);
     if (!why && (h.seq != s->seq || h.first_index != s->first))
@@ -251,7 +256,7 @@ static int replay_segment(struct wal *w, struct replay *rp, const struct segfile
                                    "wal: %s/%s: corrupt record at byte offset %zu (%s) in a "
                                    "segment that is not the last; refusing to start",
                                    w->dir, s->name, off, why);
-            return judge_tail(w, s, off, why, end, err);
+            return judge_tail(w, s, off, why, end, dirty, err);
         }
         int rc = apply(rp, &r, &why);
         if (rc == -ENOMEM)
@@ -262,6 +267,7 @@ static int replay_segment(struct wal *w, struct replay *rp, const struct segfile
         off += r.size;
     }
     *end = off;
+    *dirty = 0;
     return 0;
 }
 
@@ -334,7 +340,7 @@ int wal_recover(struct wal *w, struct wal_recovery *rec, struct util_err *err) {
     struct segfile *segs = NULL;
     size_t n = 0, end = 0;
     struct replay rp = {0};
-    int rc;
+    int rc, cut = 0;
 
     if ((rc = list_segments(w, &segs, &n, err)) < 0)
         return rc;
@@ -345,7 +351,7 @@ int wal_recover(struct wal *w, struct wal_recovery *rec, struct util_err *err) {
     for (size_t i = 0; i < n; i++) {
         if ((rc = map_segment(w, &segs[i], i == n - 1, err)) < 0)
             goto err;
-        if ((rc = replay_segment(w, &rp, &segs[i], i == 0, i == n - 1, &end, err)) < 0)
+        if ((rc = replay_segment(w, &rp, &segs[i], i == 0, i == n - 1, &end, &cut, err)) < 0)
             goto err;
         if ((rc = wal_segs_push(w, segs[i].seq, segs[i].first)) < 0) {
             rc = util_errorf(err, rc, "wal: out of memory");
@@ -356,7 +362,6 @@ int wal_recover(struct wal *w, struct wal_recovery *rec, struct util_err *err) {
         goto err;
 
     struct segfile *last = &segs[n - 1];
-    int cut = end < last->size && !all_zero(last->map, end, last->size);
     for (size_t i = 0; i < n; i++) {
         if (segs[i].map)
             munmap(segs[i].map, segs[i].size);
