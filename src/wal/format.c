@@ -241,6 +241,20 @@ static int fault_code(enum wal_fault_kind kind) {
 }
 #endif
 
+/* The error the fault hook injects into this call of op, or 0 (always 0
+ * outside the test build). */
+static int fault_check(struct wal *w, enum wal_fault_op op) {
+#ifdef QUOIN_TESTING
+    enum wal_fault_kind kind;
+    if (fault_hit(w, op, &kind))
+        return fault_code(kind);
+#else
+    (void)w;
+    (void)op;
+#endif
+    return 0;
+}
+
 int wal_io_pwrite(struct wal *w, int fd, const void *buf, size_t n, uint64_t off) {
     const uint8_t *p = buf;
     while (n > 0) {
@@ -278,13 +292,9 @@ int wal_io_pwrite(struct wal *w, int fd, const void *buf, size_t n, uint64_t off
 
 /* Shared by the two syncs: both count as WAL_FAULT_FDATASYNC. */
 static int io_sync(struct wal *w, int fd, int (*fn)(int)) {
-#ifdef QUOIN_TESTING
-    enum wal_fault_kind kind;
-    if (fault_hit(w, WAL_FAULT_FDATASYNC, &kind))
-        return fault_code(kind);
-#else
-    (void)w;
-#endif
+    int rc = fault_check(w, WAL_FAULT_FDATASYNC);
+    if (rc)
+        return rc;
     return fn(fd) < 0 ? -errno : 0;
 }
 
@@ -297,26 +307,29 @@ int wal_io_fsync(struct wal *w, int fd) {
 }
 
 int wal_io_fallocate(struct wal *w, int fd, uint64_t len) {
-#ifdef QUOIN_TESTING
-    enum wal_fault_kind kind;
-    if (fault_hit(w, WAL_FAULT_FALLOCATE, &kind))
-        return fault_code(kind);
-#else
-    (void)w;
-#endif
-    int rc = posix_fallocate(fd, 0, (off_t)len);
-    return -rc;
+    int rc = fault_check(w, WAL_FAULT_FALLOCATE);
+    if (rc)
+        return rc;
+    return -posix_fallocate(fd, 0, (off_t)len);
+}
+
+int wal_grow(void *arrp, size_t *cap, size_t n, size_t elem) {
+    void *p;
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    memcpy(&p, arrp, sizeof(p)); /* arrp may point to any object pointer type */
+    p = realloc(p, ncap * elem);
+    if (!p)
+        return -ENOMEM;
+    memcpy(arrp, &p, sizeof(p));
+    *cap = ncap;
+    return 0;
 }
 
 int wal_segs_push(struct wal *w, uint64_t seq, uint64_t first_index) {
-    if (w->n_segs == w->cap_segs) {
-        size_t cap = w->cap_segs ? w->cap_segs * 2 : 16;
-        struct wal_seg *s = realloc(w->segs, cap * sizeof(*s));
-        if (!s)
-            return -ENOMEM;
-        w->segs = s;
-        w->cap_segs = cap;
-    }
+    if (wal_grow(&w->segs, &w->cap_segs, w->n_segs, sizeof(*w->segs)) < 0)
+        return -ENOMEM;
     assert(w->n_segs == 0 || w->segs[w->n_segs - 1].seq + 1 == seq);
     w->segs[w->n_segs++] = (struct wal_seg){.seq = seq, .first_index = first_index};
     return 0;

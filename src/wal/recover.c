@@ -58,14 +58,9 @@ static int list_segments(struct wal *w, struct segfile **out, size_t *n_out, str
         uint64_t seq, first;
         if (wal_seg_parse_name(de->d_name, &seq, &first) < 0)
             continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct segfile *nv = realloc(v, cap * sizeof(*v));
-            if (!nv) {
-                rc = util_errorf(err, -ENOMEM, "wal: out of memory listing %s", w->dir);
-                goto err;
-            }
-            v = nv;
+        if (wal_grow(&v, &cap, n, sizeof(*v)) < 0) {
+            rc = util_errorf(err, -ENOMEM, "wal: out of memory listing %s", w->dir);
+            goto err;
         }
         v[n] = (struct segfile){.seq = seq, .first = first, .fd = -1};
         memcpy(v[n].name, de->d_name, len + 1);
@@ -153,14 +148,8 @@ static int apply(struct replay *rp, const struct wal_rec *r, const char **why) {
         rp->n = 0;
         rp->lo = e.index;
     }
-    if (rp->n == rp->cap) {
-        size_t cap = rp->cap ? rp->cap * 2 : 256;
-        struct wal_entry *v = realloc(rp->ents, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        rp->ents = v;
-        rp->cap = cap;
-    }
+    if (wal_grow(&rp->ents, &rp->cap, rp->n, sizeof(*rp->ents)) < 0)
+        return -ENOMEM;
     rp->ents[rp->n++] = e;
     wal_ls_entry(&rp->ls, e.index, e.term);
     assert(rp->lo + rp->n - 1 == rp->ls.last);

@@ -48,14 +48,8 @@ static void batch_free(struct wal_batch *b) {
 static int place(struct wal *w, size_t size) {
     if (w->vseg_off > WAL_SEG_HDR_SIZE && w->vseg_off + size > w->segment_size) {
         struct wal_batch *b = &w->pending;
-        if (b->n_rolls == b->cap_rolls) {
-            size_t cap = b->cap_rolls ? b->cap_rolls * 2 : 4;
-            struct wal_roll *r = realloc(b->rolls, cap * sizeof(*r));
-            if (!r)
-                return -ENOMEM;
-            b->rolls = r;
-            b->cap_rolls = cap;
-        }
+        if (wal_grow(&b->rolls, &b->cap_rolls, b->n_rolls, sizeof(*b->rolls)) < 0)
+            return -ENOMEM;
         b->rolls[b->n_rolls++] = (struct wal_roll){
             .off = b->len,
             .hdr = {.seq = w->vseg_seq + 1, .first_index = w->ls.last + 1, .ls = w->ls},

@@ -167,6 +167,11 @@ int wal_io_fdatasync(struct wal *w, int fd);
 int wal_io_fsync(struct wal *w, int fd);
 int wal_io_fallocate(struct wal *w, int fd, uint64_t len);
 
+/* Makes room in a growable array for one more element after the first n:
+ * arrp is the address of the array pointer, *cap its capacity in elements of
+ * elem bytes; doubles. Returns 0 or -ENOMEM (array unchanged). */
+int wal_grow(void *arrp, size_t *cap, size_t n, size_t elem);
+
 /* Remembers a segment in w->segs (0 or -ENOMEM). */
 int wal_segs_push(struct wal *w, uint64_t seq, uint64_t first_index);
 

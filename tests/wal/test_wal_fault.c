@@ -62,11 +62,7 @@ static int workload(wal_t *w, struct model *m) {
 
 static void expect_model(const char *dir, const struct model *m) {
     struct wal_recovery rec;
-    struct util_err err = {0};
-    wal_t *w = NULL;
-    int rc = wal_open(dir, &base, &w, &rec, &err);
-    if (rc != 0)
-        fail_msg("reopen: %d %s", rc, err.msg);
+    wal_t *w = walt_open(dir, &base, &rec);
     assert_int_equal(rec.n_entries, m->last);
     for (uint64_t i = 1; i <= m->last; i++)
         assert_true(walt_entry_ok(&rec.entries[i - 1], i, m->terms[i]));
@@ -120,49 +116,28 @@ static int run_one(enum wal_fault_op op, enum wal_fault_kind kind, unsigned nth)
     return reached;
 }
 
-static void sweep(enum wal_fault_op op, enum wal_fault_kind kind) {
+struct fault_case {
+    enum wal_fault_op op;
+    enum wal_fault_kind kind;
+};
+
+/* Fails each call of one operation in turn, until a whole workload runs
+ * without reaching the nth. */
+static void sweep(void **state) {
+    const struct fault_case *c = *state;
     unsigned nth = 1;
-    while (run_one(op, kind, nth))
+    while (run_one(c->op, c->kind, nth))
         nth++;
-    print_message("op %d kind %d: %u calls failed in turn\n", op, kind, nth - 1);
-    /* Every call of a whole workload failed once. */
+    print_message("%u calls failed in turn\n", nth - 1);
     assert_true(nth > 3);
 }
 
-static void write_enospc(void **state) {
-    (void)state;
-    sweep(WAL_FAULT_WRITE, WAL_FAULT_ENOSPC);
-}
-
-static void write_eio(void **state) {
-    (void)state;
-    sweep(WAL_FAULT_WRITE, WAL_FAULT_EIO);
-}
-
-static void write_short(void **state) {
-    (void)state;
-    sweep(WAL_FAULT_WRITE, WAL_FAULT_SHORT);
-}
-
-static void sync_enospc(void **state) {
-    (void)state;
-    sweep(WAL_FAULT_FDATASYNC, WAL_FAULT_ENOSPC);
-}
-
-static void sync_eio(void **state) {
-    (void)state;
-    sweep(WAL_FAULT_FDATASYNC, WAL_FAULT_EIO);
-}
-
-static void fallocate_enospc(void **state) {
-    (void)state;
-    sweep(WAL_FAULT_FALLOCATE, WAL_FAULT_ENOSPC);
-}
-
-static void fallocate_eio(void **state) {
-    (void)state;
-    sweep(WAL_FAULT_FALLOCATE, WAL_FAULT_EIO);
-}
+static const struct fault_case cases[] = {
+    {WAL_FAULT_WRITE, WAL_FAULT_ENOSPC},  {WAL_FAULT_WRITE, WAL_FAULT_EIO},
+    {WAL_FAULT_WRITE, WAL_FAULT_SHORT},   {WAL_FAULT_FDATASYNC, WAL_FAULT_ENOSPC},
+    {WAL_FAULT_FDATASYNC, WAL_FAULT_EIO}, {WAL_FAULT_FALLOCATE, WAL_FAULT_ENOSPC},
+    {WAL_FAULT_FALLOCATE, WAL_FAULT_EIO},
+};
 
 /* Repairing a torn tail at open can fail too: the open reports it and a later
  * open still recovers the log. */
@@ -195,12 +170,14 @@ static void repair_fault(void **state) {
     walt_rmdir(dir);
 }
 
+#define SWEEP(name, i)                                                                             \
+    { name, sweep, NULL, NULL, (void *)&cases[i] }
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(write_enospc),  cmocka_unit_test(write_eio),
-        cmocka_unit_test(write_short),   cmocka_unit_test(sync_enospc),
-        cmocka_unit_test(sync_eio),      cmocka_unit_test(fallocate_enospc),
-        cmocka_unit_test(fallocate_eio), cmocka_unit_test(repair_fault),
+        SWEEP("write_enospc", 0),     SWEEP("write_eio", 1),          SWEEP("write_short", 2),
+        SWEEP("fdatasync_enospc", 3), SWEEP("fdatasync_eio", 4),      SWEEP("fallocate_enospc", 5),
+        SWEEP("fallocate_eio", 6),    cmocka_unit_test(repair_fault),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

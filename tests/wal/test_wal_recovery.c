@@ -24,8 +24,7 @@ static char *make_log(uint64_t n, uint64_t seg_size) {
     char *dir = walt_tmpdir();
     struct wal_options o = {.segment_size = seg_size};
     struct wal_recovery rec;
-    wal_t *w = NULL;
-    assert_int_equal(wal_open(dir, &o, &w, &rec, NULL), 0);
+    wal_t *w = walt_open(dir, &o, &rec);
     for (uint64_t i = 1; i <= n; i++)
         walt_append(w, i, 1, 1, NULL);
     assert_int_equal(wal_close(w), 0);
@@ -36,11 +35,7 @@ static char *make_log(uint64_t n, uint64_t seg_size) {
 static void expect_entries(const char *dir, uint64_t seg_size, uint64_t n, log_t *lg) {
     struct wal_options o = {.segment_size = seg_size, .log = lg};
     struct wal_recovery rec;
-    struct util_err err = {0};
-    wal_t *w = NULL;
-    int rc = wal_open(dir, &o, &w, &rec, &err);
-    if (rc != 0)
-        fail_msg("wal_open: %d %s", rc, err.msg);
+    wal_t *w = walt_open(dir, &o, &rec);
     assert_int_equal(rec.n_entries, n);
     for (uint64_t i = 1; i <= n; i++)
         assert_true(walt_entry_ok(&rec.entries[i - 1], i, 1));
@@ -62,77 +57,89 @@ static void expect_refusal(const char *dir, const char *file, uint64_t offset, c
         fail_msg("message lacks '%s', '%s' or '%s': %s", file, want, words, err.msg);
 }
 
-static char *only_segment(const char *dir, char *path, size_t cap) {
+/* A log of 20 entries in one segment, with its records' offsets and its bytes
+ * as written, to damage and restore. */
+struct seg1 {
+    char *dir;
+    char path[512];
+    const char *name;
+    uint64_t offs[MAXREC + 1];
+    uint8_t *orig;
+    size_t size;
+};
+
+static void seg1_make(struct seg1 *f) {
     char **names;
-    size_t n = walt_segments(dir, &names);
+    f->dir = make_log(20, 65536);
+    size_t n = walt_segments(f->dir, &names);
     assert_int_equal(n, 1);
-    walt_path(path, cap, dir, names[0]);
+    walt_path(f->path, sizeof(f->path), f->dir, names[0]);
     walt_free_names(names, n);
-    return path;
+    f->name = strrchr(f->path, '/') + 1;
+    assert_int_equal(walt_record_offsets(f->path, f->offs, MAXREC), 20);
+    f->orig = walt_read_file(f->path, &f->size);
+}
+
+static void seg1_restore(const struct seg1 *f) {
+    walt_write_file(f->path, f->orig, f->size);
+}
+
+static void seg1_free(struct seg1 *f) {
+    free(f->orig);
+    walt_rmdir(f->dir);
 }
 
 static void cut_every_offset_of_last_record(void **state) {
     (void)state;
-    char *dir = make_log(20, 65536), path[512];
-    uint64_t offs[MAXREC + 1];
-    only_segment(dir, path, sizeof(path));
-    assert_int_equal(walt_record_offsets(path, offs, MAXREC), 20);
-    size_t size;
-    uint8_t *orig = walt_read_file(path, &size);
-    uint64_t r = offs[19], e = offs[20];
+    struct seg1 f;
+    seg1_make(&f);
+    uint64_t r = f.offs[19], e = f.offs[20];
     for (uint64_t t = r; t < e; t++) {
-        walt_write_file(path, orig, size);
-        walt_truncate(path, t);
-        expect_entries(dir, 65536, 19, NULL);
+        seg1_restore(&f);
+        walt_truncate(f.path, t);
+        expect_entries(f.dir, 65536, 19, NULL);
         /* Zeroed instead of cut: what a preallocated file shows. */
-        walt_write_file(path, orig, size);
+        seg1_restore(&f);
         uint8_t zeros[WALT_MAX_DATA + 64] = {0};
-        walt_write_at(path, t, zeros, e - t);
+        walt_write_at(f.path, t, zeros, e - t);
         /* Zeroing only the padding leaves the record whole. */
         int padding = 1;
         for (uint64_t i = t; i < e; i++)
-            padding &= orig[i] == 0;
-        expect_entries(dir, 65536, padding ? 20 : 19, NULL);
+            padding &= f.orig[i] == 0;
+        expect_entries(f.dir, 65536, padding ? 20 : 19, NULL);
     }
-    walt_write_file(path, orig, size);
-    walt_truncate(path, e);
-    expect_entries(dir, 65536, 20, NULL);
-    free(orig);
-    walt_rmdir(dir);
+    seg1_restore(&f);
+    walt_truncate(f.path, e);
+    expect_entries(f.dir, 65536, 20, NULL);
+    seg1_free(&f);
 }
 
 static void flip_every_byte_of_last_record(void **state) {
     (void)state;
-    char *dir = make_log(20, 65536), path[512];
-    uint64_t offs[MAXREC + 1];
-    only_segment(dir, path, sizeof(path));
-    walt_record_offsets(path, offs, MAXREC);
-    size_t size;
-    uint8_t *orig = walt_read_file(path, &size);
-    for (uint64_t b = offs[19]; b < offs[20]; b++) {
-        walt_write_file(path, orig, size);
-        walt_flip_bit(path, b, (int)(b % 8));
-        expect_entries(dir, 65536, 19, NULL);
+    struct seg1 f;
+    seg1_make(&f);
+    for (uint64_t b = f.offs[19]; b < f.offs[20]; b++) {
+        seg1_restore(&f);
+        walt_flip_bit(f.path, b, (int)(b % 8));
+        expect_entries(f.dir, 65536, 19, NULL);
     }
-    free(orig);
-    walt_rmdir(dir);
+    seg1_free(&f);
 }
 
 /* The truncation is logged, and the space after it is clean: a shorter
  * record written there later cannot be followed by stale bytes. */
 static void repair_is_logged_and_clean(void **state) {
     (void)state;
-    char *dir = make_log(20, 65536), path[512], logpath[] = "/tmp/quoin-wal-log-XXXXXX";
-    uint64_t offs[MAXREC + 1];
-    only_segment(dir, path, sizeof(path));
-    walt_record_offsets(path, offs, MAXREC);
-    walt_flip_bit(path, offs[19] + 20, 3);
+    struct seg1 f;
+    char logpath[] = "/tmp/quoin-wal-log-XXXXXX";
+    seg1_make(&f);
+    walt_flip_bit(f.path, f.offs[19] + 20, 3);
     int fd = mkstemp(logpath);
     assert_true(fd >= 0);
     close(fd);
     log_t *lg;
     assert_int_equal(log_open(LOG_LEVEL_INFO, logpath, &lg, NULL), 0);
-    expect_entries(dir, 65536, 19, lg);
+    expect_entries(f.dir, 65536, 19, lg);
     log_close(lg);
     size_t n;
     char *text = (char *)walt_read_file(logpath, &n);
@@ -141,50 +148,41 @@ static void repair_is_logged_and_clean(void **state) {
     assert_non_null(strstr(text, "truncating a torn tail"));
     assert_non_null(strstr(text, "checksum mismatch"));
     char off[64];
-    snprintf(off, sizeof(off), "\"offset\":%llu", (unsigned long long)offs[19]);
+    snprintf(off, sizeof(off), "\"offset\":%llu", (unsigned long long)f.offs[19]);
     assert_non_null(strstr(text, off));
     free(text);
     unlink(logpath);
 
     struct wal_recovery rec;
-    wal_t *w;
-    assert_int_equal(wal_open(dir, NULL, &w, &rec, NULL), 0);
-    wal_recovery_free(&rec);
+    wal_t *w = walt_open(f.dir, NULL, &rec);
     struct wal_entry e = {.index = 20, .term = 2};
     assert_int_equal(wal_append(w, &e, 1, NULL, NULL), 0);
-    assert_int_equal(wal_close(w), 0);
-    assert_int_equal(wal_open(dir, NULL, &w, &rec, NULL), 0);
+    walt_reopen(&w, f.dir, NULL, &rec);
     assert_int_equal(rec.n_entries, 20);
     assert_int_equal(rec.entries[19].term, 2);
     assert_int_equal(rec.entries[19].len, 0);
     wal_recovery_free(&rec);
     assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    seg1_free(&f);
 }
 
 static void flip_mid_log_refused(void **state) {
     (void)state;
-    char *dir = make_log(20, 65536), path[512];
-    uint64_t offs[MAXREC + 1];
-    only_segment(dir, path, sizeof(path));
-    walt_record_offsets(path, offs, MAXREC);
-    size_t size;
-    uint8_t *orig = walt_read_file(path, &size);
-    const char *name = strrchr(path, '/') + 1;
-    for (uint64_t b = offs[9]; b < offs[10]; b++) {
-        walt_write_file(path, orig, size);
-        walt_flip_bit(path, b, (int)(b % 8));
+    struct seg1 f;
+    seg1_make(&f);
+    for (uint64_t b = f.offs[9]; b < f.offs[10]; b++) {
+        seg1_restore(&f);
+        walt_flip_bit(f.path, b, (int)(b % 8));
         size_t n;
-        uint8_t *damaged = walt_read_file(path, &n);
-        expect_refusal(dir, name, offs[9], "not a torn write");
+        uint8_t *damaged = walt_read_file(f.path, &n);
+        expect_refusal(f.dir, f.name, f.offs[9], "not a torn write");
         /* Refusing changes nothing. */
-        uint8_t *after = walt_read_file(path, &n);
+        uint8_t *after = walt_read_file(f.path, &n);
         assert_memory_equal(damaged, after, n);
         free(damaged);
         free(after);
     }
-    free(orig);
-    walt_rmdir(dir);
+    seg1_free(&f);
 }
 
 static void flip_in_earlier_segment_refused(void **state) {
@@ -221,23 +219,21 @@ static void flip_in_earlier_segment_refused(void **state) {
  * reported durable. */
 static void zeroed_hole_truncates(void **state) {
     (void)state;
-    char *dir = make_log(20, 65536), path[512];
-    uint64_t offs[MAXREC + 1];
-    only_segment(dir, path, sizeof(path));
-    walt_record_offsets(path, offs, MAXREC);
+    struct seg1 f;
+    seg1_make(&f);
     uint8_t zeros[12] = {0};
-    walt_write_at(path, offs[14], zeros, sizeof(zeros));
-    expect_entries(dir, 65536, 14, NULL);
-    walt_rmdir(dir);
+    walt_write_at(f.path, f.offs[14], zeros, sizeof(zeros));
+    expect_entries(f.dir, 65536, 14, NULL);
+    seg1_free(&f);
 }
 
 static void damaged_header_refused(void **state) {
     (void)state;
-    char *dir = make_log(5, 65536), path[512];
-    only_segment(dir, path, sizeof(path));
-    walt_flip_bit(path, 20, 0);
-    expect_refusal(dir, strrchr(path, '/') + 1, 0, "checksum");
-    walt_rmdir(dir);
+    struct seg1 f;
+    seg1_make(&f);
+    walt_flip_bit(f.path, 20, 0);
+    expect_refusal(f.dir, f.name, 0, "checksum");
+    seg1_free(&f);
 }
 
 static void missing_segments_refused(void **state) {

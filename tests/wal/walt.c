@@ -43,6 +43,28 @@ void walt_rmdir(char *dir) {
     free(dir);
 }
 
+wal_t *walt_open(const char *dir, const struct wal_options *o, struct wal_recovery *rec) {
+    wal_t *w = NULL;
+    struct util_err err = {0};
+    int rc = wal_open(dir, o, &w, rec, &err);
+    if (rc != 0)
+        fail_msg("wal_open %s: %d %s", dir, rc, err.msg);
+    return w;
+}
+
+void walt_reopen(wal_t **w, const char *dir, const struct wal_options *o,
+                 struct wal_recovery *rec) {
+    wal_recovery_free(rec);
+    assert_int_equal(wal_close(*w), 0);
+    *w = walt_open(dir, o, rec);
+}
+
+void walt_finish(wal_t *w, struct wal_recovery *rec, char *dir) {
+    wal_recovery_free(rec);
+    assert_int_equal(wal_close(w), 0);
+    walt_rmdir(dir);
+}
+
 static uint64_t mix(uint64_t x) {
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdull;

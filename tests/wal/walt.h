@@ -24,6 +24,13 @@ void walt_entry(struct wal_entry *e, uint64_t index, uint64_t term, uint8_t buf[
 /* Whether e carries exactly the data walt_entry gives (index, term). */
 int walt_entry_ok(const struct wal_entry *e, uint64_t index, uint64_t term);
 
+/* Opens the log in dir, failing the test with wal_open's message if it fails. */
+wal_t *walt_open(const char *dir, const struct wal_options *o, struct wal_recovery *rec);
+/* Frees rec, closes *w (expecting success) and opens dir again into *w, rec. */
+void walt_reopen(wal_t **w, const char *dir, const struct wal_options *o, struct wal_recovery *rec);
+/* Frees rec, closes w (expecting success) and removes dir (see walt_rmdir). */
+void walt_finish(wal_t *w, struct wal_recovery *rec, char *dir);
+
 /* Appends entries [first, first+n) of `term` with an optional hard state and
  * returns the seq; asserts success. */
 uint64_t walt_append(wal_t *w, uint64_t first, size_t n, uint64_t term,
