@@ -26,10 +26,12 @@
  * the wal thread.
  *
  * Threading contract:
- *   - wal_append, wal_save_snapshot, wal_durable, wal_wait and wal_release_to
- *     may be called from any threads, concurrently. Each call is atomic: the
- *     records of one call are queued contiguously and get one seq; seqs are
- *     1, 2, 3... in the order the calls took the queue lock.
+ *   - wal_append, wal_save_snapshot, wal_durable, wal_event_fd, wal_wait and
+ *     wal_release_to may be called from any threads, concurrently. The records
+ *     of one call are queued contiguously and the call gets one seq; seqs are
+ *     1, 2, 3... (from each wal_open) in the order the calls took the queue
+ *     lock. The queue lock is never held across I/O: besides wal_open, only
+ *     wal_wait and wal_close wait for the disk.
  *   - Log validity (indices, see wal_append) is checked against the order in
  *     which calls take the lock, so concurrent appenders that choose indices
  *     must serialise that choice themselves (a raft node has one appender).
@@ -127,8 +129,10 @@ struct wal_fault {
 
 /* Options of wal_open. Zeroed fields take the defaults. */
 struct wal_options {
-    uint64_t segment_size;     /* preallocated bytes per segment; default 64 MiB, min 4 KiB */
-    size_t queue_size;         /* bytes of encoded records that may wait; default 16 MiB */
+    uint64_t segment_size; /* preallocated bytes per segment; default 64 MiB, min 4 KiB */
+    /* Bytes of encoded records that may wait for the wal thread (as many again
+     * may be in flight); default 16 MiB. */
+    size_t queue_size;
     wal_durable_cb on_durable; /* optional, see the threading contract */
     void *cb_arg;
     log_t *log; /* repairs and failures are logged here; NULL = silent */
