@@ -106,6 +106,11 @@ static int map_segment(struct wal *w, struct segfile *s, int writable, struct ut
         return util_errorf(err, -errno, "wal: cannot map %s/%s: %s", w->dir, s->name,
                            strerror(errno));
     }
+    if (!writable) {
+        /* The mapping stays valid; a long log does not hold a descriptor per segment. */
+        close(s->fd);
+        s->fd = -1;
+    }
     return 0;
 }
 

@@ -335,6 +335,39 @@ static void event_fd_signals(void **state) {
     walt_finish(w, &rec, dir);
 }
 
+/* The callback may queue more work: here a hard state once the first entry
+ * is durable, as a raft node might after its own append. */
+struct chain {
+    wal_t *w;
+    int appended;
+    int rc;
+};
+
+static void chain_cb(void *arg, const struct wal_durable *d) {
+    struct chain *c = arg;
+    if (c->appended || d->seq < 1)
+        return;
+    struct wal_hard_state hs = {.term = 1, .vote = 1, .commit = d->index};
+    c->rc = wal_append(c->w, NULL, 0, &hs, NULL);
+    c->appended = 1;
+}
+
+static void callback_may_append(void **state) {
+    (void)state;
+    char *dir = walt_tmpdir();
+    struct chain c = {0};
+    struct wal_options o = {.on_durable = chain_cb, .cb_arg = &c};
+    struct wal_recovery rec;
+    /* The callback reads c.w only after the first append, which follows this. */
+    c.w = walt_open(dir, &o, &rec);
+    assert_int_equal(wal_wait(c.w, walt_append(c.w, 1, 4, 1, NULL)), 0);
+    walt_reopen(&c.w, dir, NULL, &rec);
+    assert_int_equal(c.rc, 0);
+    assert_int_equal(rec.hard_state.commit, 4);
+    assert_int_equal(rec.n_entries, 4);
+    walt_finish(c.w, &rec, dir);
+}
+
 static void segments_roll_and_release(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
@@ -488,6 +521,7 @@ int main(void) {
         cmocka_unit_test(hard_state_and_barrier),
         cmocka_unit_test(queue_full),
         cmocka_unit_test(event_fd_signals),
+        cmocka_unit_test(callback_may_append),
         cmocka_unit_test(segments_roll_and_release),
         cmocka_unit_test(entry_larger_than_segment),
         cmocka_unit_test(concurrent_writers),
