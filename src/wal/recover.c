@@ -91,6 +91,20 @@ err:
     return rc;
 }
 
+int wal_exists(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    struct dirent *de;
+    int found = 0;
+    while (!found && (de = readdir(d)) != NULL) {
+        uint64_t seq, first;
+        found = wal_seg_parse_name(de->d_name, &seq, &first) == 0;
+    }
+    closedir(d);
+    return found;
+}
+
 static int map_segment(struct wal *w, struct segfile *s, int writable, struct util_err *err) {
     struct stat st;
     s->fd = openat(w->dirfd, s->name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);

@@ -171,6 +171,11 @@ int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struc
 
 void wal_recovery_free(struct wal_recovery *rec);
 
+/* Whether dir holds a log (at least one segment): how a node tells its first
+ * start from a restart before wal_open creates one. Returns 1, 0 (also when
+ * dir does not exist), or the negative errno of failing to read dir. */
+int wal_exists(const char *dir);
+
 /* Queues n entries (which may be 0) and, if hs is not NULL, a hard state to be
  * written after them; *seq (may be NULL) receives the call's seq. Entries must
  * have consecutive indices, the first one in (snapshot index, last index + 1]:

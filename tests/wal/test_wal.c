@@ -33,7 +33,10 @@ static void open_empty(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
+    assert_int_equal(wal_exists("/nonexistent/quoin"), 0);
+    assert_int_equal(wal_exists(dir), 0);
     wal_t *w = walt_open(dir, &small, &rec);
+    assert_int_equal(wal_exists(dir), 1);
     assert_int_equal(rec.n_entries, 0);
     assert_int_equal(rec.last_index, 0);
     assert_int_equal(rec.hard_state.commit, 0);
