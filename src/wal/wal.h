@@ -19,6 +19,21 @@
  *   wal_release_to()    deletes segments a durable snapshot covers.
  *   wal_close()         flushes what is queued, stops the thread, frees.
  *
+ * A raft node's loop, with the WAL:
+ *
+ *   wal_open(dir, &opts, &w, &rec, &err);        restore raft from rec
+ *   on each Ready:
+ *     if (ready has a snapshot)  wal_save_snapshot(w, &snap, mode, NULL);
+ *     wal_append(w, ready.entries, n, hard_state_changed ? &hs : NULL, &seq);
+ *     send the messages that need not wait for the disk (a leader's appends
+ *     to its followers); hold the others (acknowledgements, votes) under seq
+ *   when wal_event_fd(w) is readable: read it, wal_durable(w, &d); everything
+ *     appended with seq <= d.seq is stable: send the messages held under those
+ *     seqs and tell raft its log is stable up to (d.index, d.term)
+ *   after a snapshot is durable in the state machine and in the WAL:
+ *     wal_release_to(w, snapshot index);
+ *   on -EAGAIN: stop taking proposals until the eventfd fires, then retry.
+ *
  * Group commit: one wal thread takes everything queued, writes it with as few
  * write(2) calls as the segment boundaries allow, then runs one fdatasync(2).
  * Whatever is queued while that fdatasync runs goes into the next one. Appending
