@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -397,6 +398,21 @@ static void wal_free(struct wal *w) {
     free(w);
 }
 
+/* Makes a new directory's own name durable: segments synced inside a
+ * directory whose entry is lost would be lost with it. */
+static int sync_parent(struct wal *w, const char *dir) {
+    char *copy = strdup(dir);
+    if (!copy)
+        return -ENOMEM;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(copy);
+    if (fd < 0)
+        return -errno;
+    int rc = wal_io_fsync(w, fd);
+    close(fd);
+    return rc;
+}
+
 int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struct wal_recovery *rec,
              struct util_err *err) {
     static const struct wal_options defaults;
@@ -441,7 +457,13 @@ int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struc
         rc = util_errorf(err, -ENOMEM, "wal: out of memory");
         goto err;
     }
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+    if (mkdir(dir, 0700) == 0) {
+        if ((rc = sync_parent(w, dir)) < 0) {
+            util_errorf(err, rc, "wal: cannot sync the directory holding %s: %s", dir,
+                        strerror(-rc));
+            goto err;
+        }
+    } else if (errno != EEXIST) {
         rc = util_errorf(err, -errno, "wal: cannot create %s: %s", dir, strerror(errno));
         goto err;
     }

@@ -58,6 +58,25 @@ static void open_empty(void **state) {
     walt_rmdir(dir);
 }
 
+/* wal_open makes the log's directory (not its parents). */
+static void open_creates_directory(void **state) {
+    (void)state;
+    char *dir = walt_tmpdir(), sub[512], deep[512];
+    walt_path(sub, sizeof(sub), dir, "wal");
+    walt_path(deep, sizeof(deep), dir, "no/such");
+    struct wal_recovery rec;
+    struct util_err err = {0};
+    wal_t *w = NULL;
+    assert_int_equal(wal_open(deep, NULL, &w, &rec, &err), -ENOENT);
+    assert_non_null(strstr(err.msg, deep));
+    w = walt_open(sub, NULL, &rec);
+    assert_int_equal(wal_exists(sub), 1);
+    char *s = strdup(sub);
+    assert_non_null(s);
+    walt_finish(w, &rec, s);
+    walt_rmdir(dir);
+}
+
 static void append_and_reopen(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
@@ -516,6 +535,7 @@ static void close_flushes_queue(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(open_empty),
+        cmocka_unit_test(open_creates_directory),
         cmocka_unit_test(append_and_reopen),
         cmocka_unit_test(empty_data_entries),
         cmocka_unit_test(overwrite_suffix),
