@@ -330,20 +330,30 @@ int wal_segs_push(struct wal *w, uint64_t seq, uint64_t first_index) {
     return 0;
 }
 
-int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *out, struct util_err *err) {
-    char name[WAL_NAME_MAX], tmp[WAL_NAME_MAX + 4];
-    uint8_t hdr[WAL_SEG_HDR_SIZE];
-    int rc, fd;
-
-    wal_seg_name(name, h->seq, h->first_index);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", name);
-    wal_seg_hdr_encode(hdr, h);
-    fd = openat(w->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+int wal_seg_prepare(struct wal *w, const char *tmp, int *out, struct util_err *err) {
+    int rc, fd = openat(w->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return util_errorf(err, -errno, "wal: cannot create %s/%s: %s", w->dir, tmp,
                            strerror(errno));
-    if ((rc = wal_io_pwrite(w, fd, hdr, sizeof(hdr), 0)) < 0 ||
-        (rc = wal_io_fallocate(w, fd, w->segment_size)) < 0 || (rc = wal_io_fdatasync(w, fd)) < 0)
+    if ((rc = wal_io_fallocate(w, fd, w->segment_size)) < 0) {
+        close(fd);
+        unlinkat(w->dirfd, tmp, 0);
+        return util_errorf(err, rc, "wal: cannot preallocate %s/%s: %s", w->dir, tmp,
+                           strerror(-rc));
+    }
+    *out = fd;
+    return 0;
+}
+
+int wal_seg_install(struct wal *w, int fd, const char *tmp, const struct wal_seg_hdr *h,
+                    struct util_err *err) {
+    char name[WAL_NAME_MAX];
+    uint8_t hdr[WAL_SEG_HDR_SIZE];
+    int rc;
+
+    wal_seg_name(name, h->seq, h->first_index);
+    wal_seg_hdr_encode(hdr, h);
+    if ((rc = wal_io_pwrite(w, fd, hdr, sizeof(hdr), 0)) < 0 || (rc = wal_io_fdatasync(w, fd)) < 0)
         goto err;
     if (renameat(w->dirfd, tmp, w->dirfd, name) < 0) {
         rc = -errno;
@@ -356,7 +366,6 @@ int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *out, struct 
         close(fd);
         return util_errorf(err, rc, "wal: cannot sync directory %s: %s", w->dir, strerror(-rc));
     }
-    *out = fd;
     return 0;
 
 err:
@@ -364,4 +373,14 @@ err:
     unlinkat(w->dirfd, tmp, 0);
     return util_errorf(err, rc, "wal: cannot create segment %s/%s: %s", w->dir, name,
                        strerror(-rc));
+}
+
+int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *out, struct util_err *err) {
+    char tmp[WAL_NAME_MAX + 4];
+    wal_seg_name(tmp, h->seq, h->first_index);
+    strcat(tmp, ".tmp");
+    int rc = wal_seg_prepare(w, tmp, out, err);
+    if (rc == 0 && (rc = wal_seg_install(w, *out, tmp, h, err)) < 0)
+        *out = -1;
+    return rc;
 }

@@ -151,6 +151,10 @@ struct wal_options {
     wal_durable_cb on_durable; /* optional, see the threading contract */
     void *cb_arg;
     log_t *log; /* repairs and failures are logged here; NULL = silent */
+    /* Do not keep the next segment preallocated in advance (by a second
+     * thread, in a file named spare.wal.tmp): saves that disk space, but a
+     * roll-over then stalls durability while a segment file is made. */
+    int no_spare;
 #ifdef QUOIN_TESTING
     struct wal_fault fault;
 #endif

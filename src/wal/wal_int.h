@@ -112,6 +112,18 @@ struct wal_batch {
     struct wal_durable end; /* durability once this batch is synced */
 };
 
+/* The spare file's life: the spare thread makes one when NONE (the name is
+ * free); the wal thread takes a READY one and frees the name once it has
+ * renamed it; after a FAILED attempt the next roll asks again. */
+enum wal_spare_state {
+    SPARE_OFF,
+    SPARE_NONE,
+    SPARE_MAKING,
+    SPARE_READY,
+    SPARE_TAKEN,
+    SPARE_FAILED
+};
+
 /* A segment on disk, as the wal thread knows it. */
 struct wal_seg {
     uint64_t seq;
@@ -130,10 +142,12 @@ struct wal {
     void *cb_arg;
 
     pthread_t thread;
-    int thread_started;
+    pthread_t spare_thread; /* keeps a preallocated file ready for the next segment */
+    int spare_started;
     pthread_mutex_t mu;
-    pthread_cond_t work_cv; /* the wal thread waits here for work */
-    pthread_cond_t done_cv; /* wal_wait waits here */
+    pthread_cond_t work_cv;  /* the wal thread waits here for work */
+    pthread_cond_t done_cv;  /* wal_wait waits here */
+    pthread_cond_t spare_cv; /* the spare thread waits here */
 
     /* Under mu: the caller side. */
     struct wal_logstate ls; /* as of the last queued call */
@@ -143,6 +157,9 @@ struct wal {
     struct wal_batch pending;
     uint64_t release_req;
     int stopping;
+    /* Under mu: the spare file (WAL_SPARE_NAME) and where it stands. */
+    int spare_fd;
+    enum wal_spare_state spare_state;
     /* Under mu: published by the wal thread. */
     struct wal_durable durable;
 
@@ -175,9 +192,15 @@ int wal_grow(void *arrp, size_t *cap, size_t n, size_t elem);
 /* Remembers a segment in w->segs (0 or -ENOMEM). */
 int wal_segs_push(struct wal *w, uint64_t seq, uint64_t first_index);
 
-/* Creates the segment described by h (through a temporary name, so a named
- * segment always has a complete header), preallocated to w->segment_size, and
- * returns its descriptor in *fd positioned after the header. */
+/* Creating a segment goes through a temporary name, so a named segment always
+ * has a complete header; recovery deletes any *.wal.tmp. wal_seg_prepare
+ * creates (or empties) the file `tmp` preallocated to w->segment_size;
+ * wal_seg_install writes h into it and gives it its name, durably, or closes
+ * fd and removes the file; wal_seg_create does both. */
+#define WAL_SPARE_NAME "spare.wal.tmp"
+int wal_seg_prepare(struct wal *w, const char *tmp, int *fd, struct util_err *err);
+int wal_seg_install(struct wal *w, int fd, const char *tmp, const struct wal_seg_hdr *h,
+                    struct util_err *err);
 int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *fd, struct util_err *err);
 
 /* Recovery: scans w->dir, fills rec, and leaves w ready to write: fd, off,

@@ -45,7 +45,15 @@ static void open_empty(void **state) {
     wal_durable(w, &d);
     assert_int_equal(d.seq, 0);
     assert_int_equal(d.error, 0);
+    /* The next segment is prepared in advance, and removed at close. */
+    char spare[512];
+    walt_path(spare, sizeof(spare), dir, "spare.wal.tmp");
+    for (int i = 0; i < 500 && access(spare, F_OK) != 0; i++)
+        usleep(2000);
+    assert_int_equal(access(spare, F_OK), 0);
+    assert_int_equal(walt_file_size(spare), 4096);
     assert_int_equal(wal_close(w), 0);
+    assert_int_equal(access(spare, F_OK), -1);
     char **names;
     size_t n = walt_segments(dir, &names);
     assert_int_equal(n, 1);
