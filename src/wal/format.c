@@ -118,7 +118,7 @@ static size_t enc_record(uint8_t *dst, uint8_t type, const uint8_t *fixed, size_
     put32(dst, 0);
     put32(dst + 4, (uint32_t)len);
     dst[8] = type;
-    dst[9] = dst[10] = dst[11] = 0;
+    dst[9] = dst[10] = dst[11] = 0; /* flags: see wal_rec_mark_end */
     memcpy(dst + WAL_REC_HDR, fixed, nfixed);
     if (ndata)
         memcpy(dst + WAL_REC_HDR + nfixed, data, ndata);
@@ -150,6 +150,10 @@ size_t wal_enc_snapshot(uint8_t *dst, const struct wal_snapshot *s, uint32_t mod
     return enc_record(dst, WAL_REC_SNAPSHOT, f, sizeof(f), NULL, 0);
 }
 
+void wal_rec_mark_end(uint8_t *rec) {
+    rec[9] |= WAL_REC_F_END;
+}
+
 void wal_seal(uint8_t *buf, size_t n) {
     size_t off = 0;
     while (off < n) {
@@ -168,7 +172,8 @@ const char *wal_rec_decode(const uint8_t *p, size_t n, struct wal_rec *r) {
         return "zeroed space";
     uint32_t len = get32(p + 4);
     uint8_t type = p[8];
-    if (type < WAL_REC_ENTRY || type > WAL_REC_SNAPSHOT)
+    if (type < WAL_REC_ENTRY || type > WAL_REC_SNAPSHOT || (p[9] & ~WAL_REC_F_END) || p[10] ||
+        p[11])
         return "unknown record type";
     if (len > WAL_MAX_PAYLOAD || wal_rec_size(len) > n)
         return "record runs past the end of the file";
@@ -180,6 +185,7 @@ const char *wal_rec_decode(const uint8_t *p, size_t n, struct wal_rec *r) {
         (type == WAL_REC_SNAPSHOT && len != WAL_SNAPSHOT_SIZE))
         return "bad length for the record type";
     r->type = type;
+    r->flags = p[9];
     r->len = len;
     r->payload = p + WAL_REC_HDR;
     r->size = size;

@@ -208,35 +208,47 @@ static int has_zero_page(const uint8_t *p, size_t from, size_t to) {
     return 0;
 }
 
-/* Decides what a bad record at `off` of the last segment means; on a cut sets
- * *end to off and *dirty when bytes other than zeros follow. Records are
- * written in order and a sync covers everything before its end, so anything
- * after a hole the kernel never wrote was never reported durable: a tail
- * (nothing valid follows) or a hole (a zeroed header, or a zeroed page before
- * the next valid record) is cut. A damaged record with valid records after it
- * and no hole is a flipped bit in acknowledged data: refuse. */
+/* Decides whether a bad record at `off` of the last segment may be cut, and
+ * sets *next to the offset of a valid record after it (0 if none). Records
+ * are written in order and a sync covers everything before its end, so
+ * anything after a hole the kernel never wrote was never reported durable: a
+ * tail (nothing valid follows) or a hole (a zeroed header, or a zeroed page
+ * before the next valid record) may be cut. A damaged record with valid
+ * records after it and no hole is a flipped bit in acknowledged data: refuse. */
 static int judge_tail(struct wal *w, const struct segfile *s, size_t off, const char *why,
-                      size_t *end, int *dirty, struct util_err *err) {
-    *end = off;
-    *dirty = !all_zero(s->map, off, s->size);
-    if (!*dirty)
-        return 0; /* the preallocated space after the last record */
-    size_t next = valid_record_after(s->map, s->size, off);
-    if (next && strcmp(why, "zeroed space") != 0 && !has_zero_page(s->map, off, next))
+                      size_t *next, struct util_err *err) {
+    *next = valid_record_after(s->map, s->size, off);
+    if (*next && strcmp(why, "zeroed space") != 0 && !has_zero_page(s->map, off, *next))
         return util_errorf(err, -EBADMSG,
                            "wal: %s/%s: corrupt record at byte offset %zu (%s), followed by a "
                            "valid record at byte offset %zu, so it is not a torn write; "
                            "refusing to start (restore this member from a peer or a backup)",
-                           w->dir, s->name, off, why, next);
-    LOG_WARN(w->log, "wal: truncating a torn tail", LOG_STR("dir", w->dir),
-             LOG_STR("file", s->name), LOG_UINT("offset", off), LOG_UINT("bytes", s->size - off),
-             LOG_STR("reason", why), LOG_BOOL("valid_records_after_hole", next != 0));
+                           w->dir, s->name, off, why, *next);
     return 0;
 }
 
-/* Reads the records of one segment into rp. For the last segment *end gets
- * the offset where valid records end, and *dirty whether non-zero bytes follow
- * it. */
+/* Applies the records of one call, [from, to), all known valid. */
+static int apply_call(struct wal *w, struct replay *rp, const struct segfile *s, size_t from,
+                      size_t to, struct util_err *err) {
+    while (from < to) {
+        struct wal_rec r;
+        const char *why = wal_rec_decode(s->map + from, s->size - from, &r);
+        assert(why == NULL);
+        int rc = apply(rp, &r, &why);
+        if (rc == -ENOMEM)
+            return util_errorf(err, rc, "wal: out of memory reading %s/%s", w->dir, s->name);
+        if (rc < 0)
+            return util_errorf(err, rc, "wal: %s/%s: byte offset %zu: %s; refusing to start",
+                               w->dir, s->name, from, why);
+        from += r.size;
+    }
+    return 0;
+}
+
+/* Reads the records of one segment into rp, a call at a time (a call's
+ * records count once its last one is there). For the last segment *end gets
+ * the offset where the last whole call ends, and *dirty whether anything but
+ * zeros follows it (to be cut). */
 static int replay_segment(struct wal *w, struct replay *rp, const struct segfile *s, int first,
                           int last, size_t *end, int *dirty, struct util_err *err) {
     struct wal_seg_hdr h;
@@ -254,28 +266,44 @@ static int replay_segment(struct wal *w, struct replay *rp, const struct segfile
                            "previous segment (records are missing at its end); refusing to start",
                            w->dir, s->name);
     }
-    size_t off = WAL_SEG_HDR_SIZE;
+    size_t off = WAL_SEG_HDR_SIZE, call = off, next = 0;
+    int rc;
     while (off < s->size) {
         struct wal_rec r;
-        why = wal_rec_decode(s->map + off, s->size - off, &r);
-        if (why) {
-            if (!last)
-                return util_errorf(err, -EBADMSG,
-                                   "wal: %s/%s: corrupt record at byte offset %zu (%s) in a "
-                                   "segment that is not the last; refusing to start",
-                                   w->dir, s->name, off, why);
-            return judge_tail(w, s, off, why, end, dirty, err);
-        }
-        int rc = apply(rp, &r, &why);
-        if (rc == -ENOMEM)
-            return util_errorf(err, rc, "wal: out of memory reading %s/%s", w->dir, s->name);
-        if (rc < 0)
-            return util_errorf(err, rc, "wal: %s/%s: byte offset %zu: %s; refusing to start",
-                               w->dir, s->name, off, why);
+        if ((why = wal_rec_decode(s->map + off, s->size - off, &r)) != NULL)
+            break;
         off += r.size;
+        if (r.flags & WAL_REC_F_END) {
+            if ((rc = apply_call(w, rp, s, call, off, err)) < 0)
+                return rc;
+            call = off;
+        }
     }
-    *end = off;
-    *dirty = 0;
+    if (!last) {
+        if (why)
+            return util_errorf(err, -EBADMSG,
+                               "wal: %s/%s: corrupt record at byte offset %zu (%s) in a "
+                               "segment that is not the last; refusing to start",
+                               w->dir, s->name, off, why);
+        if (call != off)
+            return util_errorf(err, -EBADMSG,
+                               "wal: %s/%s: byte offset %zu: the segment ends inside a call, in "
+                               "a segment that is not the last; refusing to start",
+                               w->dir, s->name, call);
+        return 0;
+    }
+    if (why && !all_zero(s->map, off, s->size) && (rc = judge_tail(w, s, off, why, &next, err)) < 0)
+        return rc;
+    *end = call;
+    *dirty = !all_zero(s->map, call, s->size);
+    if (*dirty) {
+        const char *reason = call < off ? "unfinished call" : why;
+        assert(reason); /* bytes after the last call, yet every record whole: impossible */
+        LOG_WARN(w->log, "wal: truncating a torn tail", LOG_STR("dir", w->dir),
+                 LOG_STR("file", s->name), LOG_UINT("offset", call),
+                 LOG_UINT("bytes", s->size - call), LOG_STR("reason", reason),
+                 LOG_BOOL("valid_records_after_hole", next != 0));
+    }
     return 0;
 }
 

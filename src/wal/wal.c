@@ -42,10 +42,10 @@ static void batch_free(struct wal_batch *b) {
     free(b->rolls);
 }
 
-/* Reserves room for a record of `size` bytes at the queue's virtual position,
- * adding a roll point first when it would overflow a non-empty segment (a
- * record larger than a whole segment gets a segment of its own). Called with
- * mu held. */
+/* Reserves room for a call's `size` bytes of records at the queue's virtual
+ * position, adding a roll point first when they would overflow a non-empty
+ * segment: a call never spans two segments (one larger than a whole segment
+ * gets a segment of its own). Called with mu held. */
 static int place(struct wal *w, size_t size) {
     if (w->vseg_off > WAL_SEG_HDR_SIZE && w->vseg_off + size > w->segment_size) {
         struct wal_batch *b = &w->pending;
@@ -62,16 +62,9 @@ static int place(struct wal *w, size_t size) {
     return 0;
 }
 
-/* What a call may change, so a call that fails half-way leaves no trace. */
-struct undo {
-    size_t len, n_rolls;
-    uint64_t vseg_seq, vseg_off;
-    struct wal_logstate ls;
-};
-
-/* Checks that `need` more bytes can be queued and saves the undo point. Called
- * with mu held. */
-static int queue_begin(struct wal *w, size_t need, struct undo *u) {
+/* Checks that a call of `need` bytes can be queued, makes room for it and
+ * places it. Called with mu held; changes nothing when it fails. */
+static int queue_begin(struct wal *w, size_t need) {
     if (w->durable.error)
         return w->durable.error;
     if (need > w->queue_size)
@@ -80,16 +73,7 @@ static int queue_begin(struct wal *w, size_t need, struct undo *u) {
         return -EAGAIN;
     if (batch_reserve(&w->pending, need, w->queue_size) < 0)
         return -ENOMEM;
-    *u = (struct undo){w->pending.len, w->pending.n_rolls, w->vseg_seq, w->vseg_off, w->ls};
-    return 0;
-}
-
-static void queue_undo(struct wal *w, const struct undo *u) {
-    w->pending.len = u->len;
-    w->pending.n_rolls = u->n_rolls;
-    w->vseg_seq = u->vseg_seq;
-    w->vseg_off = u->vseg_off;
-    w->ls = u->ls;
+    return need ? place(w, need) : 0;
 }
 
 /* Gives the queued call its seq and wakes the wal thread. Called with mu held. */
@@ -108,8 +92,7 @@ static void queue_commit(struct wal *w, uint64_t *seq) {
 
 int wal_append(wal_t *w, const struct wal_entry *ents, size_t n, const struct wal_hard_state *hs,
                uint64_t *seq) {
-    size_t need = hs ? wal_rec_size(WAL_HARDSTATE_SIZE) : 0;
-    struct undo u;
+    size_t need = hs ? wal_rec_size(WAL_HARDSTATE_SIZE) : 0, last = 0;
     int rc;
 
     if (n && !ents)
@@ -125,25 +108,20 @@ int wal_append(wal_t *w, const struct wal_entry *ents, size_t n, const struct wa
         rc = -EINVAL;
         goto out;
     }
-    if ((rc = queue_begin(w, need, &u)) < 0)
+    if ((rc = queue_begin(w, need)) < 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        size_t size = wal_rec_size(WAL_ENTRY_FIXED + (size_t)ents[i].len);
-        if ((rc = place(w, size)) < 0) {
-            queue_undo(w, &u);
-            goto out;
-        }
-        w->pending.len += wal_enc_entry(w->pending.buf + w->pending.len, &ents[i]);
+        last = w->pending.len;
+        w->pending.len += wal_enc_entry(w->pending.buf + last, &ents[i]);
         wal_ls_entry(&w->ls, ents[i].index, ents[i].term);
     }
     if (hs) {
-        if ((rc = place(w, wal_rec_size(WAL_HARDSTATE_SIZE))) < 0) {
-            queue_undo(w, &u);
-            goto out;
-        }
-        w->pending.len += wal_enc_hardstate(w->pending.buf + w->pending.len, hs);
+        last = w->pending.len;
+        w->pending.len += wal_enc_hardstate(w->pending.buf + last, hs);
         w->ls.hs = *hs;
     }
+    if (need)
+        wal_rec_mark_end(w->pending.buf + last);
     queue_commit(w, seq);
 out:
     pthread_mutex_unlock(&w->mu);
@@ -153,7 +131,6 @@ out:
 int wal_save_snapshot(wal_t *w, const struct wal_snapshot *snap, enum wal_snapshot_mode mode,
                       uint64_t *seq) {
     size_t need = wal_rec_size(WAL_SNAPSHOT_SIZE);
-    struct undo u;
     int rc;
 
     if (!snap)
@@ -163,13 +140,11 @@ int wal_save_snapshot(wal_t *w, const struct wal_snapshot *snap, enum wal_snapsh
         rc = -EINVAL;
         goto out;
     }
-    if ((rc = queue_begin(w, need, &u)) < 0)
+    if ((rc = queue_begin(w, need)) < 0)
         goto out;
-    if ((rc = place(w, need)) < 0) {
-        queue_undo(w, &u);
-        goto out;
-    }
-    w->pending.len += wal_enc_snapshot(w->pending.buf + w->pending.len, snap, (uint32_t)mode);
+    uint8_t *rec = w->pending.buf + w->pending.len;
+    w->pending.len += wal_enc_snapshot(rec, snap, (uint32_t)mode);
+    wal_rec_mark_end(rec);
     wal_ls_snapshot(&w->ls, snap, (uint32_t)mode);
     queue_commit(w, seq);
 out:

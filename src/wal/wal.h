@@ -58,13 +58,13 @@
  *
  * Durability contract: when wal_durable() reports seq S, every call that
  * returned a seq <= S is on stable storage, and nothing from a later call is
- * reported durable. Records of one call reach the disk in order, and a crash can
- * leave a prefix of a call's records (never a part of a record, never a record
- * out of order). A failed write, fdatasync or fallocate is never retried (after a
- * failed fdatasync the page cache may hold unwritten pages that look clean): the
- * handle turns failed, the durable seq stops, every later call returns the
- * error, and the caller must wal_close and wal_open again, which recovers at
- * least every record that was reported durable.
+ * reported durable. Each call is atomic across crashes: recovery applies a
+ * call's records only when all of them reached the disk, so a crash leaves
+ * whole calls, in order (a Ready's entries and hard state together). A failed write, fdatasync or
+ * fallocate is never retried (after a failed fdatasync the page cache may hold unwritten pages that
+ * look clean): the handle turns failed, the durable seq stops, every later call returns the error,
+ * and the caller must wal_close and wal_open again, which recovers at least every record that was
+ * reported durable.
  */
 #ifndef QUOIN_WAL_H
 #define QUOIN_WAL_H

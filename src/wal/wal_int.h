@@ -21,10 +21,13 @@ uint32_t wal_crc32c_portable(uint32_t crc, const void *buf, size_t n);
 #define WAL_MIN_SEGMENT 4096ull
 #define WAL_DEFAULT_QUEUE (16u << 20)
 
-/* Record: crc32c u32 | payload length u32 | type u8 | 3 zero bytes | payload |
- * zeros up to a multiple of 8. The crc covers everything after itself,
- * padding included. */
+/* Record: crc32c u32 | payload length u32 | type u8 | flags u8 | 2 zero bytes |
+ * payload | zeros up to a multiple of 8. The crc covers everything after
+ * itself, padding included. WAL_REC_F_END marks the last record of a call:
+ * recovery applies a call's records only once that one is there, so a crash
+ * leaves whole calls. */
 #define WAL_REC_HDR 12u
+#define WAL_REC_F_END 1u
 #define WAL_REC_ALIGN 8u
 enum wal_rec_type {
     WAL_REC_ENTRY = 1,     /* index u64, term u64, type u32, data */
@@ -73,12 +76,15 @@ const char *wal_seg_hdr_decode(const uint8_t *p, size_t n, struct wal_seg_hdr *h
 size_t wal_enc_entry(uint8_t *dst, const struct wal_entry *e);
 size_t wal_enc_hardstate(uint8_t *dst, const struct wal_hard_state *hs);
 size_t wal_enc_snapshot(uint8_t *dst, const struct wal_snapshot *s, uint32_t mode);
+/* Marks the record at rec as the last of its call. */
+void wal_rec_mark_end(uint8_t *rec);
 /* Fills the crc of every record in buf[0, n). */
 void wal_seal(uint8_t *buf, size_t n);
 
 /* One decoded record; payload points into the buffer it came from. */
 struct wal_rec {
     uint8_t type;
+    uint8_t flags;
     uint32_t len;
     const uint8_t *payload;
     size_t size; /* bytes on disk, padding included */

@@ -214,6 +214,49 @@ static void flip_in_earlier_segment_refused(void **state) {
     walt_rmdir(dir);
 }
 
+/* A call is all or nothing: cutting the last call (three entries and a hard
+ * state) anywhere, or damaging its last record, drops the whole call; damage
+ * to an earlier record of it, followed by valid ones, is refused like any. */
+static void last_call_is_atomic(void **state) {
+    (void)state;
+    char *dir = make_log(19, 65536), path[512];
+    struct wal_recovery rec;
+    wal_t *w = walt_open(dir, NULL, &rec);
+    struct wal_hard_state hs = {.term = 1, .vote = 1, .commit = 22};
+    walt_append(w, 20, 3, 1, &hs);
+    walt_reopen(&w, dir, NULL, &rec);
+    assert_int_equal(rec.n_entries, 22);
+    wal_recovery_free(&rec);
+    assert_int_equal(wal_close(w), 0);
+    char **names;
+    size_t nseg = walt_segments(dir, &names);
+    walt_path(path, sizeof(path), dir, names[0]);
+    walt_free_names(names, nseg);
+    uint64_t offs[MAXREC + 1];
+    assert_int_equal(walt_record_offsets(path, offs, MAXREC), 23);
+    size_t size;
+    uint8_t *orig = walt_read_file(path, &size);
+    for (uint64_t t = offs[19]; t < offs[23]; t += 3) {
+        walt_write_file(path, orig, size);
+        walt_truncate(path, t);
+        expect_entries(dir, 65536, 19, NULL);
+    }
+    for (uint64_t t = offs[22]; t < offs[23]; t++) {
+        walt_write_file(path, orig, size);
+        walt_flip_bit(path, t, 5);
+        expect_entries(dir, 65536, 19, NULL);
+    }
+    walt_write_file(path, orig, size);
+    walt_flip_bit(path, offs[20] + 30, 5);
+    expect_refusal(dir, strrchr(path, '/') + 1, offs[20], "not a torn write");
+    walt_write_file(path, orig, size);
+    w = walt_open(dir, NULL, &rec);
+    assert_int_equal(rec.n_entries, 22);
+    assert_int_equal(rec.hard_state.commit, 22);
+    free(orig);
+    walt_finish(w, &rec, dir);
+}
+
 /* A zeroed record header (a page the kernel never wrote before a crash) ends
  * the log even when later pages made it to disk: nothing after it was ever
  * reported durable. */
@@ -287,6 +330,7 @@ int main(void) {
         cmocka_unit_test(repair_is_logged_and_clean),
         cmocka_unit_test(flip_mid_log_refused),
         cmocka_unit_test(flip_in_earlier_segment_refused),
+        cmocka_unit_test(last_call_is_atomic),
         cmocka_unit_test(zeroed_hole_truncates),
         cmocka_unit_test(damaged_header_refused),
         cmocka_unit_test(missing_segments_refused),
