@@ -1,10 +1,12 @@
-/* wal: the handle, the append path and the group-commit thread.
+/* wal: the handle, the append path, the group-commit thread and the spare
+ * thread.
  *
  * Callers encode records into `pending` under the mutex (a copy, no system
  * call) and decide there where segments roll over, since the sizes are known
  * then: each roll point carries the header of the next segment. The wal thread
  * swaps `pending` with `writing`, seals the records' CRCs, writes them, runs
- * one fdatasync and publishes the new durable position. */
+ * one fdatasync and publishes the new durable position. The spare thread keeps
+ * the next segment's file preallocated, so a roll-over is cheap. */
 #include "wal/wal_int.h"
 
 #include <assert.h>
