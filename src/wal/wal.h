@@ -60,11 +60,12 @@
  * returned a seq <= S is on stable storage, and nothing from a later call is
  * reported durable. Each call is atomic across crashes: recovery applies a
  * call's records only when all of them reached the disk, so a crash leaves
- * whole calls, in order (a Ready's entries and hard state together). A failed write, fdatasync or
- * fallocate is never retried (after a failed fdatasync the page cache may hold unwritten pages that
- * look clean): the handle turns failed, the durable seq stops, every later call returns the error,
- * and the caller must wal_close and wal_open again, which recovers at least every record that was
- * reported durable.
+ * whole calls, in order (a Ready's entries and hard state together). A failed
+ * write, fdatasync or fallocate is never retried (after a failed fdatasync the
+ * page cache may hold unwritten pages that look clean): the handle turns
+ * failed, the durable seq stops, every later call returns the error, and the
+ * caller must wal_close and wal_open again, which recovers every call that
+ * was reported durable.
  */
 #ifndef QUOIN_WAL_H
 #define QUOIN_WAL_H
@@ -188,6 +189,7 @@ struct wal_recovery {
 int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struct wal_recovery *rec,
              struct util_err *err);
 
+/* Frees what rec holds and zeroes it (safe on a zeroed rec, or NULL). */
 void wal_recovery_free(struct wal_recovery *rec);
 
 /* Whether dir holds a log (at least one segment): how a node tells its first
@@ -224,8 +226,8 @@ void wal_durable(wal_t *w, struct wal_durable *out);
  * it, then call wal_durable. Owned by the handle; valid until wal_close. */
 int wal_event_fd(const wal_t *w);
 
-/* Blocks until seq is durable. Returns 0, or the error that failed the handle
- * (then seq may never become durable). */
+/* Blocks until seq is durable. Returns 0, -EINVAL (seq was never issued), or
+ * the error that failed the handle (then seq may never become durable). */
 int wal_wait(wal_t *w, uint64_t seq);
 
 /* Asks the wal thread to delete the segments that hold nothing after `index`:
