@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,7 @@ static size_t enc_record(uint8_t *dst, uint8_t type, const uint8_t *fixed, size_
     put32(dst, 0);
     put32(dst + 4, (uint32_t)len);
     dst[8] = type;
-    dst[9] = dst[10] = dst[11] = 0;
+    dst[9] = dst[10] = dst[11] = 0; /* flags: see wal_rec_mark_end */
     memcpy(dst + WAL_REC_HDR, fixed, nfixed);
     if (ndata)
         memcpy(dst + WAL_REC_HDR + nfixed, data, ndata);
@@ -149,6 +150,10 @@ size_t wal_enc_snapshot(uint8_t *dst, const struct wal_snapshot *s, uint32_t mod
     return enc_record(dst, WAL_REC_SNAPSHOT, f, sizeof(f), NULL, 0);
 }
 
+void wal_rec_mark_end(uint8_t *rec) {
+    rec[9] |= WAL_REC_F_END;
+}
+
 void wal_seal(uint8_t *buf, size_t n) {
     size_t off = 0;
     while (off < n) {
@@ -167,7 +172,8 @@ const char *wal_rec_decode(const uint8_t *p, size_t n, struct wal_rec *r) {
         return "zeroed space";
     uint32_t len = get32(p + 4);
     uint8_t type = p[8];
-    if (type < WAL_REC_ENTRY || type > WAL_REC_SNAPSHOT)
+    if (type < WAL_REC_ENTRY || type > WAL_REC_SNAPSHOT || (p[9] & ~WAL_REC_F_END) || p[10] ||
+        p[11])
         return "unknown record type";
     if (len > WAL_MAX_PAYLOAD || wal_rec_size(len) > n)
         return "record runs past the end of the file";
@@ -179,6 +185,7 @@ const char *wal_rec_decode(const uint8_t *p, size_t n, struct wal_rec *r) {
         (type == WAL_REC_SNAPSHOT && len != WAL_SNAPSHOT_SIZE))
         return "bad length for the record type";
     r->type = type;
+    r->flags = p[9];
     r->len = len;
     r->payload = p + WAL_REC_HDR;
     r->size = size;
@@ -238,6 +245,15 @@ static int fault_hit(struct wal *w, enum wal_fault_op op, enum wal_fault_kind *k
 static int fault_code(enum wal_fault_kind kind) {
     return kind == WAL_FAULT_ENOSPC ? -ENOSPC : -EIO;
 }
+
+/* The error the fault hook injects into this call of op, or 0. */
+static int fault_check(struct wal *w, enum wal_fault_op op) {
+    enum wal_fault_kind kind;
+    return fault_hit(w, op, &kind) ? fault_code(kind) : 0;
+}
+#else
+/* The server build has no hook (and no names for its operations). */
+#define fault_check(w, op) ((void)(w), 0)
 #endif
 
 int wal_io_pwrite(struct wal *w, int fd, const void *buf, size_t n, uint64_t off) {
@@ -247,6 +263,13 @@ int wal_io_pwrite(struct wal *w, int fd, const void *buf, size_t n, uint64_t off
 #ifdef QUOIN_TESTING
         enum wal_fault_kind kind;
         if (fault_hit(w, WAL_FAULT_WRITE, &kind)) {
+            if (kind == WAL_FAULT_CRASH) {
+                /* Some whole pages and part of the next, as a crash leaves. */
+                ask = n > 4096 ? n / 4096 * 4096 / 2 + 1000 : n / 3;
+                if (pwrite(fd, p, ask, (off_t)off) >= 0)
+                    raise(SIGKILL);
+                return -EIO;
+            }
             if (kind != WAL_FAULT_SHORT || n < 2)
                 return fault_code(kind);
             ask = n / 2;
@@ -270,13 +293,9 @@ int wal_io_pwrite(struct wal *w, int fd, const void *buf, size_t n, uint64_t off
 
 /* Shared by the two syncs: both count as WAL_FAULT_FDATASYNC. */
 static int io_sync(struct wal *w, int fd, int (*fn)(int)) {
-#ifdef QUOIN_TESTING
-    enum wal_fault_kind kind;
-    if (fault_hit(w, WAL_FAULT_FDATASYNC, &kind))
-        return fault_code(kind);
-#else
-    (void)w;
-#endif
+    int rc = fault_check(w, WAL_FAULT_FDATASYNC);
+    if (rc)
+        return rc;
     return fn(fd) < 0 ? -errno : 0;
 }
 
@@ -289,45 +308,58 @@ int wal_io_fsync(struct wal *w, int fd) {
 }
 
 int wal_io_fallocate(struct wal *w, int fd, uint64_t len) {
-#ifdef QUOIN_TESTING
-    enum wal_fault_kind kind;
-    if (fault_hit(w, WAL_FAULT_FALLOCATE, &kind))
-        return fault_code(kind);
-#else
-    (void)w;
-#endif
-    int rc = posix_fallocate(fd, 0, (off_t)len);
-    return -rc;
+    int rc = fault_check(w, WAL_FAULT_FALLOCATE);
+    if (rc)
+        return rc;
+    return -posix_fallocate(fd, 0, (off_t)len);
+}
+
+int wal_grow(void *arrp, size_t *cap, size_t n, size_t elem) {
+    void *p;
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    memcpy(&p, arrp, sizeof(p)); /* arrp may point to any object pointer type */
+    p = realloc(p, ncap * elem);
+    if (!p)
+        return -ENOMEM;
+    memcpy(arrp, &p, sizeof(p));
+    *cap = ncap;
+    return 0;
 }
 
 int wal_segs_push(struct wal *w, uint64_t seq, uint64_t first_index) {
-    if (w->n_segs == w->cap_segs) {
-        size_t cap = w->cap_segs ? w->cap_segs * 2 : 16;
-        struct wal_seg *s = realloc(w->segs, cap * sizeof(*s));
-        if (!s)
-            return -ENOMEM;
-        w->segs = s;
-        w->cap_segs = cap;
-    }
+    if (wal_grow(&w->segs, &w->cap_segs, w->n_segs, sizeof(*w->segs)) < 0)
+        return -ENOMEM;
     assert(w->n_segs == 0 || w->segs[w->n_segs - 1].seq + 1 == seq);
     w->segs[w->n_segs++] = (struct wal_seg){.seq = seq, .first_index = first_index};
     return 0;
 }
 
-int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *out, struct util_err *err) {
-    char name[WAL_NAME_MAX], tmp[WAL_NAME_MAX + 4];
-    uint8_t hdr[WAL_SEG_HDR_SIZE];
-    int rc, fd;
-
-    wal_seg_name(name, h->seq, h->first_index);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", name);
-    wal_seg_hdr_encode(hdr, h);
-    fd = openat(w->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+int wal_seg_prepare(struct wal *w, const char *tmp, int *out, struct util_err *err) {
+    int rc, fd = openat(w->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return util_errorf(err, -errno, "wal: cannot create %s/%s: %s", w->dir, tmp,
                            strerror(errno));
-    if ((rc = wal_io_pwrite(w, fd, hdr, sizeof(hdr), 0)) < 0 ||
-        (rc = wal_io_fallocate(w, fd, w->segment_size)) < 0 || (rc = wal_io_fdatasync(w, fd)) < 0)
+    if ((rc = wal_io_fallocate(w, fd, w->segment_size)) < 0) {
+        close(fd);
+        unlinkat(w->dirfd, tmp, 0);
+        return util_errorf(err, rc, "wal: cannot preallocate %s/%s: %s", w->dir, tmp,
+                           strerror(-rc));
+    }
+    *out = fd;
+    return 0;
+}
+
+int wal_seg_install(struct wal *w, int fd, const char *tmp, const struct wal_seg_hdr *h,
+                    struct util_err *err) {
+    char name[WAL_NAME_MAX];
+    uint8_t hdr[WAL_SEG_HDR_SIZE];
+    int rc;
+
+    wal_seg_name(name, h->seq, h->first_index);
+    wal_seg_hdr_encode(hdr, h);
+    if ((rc = wal_io_pwrite(w, fd, hdr, sizeof(hdr), 0)) < 0 || (rc = wal_io_fdatasync(w, fd)) < 0)
         goto err;
     if (renameat(w->dirfd, tmp, w->dirfd, name) < 0) {
         rc = -errno;
@@ -340,7 +372,6 @@ int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *out, struct 
         close(fd);
         return util_errorf(err, rc, "wal: cannot sync directory %s: %s", w->dir, strerror(-rc));
     }
-    *out = fd;
     return 0;
 
 err:
@@ -348,4 +379,14 @@ err:
     unlinkat(w->dirfd, tmp, 0);
     return util_errorf(err, rc, "wal: cannot create segment %s/%s: %s", w->dir, name,
                        strerror(-rc));
+}
+
+int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *out, struct util_err *err) {
+    char tmp[WAL_NAME_MAX + 4];
+    wal_seg_name(tmp, h->seq, h->first_index);
+    strcat(tmp, ".tmp");
+    int rc = wal_seg_prepare(w, tmp, out, err);
+    if (rc == 0 && (rc = wal_seg_install(w, *out, tmp, h, err)) < 0)
+        *out = -1;
+    return rc;
 }

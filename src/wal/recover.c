@@ -58,14 +58,9 @@ static int list_segments(struct wal *w, struct segfile **out, size_t *n_out, str
         uint64_t seq, first;
         if (wal_seg_parse_name(de->d_name, &seq, &first) < 0)
             continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct segfile *nv = realloc(v, cap * sizeof(*v));
-            if (!nv) {
-                rc = util_errorf(err, -ENOMEM, "wal: out of memory listing %s", w->dir);
-                goto err;
-            }
-            v = nv;
+        if (wal_grow(&v, &cap, n, sizeof(*v)) < 0) {
+            rc = util_errorf(err, -ENOMEM, "wal: out of memory listing %s", w->dir);
+            goto err;
         }
         v[n] = (struct segfile){.seq = seq, .first = first, .fd = -1};
         memcpy(v[n].name, de->d_name, len + 1);
@@ -96,6 +91,20 @@ err:
     return rc;
 }
 
+int wal_exists(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    struct dirent *de;
+    int found = 0;
+    while (!found && (de = readdir(d)) != NULL) {
+        uint64_t seq, first;
+        found = wal_seg_parse_name(de->d_name, &seq, &first) == 0;
+    }
+    closedir(d);
+    return found;
+}
+
 static int map_segment(struct wal *w, struct segfile *s, int writable, struct util_err *err) {
     struct stat st;
     s->fd = openat(w->dirfd, s->name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
@@ -110,6 +119,11 @@ static int map_segment(struct wal *w, struct segfile *s, int writable, struct ut
         s->map = NULL;
         return util_errorf(err, -errno, "wal: cannot map %s/%s: %s", w->dir, s->name,
                            strerror(errno));
+    }
+    if (!writable) {
+        /* The mapping stays valid; a long log does not hold a descriptor per segment. */
+        close(s->fd);
+        s->fd = -1;
     }
     return 0;
 }
@@ -153,14 +167,8 @@ static int apply(struct replay *rp, const struct wal_rec *r, const char **why) {
         rp->n = 0;
         rp->lo = e.index;
     }
-    if (rp->n == rp->cap) {
-        size_t cap = rp->cap ? rp->cap * 2 : 256;
-        struct wal_entry *v = realloc(rp->ents, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        rp->ents = v;
-        rp->cap = cap;
-    }
+    if (wal_grow(&rp->ents, &rp->cap, rp->n, sizeof(*rp->ents)) < 0)
+        return -ENOMEM;
     rp->ents[rp->n++] = e;
     wal_ls_entry(&rp->ls, e.index, e.term);
     assert(rp->lo + rp->n - 1 == rp->ls.last);
@@ -177,55 +185,72 @@ static size_t valid_record_after(const uint8_t *p, size_t size, size_t from) {
     return 0;
 }
 
-/* Whether [from, to) holds a whole 4 KiB page of zeros: a page the kernel never
- * wrote back before a crash. */
-static int has_zero_page(const uint8_t *p, size_t from, size_t to) {
-    const size_t page = 4096;
-    for (size_t pg = (from + page - 1) & ~(page - 1); pg + page <= to; pg += page) {
-        size_t i = 0;
-        while (i < page && p[pg + i] == 0)
-            i++;
-        if (i == page)
-            return 1;
-    }
-    return 0;
-}
+#define ZERO_CHUNK 4096
 
 static int all_zero(const uint8_t *p, size_t from, size_t to) {
-    for (size_t i = from; i < to; i++)
-        if (p[i])
+    static const uint8_t zeros[ZERO_CHUNK];
+    while (from < to) {
+        size_t n = to - from < ZERO_CHUNK ? to - from : ZERO_CHUNK;
+        if (memcmp(p + from, zeros, n) != 0)
             return 0;
+        from += n;
+    }
     return 1;
 }
 
-/* Decides what a bad record at `off` of the last segment means. Records are
- * written in order and a sync covers everything before its end, so anything
- * after a hole the kernel never wrote was never reported durable: a tail
- * (nothing valid follows) or a hole (a zeroed header, or a zeroed page before
- * the next valid record) is truncated. A damaged record with valid records
- * after it and no hole is a flipped bit in acknowledged data: refuse. */
+/* Whether [from, to) holds a whole 4 KiB page of zeros: a page the kernel never
+ * wrote back before a crash. */
+static int has_zero_page(const uint8_t *p, size_t from, size_t to) {
+    for (size_t pg = (from + ZERO_CHUNK - 1) & ~(size_t)(ZERO_CHUNK - 1); pg + ZERO_CHUNK <= to;
+         pg += ZERO_CHUNK)
+        if (all_zero(p, pg, pg + ZERO_CHUNK))
+            return 1;
+    return 0;
+}
+
+/* Decides whether a bad record at `off` of the last segment may be cut, and
+ * sets *next to the offset of a valid record after it (0 if none). Records
+ * are written in order and a sync covers everything before its end, so
+ * anything after a hole the kernel never wrote was never reported durable: a
+ * tail (nothing valid follows) or a hole (a zeroed header, or a zeroed page
+ * before the next valid record) may be cut. A damaged record with valid
+ * records after it and no hole is a flipped bit in acknowledged data: refuse. */
 static int judge_tail(struct wal *w, const struct segfile *s, size_t off, const char *why,
-                      size_t *keep, struct util_err *err) {
-    size_t next = valid_record_after(s->map, s->size, off);
-    if (next && strcmp(why, "zeroed space") != 0 && !has_zero_page(s->map, off, next))
+                      size_t *next, struct util_err *err) {
+    *next = valid_record_after(s->map, s->size, off);
+    if (*next && strcmp(why, "zeroed space") != 0 && !has_zero_page(s->map, off, *next))
         return util_errorf(err, -EBADMSG,
                            "wal: %s/%s: corrupt record at byte offset %zu (%s), followed by a "
                            "valid record at byte offset %zu, so it is not a torn write; "
                            "refusing to start (restore this member from a peer or a backup)",
-                           w->dir, s->name, off, why, next);
-    *keep = off;
-    if (!all_zero(s->map, off, s->size))
-        LOG_WARN(w->log, "wal: truncating a torn tail", LOG_STR("dir", w->dir),
-                 LOG_STR("file", s->name), LOG_UINT("offset", off),
-                 LOG_UINT("bytes", s->size - off), LOG_STR("reason", why),
-                 LOG_BOOL("valid_records_after_hole", next != 0));
+                           w->dir, s->name, off, why, *next);
     return 0;
 }
 
-/* Reads the records of one segment into rp. For the last segment *end gets
- * the offset where valid records end. */
+/* Applies the records of one call, [from, to), all known valid. */
+static int apply_call(struct wal *w, struct replay *rp, const struct segfile *s, size_t from,
+                      size_t to, struct util_err *err) {
+    while (from < to) {
+        struct wal_rec r;
+        const char *why = wal_rec_decode(s->map + from, s->size - from, &r);
+        assert(why == NULL);
+        int rc = apply(rp, &r, &why);
+        if (rc == -ENOMEM)
+            return util_errorf(err, rc, "wal: out of memory reading %s/%s", w->dir, s->name);
+        if (rc < 0)
+            return util_errorf(err, rc, "wal: %s/%s: byte offset %zu: %s; refusing to start",
+                               w->dir, s->name, from, why);
+        from += r.size;
+    }
+    return 0;
+}
+
+/* Reads the records of one segment into rp, a call at a time (a call's
+ * records count once its last one is there). For the last segment *end gets
+ * the offset where the last whole call ends, and *dirty whether anything but
+ * zeros follows it (to be cut). */
 static int replay_segment(struct wal *w, struct replay *rp, const struct segfile *s, int first,
-                          int last, size_t *end, struct util_err *err) {
+                          int last, size_t *end, int *dirty, struct util_err *err) {
     struct wal_seg_hdr h;
     const char *why = wal_seg_hdr_decode(s->map, s->size, &h);
     if (!why && (h.seq != s->seq || h.first_index != s->first))
@@ -241,27 +266,44 @@ static int replay_segment(struct wal *w, struct replay *rp, const struct segfile
                            "previous segment (records are missing at its end); refusing to start",
                            w->dir, s->name);
     }
-    size_t off = WAL_SEG_HDR_SIZE;
+    size_t off = WAL_SEG_HDR_SIZE, call = off, next = 0;
+    int rc;
     while (off < s->size) {
         struct wal_rec r;
-        why = wal_rec_decode(s->map + off, s->size - off, &r);
-        if (why) {
-            if (!last)
-                return util_errorf(err, -EBADMSG,
-                                   "wal: %s/%s: corrupt record at byte offset %zu (%s) in a "
-                                   "segment that is not the last; refusing to start",
-                                   w->dir, s->name, off, why);
-            return judge_tail(w, s, off, why, end, err);
-        }
-        int rc = apply(rp, &r, &why);
-        if (rc == -ENOMEM)
-            return util_errorf(err, rc, "wal: out of memory reading %s/%s", w->dir, s->name);
-        if (rc < 0)
-            return util_errorf(err, rc, "wal: %s/%s: byte offset %zu: %s; refusing to start",
-                               w->dir, s->name, off, why);
+        if ((why = wal_rec_decode(s->map + off, s->size - off, &r)) != NULL)
+            break;
         off += r.size;
+        if (r.flags & WAL_REC_F_END) {
+            if ((rc = apply_call(w, rp, s, call, off, err)) < 0)
+                return rc;
+            call = off;
+        }
     }
-    *end = off;
+    if (!last) {
+        if (why)
+            return util_errorf(err, -EBADMSG,
+                               "wal: %s/%s: corrupt record at byte offset %zu (%s) in a "
+                               "segment that is not the last; refusing to start",
+                               w->dir, s->name, off, why);
+        if (call != off)
+            return util_errorf(err, -EBADMSG,
+                               "wal: %s/%s: byte offset %zu: the segment ends inside a call, in "
+                               "a segment that is not the last; refusing to start",
+                               w->dir, s->name, call);
+        return 0;
+    }
+    if (why && !all_zero(s->map, off, s->size) && (rc = judge_tail(w, s, off, why, &next, err)) < 0)
+        return rc;
+    *end = call;
+    *dirty = !all_zero(s->map, call, s->size);
+    if (*dirty) {
+        const char *reason = call < off ? "unfinished call" : why;
+        assert(reason); /* bytes after the last call, yet every record whole: impossible */
+        LOG_WARN(w->log, "wal: truncating a torn tail", LOG_STR("dir", w->dir),
+                 LOG_STR("file", s->name), LOG_UINT("offset", call),
+                 LOG_UINT("bytes", s->size - call), LOG_STR("reason", reason),
+                 LOG_BOOL("valid_records_after_hole", next != 0));
+    }
     return 0;
 }
 
@@ -334,7 +376,7 @@ int wal_recover(struct wal *w, struct wal_recovery *rec, struct util_err *err) {
     struct segfile *segs = NULL;
     size_t n = 0, end = 0;
     struct replay rp = {0};
-    int rc;
+    int rc, cut = 0;
 
     if ((rc = list_segments(w, &segs, &n, err)) < 0)
         return rc;
@@ -345,7 +387,7 @@ int wal_recover(struct wal *w, struct wal_recovery *rec, struct util_err *err) {
     for (size_t i = 0; i < n; i++) {
         if ((rc = map_segment(w, &segs[i], i == n - 1, err)) < 0)
             goto err;
-        if ((rc = replay_segment(w, &rp, &segs[i], i == 0, i == n - 1, &end, err)) < 0)
+        if ((rc = replay_segment(w, &rp, &segs[i], i == 0, i == n - 1, &end, &cut, err)) < 0)
             goto err;
         if ((rc = wal_segs_push(w, segs[i].seq, segs[i].first)) < 0) {
             rc = util_errorf(err, rc, "wal: out of memory");
@@ -356,7 +398,6 @@ int wal_recover(struct wal *w, struct wal_recovery *rec, struct util_err *err) {
         goto err;
 
     struct segfile *last = &segs[n - 1];
-    int cut = end < last->size && !all_zero(last->map, end, last->size);
     for (size_t i = 0; i < n; i++) {
         if (segs[i].map)
             munmap(segs[i].map, segs[i].size);

@@ -1,15 +1,18 @@
-/* wal: the handle, the append path and the group-commit thread.
+/* wal: the handle, the append path, the group-commit thread and the spare
+ * thread.
  *
  * Callers encode records into `pending` under the mutex (a copy, no system
  * call) and decide there where segments roll over, since the sizes are known
  * then: each roll point carries the header of the next segment. The wal thread
  * swaps `pending` with `writing`, seals the records' CRCs, writes them, runs
- * one fdatasync and publishes the new durable position. */
+ * one fdatasync and publishes the new durable position. The spare thread keeps
+ * the next segment's file preallocated, so a roll-over is cheap. */
 #include "wal/wal_int.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -41,21 +44,15 @@ static void batch_free(struct wal_batch *b) {
     free(b->rolls);
 }
 
-/* Reserves room for a record of `size` bytes at the queue's virtual position,
- * adding a roll point first when it would overflow a non-empty segment (a
- * record larger than a whole segment gets a segment of its own). Called with
- * mu held. */
+/* Reserves room for a call's `size` bytes of records at the queue's virtual
+ * position, adding a roll point first when they would overflow a non-empty
+ * segment: a call never spans two segments (one larger than a whole segment
+ * gets a segment of its own). Called with mu held. */
 static int place(struct wal *w, size_t size) {
     if (w->vseg_off > WAL_SEG_HDR_SIZE && w->vseg_off + size > w->segment_size) {
         struct wal_batch *b = &w->pending;
-        if (b->n_rolls == b->cap_rolls) {
-            size_t cap = b->cap_rolls ? b->cap_rolls * 2 : 4;
-            struct wal_roll *r = realloc(b->rolls, cap * sizeof(*r));
-            if (!r)
-                return -ENOMEM;
-            b->rolls = r;
-            b->cap_rolls = cap;
-        }
+        if (wal_grow(&b->rolls, &b->cap_rolls, b->n_rolls, sizeof(*b->rolls)) < 0)
+            return -ENOMEM;
         b->rolls[b->n_rolls++] = (struct wal_roll){
             .off = b->len,
             .hdr = {.seq = w->vseg_seq + 1, .first_index = w->ls.last + 1, .ls = w->ls},
@@ -67,16 +64,9 @@ static int place(struct wal *w, size_t size) {
     return 0;
 }
 
-/* What a call may change, so a call that fails half-way leaves no trace. */
-struct undo {
-    size_t len, n_rolls;
-    uint64_t vseg_seq, vseg_off;
-    struct wal_logstate ls;
-};
-
-/* Checks that `need` more bytes can be queued and saves the undo point. Called
- * with mu held. */
-static int queue_begin(struct wal *w, size_t need, struct undo *u) {
+/* Checks that a call of `need` bytes can be queued, makes room for it and
+ * places it. Called with mu held; changes nothing when it fails. */
+static int queue_begin(struct wal *w, size_t need) {
     if (w->durable.error)
         return w->durable.error;
     if (need > w->queue_size)
@@ -85,16 +75,7 @@ static int queue_begin(struct wal *w, size_t need, struct undo *u) {
         return -EAGAIN;
     if (batch_reserve(&w->pending, need, w->queue_size) < 0)
         return -ENOMEM;
-    *u = (struct undo){w->pending.len, w->pending.n_rolls, w->vseg_seq, w->vseg_off, w->ls};
-    return 0;
-}
-
-static void queue_undo(struct wal *w, const struct undo *u) {
-    w->pending.len = u->len;
-    w->pending.n_rolls = u->n_rolls;
-    w->vseg_seq = u->vseg_seq;
-    w->vseg_off = u->vseg_off;
-    w->ls = u->ls;
+    return need ? place(w, need) : 0;
 }
 
 /* Gives the queued call its seq and wakes the wal thread. Called with mu held. */
@@ -113,8 +94,7 @@ static void queue_commit(struct wal *w, uint64_t *seq) {
 
 int wal_append(wal_t *w, const struct wal_entry *ents, size_t n, const struct wal_hard_state *hs,
                uint64_t *seq) {
-    size_t need = hs ? wal_rec_size(WAL_HARDSTATE_SIZE) : 0;
-    struct undo u;
+    size_t need = hs ? wal_rec_size(WAL_HARDSTATE_SIZE) : 0, last = 0;
     int rc;
 
     if (n && !ents)
@@ -130,25 +110,20 @@ int wal_append(wal_t *w, const struct wal_entry *ents, size_t n, const struct wa
         rc = -EINVAL;
         goto out;
     }
-    if ((rc = queue_begin(w, need, &u)) < 0)
+    if ((rc = queue_begin(w, need)) < 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        size_t size = wal_rec_size(WAL_ENTRY_FIXED + (size_t)ents[i].len);
-        if ((rc = place(w, size)) < 0) {
-            queue_undo(w, &u);
-            goto out;
-        }
-        w->pending.len += wal_enc_entry(w->pending.buf + w->pending.len, &ents[i]);
+        last = w->pending.len;
+        w->pending.len += wal_enc_entry(w->pending.buf + last, &ents[i]);
         wal_ls_entry(&w->ls, ents[i].index, ents[i].term);
     }
     if (hs) {
-        if ((rc = place(w, wal_rec_size(WAL_HARDSTATE_SIZE))) < 0) {
-            queue_undo(w, &u);
-            goto out;
-        }
-        w->pending.len += wal_enc_hardstate(w->pending.buf + w->pending.len, hs);
+        last = w->pending.len;
+        w->pending.len += wal_enc_hardstate(w->pending.buf + last, hs);
         w->ls.hs = *hs;
     }
+    if (need)
+        wal_rec_mark_end(w->pending.buf + last);
     queue_commit(w, seq);
 out:
     pthread_mutex_unlock(&w->mu);
@@ -158,7 +133,6 @@ out:
 int wal_save_snapshot(wal_t *w, const struct wal_snapshot *snap, enum wal_snapshot_mode mode,
                       uint64_t *seq) {
     size_t need = wal_rec_size(WAL_SNAPSHOT_SIZE);
-    struct undo u;
     int rc;
 
     if (!snap)
@@ -168,13 +142,11 @@ int wal_save_snapshot(wal_t *w, const struct wal_snapshot *snap, enum wal_snapsh
         rc = -EINVAL;
         goto out;
     }
-    if ((rc = queue_begin(w, need, &u)) < 0)
+    if ((rc = queue_begin(w, need)) < 0)
         goto out;
-    if ((rc = place(w, need)) < 0) {
-        queue_undo(w, &u);
-        goto out;
-    }
-    w->pending.len += wal_enc_snapshot(w->pending.buf + w->pending.len, snap, (uint32_t)mode);
+    uint8_t *rec = w->pending.buf + w->pending.len;
+    w->pending.len += wal_enc_snapshot(rec, snap, (uint32_t)mode);
+    wal_rec_mark_end(rec);
     wal_ls_snapshot(&w->ls, snap, (uint32_t)mode);
     queue_commit(w, seq);
 out:
@@ -224,6 +196,65 @@ static void seg_path_name(const struct wal_seg *s, char *name) {
     wal_seg_name(name, s->seq, s->first_index);
 }
 
+/* Makes the segment described by h from the spare file if one is ready (a
+ * header write and a rename), else from scratch. */
+static int new_segment(struct wal *w, const struct wal_seg_hdr *h, int *fd, struct util_err *err) {
+    int rc, spare = -1;
+    pthread_mutex_lock(&w->mu);
+    if (w->spare_state == SPARE_READY) {
+        spare = w->spare_fd;
+        w->spare_fd = -1;
+        w->spare_state = SPARE_TAKEN;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (spare >= 0) {
+        rc = wal_seg_install(w, spare, WAL_SPARE_NAME, h, err);
+        *fd = rc == 0 ? spare : -1;
+    } else {
+        rc = wal_seg_create(w, h, fd, err);
+    }
+    /* The spare's name is free again (renamed, or removed on failure). */
+    pthread_mutex_lock(&w->mu);
+    if (w->spare_state == SPARE_TAKEN || w->spare_state == SPARE_FAILED) {
+        w->spare_state = SPARE_NONE;
+        pthread_cond_signal(&w->spare_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+/* The spare thread: keeps one preallocated file ready for the next segment,
+ * so that a roll-over does not stall durability for a file creation (several
+ * milliseconds for 64 MiB, tens on a busy disk). A failure here only costs
+ * the wal thread making the segment itself. */
+static void *spare_thread(void *arg) {
+    struct wal *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->stopping && w->spare_state != SPARE_NONE)
+            pthread_cond_wait(&w->spare_cv, &w->mu);
+        if (w->stopping)
+            break;
+        w->spare_state = SPARE_MAKING;
+        pthread_mutex_unlock(&w->mu);
+        struct util_err err;
+        int fd = -1, rc = wal_seg_prepare(w, WAL_SPARE_NAME, &fd, &err);
+        if (rc == 0 && (rc = wal_io_fdatasync(w, fd)) < 0) {
+            close(fd);
+            unlinkat(w->dirfd, WAL_SPARE_NAME, 0);
+            util_errorf(&err, rc, "wal: cannot sync %s/%s: %s", w->dir, WAL_SPARE_NAME,
+                        strerror(-rc));
+        }
+        if (rc < 0)
+            LOG_WARN(w->log, "wal: cannot prepare the next segment", LOG_STR("error", err.msg));
+        pthread_mutex_lock(&w->mu);
+        w->spare_fd = fd;
+        w->spare_state = rc == 0 ? SPARE_READY : SPARE_FAILED;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
 /* Starts the next segment: the current one is synced and cut to its length
  * first (so a segment that is not the last is entirely records), then the new
  * one is created. */
@@ -239,7 +270,7 @@ static int roll(struct wal *w, const struct wal_seg_hdr *h) {
     /* Listed before it exists, so a failure below is undone by rollback. */
     if ((rc = wal_segs_push(w, h->seq, h->first_index)) < 0)
         return rc;
-    if ((rc = wal_seg_create(w, h, &fd, &err)) < 0) {
+    if ((rc = new_segment(w, h, &fd, &err)) < 0) {
         LOG_ERROR(w->log, "wal: cannot start a segment", LOG_STR("error", err.msg));
         return rc;
     }
@@ -365,8 +396,9 @@ static void *wal_thread(void *arg) {
             else
                 w->durable = w->writing.end;
             struct wal_durable d = w->durable;
-            pthread_cond_broadcast(&w->done_cv);
             pthread_mutex_unlock(&w->mu);
+            /* Woken outside the lock, so waiters do not wake only to block on it. */
+            pthread_cond_broadcast(&w->done_cv);
             notify(w, &d);
             pthread_mutex_lock(&w->mu);
         } else if (!w->durable.error && w->release_req > w->released) {
@@ -383,7 +415,24 @@ static void *wal_thread(void *arg) {
     return NULL;
 }
 
+/* Stops the threads that were started (wal_close and failed opens). */
+static void stop_threads(struct wal *w, int wal_thread_started) {
+    pthread_mutex_lock(&w->mu);
+    w->stopping = 1;
+    pthread_cond_signal(&w->work_cv);
+    pthread_cond_signal(&w->spare_cv);
+    pthread_mutex_unlock(&w->mu);
+    if (wal_thread_started)
+        pthread_join(w->thread, NULL);
+    if (w->spare_started)
+        pthread_join(w->spare_thread, NULL);
+}
+
 static void wal_free(struct wal *w) {
+    if (w->spare_fd >= 0) {
+        close(w->spare_fd);
+        unlinkat(w->dirfd, WAL_SPARE_NAME, 0);
+    }
     if (w->fd >= 0)
         close(w->fd);
     if (w->evfd >= 0)
@@ -396,10 +445,26 @@ static void wal_free(struct wal *w) {
     batch_free(&w->writing);
     free(w->segs);
     free(w->dir);
+    pthread_cond_destroy(&w->spare_cv);
     pthread_cond_destroy(&w->done_cv);
     pthread_cond_destroy(&w->work_cv);
     pthread_mutex_destroy(&w->mu);
     free(w);
+}
+
+/* Makes a new directory's own name durable: segments synced inside a
+ * directory whose entry is lost would be lost with it. */
+static int sync_parent(struct wal *w, const char *dir) {
+    char *copy = strdup(dir);
+    if (!copy)
+        return -ENOMEM;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(copy);
+    if (fd < 0)
+        return -errno;
+    int rc = wal_io_fsync(w, fd);
+    close(fd);
+    return rc;
 }
 
 int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struct wal_recovery *rec,
@@ -415,19 +480,20 @@ int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struc
     w = calloc(1, sizeof(*w));
     if (!w)
         return util_errorf(err, -ENOMEM, "wal: out of memory");
-    w->fd = w->dirfd = w->lockfd = w->evfd = -1;
+    w->fd = w->dirfd = w->lockfd = w->evfd = w->spare_fd = -1;
+    w->spare_state = opts->no_spare ? SPARE_OFF : SPARE_NONE;
     /* The mutex first: the fault hook of the test build takes it. */
+    pthread_cond_t *cvs[] = {&w->work_cv, &w->done_cv, &w->spare_cv};
+    size_t ncv = 0;
     if (pthread_mutex_init(&w->mu, NULL) != 0) {
         free(w);
         return util_errorf(err, -ENOMEM, "wal: cannot create a mutex");
     }
-    if (pthread_cond_init(&w->work_cv, NULL) != 0) {
-        pthread_mutex_destroy(&w->mu);
-        free(w);
-        return util_errorf(err, -ENOMEM, "wal: cannot create a condition variable");
-    }
-    if (pthread_cond_init(&w->done_cv, NULL) != 0) {
-        pthread_cond_destroy(&w->work_cv);
+    while (ncv < 3 && pthread_cond_init(cvs[ncv], NULL) == 0)
+        ncv++;
+    if (ncv < 3) {
+        while (ncv--)
+            pthread_cond_destroy(cvs[ncv]);
         pthread_mutex_destroy(&w->mu);
         free(w);
         return util_errorf(err, -ENOMEM, "wal: cannot create a condition variable");
@@ -446,7 +512,13 @@ int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struc
         rc = util_errorf(err, -ENOMEM, "wal: out of memory");
         goto err;
     }
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+    if (mkdir(dir, 0700) == 0) {
+        if ((rc = sync_parent(w, dir)) < 0) {
+            util_errorf(err, rc, "wal: cannot sync the directory holding %s: %s", dir,
+                        strerror(-rc));
+            goto err;
+        }
+    } else if (errno != EEXIST) {
         rc = util_errorf(err, -errno, "wal: cannot create %s: %s", dir, strerror(errno));
         goto err;
     }
@@ -470,14 +542,23 @@ int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struc
     w->durable = (struct wal_durable){
         .index = w->ls.last, .term = w->ls.last_term, .snapshot_index = w->ls.snap.index};
     w->pending.end = w->durable;
+    if (!opts->no_spare) {
+        if ((rc = pthread_create(&w->spare_thread, NULL, spare_thread, w)) != 0) {
+            rc = util_errorf(err, -rc, "wal: cannot start a thread: %s", strerror(rc));
+            goto err_rec;
+        }
+        w->spare_started = 1;
+    }
     if ((rc = pthread_create(&w->thread, NULL, wal_thread, w)) != 0) {
         rc = util_errorf(err, -rc, "wal: cannot start the wal thread: %s", strerror(rc));
-        wal_recovery_free(rec);
-        goto err;
+        goto err_rec;
     }
     *out = w;
     return 0;
 
+err_rec:
+    stop_threads(w, 0);
+    wal_recovery_free(rec);
 err:
     wal_free(w);
     return rc;
@@ -494,11 +575,7 @@ void wal_recovery_free(struct wal_recovery *rec) {
 int wal_close(wal_t *w) {
     if (!w)
         return 0;
-    pthread_mutex_lock(&w->mu);
-    w->stopping = 1;
-    pthread_cond_signal(&w->work_cv);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
+    stop_threads(w, 1);
     int rc = w->durable.error;
     assert(rc < 0 || w->durable.seq == w->next_seq);
     wal_free(w);
@@ -511,5 +588,12 @@ void wal_test_set_fault(wal_t *w, const struct wal_fault *f) {
     w->fault = *f;
     memset(w->calls, 0, sizeof(w->calls));
     pthread_mutex_unlock(&w->mu);
+}
+
+unsigned wal_test_calls(wal_t *w, enum wal_fault_op op) {
+    pthread_mutex_lock(&w->mu);
+    unsigned n = w->calls[op];
+    pthread_mutex_unlock(&w->mu);
+    return n;
 }
 #endif

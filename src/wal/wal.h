@@ -19,6 +19,21 @@
  *   wal_release_to()    deletes segments a durable snapshot covers.
  *   wal_close()         flushes what is queued, stops the thread, frees.
  *
+ * A raft node's loop, with the WAL:
+ *
+ *   wal_open(dir, &opts, &w, &rec, &err);        restore raft from rec
+ *   on each Ready:
+ *     if (ready has a snapshot)  wal_save_snapshot(w, &snap, mode, NULL);
+ *     wal_append(w, ready.entries, n, hard_state_changed ? &hs : NULL, &seq);
+ *     send the messages that need not wait for the disk (a leader's appends
+ *     to its followers); hold the others (acknowledgements, votes) under seq
+ *   when wal_event_fd(w) is readable: read it, wal_durable(w, &d); everything
+ *     appended with seq <= d.seq is stable: send the messages held under those
+ *     seqs and tell raft its log is stable up to (d.index, d.term)
+ *   after a snapshot is durable in the state machine and in the WAL:
+ *     wal_release_to(w, snapshot index);
+ *   on -EAGAIN: stop taking proposals until the eventfd fires, then retry.
+ *
  * Group commit: one wal thread takes everything queued, writes it with as few
  * write(2) calls as the segment boundaries allow, then runs one fdatasync(2).
  * Whatever is queued while that fdatasync runs goes into the next one. Appending
@@ -26,10 +41,12 @@
  * the wal thread.
  *
  * Threading contract:
- *   - wal_append, wal_save_snapshot, wal_durable, wal_wait and wal_release_to
- *     may be called from any threads, concurrently. Each call is atomic: the
- *     records of one call are queued contiguously and get one seq; seqs are
- *     1, 2, 3... in the order the calls took the queue lock.
+ *   - wal_append, wal_save_snapshot, wal_durable, wal_event_fd, wal_wait and
+ *     wal_release_to may be called from any threads, concurrently. The records
+ *     of one call are queued contiguously and the call gets one seq; seqs are
+ *     1, 2, 3... (from each wal_open) in the order the calls took the queue
+ *     lock. The queue lock is never held across I/O: besides wal_open, only
+ *     wal_wait and wal_close wait for the disk.
  *   - Log validity (indices, see wal_append) is checked against the order in
  *     which calls take the lock, so concurrent appenders that choose indices
  *     must serialise that choice themselves (a raft node has one appender).
@@ -41,13 +58,14 @@
  *
  * Durability contract: when wal_durable() reports seq S, every call that
  * returned a seq <= S is on stable storage, and nothing from a later call is
- * reported durable. Records of one call reach the disk in order, and a crash can
- * leave a prefix of a call's records (never a part of a record, never a record
- * out of order). A failed write, fdatasync or fallocate is never retried (after a
- * failed fdatasync the page cache may hold unwritten pages that look clean): the
- * handle turns failed, the durable seq stops, every later call returns the
- * error, and the caller must wal_close and wal_open again, which recovers at
- * least every record that was reported durable.
+ * reported durable. Each call is atomic across crashes: recovery applies a
+ * call's records only when all of them reached the disk, so a crash leaves
+ * whole calls, in order (a Ready's entries and hard state together). A failed
+ * write, fdatasync or fallocate is never retried (after a failed fdatasync the
+ * page cache may hold unwritten pages that look clean): the handle turns
+ * failed, the durable seq stops, every later call returns the error, and the
+ * caller must wal_close and wal_open again, which recovers every call that
+ * was reported durable.
  */
 #ifndef QUOIN_WAL_H
 #define QUOIN_WAL_H
@@ -112,10 +130,12 @@ typedef void (*wal_durable_cb)(void *arg, const struct wal_durable *d);
 /* Test-only fault injection, SQLite style: the nth call (1-based, counted from
  * wal_open, or from wal_test_set_fault) of one operation fails. The wal's
  * directory fsyncs count as WAL_FAULT_FDATASYNC. WAL_FAULT_SHORT makes a
- * write(2) write half of what it was asked (the WAL must carry on); on
- * fdatasync and fallocate it acts as WAL_FAULT_EIO. */
+ * write(2) write half of what it was asked (the WAL must carry on);
+ * WAL_FAULT_CRASH makes it write part of it and then kills the process with
+ * SIGKILL, leaving the torn write a crash would. On fdatasync and fallocate
+ * both act as WAL_FAULT_EIO. */
 enum wal_fault_op { WAL_FAULT_NONE, WAL_FAULT_WRITE, WAL_FAULT_FDATASYNC, WAL_FAULT_FALLOCATE };
-enum wal_fault_kind { WAL_FAULT_ENOSPC, WAL_FAULT_EIO, WAL_FAULT_SHORT };
+enum wal_fault_kind { WAL_FAULT_ENOSPC, WAL_FAULT_EIO, WAL_FAULT_SHORT, WAL_FAULT_CRASH };
 struct wal_fault {
     enum wal_fault_op op;
     unsigned nth;
@@ -125,11 +145,17 @@ struct wal_fault {
 
 /* Options of wal_open. Zeroed fields take the defaults. */
 struct wal_options {
-    uint64_t segment_size;     /* preallocated bytes per segment; default 64 MiB, min 4 KiB */
-    size_t queue_size;         /* bytes of encoded records that may wait; default 16 MiB */
+    uint64_t segment_size; /* preallocated bytes per segment; default 64 MiB, min 4 KiB */
+    /* Bytes of encoded records that may wait for the wal thread (as many again
+     * may be in flight); default 16 MiB. */
+    size_t queue_size;
     wal_durable_cb on_durable; /* optional, see the threading contract */
     void *cb_arg;
     log_t *log; /* repairs and failures are logged here; NULL = silent */
+    /* Do not keep the next segment preallocated in advance (by a second
+     * thread, in a file named spare.wal.tmp): saves that disk space, but a
+     * roll-over then stalls durability while a segment file is made. */
+    int no_spare;
 #ifdef QUOIN_TESTING
     struct wal_fault fault;
 #endif
@@ -163,7 +189,13 @@ struct wal_recovery {
 int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struct wal_recovery *rec,
              struct util_err *err);
 
+/* Frees what rec holds and zeroes it (safe on a zeroed rec, or NULL). */
 void wal_recovery_free(struct wal_recovery *rec);
+
+/* Whether dir holds a log (at least one segment): how a node tells its first
+ * start from a restart before wal_open creates one. Returns 1, 0 (also when
+ * dir does not exist), or the negative errno of failing to read dir. */
+int wal_exists(const char *dir);
 
 /* Queues n entries (which may be 0) and, if hs is not NULL, a hard state to be
  * written after them; *seq (may be NULL) receives the call's seq. Entries must
@@ -194,8 +226,8 @@ void wal_durable(wal_t *w, struct wal_durable *out);
  * it, then call wal_durable. Owned by the handle; valid until wal_close. */
 int wal_event_fd(const wal_t *w);
 
-/* Blocks until seq is durable. Returns 0, or the error that failed the handle
- * (then seq may never become durable). */
+/* Blocks until seq is durable. Returns 0, -EINVAL (seq was never issued), or
+ * the error that failed the handle (then seq may never become durable). */
 int wal_wait(wal_t *w, uint64_t seq);
 
 /* Asks the wal thread to delete the segments that hold nothing after `index`:
@@ -216,6 +248,8 @@ int wal_close(wal_t *w);
 #ifdef QUOIN_TESTING
 /* Arms a fault counted from now (replaces any armed one). */
 void wal_test_set_fault(wal_t *w, const struct wal_fault *f);
+/* How many calls of op were made since wal_open or wal_test_set_fault. */
+unsigned wal_test_calls(wal_t *w, enum wal_fault_op op);
 #endif
 
 #endif

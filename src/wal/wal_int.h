@@ -21,10 +21,13 @@ uint32_t wal_crc32c_portable(uint32_t crc, const void *buf, size_t n);
 #define WAL_MIN_SEGMENT 4096ull
 #define WAL_DEFAULT_QUEUE (16u << 20)
 
-/* Record: crc32c u32 | payload length u32 | type u8 | 3 zero bytes | payload |
- * zeros up to a multiple of 8. The crc covers everything after itself,
- * padding included. */
+/* Record: crc32c u32 | payload length u32 | type u8 | flags u8 | 2 zero bytes |
+ * payload | zeros up to a multiple of 8. The crc covers everything after
+ * itself, padding included. WAL_REC_F_END marks the last record of a call:
+ * recovery applies a call's records only once that one is there, so a crash
+ * leaves whole calls. */
 #define WAL_REC_HDR 12u
+#define WAL_REC_F_END 1u
 #define WAL_REC_ALIGN 8u
 enum wal_rec_type {
     WAL_REC_ENTRY = 1,     /* index u64, term u64, type u32, data */
@@ -73,12 +76,15 @@ const char *wal_seg_hdr_decode(const uint8_t *p, size_t n, struct wal_seg_hdr *h
 size_t wal_enc_entry(uint8_t *dst, const struct wal_entry *e);
 size_t wal_enc_hardstate(uint8_t *dst, const struct wal_hard_state *hs);
 size_t wal_enc_snapshot(uint8_t *dst, const struct wal_snapshot *s, uint32_t mode);
+/* Marks the record at rec as the last of its call. */
+void wal_rec_mark_end(uint8_t *rec);
 /* Fills the crc of every record in buf[0, n). */
 void wal_seal(uint8_t *buf, size_t n);
 
 /* One decoded record; payload points into the buffer it came from. */
 struct wal_rec {
     uint8_t type;
+    uint8_t flags;
     uint32_t len;
     const uint8_t *payload;
     size_t size; /* bytes on disk, padding included */
@@ -112,6 +118,18 @@ struct wal_batch {
     struct wal_durable end; /* durability once this batch is synced */
 };
 
+/* The spare file's life: the spare thread makes one when NONE (the name is
+ * free); the wal thread takes a READY one and frees the name once it has
+ * renamed it; after a FAILED attempt the next roll asks again. */
+enum wal_spare_state {
+    SPARE_OFF,
+    SPARE_NONE,
+    SPARE_MAKING,
+    SPARE_READY,
+    SPARE_TAKEN,
+    SPARE_FAILED
+};
+
 /* A segment on disk, as the wal thread knows it. */
 struct wal_seg {
     uint64_t seq;
@@ -130,10 +148,12 @@ struct wal {
     void *cb_arg;
 
     pthread_t thread;
-    int thread_started;
+    pthread_t spare_thread; /* keeps a preallocated file ready for the next segment */
+    int spare_started;
     pthread_mutex_t mu;
-    pthread_cond_t work_cv; /* the wal thread waits here for work */
-    pthread_cond_t done_cv; /* wal_wait waits here */
+    pthread_cond_t work_cv;  /* the wal thread waits here for work */
+    pthread_cond_t done_cv;  /* wal_wait waits here */
+    pthread_cond_t spare_cv; /* the spare thread waits here */
 
     /* Under mu: the caller side. */
     struct wal_logstate ls; /* as of the last queued call */
@@ -143,6 +163,9 @@ struct wal {
     struct wal_batch pending;
     uint64_t release_req;
     int stopping;
+    /* Under mu: the spare file (WAL_SPARE_NAME) and where it stands. */
+    int spare_fd;
+    enum wal_spare_state spare_state;
     /* Under mu: published by the wal thread. */
     struct wal_durable durable;
 
@@ -167,12 +190,23 @@ int wal_io_fdatasync(struct wal *w, int fd);
 int wal_io_fsync(struct wal *w, int fd);
 int wal_io_fallocate(struct wal *w, int fd, uint64_t len);
 
+/* Makes room in a growable array for one more element after the first n:
+ * arrp is the address of the array pointer, *cap its capacity in elements of
+ * elem bytes; doubles. Returns 0 or -ENOMEM (array unchanged). */
+int wal_grow(void *arrp, size_t *cap, size_t n, size_t elem);
+
 /* Remembers a segment in w->segs (0 or -ENOMEM). */
 int wal_segs_push(struct wal *w, uint64_t seq, uint64_t first_index);
 
-/* Creates the segment described by h (through a temporary name, so a named
- * segment always has a complete header), preallocated to w->segment_size, and
- * returns its descriptor in *fd positioned after the header. */
+/* Creating a segment goes through a temporary name, so a named segment always
+ * has a complete header; recovery deletes any *.wal.tmp. wal_seg_prepare
+ * creates (or empties) the file `tmp` preallocated to w->segment_size;
+ * wal_seg_install writes h into it and gives it its name, durably, or closes
+ * fd and removes the file; wal_seg_create does both. */
+#define WAL_SPARE_NAME "spare.wal.tmp"
+int wal_seg_prepare(struct wal *w, const char *tmp, int *fd, struct util_err *err);
+int wal_seg_install(struct wal *w, int fd, const char *tmp, const struct wal_seg_hdr *h,
+                    struct util_err *err);
 int wal_seg_create(struct wal *w, const struct wal_seg_hdr *h, int *fd, struct util_err *err);
 
 /* Recovery: scans w->dir, fills rec, and leaves w ready to write: fd, off,

@@ -20,15 +20,6 @@
 
 static const struct wal_options small = {.segment_size = 4096};
 
-static wal_t *open_ok(const char *dir, const struct wal_options *o, struct wal_recovery *rec) {
-    wal_t *w = NULL;
-    struct util_err err = {0};
-    int rc = wal_open(dir, o, &w, rec, &err);
-    if (rc != 0)
-        fail_msg("wal_open: %d %s", rc, err.msg);
-    return w;
-}
-
 /* Asserts the recovered entries are exactly [first, last] with term terms[i]. */
 static void expect_log(const struct wal_recovery *rec, uint64_t first, uint64_t last,
                        const uint64_t *terms) {
@@ -42,7 +33,10 @@ static void open_empty(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, &small, &rec);
+    assert_int_equal(wal_exists("/nonexistent/quoin"), 0);
+    assert_int_equal(wal_exists(dir), 0);
+    wal_t *w = walt_open(dir, &small, &rec);
+    assert_int_equal(wal_exists(dir), 1);
     assert_int_equal(rec.n_entries, 0);
     assert_int_equal(rec.last_index, 0);
     assert_int_equal(rec.hard_state.commit, 0);
@@ -51,7 +45,15 @@ static void open_empty(void **state) {
     wal_durable(w, &d);
     assert_int_equal(d.seq, 0);
     assert_int_equal(d.error, 0);
+    /* The next segment is prepared in advance, and removed at close. */
+    char spare[512];
+    walt_path(spare, sizeof(spare), dir, "spare.wal.tmp");
+    for (int i = 0; i < 500 && access(spare, F_OK) != 0; i++)
+        usleep(2000);
+    assert_int_equal(access(spare, F_OK), 0);
+    assert_int_equal(walt_file_size(spare), 4096);
     assert_int_equal(wal_close(w), 0);
+    assert_int_equal(access(spare, F_OK), -1);
     char **names;
     size_t n = walt_segments(dir, &names);
     assert_int_equal(n, 1);
@@ -64,11 +66,30 @@ static void open_empty(void **state) {
     walt_rmdir(dir);
 }
 
+/* wal_open makes the log's directory (not its parents). */
+static void open_creates_directory(void **state) {
+    (void)state;
+    char *dir = walt_tmpdir(), sub[512], deep[512];
+    walt_path(sub, sizeof(sub), dir, "wal");
+    walt_path(deep, sizeof(deep), dir, "no/such");
+    struct wal_recovery rec;
+    struct util_err err = {0};
+    wal_t *w = NULL;
+    assert_int_equal(wal_open(deep, NULL, &w, &rec, &err), -ENOENT);
+    assert_non_null(strstr(err.msg, deep));
+    w = walt_open(sub, NULL, &rec);
+    assert_int_equal(wal_exists(sub), 1);
+    char *s = strdup(sub);
+    assert_non_null(s);
+    walt_finish(w, &rec, s);
+    walt_rmdir(dir);
+}
+
 static void append_and_reopen(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, NULL, &rec);
+    wal_t *w = walt_open(dir, NULL, &rec);
     uint64_t seq = 0;
     for (uint64_t i = 0; i < 10; i++) {
         struct wal_hard_state hs = {.term = 1, .vote = 2, .commit = i * 10};
@@ -84,7 +105,7 @@ static void append_and_reopen(void **state) {
     assert_int_equal(d.term, 1);
     assert_int_equal(wal_close(w), 0);
 
-    w = open_ok(dir, NULL, &rec);
+    w = walt_open(dir, NULL, &rec);
     uint64_t terms[100];
     for (int i = 0; i < 100; i++)
         terms[i] = 1;
@@ -96,31 +117,25 @@ static void append_and_reopen(void **state) {
     wal_recovery_free(&rec);
     /* Appending continues where the log ended, with seqs from 1 again. */
     assert_int_equal(walt_append(w, 101, 1, 2, NULL), 1);
-    assert_int_equal(wal_close(w), 0);
-    w = open_ok(dir, NULL, &rec);
+    walt_reopen(&w, dir, NULL, &rec);
     assert_int_equal(rec.n_entries, 101);
     assert_true(walt_entry_ok(&rec.entries[100], 101, 2));
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 static void empty_data_entries(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, NULL, &rec);
+    wal_t *w = walt_open(dir, NULL, &rec);
     struct wal_entry e[2] = {{.index = 1, .term = 1, .type = 7}, {.index = 2, .term = 1}};
     assert_int_equal(wal_append(w, e, 2, NULL, NULL), 0);
-    assert_int_equal(wal_close(w), 0);
-    w = open_ok(dir, NULL, &rec);
+    walt_reopen(&w, dir, NULL, &rec);
     assert_int_equal(rec.n_entries, 2);
     assert_int_equal(rec.entries[0].len, 0);
     assert_int_equal(rec.entries[0].type, 7);
     assert_int_equal(rec.entries[1].index, 2);
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 /* Raft overwrites a conflicting suffix by appending at a lower index. */
@@ -128,7 +143,7 @@ static void overwrite_suffix(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, &small, &rec);
+    wal_t *w = walt_open(dir, &small, &rec);
     walt_append(w, 1, 10, 1, NULL);
     uint64_t seq = walt_append(w, 6, 3, 2, NULL);
     assert_int_equal(wal_wait(w, seq), 0);
@@ -143,25 +158,22 @@ static void overwrite_suffix(void **state) {
     assert_int_equal(wal_append(w, &e, 1, NULL, NULL), -EINVAL);
     assert_int_equal(wal_close(w), 0);
 
-    w = open_ok(dir, &small, &rec);
+    w = walt_open(dir, &small, &rec);
     uint64_t terms[] = {1, 1, 1, 1, 1, 2, 2, 2};
     expect_log(&rec, 1, 8, terms);
     wal_recovery_free(&rec);
     walt_append(w, 4, 1, 3, NULL);
-    assert_int_equal(wal_close(w), 0);
-    w = open_ok(dir, &small, &rec);
+    walt_reopen(&w, dir, &small, &rec);
     uint64_t terms2[] = {1, 1, 1, 3};
     expect_log(&rec, 1, 4, terms2);
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 static void invalid_calls(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, NULL, &rec);
+    wal_t *w = walt_open(dir, NULL, &rec);
     uint8_t buf[2][WALT_MAX_DATA];
     struct wal_entry e[2];
     walt_entry(&e[0], 0, 1, buf[0]);
@@ -195,14 +207,11 @@ static void invalid_calls(void **state) {
     uint64_t seq = walt_append(w, 21, 1, 2, NULL);
     assert_int_equal(seq, 3);
     assert_int_equal(wal_wait(w, 4), -EINVAL); /* never issued */
-    assert_int_equal(wal_close(w), 0);
-    w = open_ok(dir, NULL, &rec);
+    walt_reopen(&w, dir, NULL, &rec);
     assert_int_equal(rec.snapshot.index, 20);
     uint64_t t = 2;
     expect_log(&rec, 21, 21, &t);
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 static void snapshot_markers(void **state) {
@@ -212,13 +221,13 @@ static void snapshot_markers(void **state) {
     uint64_t terms[20];
     for (int i = 0; i < 20; i++)
         terms[i] = 1;
-    wal_t *w = open_ok(dir, &small, &rec);
+    wal_t *w = walt_open(dir, &small, &rec);
     walt_append(w, 1, 30, 1, NULL);
     struct wal_snapshot s = {.index = 20, .term = 1};
     assert_int_equal(wal_save_snapshot(w, &s, WAL_SNAPSHOT_KEEP_LOG, NULL), 0);
     assert_int_equal(wal_close(w), 0);
 
-    w = open_ok(dir, &small, &rec);
+    w = walt_open(dir, &small, &rec);
     assert_int_equal(rec.snapshot.index, 20);
     assert_int_equal(rec.snapshot.term, 1);
     expect_log(&rec, 21, 30, terms);
@@ -228,7 +237,7 @@ static void snapshot_markers(void **state) {
     assert_int_equal(wal_save_snapshot(w, &s, WAL_SNAPSHOT_DISCARD_LOG, NULL), 0);
     assert_int_equal(wal_close(w), 0);
 
-    w = open_ok(dir, &small, &rec);
+    w = walt_open(dir, &small, &rec);
     assert_int_equal(rec.n_entries, 0);
     assert_int_equal(rec.last_index, 25);
     assert_int_equal(rec.last_term, 4);
@@ -247,34 +256,29 @@ static void snapshot_markers(void **state) {
     walt_append(w, 41, 2, 5, NULL);
     assert_int_equal(wal_close(w), 0);
 
-    w = open_ok(dir, &small, &rec);
+    w = walt_open(dir, &small, &rec);
     assert_int_equal(rec.snapshot.index, 40);
     uint64_t t5[] = {5, 5};
     expect_log(&rec, 41, 42, t5);
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 static void hard_state_and_barrier(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, NULL, &rec);
+    wal_t *w = walt_open(dir, NULL, &rec);
     struct wal_hard_state hs = {.term = 7, .vote = 3, .commit = 0};
     uint64_t s1, s2;
     assert_int_equal(wal_append(w, NULL, 0, &hs, &s1), 0);
     assert_int_equal(wal_append(w, NULL, 0, NULL, &s2), 0);
     assert_int_equal(s2, s1 + 1);
     assert_int_equal(wal_wait(w, s2), 0);
-    assert_int_equal(wal_close(w), 0);
-    w = open_ok(dir, NULL, &rec);
+    walt_reopen(&w, dir, NULL, &rec);
     assert_int_equal(rec.hard_state.term, 7);
     assert_int_equal(rec.hard_state.vote, 3);
     assert_int_equal(rec.n_entries, 0);
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 /* A callback that can hold the wal thread, to fill the queue on purpose. */
@@ -305,7 +309,7 @@ static void queue_full(void **state) {
     struct gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 1};
     struct wal_options o = {.queue_size = 8192, .on_durable = gate_cb, .cb_arg = &g};
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, &o, &rec);
+    wal_t *w = walt_open(dir, &o, &rec);
     uint8_t big[9000] = {0};
     struct wal_entry e = {.index = 1, .term = 1, .len = sizeof(big), .data = big};
     assert_int_equal(wal_append(w, &e, 1, NULL, NULL), -EMSGSIZE);
@@ -334,20 +338,18 @@ static void queue_full(void **state) {
     assert_int_equal(wal_close(w), 0);
     assert_true(g.monotonic);
     assert_true(g.calls >= 2);
-    w = open_ok(dir, &o, &rec);
+    w = walt_open(dir, &o, &rec);
     assert_int_equal(rec.n_entries, next);
     for (uint64_t i = 1; i <= next; i++)
         assert_true(walt_entry_ok(&rec.entries[i - 1], i, 1));
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 static void event_fd_signals(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, NULL, &rec);
+    wal_t *w = walt_open(dir, NULL, &rec);
     int fd = wal_event_fd(w);
     uint64_t v;
     assert_int_equal(read(fd, &v, sizeof(v)), -1); /* nothing yet */
@@ -360,15 +362,47 @@ static void event_fd_signals(void **state) {
         wal_durable(w, &d);
     }
     assert_int_equal(d.index, 3);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
+}
+
+/* The callback may queue more work: here a hard state once the first entry
+ * is durable, as a raft node might after its own append. */
+struct chain {
+    wal_t *w;
+    int appended;
+    int rc;
+};
+
+static void chain_cb(void *arg, const struct wal_durable *d) {
+    struct chain *c = arg;
+    if (c->appended || d->seq < 1)
+        return;
+    struct wal_hard_state hs = {.term = 1, .vote = 1, .commit = d->index};
+    c->rc = wal_append(c->w, NULL, 0, &hs, NULL);
+    c->appended = 1;
+}
+
+static void callback_may_append(void **state) {
+    (void)state;
+    char *dir = walt_tmpdir();
+    struct chain c = {0};
+    struct wal_options o = {.on_durable = chain_cb, .cb_arg = &c};
+    struct wal_recovery rec;
+    /* The callback reads c.w only after the first append, which follows this. */
+    c.w = walt_open(dir, &o, &rec);
+    assert_int_equal(wal_wait(c.w, walt_append(c.w, 1, 4, 1, NULL)), 0);
+    walt_reopen(&c.w, dir, NULL, &rec);
+    assert_int_equal(c.rc, 0);
+    assert_int_equal(rec.hard_state.commit, 4);
+    assert_int_equal(rec.n_entries, 4);
+    walt_finish(c.w, &rec, dir);
 }
 
 static void segments_roll_and_release(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, &small, &rec);
+    wal_t *w = walt_open(dir, &small, &rec);
     uint64_t seq = 0;
     for (uint64_t i = 1; i <= 500; i += 5) {
         struct wal_hard_state hs = {.term = 1, .commit = i};
@@ -404,23 +438,21 @@ static void segments_roll_and_release(void **state) {
     }
     walt_free_names(names, after);
 
-    w = open_ok(dir, &small, &rec);
+    w = walt_open(dir, &small, &rec);
     assert_int_equal(rec.snapshot.index, 200);
     assert_int_equal(rec.hard_state.commit, 496);
     uint64_t terms[300];
     for (int i = 0; i < 300; i++)
         terms[i] = 1;
     expect_log(&rec, 201, 500, terms);
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 static void entry_larger_than_segment(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, &small, &rec);
+    wal_t *w = walt_open(dir, &small, &rec);
     static uint8_t big[20000];
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (uint8_t)(i * 7);
@@ -428,15 +460,12 @@ static void entry_larger_than_segment(void **state) {
     struct wal_entry e = {.index = 3, .term = 1, .len = sizeof(big), .data = big};
     assert_int_equal(wal_append(w, &e, 1, NULL, NULL), 0);
     walt_append(w, 4, 2, 1, NULL);
-    assert_int_equal(wal_close(w), 0);
-    w = open_ok(dir, &small, &rec);
+    walt_reopen(&w, dir, &small, &rec);
     assert_int_equal(rec.n_entries, 5);
     assert_int_equal(rec.entries[2].len, sizeof(big));
     assert_memory_equal(rec.entries[2].data, big, sizeof(big));
     assert_true(walt_entry_ok(&rec.entries[4], 5, 1));
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 struct writers {
@@ -469,7 +498,7 @@ static void concurrent_writers(void **state) {
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
     struct writers ws = {.mu = PTHREAD_MUTEX_INITIALIZER, .next = 1, .per_thread = 100};
-    ws.w = open_ok(dir, &small, &rec);
+    ws.w = walt_open(dir, &small, &rec);
     pthread_t t[8];
     for (int i = 0; i < 8; i++)
         assert_int_equal(pthread_create(&t[i], NULL, writer, &ws), 0);
@@ -478,48 +507,43 @@ static void concurrent_writers(void **state) {
         pthread_join(t[i], &r);
         assert_null(r);
     }
-    assert_int_equal(wal_close(ws.w), 0);
-    ws.w = open_ok(dir, &small, &rec);
+    walt_reopen(&ws.w, dir, &small, &rec);
     assert_int_equal(rec.n_entries, 800);
     for (uint64_t i = 1; i <= 800; i++)
         assert_true(walt_entry_ok(&rec.entries[i - 1], i, 1));
-    wal_recovery_free(&rec);
-    assert_int_equal(wal_close(ws.w), 0);
-    walt_rmdir(dir);
+    walt_finish(ws.w, &rec, dir);
 }
 
 static void second_open_refused(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec, rec2;
-    wal_t *w = open_ok(dir, NULL, &rec), *w2 = NULL;
+    wal_t *w = walt_open(dir, NULL, &rec), *w2 = NULL;
     struct util_err err = {0};
     assert_int_equal(wal_open(dir, NULL, &w2, &rec2, &err), -EWOULDBLOCK);
     assert_null(w2);
     assert_non_null(strstr(err.msg, "another process"));
-    assert_int_equal(wal_close(w), 0);
-    walt_rmdir(dir);
+    walt_finish(w, &rec, dir);
 }
 
 static void close_flushes_queue(void **state) {
     (void)state;
     char *dir = walt_tmpdir();
     struct wal_recovery rec;
-    wal_t *w = open_ok(dir, &small, &rec);
+    wal_t *w = walt_open(dir, &small, &rec);
     for (uint64_t i = 1; i <= 200; i++)
         walt_append(w, i, 1, 1, NULL);
-    assert_int_equal(wal_close(w), 0);
-    w = open_ok(dir, &small, &rec);
+    walt_reopen(&w, dir, &small, &rec);
     assert_int_equal(rec.n_entries, 200);
     wal_recovery_free(&rec);
     assert_int_equal(wal_close(w), 0);
-    assert_int_equal(wal_close(NULL), 0);
-    walt_rmdir(dir);
+    walt_finish(NULL, &rec, dir);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(open_empty),
+        cmocka_unit_test(open_creates_directory),
         cmocka_unit_test(append_and_reopen),
         cmocka_unit_test(empty_data_entries),
         cmocka_unit_test(overwrite_suffix),
@@ -528,6 +552,7 @@ int main(void) {
         cmocka_unit_test(hard_state_and_barrier),
         cmocka_unit_test(queue_full),
         cmocka_unit_test(event_fd_signals),
+        cmocka_unit_test(callback_may_append),
         cmocka_unit_test(segments_roll_and_release),
         cmocka_unit_test(entry_larger_than_segment),
         cmocka_unit_test(concurrent_writers),

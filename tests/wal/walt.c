@@ -43,6 +43,28 @@ void walt_rmdir(char *dir) {
     free(dir);
 }
 
+wal_t *walt_open(const char *dir, const struct wal_options *o, struct wal_recovery *rec) {
+    wal_t *w = NULL;
+    struct util_err err = {0};
+    int rc = wal_open(dir, o, &w, rec, &err);
+    if (rc != 0)
+        fail_msg("wal_open %s: %d %s", dir, rc, err.msg);
+    return w;
+}
+
+void walt_reopen(wal_t **w, const char *dir, const struct wal_options *o,
+                 struct wal_recovery *rec) {
+    wal_recovery_free(rec);
+    assert_int_equal(wal_close(*w), 0);
+    *w = walt_open(dir, o, rec);
+}
+
+void walt_finish(wal_t *w, struct wal_recovery *rec, char *dir) {
+    wal_recovery_free(rec);
+    assert_int_equal(wal_close(w), 0);
+    walt_rmdir(dir);
+}
+
 static uint64_t mix(uint64_t x) {
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdull;
@@ -160,17 +182,35 @@ void walt_truncate(const char *path, uint64_t size) {
     assert_int_equal(truncate(path, (off_t)size), 0);
 }
 
-uint64_t walt_records_end(const char *path) {
+size_t walt_record_offsets(const char *path, uint64_t *offs, size_t max) {
     uint64_t size = walt_file_size(path), off = WAL_SEG_HDR_SIZE;
+    size_t n = 0;
     while (off + WAL_REC_HDR <= size) {
         uint8_t h[WAL_REC_HDR];
         walt_read_at(path, off, h, sizeof(h));
-        uint32_t len;
-        memcpy(&len, h + 4, 4);
-        len = le32toh(len);
         if (h[8] == 0)
             break;
-        off += wal_rec_size(len);
+        uint32_t len;
+        memcpy(&len, h + 4, 4);
+        assert_true(n < max);
+        offs[n++] = off;
+        off += wal_rec_size(le32toh(len));
     }
-    return off;
+    offs[n] = off;
+    return n;
+}
+
+uint8_t *walt_read_file(const char *path, size_t *n) {
+    *n = (size_t)walt_file_size(path);
+    uint8_t *p = malloc(*n ? *n : 1);
+    assert_non_null(p);
+    walt_read_at(path, 0, p, *n);
+    return p;
+}
+
+void walt_write_file(const char *path, const uint8_t *p, size_t n) {
+    int fd = open(path, O_WRONLY | O_TRUNC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, p, n), (ssize_t)n);
+    close(fd);
 }

@@ -24,6 +24,13 @@ void walt_entry(struct wal_entry *e, uint64_t index, uint64_t term, uint8_t buf[
 /* Whether e carries exactly the data walt_entry gives (index, term). */
 int walt_entry_ok(const struct wal_entry *e, uint64_t index, uint64_t term);
 
+/* Opens the log in dir, failing the test with wal_open's message if it fails. */
+wal_t *walt_open(const char *dir, const struct wal_options *o, struct wal_recovery *rec);
+/* Frees rec, closes *w (expecting success) and opens dir again into *w, rec. */
+void walt_reopen(wal_t **w, const char *dir, const struct wal_options *o, struct wal_recovery *rec);
+/* Frees rec, closes w (expecting success) and removes dir (see walt_rmdir). */
+void walt_finish(wal_t *w, struct wal_recovery *rec, char *dir);
+
 /* Appends entries [first, first+n) of `term` with an optional hard state and
  * returns the seq; asserts success. */
 uint64_t walt_append(wal_t *w, uint64_t first, size_t n, uint64_t term,
@@ -41,8 +48,12 @@ void walt_truncate(const char *path, uint64_t size);
 void walt_write_at(const char *path, uint64_t off, const void *p, size_t n);
 void walt_read_at(const char *path, uint64_t off, void *p, size_t n);
 
-/* Offset of the end of the valid records of a segment (the first zeroed
- * record header after the segment header). */
-uint64_t walt_records_end(const char *path);
+/* Offsets of the records of a segment, up to the first zeroed record header:
+ * offs[0..n) start records and offs[n] is where they end. Returns n. */
+size_t walt_record_offsets(const char *path, uint64_t *offs, size_t max);
+
+/* Whole-file copies, to damage a log and restore it between cases. */
+uint8_t *walt_read_file(const char *path, size_t *n);
+void walt_write_file(const char *path, const uint8_t *p, size_t n);
 
 #endif
