@@ -1,0 +1,404 @@
+/* Tests of the gRPC transport frame by frame, with an nghttp2 client: status
+ * and trailers, metadata, deadlines, cancellation, answers from other
+ * threads, backpressure on a slow reader, and closing with calls held. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "h2client.h"
+#include "harness.h"
+
+/* What the test handlers saw; touched by the loop thread and worker threads. */
+struct seen {
+    atomic_int cancels;
+    atomic_int messages;
+    atomic_int writable;
+    atomic_int eagain;
+    atomic_int finished;
+    api_call_t *held; /* a call a test finishes itself */
+    size_t flood_left;
+    size_t flood_size;
+};
+
+static struct seen *seen_new(void) {
+    struct seen *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    return s;
+}
+
+/* Echo: replies with the request bytes followed by the "token" metadata. */
+static void echo(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len, void *arg) {
+    struct seen *s = arg;
+    struct util_buf b = {0};
+    (void)msg;
+    s->messages++;
+    const char *tok = api_call_metadata(call, "token");
+    assert_int_equal(util_buf_append(&b, d, len), 0);
+    if (tok)
+        assert_int_equal(util_buf_printf(&b, "|%s", tok), 0);
+    assert_int_equal(api_call_send_raw(call, b.data, b.len), 0);
+    util_buf_free(&b);
+    assert_int_equal(api_call_finish(call, API_GRPC_OK, NULL), 0);
+}
+
+static void fail_with_text(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                           void *arg) {
+    (void)msg;
+    (void)d;
+    (void)len;
+    (void)arg;
+    api_call_finish(call, API_GRPC_FAILED_PRECONDITION, "bad\n100%");
+}
+
+static void hold(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len, void *arg) {
+    struct seen *s = arg;
+    (void)msg;
+    (void)d;
+    (void)len;
+    s->held = call;
+}
+
+static void cancel_and_finish(api_call_t *call, void *arg) {
+    struct seen *s = arg;
+    s->cancels++;
+    if (s->held == call)
+        s->held = NULL;
+    api_call_finish(call, API_GRPC_CANCELLED, NULL);
+}
+
+static void cancel_only(api_call_t *call, void *arg) {
+    struct seen *s = arg;
+    (void)call;
+    s->cancels++; /* the thread holding the call finishes it */
+}
+
+static void stream_open(api_call_t *call, void *arg) {
+    (void)call;
+    (void)arg;
+}
+
+/* Flood: sends flood_left bytes in flood_size messages, obeying -EAGAIN. */
+static void flood_more(api_call_t *call, void *arg) {
+    struct seen *s = arg;
+    static const char zeros[4096];
+    while (s->flood_left > 0) {
+        int rc = api_call_send_raw(call, zeros, s->flood_size);
+        if (rc == -EAGAIN) {
+            s->eagain++;
+            return;
+        }
+        assert_int_equal(rc, 0);
+        s->flood_left -= s->flood_size;
+    }
+    api_call_finish(call, API_GRPC_OK, NULL);
+}
+
+static void flood_writable(api_call_t *call, void *arg) {
+    struct seen *s = arg;
+    s->writable++;
+    flood_more(call, arg);
+}
+
+static void flood_start(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                        void *arg) {
+    (void)msg;
+    (void)d;
+    (void)len;
+    flood_more(call, arg);
+}
+
+/* Threaded: a worker thread sends 500 numbered messages, then finishes. */
+static void *threaded_worker(void *arg) {
+    api_call_t *call = arg;
+    for (uint32_t i = 0; i < 500; i++) {
+        uint8_t m[4] = {(uint8_t)(i >> 24), (uint8_t)(i >> 16), (uint8_t)(i >> 8), (uint8_t)i};
+        int rc;
+        while ((rc = api_call_send_raw(call, m, 4)) == -EAGAIN)
+            usleep(1000);
+        assert_int_equal(rc, 0);
+    }
+    api_call_finish(call, API_GRPC_OK, NULL);
+    return NULL;
+}
+
+static void threaded_start(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                           void *arg) {
+    pthread_t t;
+    (void)msg;
+    (void)d;
+    (void)len;
+    (void)arg;
+    assert_int_equal(pthread_create(&t, NULL, threaded_worker, call), 0);
+    pthread_detach(t);
+}
+
+static void register_all(api_server_t *srv, void *arg) {
+    const struct api_grpc_method ms[] = {
+        {.path = "/t.S/Echo", .on_message = echo},
+        {.path = "/t.S/Fail", .on_message = fail_with_text},
+        {.path = "/t.S/Hang", .on_message = hold, .on_cancel = cancel_and_finish},
+        {.path = "/t.S/Hold", .on_message = hold, .on_cancel = cancel_only},
+        {.path = "/t.S/Flood",
+         .server_streaming = true,
+         .on_open = stream_open,
+         .on_message = flood_start,
+         .on_cancel = cancel_and_finish,
+         .on_writable = flood_writable},
+        {.path = "/t.S/Threaded",
+         .server_streaming = true,
+         .on_open = stream_open,
+         .on_message = threaded_start},
+    };
+    for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+        struct api_grpc_method m = ms[i];
+        m.arg = arg;
+        assert_int_equal(api_server_register(srv, &m), 0);
+    }
+}
+
+static struct h2c_stream *call(struct h2c *c, const char *path, const char *const *extra,
+                               const char *msg) {
+    struct util_buf b = {0};
+    h2c_grpc_frame(&b, msg, strlen(msg));
+    struct h2c_stream *st = h2c_request(c, "POST", path, extra, b.data, b.len, true);
+    assert_true(h2c_run(c, h2c_stream_closed, st, 5000));
+    util_buf_free(&b);
+    return st;
+}
+
+static void unary_reply_status_and_metadata(void **state) {
+    (void)state;
+    struct seen *s = seen_new();
+    struct harness h;
+    struct h2c c;
+    harness_start(&h, NULL, register_all, s);
+    h2c_open(&c, h.port);
+    const char *md[] = {"token", "secret", NULL};
+    struct h2c_stream *st = call(&c, "/t.S/Echo", md, "hello");
+    assert_string_equal(st->status, "200");
+    assert_string_equal(st->content_type, "application/grpc");
+    assert_int_equal(st->grpc_status, 0);
+    assert_int_equal(st->header_blocks, 2); /* headers, then trailers */
+    assert_int_equal(st->data.len, 5 + 12);
+    assert_memory_equal(st->data.data + 5, "hello|secret", 12);
+
+    st = call(&c, "/t.S/Fail", NULL, "x");
+    assert_int_equal(st->grpc_status, API_GRPC_FAILED_PRECONDITION);
+    assert_string_equal(st->grpc_message, "bad%0A100%25");
+    assert_int_equal(st->header_blocks, 1); /* trailers-only */
+    assert_int_equal(st->data.len, 0);
+
+    st = call(&c, "/t.S/Nope", NULL, "x");
+    assert_int_equal(st->grpc_status, API_GRPC_UNIMPLEMENTED);
+    assert_string_equal(st->grpc_message, "unknown method Nope for service t.S");
+
+    const char *gzip[] = {"grpc-encoding", "gzip", NULL};
+    st = call(&c, "/t.S/Echo", gzip, "x");
+    assert_int_equal(st->grpc_status, API_GRPC_UNIMPLEMENTED);
+
+    const char *badto[] = {"grpc-timeout", "12x", NULL};
+    st = call(&c, "/t.S/Echo", badto, "x");
+    assert_int_equal(st->grpc_status, API_GRPC_INTERNAL);
+
+    /* Plain HTTP/2 that is not gRPC gets HTTP statuses. */
+    st = h2c_request(&c, "GET", "/t.S/Echo", NULL, NULL, 0, true);
+    assert_true(h2c_run(&c, h2c_stream_closed, st, 5000));
+    assert_string_equal(st->status, "405");
+    const char *json[] = {"content-type", "application/json", NULL};
+    st = call(&c, "/t.S/Echo", json, "x");
+    assert_string_equal(st->status, "415");
+
+    /* No message before END_STREAM on a unary call. */
+    st = h2c_request(&c, "POST", "/t.S/Echo", NULL, NULL, 0, true);
+    assert_true(h2c_run(&c, h2c_stream_closed, st, 5000));
+    assert_int_equal(st->grpc_status, API_GRPC_INTERNAL);
+
+    assert_int_equal(s->messages, 1);
+    h2c_close(&c);
+    harness_stop(&h);
+    free(s);
+}
+
+static void server_enforces_deadline(void **state) {
+    (void)state;
+    struct seen *s = seen_new();
+    struct harness h;
+    struct h2c c;
+    harness_start(&h, NULL, register_all, s);
+    h2c_open(&c, h.port);
+    const char *to[] = {"grpc-timeout", "50m", NULL};
+    uint64_t t0 = util_now_mono_ns();
+    struct h2c_stream *st = call(&c, "/t.S/Hang", to, "x");
+    uint64_t ms = (util_now_mono_ns() - t0) / 1000000;
+    assert_int_equal(st->grpc_status, API_GRPC_DEADLINE_EXCEEDED);
+    assert_string_equal(st->grpc_message, "context deadline exceeded");
+    assert_true(ms >= 45 && ms < 3000);
+    assert_int_equal(s->cancels, 1);
+    h2c_close(&c);
+    harness_stop(&h);
+    free(s);
+}
+
+/* The client resets its stream: the handler is cancelled; it finishes later
+ * from another thread, after the stream is gone; nothing leaks. */
+static void *finish_later(void *arg) {
+    usleep(100 * 1000);
+    assert_int_equal(api_call_send_raw(arg, "late", 4), -ECANCELED);
+    api_call_finish(arg, API_GRPC_OK, NULL);
+    return NULL;
+}
+
+static bool cancelled(struct h2c *c, void *arg) {
+    (void)c;
+    return ((struct seen *)arg)->cancels > 0;
+}
+
+static void client_reset_cancels_handler(void **state) {
+    (void)state;
+    struct seen *s = seen_new();
+    struct harness h;
+    struct h2c c;
+    harness_start(&h, NULL, register_all, s);
+    h2c_open(&c, h.port);
+    struct util_buf b = {0};
+    h2c_grpc_frame(&b, "x", 1);
+    struct h2c_stream *st = h2c_request(&c, "POST", "/t.S/Hold", NULL, b.data, b.len, true);
+    h2c_run(&c, h2c_stream_closed, st, 200);
+    api_call_t *held = s->held;
+    assert_non_null(held);
+    nghttp2_submit_rst_stream(c.s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    assert_true(h2c_run(&c, cancelled, s, 5000));
+    assert_true(api_call_is_cancelled(held));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, finish_later, held), 0);
+    pthread_join(t, NULL);
+    util_buf_free(&b);
+    h2c_close(&c);
+    harness_stop(&h);
+    free(s);
+}
+
+/* Closing the server while a thread holds a call: the handler is cancelled
+ * and the close completes once the thread finishes. */
+static void close_waits_for_held_calls(void **state) {
+    (void)state;
+    struct seen *s = seen_new();
+    struct harness h;
+    struct h2c c;
+    harness_start(&h, NULL, register_all, s);
+    h2c_open(&c, h.port);
+    struct util_buf b = {0};
+    h2c_grpc_frame(&b, "x", 1);
+    struct h2c_stream *st = h2c_request(&c, "POST", "/t.S/Hold", NULL, b.data, b.len, true);
+    h2c_run(&c, h2c_stream_closed, st, 200);
+    assert_non_null(s->held);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, finish_later, s->held), 0);
+    harness_stop(&h); /* returns only after finish_later's finish */
+    pthread_join(t, NULL);
+    assert_int_equal(s->cancels, 1);
+    util_buf_free(&b);
+    h2c_close(&c);
+    free(s);
+}
+
+/* A client that does not read: the handler gets -EAGAIN, then on_writable
+ * once the client reads again, and everything arrives. */
+static void slow_reader_gets_backpressure(void **state) {
+    (void)state;
+    struct seen *s = seen_new();
+    struct api_config cfg;
+    api_config_default(&cfg);
+    cfg.max_stream_output_bytes = 64 * 1024;
+    s->flood_left = 8 << 20;
+    s->flood_size = 4096;
+    struct harness h;
+    struct h2c c;
+    harness_start(&h, &cfg, register_all, s);
+    h2c_open(&c, h.port);
+    struct util_buf b = {0};
+    h2c_grpc_frame(&b, "go", 2);
+    struct h2c_stream *st = h2c_request(&c, "POST", "/t.S/Flood", NULL, b.data, b.len, true);
+    c.paused = true; /* sends the request, reads nothing */
+    h2c_run(&c, h2c_stream_closed, st, 300);
+    assert_false(st->closed);
+    assert_true(s->eagain > 0);
+    c.paused = false;
+    assert_true(h2c_run(&c, h2c_stream_closed, st, 30000));
+    assert_int_equal(st->grpc_status, 0);
+    assert_int_equal(h2c_count_messages(st), (8 << 20) / 4096);
+    assert_true(s->writable > 0);
+    util_buf_free(&b);
+    h2c_close(&c);
+    harness_stop(&h);
+    free(s);
+}
+
+/* Messages sent from another thread arrive complete and in order. */
+static void sends_from_another_thread_keep_order(void **state) {
+    (void)state;
+    struct seen *s = seen_new();
+    struct api_config cfg;
+    api_config_default(&cfg);
+    cfg.max_stream_output_bytes = 256; /* forces -EAGAIN retries in the worker */
+    struct harness h;
+    struct h2c c;
+    harness_start(&h, &cfg, register_all, s);
+    h2c_open(&c, h.port);
+    struct h2c_stream *st = call(&c, "/t.S/Threaded", NULL, "go");
+    assert_int_equal(st->grpc_status, 0);
+    assert_int_equal(h2c_count_messages(st), 500);
+    const uint8_t *d = (const uint8_t *)st->data.data;
+    for (uint32_t i = 0; i < 500; i++) {
+        const uint8_t *m = d + i * 9 + 5;
+        assert_int_equal((uint32_t)m[0] << 24 | m[1] << 16 | m[2] << 8 | m[3], i);
+    }
+    h2c_close(&c);
+    harness_stop(&h);
+    free(s);
+}
+
+static void register_validates(void **state) {
+    (void)state;
+    uv_loop_t loop;
+    api_server_t *srv;
+    struct util_err err;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(api_server_new(&loop, NULL, NULL, &srv, &err), 0);
+    struct api_grpc_method m = {.path = "/a.B/C", .on_message = echo};
+    assert_int_equal(api_server_register(srv, &m), 0);
+    assert_int_equal(api_server_register(srv, &m), -EEXIST);
+    const char *bad[] = {"a.B/C", "/a.B", "/a.B/", "//C"};
+    for (size_t i = 0; i < 4; i++) {
+        m.path = bad[i];
+        assert_int_equal(api_server_register(srv, &m), -EINVAL);
+    }
+    m.path = "/a.B/Stream";
+    m.server_streaming = true; /* streaming needs on_open */
+    assert_int_equal(api_server_register(srv, &m), -EINVAL);
+    api_server_close(srv, NULL, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(unary_reply_status_and_metadata),
+        cmocka_unit_test(server_enforces_deadline),
+        cmocka_unit_test(client_reset_cancels_handler),
+        cmocka_unit_test(close_waits_for_held_calls),
+        cmocka_unit_test(slow_reader_gets_backpressure),
+        cmocka_unit_test(sends_from_another_thread_keep_order),
+        cmocka_unit_test(register_validates),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
