@@ -10,7 +10,10 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAKE = os.path.join(ROOT, "build-san", "tests", "api", "fake_api_server")
+# QUOIN_API_FAKE_SERVER runs the tests against another build of the test
+# double (e.g. one built with ThreadSanitizer).
+FAKE = os.environ.get("QUOIN_API_FAKE_SERVER",
+                      os.path.join(ROOT, "build-san", "tests", "api", "fake_api_server"))
 
 
 class FakeServer:
@@ -43,8 +46,9 @@ class FakeServer:
 
 
 def start_fake(*args):
-    subprocess.run(["make", "-s", "MODE=san", "build-san/tests/api/fake_api_server"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    if "QUOIN_API_FAKE_SERVER" not in os.environ:
+        subprocess.run(["make", "-s", "MODE=san", "build-san/tests/api/fake_api_server"],
+                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     for _ in range(50):
         port = random.randint(20000, 29999)
         proc = subprocess.Popen([FAKE, "--listen", f"http://127.0.0.1:{port}", "--lifetime", "300",

@@ -11,7 +11,7 @@ import etcd3
 import grpc
 import pytest
 
-from conftest import start_fake
+from conftest import FAKE, start_fake
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -273,10 +273,8 @@ def test_many_concurrent_clients(fake):
 def test_port_in_use_message():
     srv = start_fake()
     try:
-        r = subprocess.run([os.path.join(os.path.dirname(__file__), "..", "..", "build-san", "tests",
-                                         "api", "fake_api_server"),
-                            "--listen", f"http://127.0.0.1:{srv.port}"], capture_output=True,
-                           timeout=30)
+        r = subprocess.run([FAKE, "--listen", f"http://127.0.0.1:{srv.port}"],
+                           capture_output=True, timeout=30)
         assert r.returncode == 3
         assert r.stderr.decode().strip() == (
             f"listen tcp 127.0.0.1:{srv.port}: bind: address already in use")

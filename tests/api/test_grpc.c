@@ -24,7 +24,7 @@ struct seen {
     atomic_int writable;
     atomic_int eagain;
     atomic_int finished;
-    api_call_t *held; /* a call a test finishes itself */
+    _Atomic(api_call_t *) held; /* a call a test finishes itself */
     size_t flood_left;
     size_t flood_size;
 };
