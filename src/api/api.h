@@ -4,21 +4,26 @@
  * One api_server_t lives on one libuv loop (an "io loop") and serves any number
  * of listening URLs. Each accepted connection is sniffed by its first bytes:
  * the 24-byte HTTP/2 client preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", sent by
- * gRPC clients speaking h2c with prior knowledge) selects HTTP/2, anything else
- * is parsed as HTTP/1.1. Other layers plug in by registering HTTP/1.1 routes
- * (api_server_route). Built in: GET /version.
+ * gRPC clients speaking h2c with prior knowledge) selects HTTP/2 and gRPC,
+ * anything else is parsed as HTTP/1.1. Other layers plug in by registering
+ * gRPC methods (api_server_register) and HTTP/1.1 routes (api_server_route).
+ * Built in: GET /version, GET /health.
  *
  * Threads. Every function below runs on the server's loop thread, except those
- * marked "any thread". A handler is called on the loop thread; it may answer at
- * once or later, from any thread (a write answers on the apply thread): the
- * answer is queued and the loop is woken with uv_async_send.
+ * marked "any thread". Handlers are called on the loop thread; they may answer
+ * at once or later, from any thread (a write answers on the apply thread): the
+ * answer is queued on the call and the loop is woken with uv_async_send.
+ * Handlers must not block the loop: hand slow work to another thread.
  *
  * Lifetimes (libuv's split): api_server_t is a long-lived handle; an
- * api_http_req_t is a short-lived request owned by the handler from the moment
- * the handler is called until it calls api_http_respond, exactly once.
+ * api_http_req_t or api_call_t is a short-lived request, owned by the handler
+ * from the callback that hands it over until the handler gives it back
+ * (api_http_respond, api_call_finish), exactly once. The server cannot finish
+ * closing while a handler holds one.
  *
  * Errors: 0 or a negative errno-style code; user-facing failures also fill a
- * struct util_err with etcd's wording where etcd has one. */
+ * struct util_err with etcd's wording where etcd has one. docs/api.md has the
+ * design: buffers, flow control, limits and the error mapping. */
 #ifndef QUOIN_API_H
 #define QUOIN_API_H
 
@@ -123,6 +128,16 @@ int api_http_add_header(api_http_req_t *req, const char *name, const char *value
  * Returns 0, or -ENOMEM (the request is answered with 500 instead). */
 int api_http_respond(api_http_req_t *req, int status, const char *content_type, const void *body,
                      size_t len);
+
+/* GET /health answers as etcd 3.4 does: 200 {"health":"true"}, or 503
+ * {"health":"false"}. For each request the check (loop thread) decides, now
+ * or later from any thread, by calling api_health_report exactly once; it
+ * owns req until then. Without a check the server is reported healthy. */
+typedef void (*api_health_check)(api_http_req_t *req, void *arg);
+void api_server_set_health_check(api_server_t *srv, api_health_check check, void *arg);
+
+/* Answers a /health request (any thread). Returns as api_http_respond. */
+int api_health_report(api_http_req_t *req, bool healthy);
 
 /* ---- gRPC (HTTP/2, h2c) ---- */
 

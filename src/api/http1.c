@@ -1,7 +1,7 @@
 /* HTTP/1.1 server side: a strict, bounded request parser (request line,
  * headers, Content-Length and chunked bodies, keep-alive and pipelining, one
  * request answered at a time per connection), the route table other layers
- * register handlers in, and the built-in GET /version.
+ * register handlers in, and the built-in GET /version and GET /health.
  *
  * Error answers follow Go's net/http, which etcd serves with: a malformed
  * request gets "400 Bad Request" and the connection is closed; a head over
@@ -470,6 +470,25 @@ static void version(api_http_req_t *req, void *arg) {
     api_http_respond(req, 200, "application/json", body, sizeof(body) - 1);
 }
 
+int api_health_report(api_http_req_t *req, bool healthy) {
+    static const char ok[] = "{\"health\":\"true\"}", bad[] = "{\"health\":\"false\"}";
+    return healthy ? api_http_respond(req, 200, "text/plain; charset=utf-8", ok, sizeof(ok) - 1)
+                   : api_http_respond(req, 503, "text/plain; charset=utf-8", bad, sizeof(bad) - 1);
+}
+
+static void health(api_http_req_t *req, void *arg) {
+    api_server_t *srv = arg;
+    if (srv->health_check)
+        srv->health_check(req, srv->health_arg);
+    else
+        api_health_report(req, true);
+}
+
+void api_server_set_health_check(api_server_t *srv, api_health_check check, void *arg) {
+    srv->health_check = check;
+    srv->health_arg = arg;
+}
+
 static bool route_matches(const struct api_route *r, const char *path) {
     size_t n = strlen(r->path);
     if (n > 0 && r->path[n - 1] == '/')
@@ -529,7 +548,10 @@ int api_server_route(api_server_t *srv, const char *method, const char *path,
 }
 
 int api_http1_add_builtin_routes(api_server_t *srv) {
-    return api_server_route(srv, "GET", "/version", version, NULL);
+    int rc = api_server_route(srv, "GET", "/version", version, NULL);
+    if (rc == 0)
+        rc = api_server_route(srv, "GET", "/health", health, srv);
+    return rc;
 }
 
 void api_http1_free_routes(api_server_t *srv) {

@@ -67,6 +67,8 @@ struct api_server {
     size_t nroutes;
     struct api_grpc_method *methods;
     size_t nmethods;
+    api_health_check health_check; /* NULL: always healthy */
+    void *health_arg;
     unsigned open_handles; /* listeners, connections and the wake handle */
     unsigned outstanding;  /* handler requests not yet answered and run */
     bool closing;

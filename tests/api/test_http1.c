@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,10 @@ static char *exchange(int port, const char *request) {
     return out;
 }
 
+static bool starts_with(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
 static const char *body_of(const char *resp) {
     const char *b = strstr(resp, "\r\n\r\n");
     assert_non_null(b);
@@ -38,7 +43,7 @@ static void version_is_etcd_json(void **state) {
     struct harness h;
     harness_start(&h, NULL, NULL, NULL);
     char *r = exchange(h.port, "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(r, "\r\nContent-Type: application/json\r\n"));
     assert_string_equal(body_of(r), "{\"etcdserver\":\"" UTIL_ETCD_VERSION
                                     "\",\"etcdcluster\":\"" UTIL_ETCD_CLUSTER_VERSION
@@ -47,16 +52,49 @@ static void version_is_etcd_json(void **state) {
     harness_stop(&h);
 }
 
+static void report_unhealthy_later(api_http_req_t *req, void *arg) {
+    int *calls = arg;
+    (*calls)++;
+    api_health_report(req, *calls == 1);
+}
+
+static void set_health(api_server_t *srv, void *arg) {
+    api_server_set_health_check(srv, report_unhealthy_later, arg);
+}
+
+static void health_reports_the_check(void **state) {
+    (void)state;
+    struct harness h;
+    harness_start(&h, NULL, NULL, NULL);
+    char *r = exchange(h.port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_string_equal(body_of(r), "{\"health\":\"true\"}");
+    free(r);
+    harness_stop(&h);
+
+    int calls = 0;
+    harness_start(&h, NULL, set_health, &calls);
+    r = exchange(h.port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    free(r);
+    r = exchange(h.port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_string_equal(body_of(r), "{\"health\":\"false\"}");
+    free(r);
+    harness_stop(&h);
+    assert_int_equal(calls, 2);
+}
+
 static void unknown_path_is_404_and_wrong_method_405(void **state) {
     (void)state;
     struct harness h;
     harness_start(&h, NULL, NULL, NULL);
     char *r = exchange(h.port, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 404 Not Found\r\n", 24) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 404 Not Found\r\n"));
     assert_string_equal(body_of(r), "404 page not found\n");
     free(r);
     r = exchange(h.port, "POST /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 405 Method Not Allowed\r\n", 33) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 405 Method Not Allowed\r\n"));
     assert_non_null(strstr(r, "\r\nAllow: GET\r\n"));
     free(r);
     harness_stop(&h);
@@ -81,7 +119,7 @@ static void malformed_requests_get_400_and_close(void **state) {
     harness_start(&h, NULL, NULL, NULL);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *r = exchange(h.port, bad[i]);
-        if (strncmp(r, "HTTP/1.1 400 Bad Request", 24) != 0)
+        if (!starts_with(r, "HTTP/1.1 400 Bad Request"))
             fail_msg("request %zu: %s", i, r);
         assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
         free(r);
@@ -90,7 +128,7 @@ static void malformed_requests_get_400_and_close(void **state) {
     assert_string_equal(body_of(r), "400 Bad Request: missing required Host header");
     free(r);
     r = exchange(h.port, "GET /version HTTP/3.0\r\nHost: x\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 505 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 505 "));
     free(r);
     harness_stop(&h);
 }
@@ -119,7 +157,7 @@ static void pipelined_requests_answer_in_order(void **state) {
     harness_send(fd, last, sizeof(last) - 1);
     size_t n;
     char *r = harness_recv_all(fd, 5000, &n);
-    assert_true(strncmp(r, "HTTP/1.0 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.0 200 OK\r\n"));
     assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
     free(r);
     close(fd);
@@ -137,7 +175,7 @@ static void request_split_into_single_bytes(void **state) {
         harness_send(fd, &req[i], 1);
     char *r = harness_recv_response(fd, 5000);
     assert_non_null(r);
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     free(r);
     close(fd);
     harness_stop(&h);
@@ -168,7 +206,7 @@ static void bodies_and_limits(void **state) {
 
     char *r = exchange(h.port, "POST /echo/a/b?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                                "Connection: close\r\n\r\nhello");
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(r, "\r\nX-Query: x=1\r\n"));
     assert_string_equal(body_of(r), "hello");
     free(r);
@@ -176,21 +214,21 @@ static void bodies_and_limits(void **state) {
     r = exchange(h.port,
                  "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                  "Connection: close\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nT: v\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     assert_string_equal(body_of(r), "abcdefg");
     free(r);
 
     r = exchange(h.port, "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 413 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 413 "));
     free(r);
 
     r = exchange(h.port, "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                          "3e9\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 413 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 413 "));
     free(r);
 
     r = exchange(h.port, "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 501 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 501 "));
     free(r);
 
     /* A head over the limit, sent in full: 431, and the answer is readable (the
@@ -206,7 +244,7 @@ static void bodies_and_limits(void **state) {
     shutdown(fd, SHUT_WR);
     size_t len;
     r = harness_recv_all(fd, 5000, &len);
-    assert_true(strncmp(r, "HTTP/1.1 431 Request Header Fields Too Large\r\n", 46) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 431 Request Header Fields Too Large\r\n"));
     free(r);
     free(req);
     close(fd);
@@ -258,7 +296,7 @@ static void answer_from_another_thread(void **state) {
     free(r);
     r = harness_recv_response(fd, 5000);
     assert_non_null(r);
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     free(r);
     close(fd);
     harness_stop(&h);
@@ -338,7 +376,7 @@ static void ipv6_loopback_serves(void **state) {
     harness_send(fd, req, sizeof(req) - 1);
     char *r = harness_recv_response(fd, 5000);
     assert_non_null(r);
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     free(r);
     close(fd);
     harness_stop(&h);
@@ -394,6 +432,7 @@ static void connect_and_drop_leaves_no_descriptors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(version_is_etcd_json),
+        cmocka_unit_test(health_reports_the_check),
         cmocka_unit_test(unknown_path_is_404_and_wrong_method_405),
         cmocka_unit_test(malformed_requests_get_400_and_close),
         cmocka_unit_test(pipelined_requests_answer_in_order),
