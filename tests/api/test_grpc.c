@@ -29,10 +29,45 @@ struct seen {
     size_t flood_size;
 };
 
-static struct seen *seen_new(void) {
-    struct seen *s = calloc(1, sizeof(*s));
-    assert_non_null(s);
-    return s;
+/* Each test: a server with the methods below and one connected client. */
+struct fixture {
+    struct seen seen;
+    struct harness h;
+    struct h2c c;
+    bool stopped; /* the test stopped the server itself */
+};
+
+static void register_all(api_server_t *srv, void *arg);
+
+static int start(void **state, size_t max_stream_output_bytes) {
+    struct fixture *f = calloc(1, sizeof(*f));
+    struct api_config cfg;
+    assert_non_null(f);
+    api_config_default(&cfg);
+    if (max_stream_output_bytes)
+        cfg.max_stream_output_bytes = max_stream_output_bytes;
+    harness_start(&f->h, &cfg, register_all, &f->seen);
+    h2c_open(&f->c, f->h.port);
+    *state = f;
+    return 0;
+}
+
+static int setup(void **state) {
+    return start(state, 0);
+}
+
+/* Stream buffers far smaller than the messages sent: -EAGAIN all the time. */
+static int setup_small_buffers(void **state) {
+    return start(state, 1024);
+}
+
+static int teardown(void **state) {
+    struct fixture *f = *state;
+    h2c_close(&f->c);
+    if (!f->stopped)
+        harness_stop(&f->h);
+    free(f);
+    return 0;
 }
 
 /* Echo: replies with the request bytes followed by the "token" metadata. */
@@ -176,14 +211,11 @@ static struct h2c_stream *call(struct h2c *c, const char *path, const char *cons
 }
 
 static void unary_reply_status_and_metadata(void **state) {
-    (void)state;
-    struct seen *s = seen_new();
-    struct harness h;
-    struct h2c c;
-    harness_start(&h, NULL, register_all, s);
-    h2c_open(&c, h.port);
+    struct fixture *f = *state;
+    struct seen *s = &f->seen;
+    struct h2c *c = &f->c;
     const char *md[] = {"token", "secret", NULL};
-    struct h2c_stream *st = call(&c, "/t.S/Echo", md, "hello");
+    struct h2c_stream *st = call(c, "/t.S/Echo", md, "hello");
     assert_string_equal(st->status, "200");
     assert_string_equal(st->content_type, "application/grpc");
     assert_int_equal(st->grpc_status, 0);
@@ -191,61 +223,52 @@ static void unary_reply_status_and_metadata(void **state) {
     assert_int_equal(st->data.len, 5 + 12);
     assert_memory_equal(st->data.data + 5, "hello|secret", 12);
 
-    st = call(&c, "/t.S/Fail", NULL, "x");
+    st = call(c, "/t.S/Fail", NULL, "x");
     assert_int_equal(st->grpc_status, API_GRPC_FAILED_PRECONDITION);
     assert_string_equal(st->grpc_message, "bad%0A100%25");
     assert_int_equal(st->header_blocks, 1); /* trailers-only */
     assert_int_equal(st->data.len, 0);
 
-    st = call(&c, "/t.S/Nope", NULL, "x");
+    st = call(c, "/t.S/Nope", NULL, "x");
     assert_int_equal(st->grpc_status, API_GRPC_UNIMPLEMENTED);
     assert_string_equal(st->grpc_message, "unknown method Nope for service t.S");
 
     const char *gzip[] = {"grpc-encoding", "gzip", NULL};
-    st = call(&c, "/t.S/Echo", gzip, "x");
+    st = call(c, "/t.S/Echo", gzip, "x");
     assert_int_equal(st->grpc_status, API_GRPC_UNIMPLEMENTED);
 
     const char *badto[] = {"grpc-timeout", "12x", NULL};
-    st = call(&c, "/t.S/Echo", badto, "x");
+    st = call(c, "/t.S/Echo", badto, "x");
     assert_int_equal(st->grpc_status, API_GRPC_INTERNAL);
 
     /* Plain HTTP/2 that is not gRPC gets HTTP statuses. */
-    st = h2c_request(&c, "GET", "/t.S/Echo", NULL, NULL, 0, true);
-    assert_true(h2c_run(&c, h2c_stream_closed, st, 5000));
+    st = h2c_request(c, "GET", "/t.S/Echo", NULL, NULL, 0, true);
+    assert_true(h2c_run(c, h2c_stream_closed, st, 5000));
     assert_string_equal(st->status, "405");
     const char *json[] = {"content-type", "application/json", NULL};
-    st = call(&c, "/t.S/Echo", json, "x");
+    st = call(c, "/t.S/Echo", json, "x");
     assert_string_equal(st->status, "415");
 
     /* No message before END_STREAM on a unary call. */
-    st = h2c_request(&c, "POST", "/t.S/Echo", NULL, NULL, 0, true);
-    assert_true(h2c_run(&c, h2c_stream_closed, st, 5000));
+    st = h2c_request(c, "POST", "/t.S/Echo", NULL, NULL, 0, true);
+    assert_true(h2c_run(c, h2c_stream_closed, st, 5000));
     assert_int_equal(st->grpc_status, API_GRPC_INTERNAL);
 
     assert_int_equal(s->messages, 1);
-    h2c_close(&c);
-    harness_stop(&h);
-    free(s);
 }
 
 static void server_enforces_deadline(void **state) {
-    (void)state;
-    struct seen *s = seen_new();
-    struct harness h;
-    struct h2c c;
-    harness_start(&h, NULL, register_all, s);
-    h2c_open(&c, h.port);
+    struct fixture *f = *state;
+    struct seen *s = &f->seen;
+    struct h2c *c = &f->c;
     const char *to[] = {"grpc-timeout", "50m", NULL};
     uint64_t t0 = util_now_mono_ns();
-    struct h2c_stream *st = call(&c, "/t.S/Hang", to, "x");
+    struct h2c_stream *st = call(c, "/t.S/Hang", to, "x");
     uint64_t ms = (util_now_mono_ns() - t0) / 1000000;
     assert_int_equal(st->grpc_status, API_GRPC_DEADLINE_EXCEEDED);
     assert_string_equal(st->grpc_message, "context deadline exceeded");
     assert_true(ms >= 45 && ms < 3000);
     assert_int_equal(s->cancels, 1);
-    h2c_close(&c);
-    harness_stop(&h);
-    free(s);
 }
 
 /* The client resets its stream: the handler is cancelled; it finishes later
@@ -262,99 +285,77 @@ static bool cancelled(struct h2c *c, void *arg) {
     return ((struct seen *)arg)->cancels > 0;
 }
 
-static void client_reset_cancels_handler(void **state) {
-    (void)state;
-    struct seen *s = seen_new();
-    struct harness h;
-    struct h2c c;
-    harness_start(&h, NULL, register_all, s);
-    h2c_open(&c, h.port);
+static bool is_held(struct h2c *c, void *arg) {
+    (void)c;
+    return ((struct seen *)arg)->held != NULL;
+}
+
+/* Starts a /t.S/Hold call and waits until its handler holds it. */
+static struct h2c_stream *start_held_call(struct fixture *f) {
     struct util_buf b = {0};
     h2c_grpc_frame(&b, "x", 1);
-    struct h2c_stream *st = h2c_request(&c, "POST", "/t.S/Hold", NULL, b.data, b.len, true);
-    h2c_run(&c, h2c_stream_closed, st, 200);
+    struct h2c_stream *st = h2c_request(&f->c, "POST", "/t.S/Hold", NULL, b.data, b.len, true);
+    assert_true(h2c_run(&f->c, is_held, &f->seen, 5000));
+    util_buf_free(&b);
+    return st;
+}
+
+static void client_reset_cancels_handler(void **state) {
+    struct fixture *f = *state;
+    struct seen *s = &f->seen;
+    struct h2c *c = &f->c;
+    struct h2c_stream *st = start_held_call(f);
     api_call_t *held = s->held;
-    assert_non_null(held);
-    nghttp2_submit_rst_stream(c.s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-    assert_true(h2c_run(&c, cancelled, s, 5000));
+    nghttp2_submit_rst_stream(c->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    assert_true(h2c_run(c, cancelled, s, 5000));
     assert_true(api_call_is_cancelled(held));
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, finish_later, held), 0);
     pthread_join(t, NULL);
-    util_buf_free(&b);
-    h2c_close(&c);
-    harness_stop(&h);
-    free(s);
 }
 
 /* Closing the server while a thread holds a call: the handler is cancelled
  * and the close completes once the thread finishes. */
 static void close_waits_for_held_calls(void **state) {
-    (void)state;
-    struct seen *s = seen_new();
-    struct harness h;
-    struct h2c c;
-    harness_start(&h, NULL, register_all, s);
-    h2c_open(&c, h.port);
-    struct util_buf b = {0};
-    h2c_grpc_frame(&b, "x", 1);
-    struct h2c_stream *st = h2c_request(&c, "POST", "/t.S/Hold", NULL, b.data, b.len, true);
-    h2c_run(&c, h2c_stream_closed, st, 200);
-    assert_non_null(s->held);
+    struct fixture *f = *state;
+    struct seen *s = &f->seen;
+    start_held_call(f);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, finish_later, s->held), 0);
-    harness_stop(&h); /* returns only after finish_later's finish */
+    harness_stop(&f->h); /* returns only after finish_later's finish */
+    f->stopped = true;
     pthread_join(t, NULL);
     assert_int_equal(s->cancels, 1);
-    util_buf_free(&b);
-    h2c_close(&c);
-    free(s);
 }
 
 /* A client that does not read: the handler gets -EAGAIN, then on_writable
  * once the client reads again, and everything arrives. */
 static void slow_reader_gets_backpressure(void **state) {
-    (void)state;
-    struct seen *s = seen_new();
-    struct api_config cfg;
-    api_config_default(&cfg);
-    cfg.max_stream_output_bytes = 64 * 1024;
+    struct fixture *f = *state;
+    struct seen *s = &f->seen;
+    struct h2c *c = &f->c;
     s->flood_left = 8 << 20;
     s->flood_size = 4096;
-    struct harness h;
-    struct h2c c;
-    harness_start(&h, &cfg, register_all, s);
-    h2c_open(&c, h.port);
     struct util_buf b = {0};
     h2c_grpc_frame(&b, "go", 2);
-    struct h2c_stream *st = h2c_request(&c, "POST", "/t.S/Flood", NULL, b.data, b.len, true);
-    c.paused = true; /* sends the request, reads nothing */
-    h2c_run(&c, h2c_stream_closed, st, 300);
+    struct h2c_stream *st = h2c_request(c, "POST", "/t.S/Flood", NULL, b.data, b.len, true);
+    c->paused = true; /* sends the request, reads nothing */
+    h2c_run(c, h2c_stream_closed, st, 300);
     assert_false(st->closed);
     assert_true(s->eagain > 0);
-    c.paused = false;
-    assert_true(h2c_run(&c, h2c_stream_closed, st, 30000));
+    c->paused = false;
+    assert_true(h2c_run(c, h2c_stream_closed, st, 30000));
     assert_int_equal(st->grpc_status, 0);
     assert_int_equal(h2c_count_messages(st), (8 << 20) / 4096);
     assert_true(s->writable > 0);
     util_buf_free(&b);
-    h2c_close(&c);
-    harness_stop(&h);
-    free(s);
 }
 
 /* Messages sent from another thread arrive complete and in order. */
 static void sends_from_another_thread_keep_order(void **state) {
-    (void)state;
-    struct seen *s = seen_new();
-    struct api_config cfg;
-    api_config_default(&cfg);
-    cfg.max_stream_output_bytes = 256; /* forces -EAGAIN retries in the worker */
-    struct harness h;
-    struct h2c c;
-    harness_start(&h, &cfg, register_all, s);
-    h2c_open(&c, h.port);
-    struct h2c_stream *st = call(&c, "/t.S/Threaded", NULL, "go");
+    struct fixture *f = *state;
+    struct h2c *c = &f->c;
+    struct h2c_stream *st = call(c, "/t.S/Threaded", NULL, "go");
     assert_int_equal(st->grpc_status, 0);
     assert_int_equal(h2c_count_messages(st), 500);
     const uint8_t *d = (const uint8_t *)st->data.data;
@@ -362,9 +363,6 @@ static void sends_from_another_thread_keep_order(void **state) {
         const uint8_t *m = d + i * 9 + 5;
         assert_int_equal((uint32_t)m[0] << 24 | m[1] << 16 | m[2] << 8 | m[3], i);
     }
-    h2c_close(&c);
-    harness_stop(&h);
-    free(s);
 }
 
 static void register_validates(void **state) {
@@ -392,12 +390,14 @@ static void register_validates(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(unary_reply_status_and_metadata),
-        cmocka_unit_test(server_enforces_deadline),
-        cmocka_unit_test(client_reset_cancels_handler),
-        cmocka_unit_test(close_waits_for_held_calls),
-        cmocka_unit_test(slow_reader_gets_backpressure),
-        cmocka_unit_test(sends_from_another_thread_keep_order),
+        cmocka_unit_test_setup_teardown(unary_reply_status_and_metadata, setup, teardown),
+        cmocka_unit_test_setup_teardown(server_enforces_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(client_reset_cancels_handler, setup, teardown),
+        cmocka_unit_test_setup_teardown(close_waits_for_held_calls, setup, teardown),
+        cmocka_unit_test_setup_teardown(slow_reader_gets_backpressure, setup_small_buffers,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(sends_from_another_thread_keep_order, setup_small_buffers,
+                                        teardown),
         cmocka_unit_test(register_validates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
