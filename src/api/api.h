@@ -56,6 +56,10 @@ struct api_config {
     size_t max_stream_output_bytes;
     /* gRPC: HTTP/2 streams (calls) a client may have open at once. Default 4096. */
     uint32_t max_concurrent_streams;
+    /* gRPC: bytes of request messages received in part, over all connections
+     * of the server; a stream that would go past it fails with
+     * RESOURCE_EXHAUSTED "etcdserver: too many requests". Default 256 MiB. */
+    size_t max_partial_request_bytes;
 };
 
 /* What etcd adds to --max-request-bytes for gRPC's own framing: a gRPC message

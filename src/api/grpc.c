@@ -238,7 +238,7 @@ static void call_unlink(api_call_t *call) {
     struct api_conn *c = call->conn;
     if (!c)
         return;
-    c->partial_bytes -= call->in.len;
+    call->srv->partial_bytes -= call->in.len;
     call->in.len = 0;
     if (call->prev)
         call->prev->next = call->next;
@@ -731,12 +731,22 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
     (void)flags;
     if (!call || call->status_set || !call->method)
         return 0;
+    api_server_t *srv = c->srv;
     size_t before = call->in.len;
+    /* Messages in part, over every connection, are what a client can make the
+     * server hold without its handlers seeing anything: bounded, with etcd's
+     * answer for a server that is full. */
+    if (srv->partial_bytes + len > srv->cfg.max_partial_request_bytes) {
+        call_end(call, API_GRPC_RESOURCE_EXHAUSTED, "etcdserver: too many requests");
+        srv->partial_bytes -= call->in.len;
+        call->in.len = 0;
+        return 0;
+    }
     if (util_buf_append(&call->in, data, len) != 0) {
         call_end(call, API_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return 0;
     }
-    size_t off = 0, limit = max_recv_bytes(c->srv);
+    size_t off = 0, limit = max_recv_bytes(srv);
     while (!call->status_set && call->in.len - off >= GRPC_PREFIX_LEN) {
         const uint8_t *p = (const uint8_t *)call->in.data + off;
         uint32_t n = get_be32(p + 1);
@@ -758,15 +768,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
     if (call->status_set)
         off = call->in.len; /* nothing more of this request is read */
     api_buf_consume(&call->in, off);
-    c->partial_bytes = c->partial_bytes - before + call->in.len;
-    /* Many half-sent messages at once could hold a lot of memory: past four
-     * maximal messages per connection, the stream that adds more is refused. */
-    if (c->partial_bytes > 4 * limit) {
-        call_end(call, API_GRPC_RESOURCE_EXHAUSTED,
-                 "too many incomplete request messages on one connection");
-        c->partial_bytes -= call->in.len;
-        call->in.len = 0;
-    }
+    srv->partial_bytes = srv->partial_bytes - before + call->in.len;
     return 0;
 }
 

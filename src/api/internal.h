@@ -54,7 +54,6 @@ struct api_conn {
     api_http_req_t *busy;   /* HTTP/1.1: the request a handler is answering */
     nghttp2_session *h2;    /* HTTP/2: the session, freed when the handle is closed */
     api_call_t *calls;      /* HTTP/2: calls whose stream is open */
-    size_t partial_bytes;   /* HTTP/2: request bytes held in incomplete messages */
 };
 
 struct api_server {
@@ -71,6 +70,7 @@ struct api_server {
     void *health_arg;
     unsigned open_handles; /* listeners, connections and the wake handle */
     unsigned outstanding;  /* handler requests not yet answered and run */
+    size_t partial_bytes;  /* gRPC request bytes held in incomplete messages */
     bool closing;
     api_close_cb close_cb;
     void *close_arg;

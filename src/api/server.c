@@ -26,6 +26,7 @@ void api_config_default(struct api_config *cfg) {
     cfg->max_conn_output_bytes = 4 << 20;
     cfg->max_stream_output_bytes = 4 << 20;
     cfg->max_concurrent_streams = 4096;
+    cfg->max_partial_request_bytes = 256u << 20;
 }
 
 /* ---- wakeups from other threads ---- */

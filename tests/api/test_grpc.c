@@ -39,13 +39,15 @@ struct fixture {
 
 static void register_all(api_server_t *srv, void *arg);
 
-static int start(void **state, size_t max_stream_output_bytes) {
+static int start(void **state, size_t max_stream_output_bytes, size_t max_partial_request_bytes) {
     struct fixture *f = calloc(1, sizeof(*f));
     struct api_config cfg;
     assert_non_null(f);
     api_config_default(&cfg);
     if (max_stream_output_bytes)
         cfg.max_stream_output_bytes = max_stream_output_bytes;
+    if (max_partial_request_bytes)
+        cfg.max_partial_request_bytes = max_partial_request_bytes;
     harness_start(&f->h, &cfg, register_all, &f->seen);
     h2c_open(&f->c, f->h.port);
     *state = f;
@@ -53,12 +55,17 @@ static int start(void **state, size_t max_stream_output_bytes) {
 }
 
 static int setup(void **state) {
-    return start(state, 0);
+    return start(state, 0, 0);
 }
 
 /* Stream buffers far smaller than the messages sent: -EAGAIN all the time. */
 static int setup_small_buffers(void **state) {
-    return start(state, 1024);
+    return start(state, 1024, 0);
+}
+
+/* Little room for messages in part. */
+static int setup_small_partial(void **state) {
+    return start(state, 0, 4096);
 }
 
 static int teardown(void **state) {
@@ -365,6 +372,28 @@ static void sends_from_another_thread_keep_order(void **state) {
     }
 }
 
+/* Past the bound on messages in part, the stream adding more is refused;
+ * what it held is given back, so the next request gets through. */
+static void partial_requests_are_bounded(void **state) {
+    struct fixture *f = *state;
+    struct h2c *c = &f->c;
+    static char big[3000];
+    struct util_buf b = {0};
+    h2c_grpc_frame(&b, big, sizeof(big));
+    /* Two requests whose first 3,000 bytes each are in, but not their ends. */
+    struct h2c_stream *st1 = h2c_request(c, "POST", "/t.S/Echo", NULL, b.data, 2500, false);
+    struct h2c_stream *st2 = h2c_request(c, "POST", "/t.S/Echo", NULL, b.data, 2500, false);
+    assert_true(h2c_run(c, h2c_stream_closed, st2, 5000));
+    assert_false(st1->closed);
+    assert_int_equal(st2->grpc_status, API_GRPC_RESOURCE_EXHAUSTED);
+    assert_string_equal(st2->grpc_message, "etcdserver: too many requests");
+    nghttp2_submit_rst_stream(c->s, NGHTTP2_FLAG_NONE, st1->id, NGHTTP2_CANCEL);
+    struct h2c_stream *st3 = h2c_request(c, "POST", "/t.S/Echo", NULL, b.data, b.len, true);
+    assert_true(h2c_run(c, h2c_stream_closed, st3, 5000));
+    assert_int_equal(st3->grpc_status, 0);
+    util_buf_free(&b);
+}
+
 static void register_validates(void **state) {
     (void)state;
     uv_loop_t loop;
@@ -397,6 +426,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(slow_reader_gets_backpressure, setup_small_buffers,
                                         teardown),
         cmocka_unit_test_setup_teardown(sends_from_another_thread_keep_order, setup_small_buffers,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(partial_requests_are_bounded, setup_small_partial,
                                         teardown),
         cmocka_unit_test(register_validates),
     };
