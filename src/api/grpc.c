@@ -315,7 +315,8 @@ static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
     (void)s;
     (void)sid;
     (void)user;
-    memcpy(buf, call->out.data + call->out_off, n);
+    if (n)
+        memcpy(buf, call->out.data + call->out_off, n);
     call->out_off += n;
     if (call->out_off == call->out.len) {
         call->out.len = call->out_off = 0;
@@ -381,8 +382,10 @@ static void call_end(api_call_t *call, int code, const char *fmt, ...) {
         call->status_set = true;
         call->status_code = code;
         call->status_msg = strdup(msg); /* NULL: the status goes without its text */
-        /* What was queued but not yet framed is dropped with the call. */
-        call->out.len = call->out_off = 0;
+        /* Nothing sent yet: the queued answers go with the call. Once sending
+         * has begun a message may be half out, so the queue drains first. */
+        if (!call->headers_sent)
+            call->out.len = call->out_off = 0;
     }
     call_mark_over(call);
     call_fire_cancel(call);
