@@ -656,7 +656,7 @@ static void req_run(struct api_wake *w) {
         c->busy = NULL;
         static const char oom[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
                                   "Connection: close\r\n\r\n";
-        bool keep = req->keep_alive && !req->resp_failed;
+        bool keep = req->keep_alive && !req->resp_failed && !c->close_after_write;
         int rc = req->resp_failed ? api_conn_write(c, oom, sizeof(oom) - 1)
                                   : api_conn_write(c, req->resp.data, req->resp.len);
         if (rc == 0 && !keep)

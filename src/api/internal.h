@@ -92,8 +92,8 @@ int api_conn_write(struct api_conn *c, const void *data, size_t len);
 /* As api_conn_write, taking ownership of the malloc'd data (freed even on failure). */
 int api_conn_write_take(struct api_conn *c, char *data, size_t len);
 
-/* Takes no more requests: once queued answers are written, half-closes and
- * closes when the client does. */
+/* Takes no more requests: once the request in hand is answered and every
+ * answer written, half-closes and closes when the client does. */
 void api_conn_end(struct api_conn *c);
 
 /* Closes the connection (idempotent). */

@@ -131,6 +131,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     struct api_conn *c = s->data;
     (void)buf;
     if (nread < 0) {
+        /* A client that half-closes after its request still gets the answer. */
+        if (nread == UV_EOF && c->proto == API_PROTO_HTTP1 && !c->lingering &&
+            (c->busy || c->out_pending)) {
+            api_conn_set_reading(c, false);
+            api_conn_end(c);
+            return;
+        }
         api_conn_close(c);
         return;
     }
@@ -210,7 +217,7 @@ static void conn_linger(struct api_conn *c) {
 
 void api_conn_end(struct api_conn *c) {
     c->close_after_write = true;
-    if (c->out_pending == 0 && !c->closing && !c->lingering)
+    if (c->out_pending == 0 && !c->busy && !c->closing && !c->lingering)
         conn_linger(c);
 }
 
@@ -234,8 +241,7 @@ static void on_written(uv_write_t *req, int status) {
         return;
     }
     if (c->close_after_write) {
-        if (c->out_pending == 0)
-            conn_linger(c);
+        api_conn_end(c);
         return;
     }
     /* Room again for answers: pick up requests and output that waited for it. */

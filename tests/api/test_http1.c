@@ -305,6 +305,25 @@ static void answer_from_another_thread(void **state) {
     harness_stop(&h);
 }
 
+/* A client that half-closes right after its request still gets the answer. */
+static void half_closed_client_gets_answer(void **state) {
+    (void)state;
+    int delay = 50;
+    struct harness h;
+    harness_start(&h, NULL, add_slow, &delay);
+    int fd = harness_connect(h.port);
+    const char req[] = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    harness_send(fd, req, sizeof(req) - 1);
+    shutdown(fd, SHUT_WR);
+    size_t n;
+    char *r = harness_recv_all(fd, 5000, &n);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_string_equal(body_of(r), "late");
+    free(r);
+    close(fd);
+    harness_stop(&h);
+}
+
 /* The client leaves while a handler holds its request; closing the server
  * waits for the answer, which is dropped. Nothing leaks (ASan checks). */
 static void client_gone_before_answer(void **state) {
@@ -439,6 +458,7 @@ int main(void) {
         cmocka_unit_test(request_split_into_single_bytes),
         cmocka_unit_test(bodies_and_limits),
         cmocka_unit_test(answer_from_another_thread),
+        cmocka_unit_test(half_closed_client_gets_answer),
         cmocka_unit_test(client_gone_before_answer),
         cmocka_unit_test(port_in_use_is_reported_like_etcd),
         cmocka_unit_test(ipv6_loopback_serves),
