@@ -562,7 +562,7 @@ static void call_run(struct api_wake *w) {
     call_emit(call);
     call_maybe_free(call);
     if (conn)
-        api_h2_flush(conn);
+        api_h2_flush_later(conn);
     if (fin)
         api_server_release(srv);
 }

@@ -47,13 +47,15 @@ struct api_conn {
     struct util_buf in; /* received, not yet consumed by the protocol */
     bool reading;
     bool closing;
-    bool close_after_write; /* no more requests: linger once every write completed */
-    bool lingering;         /* half-closed, dropping input until the client closes */
-    size_t drained;         /* bytes dropped while lingering */
-    size_t out_pending;     /* bytes handed to uv_write and not yet written */
-    api_http_req_t *busy;   /* HTTP/1.1: the request a handler is answering */
-    nghttp2_session *h2;    /* HTTP/2: the session, freed when the handle is closed */
-    api_call_t *calls;      /* HTTP/2: calls whose stream is open */
+    bool close_after_write;      /* no more requests: linger once every write completed */
+    bool lingering;              /* half-closed, dropping input until the client closes */
+    size_t drained;              /* bytes dropped while lingering */
+    size_t out_pending;          /* bytes handed to uv_write and not yet written */
+    api_http_req_t *busy;        /* HTTP/1.1: the request a handler is answering */
+    nghttp2_session *h2;         /* HTTP/2: the session, freed when the handle is closed */
+    api_call_t *calls;           /* HTTP/2: calls whose stream is open */
+    struct api_conn *flush_next; /* HTTP/2: in the server's list of connections to flush */
+    bool flush_queued;
 };
 
 struct api_server {
@@ -68,15 +70,17 @@ struct api_server {
     size_t nmethods;
     api_health_check health_check; /* NULL: always healthy */
     void *health_arg;
-    unsigned open_handles; /* listeners, connections and the wake handle */
-    unsigned outstanding;  /* handler requests not yet answered and run */
-    size_t partial_bytes;  /* gRPC request bytes held in incomplete messages */
+    unsigned open_handles;       /* listeners, connections and the wake handle */
+    unsigned outstanding;        /* handler requests not yet answered and run */
+    size_t partial_bytes;        /* gRPC request bytes held in incomplete messages */
+    struct api_conn *flush_head; /* connections with answers to flush after a wake */
     bool closing;
     api_close_cb close_cb;
     void *close_arg;
     uv_async_t wake_async;
     pthread_mutex_t wake_mu;
     struct api_wake *wake_head, **wake_tail;
+    bool draining_soon; /* the loop drains the queue when its callback ends (wake_mu) */
 };
 
 /* Any thread: queues w (unless queued already) and wakes the loop. */
@@ -128,6 +132,9 @@ void api_h2_process(struct api_conn *c);
 /* Moves what the session has to send into socket writes, up to the
  * connection's output bound. */
 void api_h2_flush(struct api_conn *c);
+/* Flushes the connection once the current batch of wakeups has run, so many
+ * answers leave in one write. */
+void api_h2_flush_later(struct api_conn *c);
 /* The connection is closing: ends its calls (cancelling handlers). */
 void api_h2_detach(struct api_conn *c);
 void api_h2_free(struct api_conn *c);

@@ -40,19 +40,23 @@ void api_wake_post(api_server_t *srv, struct api_wake *w) {
         srv->wake_tail = &w->next;
     }
     /* Sent under the lock: once the lock is released the loop may run the item
-     * and free the server, so nothing after the unlock may touch srv. */
-    uv_async_send(&srv->wake_async);
+     * and free the server, so nothing after the unlock may touch srv. While the
+     * loop is reading input it drains the queue itself when done, so answers
+     * given inline by handlers cost no wakeup. */
+    if (!srv->draining_soon)
+        uv_async_send(&srv->wake_async);
     pthread_mutex_unlock(&srv->wake_mu);
 }
 
 static void server_maybe_finish(api_server_t *srv);
 
-static void on_wake(uv_async_t *a) {
-    api_server_t *srv = a->data;
+/* Runs what handlers posted, then flushes the connections they answered on. */
+static void wake_drain(api_server_t *srv) {
     pthread_mutex_lock(&srv->wake_mu);
     struct api_wake *w = srv->wake_head;
     srv->wake_head = NULL;
     srv->wake_tail = &srv->wake_head;
+    srv->draining_soon = false;
     for (struct api_wake *i = w; i; i = i->next)
         i->queued = false;
     pthread_mutex_unlock(&srv->wake_mu);
@@ -60,6 +64,25 @@ static void on_wake(uv_async_t *a) {
         struct api_wake *next = w->next;
         w->run(w);
         w = next;
+    }
+    /* Connections are only freed by close callbacks, after this returns. */
+    while (srv->flush_head) {
+        struct api_conn *c = srv->flush_head;
+        srv->flush_head = c->flush_next;
+        c->flush_queued = false;
+        api_h2_flush(c);
+    }
+}
+
+static void on_wake(uv_async_t *a) {
+    wake_drain(a->data);
+}
+
+void api_h2_flush_later(struct api_conn *c) {
+    if (!c->flush_queued) {
+        c->flush_queued = true;
+        c->flush_next = c->srv->flush_head;
+        c->srv->flush_head = c;
     }
 }
 
@@ -127,9 +150,20 @@ static void conn_process(struct api_conn *c) {
     }
 }
 
+static void conn_read(struct api_conn *c, ssize_t nread);
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     struct api_conn *c = s->data;
+    api_server_t *srv = c->srv;
     (void)buf;
+    pthread_mutex_lock(&srv->wake_mu);
+    srv->draining_soon = true;
+    pthread_mutex_unlock(&srv->wake_mu);
+    conn_read(c, nread);
+    wake_drain(srv);
+}
+
+static void conn_read(struct api_conn *c, ssize_t nread) {
     if (nread < 0) {
         /* A client that half-closes after its request still gets the answer. */
         if (nread == UV_EOF && c->proto == API_PROTO_HTTP1 && !c->lingering &&
