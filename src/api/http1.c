@@ -444,11 +444,22 @@ static int parse_request(struct api_conn *c, struct api_http_req **out, const ch
         used += len;
     }
     api_buf_consume(in, used);
+    c->continue_sent = false;
     req->srv = c->srv;
     req->conn = c;
     *out = req;
     return PARSE_DONE;
 err:
+    /* A client waiting for "100 Continue" before sending its body (curl does,
+     * for bodies over 1 KiB) is told to go on, once per request. */
+    if (rc == PARSE_MORE && req->minor == 1 && !c->continue_sent) {
+        const char *expect = api_http_header(req, "Expect");
+        if (expect && strcasecmp(expect, "100-continue") == 0) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            c->continue_sent = true;
+            api_conn_write(c, cont, sizeof(cont) - 1);
+        }
+    }
     req_free(req);
     return rc;
 }

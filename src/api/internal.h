@@ -52,6 +52,7 @@ struct api_conn {
     size_t drained;              /* bytes dropped while lingering */
     size_t out_pending;          /* bytes handed to uv_write and not yet written */
     api_http_req_t *busy;        /* HTTP/1.1: the request a handler is answering */
+    bool continue_sent;          /* HTTP/1.1: "100 Continue" went out for the request in parse */
     nghttp2_session *h2;         /* HTTP/2: the session, freed when the handle is closed */
     api_call_t *calls;           /* HTTP/2: calls whose stream is open */
     struct api_conn *flush_next; /* HTTP/2: in the server's list of connections to flush */

@@ -224,6 +224,20 @@ static void bodies_and_limits(void **state) {
     assert_string_equal(body_of(r), "abcdefg");
     free(r);
 
+    /* Expect: 100-continue gets its interim answer before the body is sent. */
+    int efd = harness_connect(h.port);
+    const char ehead[] = "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                         "Expect: 100-continue\r\nConnection: close\r\n\r\n";
+    harness_send(efd, ehead, sizeof(ehead) - 1);
+    expect_response(efd, "HTTP/1.1 100 Continue\r\n\r\n");
+    harness_send(efd, "abc", 3);
+    size_t elen;
+    r = harness_recv_all(efd, 5000, &elen);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_string_equal(body_of(r), "abc");
+    free(r);
+    close(efd);
+
     r = exchange(h.port, "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n");
     assert_true(starts_with(r, "HTTP/1.1 413 "));
     free(r);
