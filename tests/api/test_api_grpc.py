@@ -281,3 +281,46 @@ def test_port_in_use_message():
     finally:
         code, err = srv.stop()
         assert code == 0, err
+
+
+def mutate(rng, data):
+    """Flips, inserts, deletes or truncates a few bytes of data."""
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        op = rng.randrange(4)
+        i = rng.randrange(len(b) + 1)
+        if op == 0 and b:
+            b[i % len(b)] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            b[i:i] = bytes([rng.randrange(256)]) * rng.randint(1, 4)
+        elif op == 2 and b:
+            del b[i % len(b)]
+        else:
+            del b[i:]
+    return bytes(b)
+
+
+def test_mutated_input_never_hurts_the_server(fake):
+    """Mutated HTTP/1.1 requests and HTTP/2 exchanges: whatever the server
+    answers, it stays up, and it exits clean under the sanitizers."""
+    import random
+    rng = random.Random(1234)
+    settings = frame(4, 0, 0, b"")
+    msg = b"\x00" + struct.pack(">I", 3) + b"\x0a\x01a"
+    h2 = (PREFACE + settings + frame(1, 4, 1, grpc_headers(b"/etcdserverpb.KV/Range")) +
+          frame(0, 1, 1, msg) + frame(1, 4, 3, grpc_headers(b"/quointest.Test/Echo")) +
+          frame(0, 0, 3, msg) + frame(8, 0, 3, b"\x00\x00\x10\x00") + frame(3, 0, 3, b"\x00\x00\x00\x08"))
+    h1 = (b"POST /version?x=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"3\r\nabc\r\n0\r\n\r\nGET /version HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+    for i in range(400):
+        base = h2 if i % 2 else h1
+        data = mutate(rng, base)
+        if i % 2 and rng.random() < 0.5:
+            data = PREFACE + mutate(rng, base[len(PREFACE):])
+        raw(fake, data, close_write=rng.random() < 0.5, timeout=0.03)
+    assert unary(fake, "/quointest.Test/Stats", b"").startswith(b"cancels=")
+    host, port = fake.endpoint.split(":")
+    c = etcd3.client(host=host, port=int(port))
+    c.put("after", "fuzz")
+    assert c.get("after")[0] == b"fuzz"
+    c.close()
