@@ -60,6 +60,9 @@ struct api_config {
      * of the server; a stream that would go past it fails with
      * RESOURCE_EXHAUSTED "etcdserver: too many requests". Default 256 MiB. */
     size_t max_partial_request_bytes;
+    /* Listen with SO_REUSEPORT, so that one server per io loop can listen on
+     * the same URL and the kernel spreads the connections. Default off. */
+    bool reuse_port;
 };
 
 /* What etcd adds to --max-request-bytes for gRPC's own framing: a gRPC message

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "api/internal.h"
 
@@ -27,6 +29,7 @@ void api_config_default(struct api_config *cfg) {
     cfg->max_stream_output_bytes = 4 << 20;
     cfg->max_concurrent_streams = 4096;
     cfg->max_partial_request_bytes = 256u << 20;
+    cfg->reuse_port = false;
 }
 
 /* ---- wakeups from other threads ---- */
@@ -427,6 +430,24 @@ static void format_addr(const struct sockaddr_storage *ss, char *out, size_t n) 
     }
 }
 
+/* A socket with SO_REUSEPORT for the handle, so the servers of several io
+ * loops can listen on one address and the kernel spreads connections. */
+static int open_reuseport(uv_tcp_t *tcp, int family) {
+    int one = 1;
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    int rc = uv_tcp_open(tcp, fd);
+    if (rc != 0)
+        close(fd);
+    return rc;
+}
+
 static void on_listener_closed(uv_handle_t *h) {
     struct api_listener *l = h->data;
     api_server_t *srv = l->srv;
@@ -480,7 +501,9 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     /* libuv may defer a bind error to listen(); both are reported as bind errors,
      * the only step Go names. */
     const char *step = "bind";
-    rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+    rc = srv->cfg.reuse_port ? open_reuseport(&l->tcp, ss.ss_family) : 0;
+    if (rc == 0)
+        rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
     if (rc == 0) {
         rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
         if (rc != 0 && rc != UV_EADDRINUSE && rc != UV_EACCES && rc != UV_EADDRNOTAVAIL)

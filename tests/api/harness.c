@@ -71,10 +71,14 @@ int harness_start_at(struct harness *h, const char *host, const struct api_confi
         assert_int_equal(uv_loop_close(&h->loop), 0);
         return rc;
     }
+    harness_run(h);
+    return 0;
+}
+
+void harness_run(struct harness *h) {
     assert_int_equal(uv_async_init(&h->loop, &h->stop, on_stop), 0);
     h->stop.data = h;
     assert_int_equal(pthread_create(&h->thread, NULL, loop_main, h), 0);
-    return 0;
 }
 
 void harness_stop(struct harness *h) {

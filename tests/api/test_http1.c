@@ -436,6 +436,36 @@ static void close_with_clients_connected(void **state) {
     }
 }
 
+/* Two servers, each on its own loop, share one port with reuse_port; every
+ * connection is served by one of them. */
+static void two_loops_share_a_port(void **state) {
+    (void)state;
+    struct api_config cfg;
+    api_config_default(&cfg);
+    cfg.reuse_port = true;
+    struct harness a, b;
+    harness_start(&a, &cfg, NULL, NULL);
+    /* b listens on a's port: start it by hand on the same URL. */
+    struct util_err err;
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(uv_loop_init(&b.loop), 0);
+    assert_int_equal(api_server_new(&b.loop, NULL, &cfg, &b.srv, &err), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", a.port);
+    assert_int_equal(api_server_listen(b.srv, url, &err), 0);
+    b.port = a.port;
+    harness_run(&b);
+    for (int i = 0; i < 20; i++) {
+        int fd = harness_connect(a.port);
+        const char req[] = "GET /version HTTP/1.1\r\nHost: x\r\n\r\n";
+        harness_send(fd, req, sizeof(req) - 1);
+        expect_response(fd, "HTTP/1.1 200 OK\r\n");
+        close(fd);
+    }
+    harness_stop(&b);
+    harness_stop(&a);
+}
+
 static void connect_and_drop_leaves_no_descriptors(void **state) {
     (void)state;
     struct harness h;
@@ -477,6 +507,7 @@ int main(void) {
         cmocka_unit_test(port_in_use_is_reported_like_etcd),
         cmocka_unit_test(ipv6_loopback_serves),
         cmocka_unit_test(close_with_clients_connected),
+        cmocka_unit_test(two_loops_share_a_port),
         cmocka_unit_test(connect_and_drop_leaves_no_descriptors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
