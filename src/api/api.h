@@ -82,15 +82,31 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
                    struct util_err *err);
 
 /* Starts accepting on an etcd-style client URL: "http://127.0.0.1:2379",
+ * "https://127.0.0.1:2379" (TLS, after api_server_set_tls),
  * "http://localhost:2379" (the first address the name resolves to, IPv4 first,
  * as Go's net.Listen), "http://[::1]:2379", "http://:2379" (every interface).
  * Returns 0;
  *   -EINVAL        the URL is malformed (err says how);
- *   -ENOTSUP       https:// and unix:// URLs ("... not supported yet");
+ *   -ENOTSUP       unix:// URLs ("... not supported yet");
+ *   -EINVAL        an https:// URL before api_server_set_tls, with etcd's words;
  *   -EADDRINUSE, -EACCES, -EADDRNOTAVAIL, ...  the bind or listen failed, with
  *                  err worded as etcd reports it:
  *                  "listen tcp 127.0.0.1:2379: bind: address already in use". */
 int api_server_listen(api_server_t *srv, const char *url, struct util_err *err);
+
+/* TLS for https:// URLs, as etcd's --cert-file, --key-file,
+ * --trusted-ca-file and --client-cert-auth set it. */
+struct api_tls_config {
+    const char *cert_file;       /* PEM certificate chain */
+    const char *key_file;        /* PEM private key */
+    const char *trusted_ca_file; /* PEM CAs client certificates must chain to; may be NULL */
+    bool client_cert_auth;       /* require a client certificate signed by those CAs */
+};
+
+/* Loads the certificate and key (now; the files are not read again) for the
+ * https:// URLs listened on afterwards. Returns 0 or -EINVAL with err saying
+ * which file failed and why. */
+int api_server_set_tls(api_server_t *srv, const struct api_tls_config *tls, struct util_err *err);
 
 /* Called once the server is closed and freed. */
 typedef void (*api_close_cb)(void *arg);

@@ -5,6 +5,7 @@
 #define QUOIN_API_INTERNAL_H
 
 #include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdbool.h>
 
@@ -36,6 +37,7 @@ struct api_listener {
     uv_tcp_t tcp;
     api_server_t *srv;
     struct api_listener *next;
+    bool tls;
     char addr[64]; /* "127.0.0.1:2379" as the logs show it */
 };
 
@@ -57,6 +59,8 @@ struct api_conn {
     api_call_t *calls;           /* HTTP/2: calls whose stream is open */
     struct api_conn *flush_next; /* HTTP/2: in the server's list of connections to flush */
     bool flush_queued;
+    SSL *ssl;     /* https: the TLS session (NULL for http) */
+    char *tls_in; /* https: ciphertext read from the socket */
 };
 
 struct api_server {
@@ -70,6 +74,7 @@ struct api_server {
     struct api_grpc_method *methods;
     size_t nmethods;
     api_health_check health_check; /* NULL: always healthy */
+    SSL_CTX *tls_ctx;              /* for https:// listeners; NULL until api_server_set_tls */
     void *health_arg;
     unsigned open_handles;       /* listeners, connections and the wake handle */
     unsigned outstanding;        /* handler requests not yet answered and run */
@@ -96,6 +101,9 @@ int api_conn_write(struct api_conn *c, const void *data, size_t len);
 
 /* As api_conn_write, taking ownership of the malloc'd data (freed even on failure). */
 int api_conn_write_take(struct api_conn *c, char *data, size_t len);
+
+/* As api_conn_write_take, bypassing TLS: the bytes go to the socket as they are. */
+int api_conn_write_raw(struct api_conn *c, char *data, size_t len);
 
 /* Takes no more requests: once the request in hand is answered and every
  * answer written, half-closes and closes when the client does. */
@@ -140,5 +148,21 @@ void api_h2_flush_later(struct api_conn *c);
 void api_h2_detach(struct api_conn *c);
 void api_h2_free(struct api_conn *c);
 void api_grpc_free_methods(api_server_t *srv);
+
+/* TLS (tls.c). */
+void api_tls_free_ctx(api_server_t *srv);
+/* Gives an accepted connection its TLS session. Returns 0 or -ENOMEM. */
+int api_tls_conn_start(struct api_conn *c);
+void api_tls_conn_free(struct api_conn *c);
+/* The buffer ciphertext is read into. */
+void api_tls_read_buf(struct api_conn *c, uv_buf_t *buf);
+/* n bytes of ciphertext arrived in the read buffer: handshakes, and appends
+ * the plaintext to c->in. Returns 0, -ECONNRESET (the client closed the TLS
+ * session) or another negative code (the connection must close). */
+int api_tls_read(struct api_conn *c, size_t n);
+/* Encrypts plaintext and queues it for the socket. */
+int api_tls_write(struct api_conn *c, const char *data, size_t len);
+/* Queues TLS close_notify. */
+int api_tls_shutdown(struct api_conn *c);
 
 #endif

@@ -112,6 +112,10 @@ bool api_conn_can_take(const struct api_conn *c) {
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
     struct api_conn *c = h->data;
     (void)hint;
+    if (c->ssl) {
+        api_tls_read_buf(c, buf);
+        return;
+    }
     if (c->in.cap - c->in.len < API_READ_CHUNK) {
         size_t cap = c->in.len + API_READ_CHUNK;
         char *p = realloc(c->in.data, cap);
@@ -184,7 +188,22 @@ static void conn_read(struct api_conn *c, ssize_t nread) {
             api_conn_close(c);
         return;
     }
-    c->in.len += (size_t)nread;
+    if (c->ssl) {
+        size_t before = c->in.len;
+        int rc = api_tls_read(c, (size_t)nread);
+        if (rc == -ECONNRESET) {
+            conn_read(c, UV_EOF); /* close_notify is the client's EOF */
+            return;
+        }
+        if (rc != 0) {
+            api_conn_close(c);
+            return;
+        }
+        if (c->in.len == before)
+            return; /* handshake, or a record not complete yet */
+    } else {
+        c->in.len += (size_t)nread;
+    }
     conn_process(c);
 }
 
@@ -213,6 +232,8 @@ static void on_conn_closed(uv_handle_t *h) {
     api_server_t *srv = c->srv;
     if (c->h2)
         api_h2_free(c);
+    if (c->ssl)
+        api_tls_conn_free(c);
     free(c->in.data);
     free(c);
     api_server_handle_closed(srv);
@@ -241,6 +262,8 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 
 /* Output is flushed: half-close, then drop input until the client closes. */
 static void conn_linger(struct api_conn *c) {
+    if (c->ssl && api_tls_shutdown(c) != 0)
+        return; /* the connection is closing */
     uv_shutdown_t *req = malloc(sizeof(*req));
     if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         free(req);
@@ -289,6 +312,16 @@ static void on_written(uv_write_t *req, int status) {
 }
 
 int api_conn_write_take(struct api_conn *c, char *data, size_t len) {
+    if (!c->ssl)
+        return api_conn_write_raw(c, data, len);
+    int rc = c->closing ? -EPIPE : api_tls_write(c, data, len);
+    free(data);
+    if (rc != 0)
+        api_conn_close(c);
+    return rc;
+}
+
+int api_conn_write_raw(struct api_conn *c, char *data, size_t len) {
     struct conn_write *w = NULL;
     int rc = -EPIPE;
     if (c->closing)
@@ -350,6 +383,10 @@ static void on_connection(uv_stream_t *ls, int status) {
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    if (l->tls && api_tls_conn_start(c) != 0) {
+        api_conn_close(c);
+        return;
+    }
     api_conn_set_reading(c, true);
 }
 
@@ -462,14 +499,17 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     const char *hp;
     int rc;
 
-    if (strncmp(url, "https://", 8) == 0 || strncmp(url, "unix://", 7) == 0 ||
-        strncmp(url, "unixs://", 8) == 0) {
-        return util_errorf(err, -ENOTSUP, "client URL %s: TLS and unix sockets not supported yet",
+    bool tls = strncmp(url, "https://", 8) == 0;
+    if (strncmp(url, "unix://", 7) == 0 || strncmp(url, "unixs://", 8) == 0)
+        return util_errorf(err, -ENOTSUP, "client URL %s: unix sockets not supported yet", url);
+    if (tls && !srv->tls_ctx)
+        return util_errorf(err, -EINVAL,
+                           "TLS key/cert (--cert-file, --key-file) must be provided for client "
+                           "url %s with HTTPS scheme",
                            url);
-    }
-    if (strncmp(url, "http://", 7) != 0)
+    if (!tls && strncmp(url, "http://", 7) != 0)
         return util_errorf(err, -EINVAL, "URL scheme must be http, https, unix or unixs: %s", url);
-    hp = url + 7;
+    hp = url + (tls ? 8 : 7);
     char authority[300];
     size_t alen = strcspn(hp, "/");
     if (hp[alen] == '/' && hp[alen + 1] != '\0')
@@ -489,6 +529,7 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     if (!l)
         return util_errorf(err, -ENOMEM, "out of memory");
     l->srv = srv;
+    l->tls = tls;
     format_addr(&ss, l->addr, sizeof(l->addr));
     rc = uv_tcp_init(srv->loop, &l->tcp);
     if (rc != 0) {
@@ -518,8 +559,11 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     }
     l->next = srv->listeners;
     srv->listeners = l;
-    LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
-             LOG_STR("address", l->addr));
+    if (tls)
+        LOG_INFO(srv->lg, "serving client traffic securely", LOG_STR("address", l->addr));
+    else
+        LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
+                 LOG_STR("address", l->addr));
     return 0;
 }
 
@@ -570,6 +614,7 @@ static void on_wake_closed(uv_handle_t *h) {
     void *arg = srv->close_arg;
     api_http1_free_routes(srv);
     api_grpc_free_methods(srv);
+    api_tls_free_ctx(srv);
     pthread_mutex_destroy(&srv->wake_mu);
     free(srv);
     if (cb)

@@ -45,13 +45,13 @@ class FakeServer:
         return self.proc.returncode, self.proc.stderr.read().decode(errors="replace")
 
 
-def start_fake(*args):
+def start_fake(*args, scheme="http"):
     if "QUOIN_API_FAKE_SERVER" not in os.environ:
         subprocess.run(["make", "-s", "MODE=san", "build-san/tests/api/fake_api_server"],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     for _ in range(50):
         port = random.randint(20000, 29999)
-        proc = subprocess.Popen([FAKE, "--listen", f"http://127.0.0.1:{port}", "--lifetime", "300",
+        proc = subprocess.Popen([FAKE, "--listen", f"{scheme}://127.0.0.1:{port}", "--lifetime", "300",
                                  *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         ready, _, _ = select.select([proc.stdout], [], [], 30)
         line = proc.stdout.readline() if ready else b""
@@ -61,6 +61,27 @@ def start_fake(*args):
         if proc.returncode != 3:  # 3: port taken, try another
             raise AssertionError(f"fake server failed: {proc.stderr.read().decode()}")
     raise AssertionError("no free port")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
+    d = tmp_path_factory.mktemp("certs")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=quoin test CA")
+    exts = {"server": "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            "client": "extendedKeyUsage=clientAuth\n"}
+    for name, ext in exts.items():
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text(ext)
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return d
 
 
 @pytest.fixture

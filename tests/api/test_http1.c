@@ -385,9 +385,11 @@ static void port_in_use_is_reported_like_etcd(void **state) {
     assert_int_equal(api_server_listen(srv, url, &err), -EADDRINUSE);
     assert_string_equal(err.msg, want);
 
-    assert_int_equal(api_server_listen(srv, "https://127.0.0.1:2379", &err), -ENOTSUP);
-    assert_non_null(strstr(err.msg, "not supported yet"));
+    assert_int_equal(api_server_listen(srv, "https://127.0.0.1:2379", &err), -EINVAL);
+    assert_string_equal(err.msg, "TLS key/cert (--cert-file, --key-file) must be provided for "
+                                 "client url https://127.0.0.1:2379 with HTTPS scheme");
     assert_int_equal(api_server_listen(srv, "unix://x:1", &err), -ENOTSUP);
+    assert_non_null(strstr(err.msg, "not supported yet"));
     assert_int_equal(api_server_listen(srv, "http://127.0.0.1", &err), -EINVAL);
     assert_non_null(strstr(err.msg, "missing port in address"));
     assert_int_equal(api_server_listen(srv, "ftp://127.0.0.1:1", &err), -EINVAL);

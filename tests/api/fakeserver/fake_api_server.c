@@ -12,8 +12,9 @@
  *          sends that many bytes, pausing on -EAGAIN until on_writable
  *   Stats  unary; answers "cancels=N" (handler cancellations seen)
  *
- *   fake_api_server --listen http://127.0.0.1:PORT [--max-request-bytes N]
- *                   [--lifetime SECONDS]
+ *   fake_api_server --listen http(s)://127.0.0.1:PORT [--max-request-bytes N]
+ *                   [--lifetime SECONDS] [--cert-file F --key-file F
+ *                   [--trusted-ca-file F] [--client-cert-auth]]
  *
  * Prints "listening" on stdout when ready; exits 3 when the port is taken,
  * 0 after SIGTERM/SIGINT or when its lifetime (default 600 s) ends. */
@@ -593,14 +594,27 @@ int main(int argc, char **argv) {
     struct util_err err;
     const char *url = NULL;
     long lifetime = 600;
+    struct api_tls_config tls = {0};
     api_config_default(&cfg);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--listen") == 0)
-            url = argv[i + 1];
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--client-cert-auth") == 0) {
+            tls.client_cert_auth = true;
+            continue;
+        }
+        if (i + 1 == argc)
+            break;
+        if (strcmp(argv[i], "--cert-file") == 0)
+            tls.cert_file = argv[++i];
+        else if (strcmp(argv[i], "--key-file") == 0)
+            tls.key_file = argv[++i];
+        else if (strcmp(argv[i], "--trusted-ca-file") == 0)
+            tls.trusted_ca_file = argv[++i];
+        else if (strcmp(argv[i], "--listen") == 0)
+            url = argv[++i];
         else if (strcmp(argv[i], "--max-request-bytes") == 0)
-            cfg.max_request_bytes = strtoul(argv[i + 1], NULL, 10);
+            cfg.max_request_bytes = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--lifetime") == 0)
-            lifetime = strtol(argv[i + 1], NULL, 10);
+            lifetime = strtol(argv[++i], NULL, 10);
     }
     if (!url) {
         fprintf(stderr, "usage: fake_api_server --listen URL [--max-request-bytes N]\n");
@@ -613,6 +627,13 @@ int main(int argc, char **argv) {
     uv_loop_init(&f.loop);
     if (api_server_new(&f.loop, NULL, &cfg, &f.srv, &err) != 0 || register_all(&f) != 0) {
         fprintf(stderr, "fake_api_server: setup failed\n");
+        return 1;
+    }
+    if (tls.cert_file && api_server_set_tls(f.srv, &tls, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        api_server_close(f.srv, NULL, NULL);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&f.loop);
         return 1;
     }
     int rc = api_server_listen(f.srv, url, &err);
