@@ -256,6 +256,12 @@ int api_call_reply(api_call_t *call, const ProtobufCMessage *msg);
  * Valid while the handler owns the call; any thread. */
 const char *api_call_metadata(const api_call_t *call, const char *key);
 
+/* The common name of the client's certificate when the connection is TLS
+ * with a verified client certificate (client_cert_auth), else NULL. etcd takes
+ * it as the user name when a call carries no token. Valid while the handler
+ * owns the call; any thread. */
+const char *api_call_peer_cn(const api_call_t *call);
+
 /* The method's path ("/etcdserverpb.KV/Range"). */
 const char *api_call_path(const api_call_t *call);
 

@@ -43,6 +43,7 @@ struct api_call {
     api_call_t *prev, *next;
     int32_t stream_id;
     char *path;
+    char *peer_cn;
     char *encoding;
     char *timeout;
     bool is_post;
@@ -215,6 +216,7 @@ static void call_maybe_free(api_call_t *call) {
         uv_close((uv_handle_t *)call->timer, on_timer_closed);
     }
     free(call->path);
+    free(call->peer_cn);
     free(call->encoding);
     free(call->timeout);
     free(call->status_msg);
@@ -491,6 +493,10 @@ const char *api_call_metadata(const api_call_t *call, const char *key) {
     return NULL;
 }
 
+const char *api_call_peer_cn(const api_call_t *call) {
+    return call->peer_cn;
+}
+
 const char *api_call_path(const api_call_t *call) {
     return call->path;
 }
@@ -649,6 +655,10 @@ static void reject_http(api_call_t *call, const char *status) {
 /* The request headers are complete: route the call. */
 static void call_start(api_call_t *call) {
     api_server_t *srv = call->srv;
+    if (call->conn->peer_cn && !(call->peer_cn = strdup(call->conn->peer_cn))) {
+        call_end(call, API_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
     if (!call->is_post) {
         reject_http(call, "405");
         return;

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,6 +114,8 @@ int api_tls_conn_start(struct api_conn *c) {
 void api_tls_conn_free(struct api_conn *c) {
     SSL_free(c->ssl);
     c->ssl = NULL;
+    free(c->peer_cn);
+    c->peer_cn = NULL;
     free(c->tls_in);
     c->tls_in = NULL;
 }
@@ -137,6 +140,24 @@ static int tls_flush(struct api_conn *c) {
     return api_conn_write_raw(c, buf, (size_t)got);
 }
 
+/* Keeps the common name of a verified client certificate: with
+ * --client-cert-auth etcd takes it as the user name. */
+static int peer_name(struct api_conn *c) {
+    X509 *cert = SSL_get1_peer_certificate(c->ssl);
+    char cn[256];
+    int rc = 0;
+    if (!cert)
+        return 0;
+    if (SSL_get_verify_result(c->ssl) == X509_V_OK &&
+        X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn)) >
+            0) {
+        c->peer_cn = strdup(cn);
+        rc = c->peer_cn ? 0 : -ENOMEM;
+    }
+    X509_free(cert);
+    return rc;
+}
+
 int api_tls_read(struct api_conn *c, size_t n) {
     char why[256];
     int rc = 0;
@@ -149,6 +170,8 @@ int api_tls_read(struct api_conn *c, size_t n) {
             LOG_DEBUG(c->srv->lg, "TLS handshake failed",
                       LOG_STR("error", ssl_errstr(why, sizeof(why))));
             rc = -EPROTO;
+        } else if (r == 1) {
+            rc = peer_name(c);
         }
     }
     while (rc == 0 && SSL_is_init_finished(c->ssl)) {

@@ -41,6 +41,7 @@ def test_etcdctl_curl_and_grpc_over_tls(certs):
         creds = grpc.ssl_channel_credentials((certs / "ca.pem").read_bytes())
         with grpc.secure_channel(srv.endpoint, creds) as ch:
             assert ch.unary_unary("/quointest.Test/Stats")(b"", timeout=10) == b"cancels=0"
+            assert ch.unary_unary("/quointest.Test/Whoami")(b"", timeout=10) == b"-"
         # Plain text to the TLS port fails the handshake; the server is fine.
         out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                               f"http://{srv.endpoint}/version"], capture_output=True, timeout=30)
@@ -56,5 +57,10 @@ def test_client_cert_auth(certs):
         assert etcdctl(srv, certs, "put", "k", "v").returncode != 0
         assert etcdctl(srv, certs, "put", "k", "v", client_cert=True).stdout == b"OK\n"
         assert etcdctl(srv, certs, "get", "k", client_cert=True).stdout == b"k\nv\n"
+        creds = grpc.ssl_channel_credentials((certs / "ca.pem").read_bytes(),
+                                             (certs / "client.key").read_bytes(),
+                                             (certs / "client.pem").read_bytes())
+        with grpc.secure_channel(srv.endpoint, creds) as ch:
+            assert ch.unary_unary("/quointest.Test/Whoami")(b"", timeout=10) == b"client"
     finally:
         stop(srv)

@@ -11,6 +11,7 @@
  *   Flood  server streaming; request = 8-byte total and 4-byte message size;
  *          sends that many bytes, pausing on -EAGAIN until on_writable
  *   Stats  unary; answers "cancels=N" (handler cancellations seen)
+ *   Whoami unary; answers the client certificate's common name, or "-"
  *
  *   fake_api_server --listen http(s)://127.0.0.1:PORT [--max-request-bytes N]
  *                   [--lifetime SECONDS] [--cert-file F --key-file F
@@ -457,6 +458,19 @@ static void on_stats(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, 
     api_call_finish(call, API_GRPC_OK, NULL);
 }
 
+static void on_whoami(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                      void *arg) {
+    const char *cn = api_call_peer_cn(call);
+    (void)msg;
+    (void)d;
+    (void)len;
+    (void)arg;
+    if (!cn)
+        cn = "-";
+    api_call_send_raw(call, cn, strlen(cn));
+    api_call_finish(call, API_GRPC_OK, NULL);
+}
+
 static void on_stream_open(api_call_t *call, void *arg) {
     (void)call;
     (void)arg;
@@ -565,6 +579,7 @@ static int register_all(struct fake *f) {
          .on_message = on_status},
         {.path = "/quointest.Test/Hang", .on_message = on_hang, .on_cancel = on_cancel},
         {.path = "/quointest.Test/Stats", .on_message = on_stats},
+        {.path = "/quointest.Test/Whoami", .on_message = on_whoami},
         {.path = "/quointest.Test/Echo",
          .client_streaming = true,
          .server_streaming = true,
