@@ -868,11 +868,10 @@ err:
     return rc == 0 ? 0 : -ENOMEM;
 }
 
-void api_h2_process(struct api_conn *c) {
-    ssize_t n = nghttp2_session_mem_recv(c->h2, (const uint8_t *)c->in.data, c->in.len);
+void api_h2_process(struct api_conn *c, const char *data, size_t len) {
+    ssize_t n = nghttp2_session_mem_recv(c->h2, (const uint8_t *)data, len);
     if (c->closing)
         return;
-    c->in.len = 0;
     if (n < 0) {
         LOG_DEBUG(c->srv->lg, "closing an HTTP/2 connection",
                   LOG_STR("error", nghttp2_strerror((int)n)));

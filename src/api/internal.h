@@ -60,7 +60,6 @@ struct api_conn {
     struct api_conn *flush_next; /* HTTP/2: in the server's list of connections to flush */
     bool flush_queued;
     SSL *ssl;      /* https: the TLS session (NULL for http) */
-    char *tls_in;  /* https: ciphertext read from the socket */
     char *peer_cn; /* https: common name of the verified client certificate, or NULL */
 };
 
@@ -81,6 +80,7 @@ struct api_server {
     unsigned outstanding;        /* handler requests not yet answered and run */
     size_t partial_bytes;        /* gRPC request bytes held in incomplete messages */
     struct api_conn *flush_head; /* connections with answers to flush after a wake */
+    char *scratch; /* every socket read lands here first (one read at a time per loop) */
     bool closing;
     api_close_cb close_cb;
     void *close_arg;
@@ -137,8 +137,9 @@ void api_http1_detach(struct api_conn *c);
 /* gRPC over HTTP/2 (grpc.c). */
 /* The connection sent the HTTP/2 preface: creates its session. */
 int api_h2_start(struct api_conn *c);
-/* Feeds the input buffer to the session and sends what it produced. */
-void api_h2_process(struct api_conn *c);
+/* Feeds bytes (the input buffer, or a read straight from the socket) to the
+ * session and sends what it produced. */
+void api_h2_process(struct api_conn *c, const char *data, size_t len);
 /* Moves what the session has to send into socket writes, up to the
  * connection's output bound. */
 void api_h2_flush(struct api_conn *c);
@@ -155,12 +156,10 @@ void api_tls_free_ctx(api_server_t *srv);
 /* Gives an accepted connection its TLS session. Returns 0 or -ENOMEM. */
 int api_tls_conn_start(struct api_conn *c);
 void api_tls_conn_free(struct api_conn *c);
-/* The buffer ciphertext is read into. */
-void api_tls_read_buf(struct api_conn *c, uv_buf_t *buf);
-/* n bytes of ciphertext arrived in the read buffer: handshakes, and appends
- * the plaintext to c->in. Returns 0, -ECONNRESET (the client closed the TLS
- * session) or another negative code (the connection must close). */
-int api_tls_read(struct api_conn *c, size_t n);
+/* n bytes of ciphertext arrived: handshakes, and appends the plaintext to
+ * c->in. Returns 0, -ECONNRESET (the client closed the TLS session) or another
+ * negative code (the connection must close). */
+int api_tls_read(struct api_conn *c, const char *data, size_t n);
 /* Encrypts plaintext and queues it for the socket. */
 int api_tls_write(struct api_conn *c, const char *data, size_t len);
 /* Queues TLS close_notify. */

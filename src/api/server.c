@@ -109,24 +109,12 @@ bool api_conn_can_take(const struct api_conn *c) {
     return !c->closing && c->out_pending <= c->srv->cfg.max_conn_output_bytes;
 }
 
+/* Reads go to the server's scratch buffer: an idle connection holds no read
+ * buffer, and HTTP/2 input is handed to nghttp2 without a copy. */
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
     struct api_conn *c = h->data;
     (void)hint;
-    if (c->ssl) {
-        api_tls_read_buf(c, buf);
-        return;
-    }
-    if (c->in.cap - c->in.len < API_READ_CHUNK) {
-        size_t cap = c->in.len + API_READ_CHUNK;
-        char *p = realloc(c->in.data, cap);
-        if (!p) {
-            *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
-            return;
-        }
-        c->in.data = p;
-        c->in.cap = cap;
-    }
-    *buf = uv_buf_init(c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    *buf = uv_buf_init(c->srv->scratch, API_READ_CHUNK);
 }
 
 /* Decides the protocol once enough bytes are in: the HTTP/2 preface, or HTTP/1.1. */
@@ -152,7 +140,8 @@ static void conn_process(struct api_conn *c) {
             api_conn_close(c);
             return;
         }
-        api_h2_process(c);
+        api_h2_process(c, c->in.data, c->in.len);
+        c->in.len = 0;
         return;
     }
 }
@@ -188,9 +177,10 @@ static void conn_read(struct api_conn *c, ssize_t nread) {
             api_conn_close(c);
         return;
     }
+    const char *data = c->srv->scratch;
     if (c->ssl) {
         size_t before = c->in.len;
-        int rc = api_tls_read(c, (size_t)nread);
+        int rc = api_tls_read(c, data, (size_t)nread);
         if (rc == -ECONNRESET) {
             conn_read(c, UV_EOF); /* close_notify is the client's EOF */
             return;
@@ -201,10 +191,19 @@ static void conn_read(struct api_conn *c, ssize_t nread) {
         }
         if (c->in.len == before)
             return; /* handshake, or a record not complete yet */
+        conn_process(c);
+    } else if (c->proto == API_PROTO_H2 && c->in.len == 0) {
+        api_h2_process(c, data, (size_t)nread);
+    } else if (util_buf_append(&c->in, data, (size_t)nread) == 0) {
+        conn_process(c);
     } else {
-        c->in.len += (size_t)nread;
+        api_conn_close(c);
+        return;
     }
-    conn_process(c);
+    /* Nothing left over: give the buffer back rather than keep it per connection. */
+    if (c->in.len == 0) {
+        util_buf_free(&c->in);
+    }
 }
 
 void api_conn_set_reading(struct api_conn *c, bool on) {
@@ -582,8 +581,14 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
     else
         api_config_default(&srv->cfg);
     srv->wake_tail = &srv->wake_head;
+    srv->scratch = malloc(API_READ_CHUNK);
+    if (!srv->scratch) {
+        free(srv);
+        return util_errorf(err, -ENOMEM, "out of memory");
+    }
     rc = pthread_mutex_init(&srv->wake_mu, NULL);
     if (rc != 0) {
+        free(srv->scratch);
         free(srv);
         return util_errorf(err, -rc, "cannot create a mutex: %s", strerror(rc));
     }
@@ -604,6 +609,7 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
 err:
     api_http1_free_routes(srv);
     pthread_mutex_destroy(&srv->wake_mu);
+    free(srv->scratch);
     free(srv);
     return rc;
 }
@@ -615,6 +621,7 @@ static void on_wake_closed(uv_handle_t *h) {
     api_http1_free_routes(srv);
     api_grpc_free_methods(srv);
     api_tls_free_ctx(srv);
+    free(srv->scratch);
     pthread_mutex_destroy(&srv->wake_mu);
     free(srv);
     if (cb)

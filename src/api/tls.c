@@ -14,7 +14,7 @@
 
 #include "api/internal.h"
 
-#define TLS_READ_CHUNK (64 * 1024)
+#define TLS_READ_CHUNK (16 * 1024) /* plaintext room made per SSL_read */
 
 /* The OpenSSL error queue's latest entry as text, and the queue cleared. */
 static const char *ssl_errstr(char *buf, size_t n) {
@@ -97,11 +97,10 @@ void api_tls_free_ctx(api_server_t *srv) {
 
 int api_tls_conn_start(struct api_conn *c) {
     BIO *rbio = NULL, *wbio = NULL;
-    c->tls_in = malloc(TLS_READ_CHUNK);
     c->ssl = SSL_new(c->srv->tls_ctx);
     rbio = BIO_new(BIO_s_mem());
     wbio = BIO_new(BIO_s_mem());
-    if (!c->tls_in || !c->ssl || !rbio || !wbio) {
+    if (!c->ssl || !rbio || !wbio) {
         BIO_free(rbio);
         BIO_free(wbio);
         return -ENOMEM;
@@ -116,12 +115,6 @@ void api_tls_conn_free(struct api_conn *c) {
     c->ssl = NULL;
     free(c->peer_cn);
     c->peer_cn = NULL;
-    free(c->tls_in);
-    c->tls_in = NULL;
-}
-
-void api_tls_read_buf(struct api_conn *c, uv_buf_t *buf) {
-    *buf = uv_buf_init(c->tls_in, TLS_READ_CHUNK);
 }
 
 /* Sends what OpenSSL has written into the write BIO. */
@@ -158,10 +151,10 @@ static int peer_name(struct api_conn *c) {
     return rc;
 }
 
-int api_tls_read(struct api_conn *c, size_t n) {
+int api_tls_read(struct api_conn *c, const char *data, size_t n) {
     char why[256];
     int rc = 0;
-    if (BIO_write(SSL_get_rbio(c->ssl), c->tls_in, (int)n) != (int)n)
+    if (BIO_write(SSL_get_rbio(c->ssl), data, (int)n) != (int)n)
         return -ENOMEM;
     if (!SSL_is_init_finished(c->ssl)) {
         int r = SSL_do_handshake(c->ssl);
