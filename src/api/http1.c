@@ -165,6 +165,22 @@ static bool valid_value(const char *v) {
     return true;
 }
 
+/* Whether a comma-separated header value (may be NULL) lists token. */
+static bool has_token(const char *v, const char *token) {
+    size_t n = strlen(token);
+    while (v && *v) {
+        v += strspn(v, " \t,");
+        size_t len = strcspn(v, ",");
+        size_t end = len;
+        while (end > 0 && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+            end--;
+        if (end == n && strncasecmp(v, token, n) == 0)
+            return true;
+        v += len;
+    }
+    return false;
+}
+
 /* Parses "METHOD target HTTP/1.x" (line is split in place). Returns 0 or an
  * HTTP error status. */
 static int parse_request_line(char *line, struct api_http_req *req) {
@@ -286,9 +302,9 @@ static int parse_head(struct api_http_req *req, const char **why) {
     }
     const char *conn = api_http_header(req, "Connection");
     if (req->minor == 1)
-        req->keep_alive = !(conn && strcasecmp(conn, "close") == 0);
+        req->keep_alive = !has_token(conn, "close");
     else
-        req->keep_alive = conn && strcasecmp(conn, "keep-alive") == 0;
+        req->keep_alive = has_token(conn, "keep-alive");
     req->is_head = strcmp(req->method, "HEAD") == 0;
     return 0;
 }

@@ -382,6 +382,9 @@ static void on_connection(uv_stream_t *ls, int status) {
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    /* As Go's listeners do (15 s): a client that vanished without a FIN
+     * (power loss, a dropped NAT entry) is found and its watches freed. */
+    uv_tcp_keepalive(&c->tcp, 1, 15);
     if (l->tls && api_tls_conn_start(c) != 0) {
         api_conn_close(c);
         return;

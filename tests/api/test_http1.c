@@ -161,7 +161,17 @@ static void pipelined_requests_answer_in_order(void **state) {
         assert_null(strstr(r, "Connection: close"));
         free(r);
     }
-    /* The connection is still open and serves a fourth request. */
+    /* A token list naming close ends the connection too. */
+    const char lst[] = "GET /version HTTP/1.1\r\nHost: x\r\nConnection: TE, close\r\n\r\n";
+    harness_send(fd, lst, sizeof(lst) - 1);
+    char *lr = harness_recv_response(fd, 5000);
+    assert_non_null(lr);
+    assert_non_null(strstr(lr, "\r\nConnection: close\r\n"));
+    free(lr);
+    close(fd);
+    fd = harness_connect(h.port);
+
+    /* A new connection serves an HTTP/1.0 request, closed after it. */
     const char last[] = "GET /version HTTP/1.0\r\n\r\n";
     harness_send(fd, last, sizeof(last) - 1);
     size_t n;
