@@ -39,7 +39,8 @@ struct fixture {
 
 static void register_all(api_server_t *srv, void *arg);
 
-static int start(void **state, size_t max_stream_output_bytes, size_t max_partial_request_bytes) {
+static int start(void **state, size_t max_stream_output_bytes, size_t max_partial_request_bytes,
+                 uint32_t max_concurrent_streams) {
     struct fixture *f = calloc(1, sizeof(*f));
     struct api_config cfg;
     assert_non_null(f);
@@ -48,6 +49,8 @@ static int start(void **state, size_t max_stream_output_bytes, size_t max_partia
         cfg.max_stream_output_bytes = max_stream_output_bytes;
     if (max_partial_request_bytes)
         cfg.max_partial_request_bytes = max_partial_request_bytes;
+    if (max_concurrent_streams)
+        cfg.max_concurrent_streams = max_concurrent_streams;
     harness_start(&f->h, &cfg, register_all, &f->seen);
     h2c_open(&f->c, f->h.port);
     *state = f;
@@ -55,17 +58,22 @@ static int start(void **state, size_t max_stream_output_bytes, size_t max_partia
 }
 
 static int setup(void **state) {
-    return start(state, 0, 0);
+    return start(state, 0, 0, 0);
 }
 
 /* Stream buffers far smaller than the messages sent: -EAGAIN all the time. */
 static int setup_small_buffers(void **state) {
-    return start(state, 1024, 0);
+    return start(state, 1024, 0, 0);
+}
+
+/* Four concurrent streams per connection. */
+static int setup_four_streams(void **state) {
+    return start(state, 0, 0, 4);
 }
 
 /* Little room for messages in part. */
 static int setup_small_partial(void **state) {
-    return start(state, 0, 4096);
+    return start(state, 0, 4096, 0);
 }
 
 static int teardown(void **state) {
@@ -394,6 +402,39 @@ static void partial_requests_are_bounded(void **state) {
     util_buf_free(&b);
 }
 
+static bool two_closed(struct h2c *c, void *arg) {
+    struct h2c_stream **st = arg;
+    int closed = 0;
+    (void)c;
+    for (int i = 0; i < 6; i++)
+        closed += st[i]->closed;
+    return closed == 2;
+}
+
+/* Streams past max_concurrent_streams are refused; those admitted are
+ * cancelled when the connection goes, and nothing leaks. */
+static void streams_past_the_limit_are_refused(void **state) {
+    struct fixture *f = *state;
+    struct h2c *c = &f->c;
+    struct h2c_stream *st[6];
+    struct util_buf b = {0};
+    /* Sent before the server's SETTINGS arrive, so the client does not hold
+     * back the extra streams itself. */
+    h2c_grpc_frame(&b, "x", 1);
+    for (int i = 0; i < 6; i++)
+        st[i] = h2c_request(c, "POST", "/t.S/Hang", NULL, b.data, b.len, true);
+    assert_true(h2c_run(c, two_closed, st, 5000));
+    h2c_run(c, two_closed, st, 200); /* no more than two */
+    int refused = 0;
+    for (int i = 0; i < 6; i++)
+        if (st[i]->closed) {
+            assert_int_equal(st[i]->rst_code, NGHTTP2_REFUSED_STREAM);
+            refused++;
+        }
+    assert_int_equal(refused, 2);
+    util_buf_free(&b);
+}
+
 static void register_validates(void **state) {
     (void)state;
     uv_loop_t loop;
@@ -428,6 +469,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(sends_from_another_thread_keep_order, setup_small_buffers,
                                         teardown),
         cmocka_unit_test_setup_teardown(partial_requests_are_bounded, setup_small_partial,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(streams_past_the_limit_are_refused, setup_four_streams,
                                         teardown),
         cmocka_unit_test(register_validates),
     };
