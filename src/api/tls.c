@@ -50,6 +50,8 @@ int api_server_set_tls(api_server_t *srv, const struct api_tls_config *tls, stru
                            ssl_errstr(why, sizeof(why)));
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    /* Renegotiation would let a write wait on a read: refused, as Go does. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
     if (!tls->cert_file || !tls->key_file) {
         util_errorf(err, rc, "TLS key/cert (--cert-file, --key-file) must be provided");
         goto err;
