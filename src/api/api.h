@@ -207,6 +207,9 @@ struct api_grpc_method {
      * "grpc: error unmarshalling request: ...", as grpc-go). NULL: the handler
      * gets the bytes only. */
     const ProtobufCMessageDescriptor *request;
+    /* The response message, for the v3 JSON gateway (POST /v3/kv/range, ...),
+     * which serves unary methods that have both descriptors. May be NULL. */
+    const ProtobufCMessageDescriptor *response;
     /* A request message. msg (NULL without a descriptor) belongs to the handler:
      * free it with protobuf_c_message_free_unpacked(msg, NULL). data/len (the
      * raw message) are valid during the call only. Unary: called once, and the

@@ -40,6 +40,7 @@ struct api_call {
 
     /* Loop thread only. */
     struct api_conn *conn; /* NULL once the stream is gone */
+    api_http_req_t *http;  /* a call made through the JSON gateway: its HTTP request */
     api_call_t *prev, *next;
     int32_t stream_id;
     char *path;
@@ -157,6 +158,10 @@ static const struct api_grpc_method *method_find(const api_server_t *srv, const 
         if (strcmp(srv->methods[i].path, path) == 0)
             return &srv->methods[i];
     return NULL;
+}
+
+const struct api_grpc_method *api_grpc_find(const api_server_t *srv, const char *path) {
+    return method_find(srv, path);
 }
 
 /* Whether some registered method belongs to `service` (n bytes, no slashes). */
@@ -521,6 +526,72 @@ void *api_call_data(const api_call_t *call) {
 }
 
 /* Loop thread: takes what the handler queued or decided and passes it on. */
+static void call_run(struct api_wake *w);
+
+/* Loop thread: a gateway call collects its answer, and once finished hands
+ * it to the gateway, which answers the HTTP request. */
+static void gateway_call_run(api_call_t *call) {
+    api_server_t *srv = call->srv;
+    pthread_mutex_lock(&call->mu);
+    if (call->pending.len &&
+        util_buf_append(&call->out, call->pending.data, call->pending.len) != 0)
+        call->pending_err = -ENOMEM;
+    call->pending.len = 0;
+    bool fin = call->finish_posted && !call->finish_taken;
+    if (fin) {
+        call->finish_taken = true;
+        call->over = true;
+    }
+    pthread_mutex_unlock(&call->mu);
+    if (!fin)
+        return;
+    int code = call->pending_err ? API_GRPC_RESOURCE_EXHAUSTED : call->fin_code;
+    const char *msg = call->pending_err ? "out of memory" : call->fin_msg;
+    /* The first message is the answer: a unary method sends one. */
+    const uint8_t *m = NULL;
+    size_t mlen = 0;
+    if (call->out.len >= GRPC_PREFIX_LEN) {
+        mlen = get_be32((const uint8_t *)call->out.data + 1);
+        m = (const uint8_t *)call->out.data + GRPC_PREFIX_LEN;
+        if (mlen > call->out.len - GRPC_PREFIX_LEN)
+            mlen = 0;
+    }
+    api_gateway_answer(call->http, call->method, code, msg, m, mlen);
+    call->http = NULL;
+    call->handler_owns = false;
+    call_maybe_free(call);
+    api_server_release(srv);
+}
+
+int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, api_http_req_t *req,
+                          const uint8_t *data, size_t len) {
+    ProtobufCMessage *msg = protobuf_c_message_unpack(m->request, NULL, len, data);
+    if (!msg)
+        return -EINVAL;
+    api_call_t *call = calloc(1, sizeof(*call));
+    if (!call || pthread_mutex_init(&call->mu, NULL) != 0) {
+        free(call);
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return -ENOMEM;
+    }
+    call->srv = srv;
+    call->method = m;
+    call->http = req;
+    call->wake.run = call_run;
+    call->got_message = true;
+    call->path = strdup(m->path);
+    const char *auth = api_http_header(req, "Authorization");
+    if (!call->path || (auth && (util_buf_append(&call->md, "authorization", 14) != 0 ||
+                                 util_buf_append(&call->md, auth, strlen(auth) + 1) != 0))) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        call_maybe_free(call);
+        return -ENOMEM;
+    }
+    call_take(call);
+    m->on_message(call, msg, data, len, m->arg);
+    return 0;
+}
+
 static void call_run(struct api_wake *w) {
     api_call_t *call = (api_call_t *)w;
     api_server_t *srv = call->srv;
@@ -528,6 +599,11 @@ static void call_run(struct api_wake *w) {
     bool fin = false;
     int code = 0;
     char *msg = NULL;
+
+    if (call->http) {
+        gateway_call_run(call);
+        return;
+    }
 
     pthread_mutex_lock(&call->mu);
     if (call->pending.len && conn && !call->status_set) {

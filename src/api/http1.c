@@ -128,7 +128,7 @@ static char *next_line(char **pp) {
     return line;
 }
 
-static int hexval(char c) {
+int api_hexval(char c) {
     if (c >= '0' && c <= '9')
         return c - '0';
     if (c >= 'a' && c <= 'f')
@@ -143,7 +143,7 @@ static int unescape_path(char *s) {
     char *w = s;
     for (char *r = s; *r; r++) {
         if (*r == '%') {
-            int hi = hexval(r[1]), lo = hi < 0 ? -1 : hexval(r[2]);
+            int hi = api_hexval(r[1]), lo = hi < 0 ? -1 : api_hexval(r[2]);
             if (hi < 0 || lo < 0)
                 return -1;
             *w++ = (char)(hi * 16 + lo);
@@ -321,10 +321,10 @@ static int chunked(const char *p, size_t n, size_t max, size_t max_trailer, char
             return n - i > 1024 ? 400 : PARSE_MORE;
         size_t size = 0, j = i;
         int digits = 0;
-        for (; p + j < nl && hexval(p[j]) >= 0; j++, digits++) {
+        for (; p + j < nl && api_hexval(p[j]) >= 0; j++, digits++) {
             if (size > (max + 1) / 16)
                 return 413;
-            size = size * 16 + (size_t)hexval(p[j]);
+            size = size * 16 + (size_t)api_hexval(p[j]);
         }
         if (!digits || (p + j < nl && p[j] != ';' && p[j] != '\r'))
             return 400;

@@ -126,6 +126,9 @@ bool api_conn_can_take(const struct api_conn *c);
 /* Starts or stops reading from the socket to bound what is buffered. */
 void api_conn_set_reading(struct api_conn *c, bool on);
 
+/* The value of a hex digit, or -1. */
+int api_hexval(char c);
+
 /* HTTP/1.1 (http1.c). */
 int api_http1_add_builtin_routes(api_server_t *srv);
 void api_http1_free_routes(api_server_t *srv);
@@ -150,6 +153,19 @@ void api_h2_flush_later(struct api_conn *c);
 void api_h2_detach(struct api_conn *c);
 void api_h2_free(struct api_conn *c);
 void api_grpc_free_methods(api_server_t *srv);
+
+/* The v3 JSON gateway (gateway.c). */
+int api_gateway_add_routes(api_server_t *srv);
+/* A gateway call finished: answers req with the message (JSON) or the error. */
+void api_gateway_answer(api_http_req_t *req, const struct api_grpc_method *m, int code,
+                        const char *message, const uint8_t *data, size_t len);
+/* Runs a unary method for the gateway with an encoded request; the answer
+ * comes back through api_gateway_answer. Returns 0, -EINVAL (the request does
+ * not decode) or -ENOMEM. */
+int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, api_http_req_t *req,
+                          const uint8_t *data, size_t len);
+/* The registered method for a path, or NULL. */
+const struct api_grpc_method *api_grpc_find(const api_server_t *srv, const char *path);
 
 /* TLS (tls.c). */
 void api_tls_free_ctx(api_server_t *srv);

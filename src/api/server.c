@@ -596,6 +596,8 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
         return util_errorf(err, -rc, "cannot create a mutex: %s", strerror(rc));
     }
     rc = api_http1_add_builtin_routes(srv);
+    if (rc == 0)
+        rc = api_gateway_add_routes(srv);
     if (rc != 0) {
         util_errorf(err, rc, "out of memory");
         goto err;

@@ -4,8 +4,9 @@
  *
  * Served: KV.Range (answered on the loop), KV.Put and KV.DeleteRange (answered
  * from a separate "apply" thread, as quoin's writes are), Watch.Watch (events
- * sent from the apply thread), Maintenance.Status, GET /version, and test-only
- * methods of a "quointest.Test" service:
+ * sent from the apply thread), Maintenance.Status (its errors echo the
+ * "authorization" metadata), GET /version, the JSON gateway for those unary
+ * methods, and test-only methods of a "quointest.Test" service:
  *   Hang   unary, never answers; finishes CANCELLED when cancelled (deadlines)
  *   Echo   bidi, sends every message back; finishes OK on half-close
  *   Flood  server streaming; request = 8-byte total and 4-byte message size;
@@ -341,6 +342,12 @@ static void on_status(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d,
     resp.raftappliedindex = (uint64_t)f->revision + 4;
     resp.raftterm = RAFT_TERM;
     pthread_mutex_unlock(&f->mu);
+    /* Echoes the caller's credentials, so tests see metadata arrive. */
+    char *auth = (char *)api_call_metadata(call, "authorization");
+    if (auth) {
+        resp.errors = &auth;
+        resp.n_errors = 1;
+    }
     resp.header = &h;
     api_call_reply(call, &resp.base);
 }
@@ -560,12 +567,15 @@ static int register_all(struct fake *f) {
     const struct api_grpc_method ms[] = {
         {.path = "/etcdserverpb.KV/Range",
          .request = &etcdserverpb__range_request__descriptor,
+         .response = &etcdserverpb__range_response__descriptor,
          .on_message = on_range},
         {.path = "/etcdserverpb.KV/Put",
          .request = &etcdserverpb__put_request__descriptor,
+         .response = &etcdserverpb__put_response__descriptor,
          .on_message = on_write},
         {.path = "/etcdserverpb.KV/DeleteRange",
          .request = &etcdserverpb__delete_range_request__descriptor,
+         .response = &etcdserverpb__delete_range_response__descriptor,
          .on_message = on_write},
         {.path = "/etcdserverpb.Watch/Watch",
          .client_streaming = true,
@@ -576,6 +586,7 @@ static int register_all(struct fake *f) {
          .on_cancel = on_watch_cancel},
         {.path = "/etcdserverpb.Maintenance/Status",
          .request = &etcdserverpb__status_request__descriptor,
+         .response = &etcdserverpb__status_response__descriptor,
          .on_message = on_status},
         {.path = "/quointest.Test/Hang", .on_message = on_hang, .on_cancel = on_cancel},
         {.path = "/quointest.Test/Stats", .on_message = on_stats},
