@@ -39,6 +39,8 @@ struct api_http_req {
     struct util_buf extra; /* response headers added by the handler */
     struct util_buf resp;  /* the whole answer, built by api_http_respond */
     bool resp_failed;
+    void (*gone)(void *arg); /* told when the client goes (streamed answers) */
+    void *gone_arg;
 };
 
 /* Outcome of parsing: a complete request, more bytes needed, or an HTTP error
@@ -636,9 +638,12 @@ void api_http1_process(struct api_conn *c) {
 }
 
 void api_http1_detach(struct api_conn *c) {
-    if (c->busy) {
-        c->busy->conn = NULL;
+    struct api_http_req *req = c->busy;
+    if (req) {
+        req->conn = NULL;
         c->busy = NULL;
+        if (req->gone)
+            req->gone(req->gone_arg);
     }
 }
 
@@ -672,20 +677,16 @@ int api_http_add_header(api_http_req_t *req, const char *name, const char *value
     return util_buf_printf(&req->extra, "%s: %s\r\n", name, value);
 }
 
-/* Loop thread: writes the answer if the client is still there, then continues
- * with the connection's next request. */
-static void req_run(struct api_wake *w) {
-    struct api_http_req *req = (struct api_http_req *)w;
+/* Loop thread: writes the last bytes of the answer if the client is still
+ * there, continues with the connection's next request, and frees req. */
+static void req_finish(struct api_http_req *req, const char *data, size_t len, bool failed) {
     struct api_conn *c = req->conn;
     api_server_t *srv = req->srv;
     if (c) {
         assert(c->busy == req);
         c->busy = NULL;
-        static const char oom[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
-                                  "Connection: close\r\n\r\n";
-        bool keep = req->keep_alive && !req->resp_failed && !c->close_after_write;
-        int rc = req->resp_failed ? api_conn_write(c, oom, sizeof(oom) - 1)
-                                  : api_conn_write(c, req->resp.data, req->resp.len);
+        bool keep = req->keep_alive && !failed && !c->close_after_write;
+        int rc = len ? api_conn_write(c, data, len) : 0;
         if (rc == 0 && !keep)
             api_conn_end(c);
         else if (rc == 0)
@@ -695,14 +696,26 @@ static void req_run(struct api_wake *w) {
     api_server_release(srv);
 }
 
-int api_http_respond(api_http_req_t *req, int status, const char *content_type, const void *body,
-                     size_t len) {
+static void req_run(struct api_wake *w) {
+    struct api_http_req *req = (struct api_http_req *)w;
+    static const char oom[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n";
+    if (req->resp_failed)
+        req_finish(req, oom, sizeof(oom) - 1, true);
+    else
+        req_finish(req, req->resp.data, req->resp.len, false);
+}
+
+/* How an answer's body is delimited. */
+enum body_framing { BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE };
+
+/* The status line and headers of an answer. */
+static int build_head(struct api_http_req *req, struct util_buf *b, int status,
+                      const char *content_type, enum body_framing framing, size_t len) {
     char date[64];
     struct tm tm;
     time_t now = time(NULL);
-    struct util_buf *b = &req->resp;
     int rc;
-
     gmtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
     rc = util_buf_printf(b, "HTTP/1.%d %d %s\r\n", req->minor, status, status_text(status));
@@ -715,9 +728,62 @@ int api_http_respond(api_http_req_t *req, int status, const char *content_type, 
     else if (rc == 0 && req->minor == 0)
         rc = util_buf_printf(b, "Connection: keep-alive\r\n");
     if (rc == 0)
-        rc = util_buf_printf(b, "Date: %s\r\nContent-Length: %zu\r\n\r\n", date, len);
+        rc = util_buf_printf(b, "Date: %s\r\n", date);
+    if (rc == 0 && framing == BODY_LENGTH)
+        rc = util_buf_printf(b, "Content-Length: %zu\r\n", len);
+    else if (rc == 0 && framing == BODY_CHUNKED)
+        rc = util_buf_printf(b, "Transfer-Encoding: chunked\r\n");
+    return rc ? rc : util_buf_append(b, "\r\n", 2);
+}
+
+int api_http1_stream_begin(api_http_req_t *req, int status, const char *content_type) {
+    struct util_buf b = {0};
+    if (req->minor == 0)
+        req->keep_alive = false; /* no chunks in HTTP/1.0: the close ends the body */
+    int rc = build_head(req, &b, status, content_type,
+                        req->minor == 0 ? BODY_UNTIL_CLOSE : BODY_CHUNKED, 0);
+    if (rc != 0 || !req->conn) {
+        util_buf_free(&b);
+        return rc ? rc : -EPIPE;
+    }
+    return api_conn_write_take(req->conn, b.data, b.len);
+}
+
+int api_http1_stream_write(api_http_req_t *req, const void *data, size_t len) {
+    struct util_buf b = {0};
+    int rc = 0;
+    if (!req->conn)
+        return -EPIPE;
+    if (req->minor == 1)
+        rc = util_buf_printf(&b, "%zx\r\n", len);
+    if (rc == 0)
+        rc = util_buf_append(&b, data, len);
+    if (rc == 0 && req->minor == 1)
+        rc = util_buf_append(&b, "\r\n", 2);
+    if (rc != 0) {
+        util_buf_free(&b);
+        return rc;
+    }
+    return api_conn_write_take(req->conn, b.data, b.len);
+}
+
+void api_http1_stream_end(api_http_req_t *req) {
+    if (req->minor == 1)
+        req_finish(req, "0\r\n\r\n", 5, false);
+    else
+        req_finish(req, NULL, 0, false);
+}
+
+void api_http1_on_gone(api_http_req_t *req, void (*gone)(void *arg), void *arg) {
+    req->gone = gone;
+    req->gone_arg = arg;
+}
+
+int api_http_respond(api_http_req_t *req, int status, const char *content_type, const void *body,
+                     size_t len) {
+    int rc = build_head(req, &req->resp, status, content_type, BODY_LENGTH, len);
     if (rc == 0 && !req->is_head)
-        rc = util_buf_append(b, body, len);
+        rc = util_buf_append(&req->resp, body, len);
     req->resp_failed = rc != 0;
     api_wake_post(req->srv, &req->wake);
     return rc;

@@ -136,6 +136,14 @@ void api_http1_free_routes(api_server_t *srv);
 void api_http1_process(struct api_conn *c);
 /* The connection is going away: detaches a request a handler still holds. */
 void api_http1_detach(struct api_conn *c);
+/* Streamed answers (loop thread only): the head, then chunks, then the end,
+ * which releases req as api_http_respond does. Writes after the client has
+ * gone return -EPIPE and are dropped. */
+int api_http1_stream_begin(api_http_req_t *req, int status, const char *content_type);
+int api_http1_stream_write(api_http_req_t *req, const void *data, size_t len);
+void api_http1_stream_end(api_http_req_t *req);
+/* Calls gone(arg) on the loop thread if the client goes before the end. */
+void api_http1_on_gone(api_http_req_t *req, void (*gone)(void *arg), void *arg);
 
 /* gRPC over HTTP/2 (grpc.c). */
 /* The connection sent the HTTP/2 preface: creates its session. */
