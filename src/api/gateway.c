@@ -10,7 +10,8 @@
  * lowerCamelCase form, numbers as numbers or strings, enums by name or number,
  * and skips unknown fields. Errors are {"error":..., "message":..., "code":N}
  * with the HTTP status grpc-gateway maps the gRPC code to. Streaming methods
- * (watch, lease keep-alive, snapshot) are not served here yet. */
+ * (watch, lease keep-alive, snapshot) answer with a chunked stream of
+ * {"result":...} lines, as etcd's gateway does. */
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -33,6 +34,9 @@ static const struct {
     {"kv/txn", "/etcdserverpb.KV/Txn"},
     {"kv/compaction", "/etcdserverpb.KV/Compact"},
     {"lease/grant", "/etcdserverpb.Lease/LeaseGrant"},
+    {"watch", "/etcdserverpb.Watch/Watch"},
+    {"lease/keepalive", "/etcdserverpb.Lease/LeaseKeepAlive"},
+    {"maintenance/snapshot", "/etcdserverpb.Maintenance/Snapshot"},
     {"lease/revoke", "/etcdserverpb.Lease/LeaseRevoke"},
     {"kv/lease/revoke", "/etcdserverpb.Lease/LeaseRevoke"},
     {"lease/timetolive", "/etcdserverpb.Lease/LeaseTimeToLive"},
@@ -785,6 +789,77 @@ void api_gateway_answer(api_http_req_t *req, const struct api_grpc_method *m, in
     protobuf_c_message_free_unpacked(msg, NULL);
 }
 
+/* A streaming answer's error line, as grpc-gateway v1 writes it. */
+static int stream_error_line(struct util_buf *b, int code, const char *message) {
+    const char *m = message ? message : "";
+    int rc = util_buf_printf(b, "{\"error\":{\"grpc_code\":%d,\"http_code\":%d,\"message\":", code,
+                             http_status(code));
+    if (rc == 0)
+        rc = json_string(b, m, strlen(m));
+    return rc ? rc : util_buf_append(b, "}}\n", 3);
+}
+
+int api_gateway_stream_message(api_http_req_t *req, const struct api_grpc_method *m,
+                               const uint8_t *data, size_t len, bool *started) {
+    ProtobufCMessage *msg = protobuf_c_message_unpack(m->response, NULL, len, data);
+    struct util_buf b = {0};
+    int rc = msg ? util_buf_append(&b, "{\"result\":", 10) : -EINVAL;
+    if (rc == 0)
+        rc = json_message(&b, msg);
+    if (rc == 0)
+        rc = util_buf_append(&b, "}\n", 2);
+    if (msg)
+        protobuf_c_message_free_unpacked(msg, NULL);
+    if (rc == 0 && !*started) {
+        *started = true;
+        rc = api_http1_stream_begin(req, 200, "application/json");
+    }
+    if (rc == 0)
+        rc = api_http1_stream_write(req, b.data, b.len);
+    util_buf_free(&b);
+    return rc;
+}
+
+void api_gateway_stream_end(api_http_req_t *req, bool started, int code, const char *message) {
+    if (!started && code != API_GRPC_OK) {
+        answer_error(req, code, message); /* nothing sent yet: a plain error answer */
+        return;
+    }
+    if (!started)
+        api_http1_stream_begin(req, 200, "application/json");
+    if (code != API_GRPC_OK) {
+        struct util_buf b = {0};
+        if (stream_error_line(&b, code, message) == 0)
+            api_http1_stream_write(req, b.data, b.len);
+        util_buf_free(&b);
+    }
+    api_http1_stream_end(req);
+}
+
+/* The request body: one JSON object per request message (a streaming method
+ * may take several); none at all is one empty message. */
+static int read_messages(struct jr *j, const ProtobufCMessageDescriptor *d, struct util_buf **out,
+                         size_t *n) {
+    *out = NULL;
+    *n = 0;
+    do {
+        struct util_buf *more = realloc(*out, (*n + 1) * sizeof(**out));
+        if (!more)
+            return -ENOMEM;
+        *out = more;
+        (*out)[*n] = (struct util_buf){0};
+        (*n)++;
+        jr_ws(j);
+        if (j->p < j->end) {
+            int rc = enc_message(j, d, &(*out)[*n - 1], 0);
+            if (rc != 0)
+                return rc;
+        }
+        jr_ws(j);
+    } while (j->p < j->end);
+    return 0;
+}
+
 static void gateway(api_http_req_t *req, void *arg) {
     api_server_t *srv = arg;
     const char *path = api_http_path(req);
@@ -793,7 +868,7 @@ static void gateway(api_http_req_t *req, void *arg) {
     for (size_t i = 0; i < sizeof(gateway_paths) / sizeof(gateway_paths[0]); i++) {
         if (strcmp(rest, gateway_paths[i].http) == 0) {
             m = api_grpc_find(srv, gateway_paths[i].grpc);
-            if (!m || !m->request || !m->response || m->client_streaming || m->server_streaming) {
+            if (!m || !m->request || !m->response) {
                 answer_error(req, API_GRPC_UNIMPLEMENTED, "method not served over the gateway");
                 return;
             }
@@ -804,19 +879,23 @@ static void gateway(api_http_req_t *req, void *arg) {
         api_http_respond(req, 404, "text/plain; charset=utf-8", "Not Found\n", 10);
         return;
     }
-    size_t len;
+    size_t len, n = 0;
     const char *body = api_http_body(req, &len);
     struct jr j = {.p = body, .end = body + len};
-    struct util_buf wire = {0};
-    jr_ws(&j);
-    int rc = j.p == j.end ? 0 : enc_message(&j, m->request, &wire, 0); /* no body: {} */
-    if (rc == 0)
-        rc = api_grpc_gateway_call(srv, m, req, (const uint8_t *)wire.data, wire.len);
+    struct util_buf *msgs = NULL;
+    int rc = read_messages(&j, m->request, &msgs, &n);
+    if (rc == 0) {
+        if (m->server_streaming)
+            api_http_add_header(req, "Grpc-Metadata-Content-Type", "application/grpc");
+        rc = api_grpc_gateway_call(srv, m, req, msgs, m->client_streaming ? n : 1);
+    }
     if (rc == -EINVAL)
         answer_error(req, API_GRPC_INVALID_ARGUMENT, j.err[0] ? j.err : "malformed request");
     else if (rc != 0)
         answer_error(req, API_GRPC_RESOURCE_EXHAUSTED, "out of memory");
-    util_buf_free(&wire);
+    for (size_t i = 0; i < n; i++)
+        util_buf_free(&msgs[i]);
+    free(msgs);
 }
 
 int api_gateway_add_routes(api_server_t *srv) {

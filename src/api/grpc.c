@@ -41,6 +41,7 @@ struct api_call {
     /* Loop thread only. */
     struct api_conn *conn; /* NULL once the stream is gone */
     api_http_req_t *http;  /* a call made through the JSON gateway: its HTTP request */
+    bool http_streamed;    /* the gateway has begun a streamed answer */
     api_call_t *prev, *next;
     int32_t stream_id;
     char *path;
@@ -528,51 +529,87 @@ void *api_call_data(const api_call_t *call) {
 /* Loop thread: takes what the handler queued or decided and passes it on. */
 static void call_run(struct api_wake *w);
 
-/* Loop thread: a gateway call collects its answer, and once finished hands
- * it to the gateway, which answers the HTTP request. */
+/* Loop thread: a gateway call passes its answers on. A unary call's answer is
+ * its first message, given with the status; a streaming call's messages go
+ * out as they come. */
 static void gateway_call_run(api_call_t *call) {
     api_server_t *srv = call->srv;
+    const struct api_grpc_method *m = call->method;
     pthread_mutex_lock(&call->mu);
     if (call->pending.len &&
         util_buf_append(&call->out, call->pending.data, call->pending.len) != 0)
         call->pending_err = -ENOMEM;
     call->pending.len = 0;
+    call->queued = 0; /* the gateway writes at once: nothing waits on a window */
     bool fin = call->finish_posted && !call->finish_taken;
     if (fin) {
         call->finish_taken = true;
         call->over = true;
     }
     pthread_mutex_unlock(&call->mu);
+
+    size_t off = 0;
+    while (call->out.len - off >= GRPC_PREFIX_LEN) {
+        const uint8_t *f = (const uint8_t *)call->out.data + off;
+        size_t n = get_be32(f + 1);
+        if (call->out.len - off - GRPC_PREFIX_LEN < n || !m->server_streaming)
+            break;
+        api_gateway_stream_message(call->http, m, f + GRPC_PREFIX_LEN, n, &call->http_streamed);
+        off += GRPC_PREFIX_LEN + n;
+    }
+    api_buf_consume(&call->out, off);
     if (!fin)
         return;
     int code = call->pending_err ? API_GRPC_RESOURCE_EXHAUSTED : call->fin_code;
     const char *msg = call->pending_err ? "out of memory" : call->fin_msg;
-    /* The first message is the answer: a unary method sends one. */
-    const uint8_t *m = NULL;
-    size_t mlen = 0;
-    if (call->out.len >= GRPC_PREFIX_LEN) {
-        mlen = get_be32((const uint8_t *)call->out.data + 1);
-        m = (const uint8_t *)call->out.data + GRPC_PREFIX_LEN;
-        if (mlen > call->out.len - GRPC_PREFIX_LEN)
-            mlen = 0;
+    if (m->server_streaming) {
+        api_gateway_stream_end(call->http, call->http_streamed, code, msg);
+    } else {
+        const uint8_t *first = NULL;
+        size_t flen = 0;
+        if (call->out.len >= GRPC_PREFIX_LEN) {
+            flen = get_be32((const uint8_t *)call->out.data + 1);
+            first = (const uint8_t *)call->out.data + GRPC_PREFIX_LEN;
+            if (flen > call->out.len - GRPC_PREFIX_LEN)
+                flen = 0;
+        }
+        api_gateway_answer(call->http, m, code, msg, first, flen);
     }
-    api_gateway_answer(call->http, call->method, code, msg, m, mlen);
     call->http = NULL;
     call->handler_owns = false;
     call_maybe_free(call);
     api_server_release(srv);
 }
 
+/* The HTTP client of a streaming gateway call went away: cancel the handler.
+ * The request stays with the call until the handler's finish ends it. */
+static void gateway_gone(void *arg) {
+    api_call_t *call = arg;
+    call_mark_over(call);
+    call_fire_cancel(call);
+}
+
 int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, api_http_req_t *req,
-                          const uint8_t *data, size_t len) {
-    ProtobufCMessage *msg = protobuf_c_message_unpack(m->request, NULL, len, data);
-    if (!msg)
-        return -EINVAL;
-    api_call_t *call = calloc(1, sizeof(*call));
+                          const struct util_buf *msgs, size_t n) {
+    ProtobufCMessage **decoded = calloc(n ? n : 1, sizeof(*decoded));
+    api_call_t *call = NULL;
+    int rc = -ENOMEM;
+    size_t i;
+    if (!decoded)
+        return -ENOMEM;
+    for (i = 0; i < n; i++) {
+        decoded[i] =
+            protobuf_c_message_unpack(m->request, NULL, msgs[i].len, (const uint8_t *)msgs[i].data);
+        if (!decoded[i]) {
+            rc = -EINVAL;
+            goto err;
+        }
+    }
+    call = calloc(1, sizeof(*call));
     if (!call || pthread_mutex_init(&call->mu, NULL) != 0) {
         free(call);
-        protobuf_c_message_free_unpacked(msg, NULL);
-        return -ENOMEM;
+        call = NULL;
+        goto err;
     }
     call->srv = srv;
     call->method = m;
@@ -582,14 +619,28 @@ int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, ap
     call->path = strdup(m->path);
     const char *auth = api_http_header(req, "Authorization");
     if (!call->path || (auth && (util_buf_append(&call->md, "authorization", 14) != 0 ||
-                                 util_buf_append(&call->md, auth, strlen(auth) + 1) != 0))) {
-        protobuf_c_message_free_unpacked(msg, NULL);
-        call_maybe_free(call);
-        return -ENOMEM;
-    }
+                                 util_buf_append(&call->md, auth, strlen(auth) + 1) != 0)))
+        goto err;
     call_take(call);
-    m->on_message(call, msg, data, len, m->arg);
+    if (m->client_streaming || m->server_streaming) {
+        api_http1_on_gone(req, gateway_gone, call);
+        m->on_open(call, m->arg);
+    }
+    /* The handler owns the messages from here, even if it finishes early. */
+    for (i = 0; i < n; i++)
+        m->on_message(call, decoded[i], (const uint8_t *)msgs[i].data, msgs[i].len, m->arg);
+    if (m->client_streaming && m->on_half_close && !call->cancel_fired)
+        m->on_half_close(call, m->arg);
+    free(decoded);
     return 0;
+err:
+    for (i = 0; i < n; i++)
+        if (decoded[i])
+            protobuf_c_message_free_unpacked(decoded[i], NULL);
+    free(decoded);
+    if (call)
+        call_maybe_free(call);
+    return rc;
 }
 
 static void call_run(struct api_wake *w) {

@@ -164,14 +164,21 @@ void api_grpc_free_methods(api_server_t *srv);
 
 /* The v3 JSON gateway (gateway.c). */
 int api_gateway_add_routes(api_server_t *srv);
-/* A gateway call finished: answers req with the message (JSON) or the error. */
+/* A unary gateway call finished: answers req with the message (JSON) or the error. */
 void api_gateway_answer(api_http_req_t *req, const struct api_grpc_method *m, int code,
                         const char *message, const uint8_t *data, size_t len);
-/* Runs a unary method for the gateway with an encoded request; the answer
- * comes back through api_gateway_answer. Returns 0, -EINVAL (the request does
- * not decode) or -ENOMEM. */
+/* A streaming gateway call sent a message: one {"result":...} line; the
+ * first begins the streamed answer and sets *started. Returns 0 or a
+ * negative code. */
+int api_gateway_stream_message(api_http_req_t *req, const struct api_grpc_method *m,
+                               const uint8_t *data, size_t len, bool *started);
+/* A streaming gateway call finished: an error line if it failed, then the end. */
+void api_gateway_stream_end(api_http_req_t *req, bool started, int code, const char *message);
+/* Runs a method for the gateway with the encoded request messages (a unary
+ * method takes the first); answers come back through the functions above.
+ * Returns 0, -EINVAL (a message does not decode) or -ENOMEM. */
 int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, api_http_req_t *req,
-                          const uint8_t *data, size_t len);
+                          const struct util_buf *msgs, size_t n);
 /* The registered method for a path, or NULL. */
 const struct api_grpc_method *api_grpc_find(const api_server_t *srv, const char *path);
 

@@ -80,3 +80,21 @@ def test_empty_body_and_authorization(fake):
     assert status == 200
     assert out["version"] == "3.4.23" and out["errors"] == ["token-123"]
     assert "errors" not in post(fake, "/v3/maintenance/status", {})[1]
+
+
+def test_watch_streams_json_lines(fake):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=10)
+    conn.request("POST", "/v3/watch", json.dumps({"create_request": {"key": b64("w"),
+                                                                     "range_end": b64("x")}}))
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Transfer-Encoding") == "chunked"
+    first = json.loads(resp.readline())
+    assert first["result"]["created"] is True
+    assert post(fake, "/v3/kv/put", {"key": b64("w1"), "value": b64("v")})[0] == 200
+    assert post(fake, "/v3/kv/put", {"key": b64("z"), "value": b64("v")})[0] == 200
+    event = json.loads(resp.readline())["result"]["events"][0]
+    assert event["kv"]["key"] == b64("w1") and event["kv"]["value"] == b64("v")
+    conn.close()  # the server cancels the watch; later writes find no watcher
+    assert post(fake, "/v3/kv/put", {"key": b64("w2"), "value": b64("v")})[0] == 200

@@ -66,7 +66,34 @@ static void txn(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_
     protobuf_c_message_free_unpacked(msg, NULL);
 }
 
+/* Snapshot streams one piece, then fails. */
+static void snapshot_open(api_call_t *call, void *arg) {
+    (void)call;
+    (void)arg;
+}
+
+static void snapshot(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                     void *arg) {
+    Etcdserverpb__SnapshotResponse piece = ETCDSERVERPB__SNAPSHOT_RESPONSE__INIT;
+    (void)d;
+    (void)len;
+    (void)arg;
+    piece.remaining_bytes = 5;
+    piece.blob.data = (uint8_t *)"abc";
+    piece.blob.len = 3;
+    api_call_send(call, &piece.base);
+    api_call_finish(call, API_GRPC_UNAVAILABLE, "etcdserver: not capable");
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
 static void setup(api_server_t *srv, void *arg) {
+    struct api_grpc_method snap = {.path = "/etcdserverpb.Maintenance/Snapshot",
+                                   .server_streaming = true,
+                                   .request = &etcdserverpb__snapshot_request__descriptor,
+                                   .response = &etcdserverpb__snapshot_response__descriptor,
+                                   .on_open = snapshot_open,
+                                   .on_message = snapshot};
+    assert_int_equal(api_server_register(srv, &snap), 0);
     struct api_grpc_method u = {.path = "/etcdserverpb.Auth/UserGet",
                                 .request = &etcdserverpb__auth_user_get_request__descriptor,
                                 .response = &etcdserverpb__auth_user_get_response__descriptor,
@@ -80,24 +107,54 @@ static void setup(api_server_t *srv, void *arg) {
     assert_int_equal(api_server_register(srv, &t), 0);
 }
 
-/* POSTs body to path; returns the response body (caller frees). */
-static char *post(int port, const char *path, const char *body) {
+/* POSTs body to path with HTTP/1.<minor>; returns the whole response (caller frees). */
+static char *post_raw(int port, int minor, const char *path, const char *body) {
     char head[256];
     int fd = harness_connect(port);
     int n = snprintf(head, sizeof(head),
-                     "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n"
+                     "POST %s HTTP/1.%d\r\nHost: x\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n",
-                     path, strlen(body));
+                     path, minor, strlen(body));
     harness_send(fd, head, (size_t)n);
     harness_send(fd, body, strlen(body));
     size_t len;
     char *r = harness_recv_all(fd, 5000, &len);
     close(fd);
+    return r;
+}
+
+/* POSTs body to path; returns the response body (caller frees). */
+static char *post(int port, const char *path, const char *body) {
+    char *r = post_raw(port, 1, path, body);
     char *b = strstr(r, "\r\n\r\n");
     assert_non_null(b);
     char *out = strdup(b + 4);
     free(r);
     return out;
+}
+
+/* A streamed answer: result lines in chunks, then grpc-gateway's error line. */
+static void streams_end_with_error_line(void **state) {
+    (void)state;
+    struct harness h;
+    harness_start(&h, NULL, setup, NULL);
+    static const char result[] = "{\"result\":{\"remaining_bytes\":\"5\",\"blob\":\"YWJj\"}}\n";
+    static const char error[] = "{\"error\":{\"grpc_code\":14,\"http_code\":503,"
+                                "\"message\":\"etcdserver: not capable\"}}\n";
+    char want[512];
+    char *r = post_raw(h.port, 1, "/v3/maintenance/snapshot", "");
+    assert_non_null(strstr(r, "\r\nTransfer-Encoding: chunked\r\n"));
+    snprintf(want, sizeof(want), "\r\n\r\n%zx\r\n%s\r\n%zx\r\n%s\r\n0\r\n\r\n", sizeof(result) - 1,
+             result, sizeof(error) - 1, error);
+    assert_non_null(strstr(r, want));
+    free(r);
+    /* HTTP/1.0 has no chunks: the lines as they are, and the close ends them. */
+    r = post_raw(h.port, 0, "/v3/maintenance/snapshot", "");
+    assert_null(strstr(r, "Transfer-Encoding"));
+    snprintf(want, sizeof(want), "\r\n\r\n%s%s", result, error);
+    assert_non_null(strstr(r, want));
+    free(r);
+    harness_stop(&h);
 }
 
 static void strings_and_repeated_fields(void **state) {
@@ -143,6 +200,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(strings_and_repeated_fields),
         cmocka_unit_test(oneofs_enums_and_int64),
+        cmocka_unit_test(streams_end_with_error_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

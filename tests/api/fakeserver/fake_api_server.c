@@ -581,6 +581,7 @@ static int register_all(struct fake *f) {
          .client_streaming = true,
          .server_streaming = true,
          .request = &etcdserverpb__watch_request__descriptor,
+         .response = &etcdserverpb__watch_response__descriptor,
          .on_open = on_watch_open,
          .on_message = on_watch_msg, /* etcd keeps a half-closed Watch stream open too */
          .on_cancel = on_watch_cancel},
