@@ -138,12 +138,17 @@ struct jr {
 };
 
 static int jr_fail(struct jr *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records the first error. Bytes of the input quoted in it that are not
+ * printable ASCII become '?', so the error's JSON stays valid. */
 static int jr_fail(struct jr *j, const char *fmt, ...) {
     if (!j->err[0]) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(j->err, sizeof(j->err), fmt, ap);
         va_end(ap);
+        for (char *c = j->err; *c; c++)
+            if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
+                *c = '?';
     }
     return -EINVAL;
 }
@@ -590,11 +595,43 @@ static int enc_message(struct jr *j, const ProtobufCMessageDescriptor *d, struct
 
 static int json_message(struct util_buf *b, const ProtobufCMessage *m);
 
-/* Appends "s" as a JSON string. */
+/* Length of the valid UTF-8 sequence at p (n bytes left), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t n) {
+    size_t len = p[0] < 0x80             ? 1
+                 : (p[0] & 0xe0) == 0xc0 ? 2
+                 : (p[0] & 0xf0) == 0xe0 ? 3
+                 : (p[0] & 0xf8) == 0xf0 ? 4
+                                         : 0;
+    if (len == 0 || len > n || (len == 2 && p[0] < 0xc2))
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    if ((len == 3 && p[0] == 0xe0 && p[1] < 0xa0) || (len == 3 && p[0] == 0xed && p[1] >= 0xa0) ||
+        (len == 4 && p[0] == 0xf0 && p[1] < 0x90) || (len == 4 && p[0] > 0xf4) ||
+        (len == 4 && p[0] == 0xf4 && p[1] >= 0x90))
+        return 0; /* overlong, surrogate or past U+10FFFF */
+    return len;
+}
+
+/* Appends "s" as a JSON string; bytes that are not UTF-8 become U+FFFD, as
+ * Go's encoder writes them. */
 static int json_string(struct util_buf *b, const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s;
     int rc = util_buf_append(b, "\"", 1);
-    if (rc == 0)
-        rc = util_buf_json_escape(b, s, n);
+    size_t i = 0;
+    while (rc == 0 && i < n) {
+        size_t run = i;
+        size_t len;
+        while (run < n && (len = utf8_len(p + run, n - run)) > 0)
+            run += len;
+        rc = util_buf_json_escape(b, s + i, run - i);
+        if (rc == 0 && run < n) {
+            rc = util_buf_append(b, "\\ufffd", 6);
+            run++;
+        }
+        i = run;
+    }
     return rc ? rc : util_buf_append(b, "\"", 1);
 }
 

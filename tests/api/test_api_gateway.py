@@ -98,3 +98,21 @@ def test_watch_streams_json_lines(fake):
     assert event["kv"]["key"] == b64("w1") and event["kv"]["value"] == b64("v")
     conn.close()  # the server cancels the watch; later writes find no watcher
     assert post(fake, "/v3/kv/put", {"key": b64("w2"), "value": b64("v")})[0] == 200
+
+
+def test_mutated_json_never_hurts_the_server(fake):
+    """Mutated JSON bodies: each gets an answer (an error or not); the server
+    stays up and exits clean under the sanitizers."""
+    import random
+    from test_api_grpc import mutate
+    rng = random.Random(99)
+    bodies = [json.dumps({"key": b64("foo"), "range_end": b64("fop"), "limit": "10",
+                          "sort_order": "DESCEND", "keysOnly": True}).encode(),
+              json.dumps({"key": b64("k"), "value": b64("\u00e9\"\\"), "lease": 0}).encode(),
+              b'{"create_request":{"key":"dw==","filters":["NOPUT"],"prev_kv":true}}']
+    paths = ["/v3/kv/range", "/v3/kv/put", "/v3/kv/range"]
+    for i in range(300):
+        k = i % 3
+        status, _ = post(fake, paths[k], mutate(rng, bodies[k]))
+        assert status in (200, 400), status
+    assert post(fake, "/v3/kv/range", {"key": b64("k")})[0] == 200

@@ -166,6 +166,12 @@ static void strings_and_repeated_fields(void **state) {
     assert_string_equal(r, "{\"roles\":[\"a\xc3\xa9\xf0\x9f\x98\x80\\\"\\\\\\n/\","
                            "\"a\xc3\xa9\xf0\x9f\x98\x80\\\"\\\\\\n/!\"]}");
     free(r);
+    /* Bytes that are not UTF-8 come back as U+FFFD, so the JSON stays valid. */
+    r = post(h.port, "/v3/auth/user/get",
+             "{\"name\": \"a\xff\xc3"
+             "b\"}");
+    assert_string_equal(r, "{\"roles\":[\"a\\ufffd\\ufffdb\",\"a\\ufffd\\ufffdb!\"]}");
+    free(r);
     r = post(h.port, "/v3/auth/user/get", "{\"name\": \"bad \\x\"}");
     assert_non_null(strstr(r, "\"code\":3}"));
     free(r);
