@@ -11,7 +11,7 @@ import etcd3
 import grpc
 import pytest
 
-from conftest import FAKE, start_fake
+from api_fake import FAKE, start_fake
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

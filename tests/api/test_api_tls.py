@@ -5,7 +5,7 @@ import subprocess
 
 import grpc
 
-from conftest import start_fake
+from api_fake import start_fake
 
 
 def tls_fake(certs, *extra):
