@@ -609,7 +609,9 @@ static void dispatch(struct api_conn *c, struct api_http_req *req) {
     req->wake.run = req_run;
     c->busy = req;
     srv->outstanding++;
-    if (r)
+    if (strcmp(req->method, "OPTIONS") == 0)
+        api_http_respond(req, 200, NULL, NULL, 0); /* a CORS preflight, for any path */
+    else if (r)
         r->handler(req, r->arg);
     else if (allow.len)
         method_not_allowed(req, allow.data); /* answers before returning: allow outlives it */
@@ -719,6 +721,12 @@ static int build_head(struct api_http_req *req, struct util_buf *b, int status,
     gmtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
     rc = util_buf_printf(b, "HTTP/1.%d %d %s\r\n", req->minor, status, status_text(status));
+    /* etcd answers every client request with open CORS headers (its --cors
+     * default), which browser-based tools rely on. */
+    if (rc == 0)
+        rc = util_buf_printf(b, "Access-Control-Allow-Headers: accept, content-type, "
+                                "authorization\r\nAccess-Control-Allow-Methods: POST, GET, "
+                                "OPTIONS, PUT, DELETE\r\nAccess-Control-Allow-Origin: *\r\n");
     if (rc == 0 && content_type)
         rc = util_buf_printf(b, "Content-Type: %s\r\n", content_type);
     if (rc == 0 && req->extra.len)

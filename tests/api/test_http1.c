@@ -101,6 +101,13 @@ static void unknown_path_is_404_and_wrong_method_405(void **state) {
     char *r = exchange(h.port, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_true(starts_with(r, "HTTP/1.1 404 Not Found\r\n"));
     assert_string_equal(body_of(r), "404 page not found\n");
+    assert_non_null(strstr(r, "\r\nAccess-Control-Allow-Origin: *\r\n"));
+    free(r);
+    r = exchange(h.port, "OPTIONS /v3/kv/range HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(
+        strstr(r, "\r\nAccess-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\n"));
+    assert_non_null(strstr(r, "\r\nContent-Length: 0\r\n"));
     free(r);
     r = exchange(h.port, "POST /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_true(starts_with(r, "HTTP/1.1 405 Method Not Allowed\r\n"));
