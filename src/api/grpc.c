@@ -27,6 +27,9 @@
 /* Output of the session gathered into one socket write. */
 #define H2_WRITE_CHUNK (256 * 1024)
 
+/* A stream's output buffers larger than this are freed once drained. */
+#define STREAM_BUF_KEEP (64 * 1024)
+
 /* A header for nghttp2: k is a string literal. */
 #define NV(k, v, vl)                                                                               \
     (nghttp2_nv) {                                                                                 \
@@ -327,6 +330,9 @@ static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
         memcpy(buf, call->out.data + call->out_off, n);
     call->out_off += n;
     if (call->out_off == call->out.len) {
+        /* Drained: a long-lived stream does not keep a big burst's buffer. */
+        if (call->out.cap > STREAM_BUF_KEEP)
+            util_buf_free(&call->out);
         call->out.len = call->out_off = 0;
     } else if (call->out_off > (1 << 20) && call->out_off > call->out.len / 2) {
         memmove(call->out.data, call->out.data + call->out_off, call->out.len - call->out_off);
@@ -664,6 +670,8 @@ static void call_run(struct api_wake *w) {
             call->pending = t;
             call->out_off = 0;
             call->pending.len = 0;
+            if (call->pending.cap > STREAM_BUF_KEEP)
+                util_buf_free(&call->pending);
         } else if (util_buf_append(&call->out, call->pending.data, call->pending.len) != 0) {
             call->pending_err = -ENOMEM;
         }
