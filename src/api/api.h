@@ -234,6 +234,13 @@ struct api_grpc_method {
  * Returns 0, -ENOMEM, -EEXIST, or -EINVAL (bad path or missing callbacks). */
 int api_server_register(api_server_t *srv, const struct api_grpc_method *m);
 
+/* Told on the loop thread of every gRPC call (gateway calls included) once
+ * it is over: its path as the client sent it (unknown methods too), its gRPC
+ * status (CANCELLED when the client left first) and how long it took from its
+ * request headers. What a /metrics layer counts (etcd's grpc_server_handled_total). */
+typedef void (*api_call_observer)(const char *path, int code, uint64_t duration_ns, void *arg);
+void api_server_set_call_observer(api_server_t *srv, api_call_observer observer, void *arg);
+
 /* Queues one response message (packed now, so msg may be freed on return).
  * Any thread. Returns 0; -EAGAIN when the stream already holds
  * max_stream_output_bytes of unsent answers (nothing queued: wait for

@@ -68,6 +68,7 @@ struct api_call {
     size_t out_off;
     uv_timer_t *timer;
     uint64_t deadline_ns;
+    uint64_t started_ns; /* when the request headers were complete */
     void *user;
 
     /* Shared with the handler's threads, under mu. */
@@ -178,6 +179,11 @@ static bool service_known(const api_server_t *srv, const char *service, size_t n
     return false;
 }
 
+void api_server_set_call_observer(api_server_t *srv, api_call_observer observer, void *arg) {
+    srv->observer = observer;
+    srv->observer_arg = arg;
+}
+
 int api_server_register(api_server_t *srv, const struct api_grpc_method *m) {
     const char *slash = m->path ? strchr(m->path + 1, '/') : NULL;
     if (!m->path || m->path[0] != '/' || !slash || slash == m->path + 1 || !slash[1] ||
@@ -219,6 +225,15 @@ static void call_maybe_free(api_call_t *call) {
     if (call->conn || call->handler_owns)
         return;
     assert(!call->wake.queued);
+    api_server_t *srv = call->srv;
+    if (srv->observer && call->path && call->started_ns) {
+        /* A gateway call's status is in fin_code; a stream's in status_code;
+         * a call the client left before any status was cancelled. */
+        int code = call->status_set     ? call->status_code
+                   : call->finish_taken ? call->fin_code
+                                        : API_GRPC_CANCELLED;
+        srv->observer(call->path, code, util_now_mono_ns() - call->started_ns, srv->observer_arg);
+    }
     if (call->timer) {
         uv_timer_stop(call->timer);
         call->timer->data = call->srv;
@@ -622,6 +637,7 @@ int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, ap
     call->http = req;
     call->wake.run = call_run;
     call->got_message = true;
+    call->started_ns = util_now_mono_ns();
     call->path = strdup(m->path);
     const char *auth = api_http_header(req, "Authorization");
     if (!call->path || (auth && (util_buf_append(&call->md, "authorization", 14) != 0 ||
@@ -783,6 +799,7 @@ static void on_deadline(uv_timer_t *t) {
 /* Plain HTTP/2 requests that are not gRPC get an HTTP status, as grpc-go gives. */
 static void reject_http(api_call_t *call, const char *status) {
     nghttp2_nv nv[] = {NV(":status", status, 3)};
+    call->started_ns = 0; /* not a gRPC call: not observed */
     call->status_set = call->headers_sent = call->trailers_done = true;
     nghttp2_submit_response(call->conn->h2, call->stream_id, nv, 1, NULL);
 }
@@ -790,6 +807,7 @@ static void reject_http(api_call_t *call, const char *status) {
 /* The request headers are complete: route the call. */
 static void call_start(api_call_t *call) {
     api_server_t *srv = call->srv;
+    call->started_ns = util_now_mono_ns();
     if (call->conn->peer_cn && !(call->peer_cn = strdup(call->conn->peer_cn))) {
         call_end(call, API_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;

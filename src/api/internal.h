@@ -74,7 +74,9 @@ struct api_server {
     struct api_grpc_method *methods;
     size_t nmethods;
     api_health_check health_check; /* NULL: always healthy */
-    SSL_CTX *tls_ctx;              /* for https:// listeners; NULL until api_server_set_tls */
+    api_call_observer observer;    /* told of every finished gRPC call; may be NULL */
+    void *observer_arg;
+    SSL_CTX *tls_ctx; /* for https:// listeners; NULL until api_server_set_tls */
     void *health_arg;
     unsigned open_handles;       /* listeners, connections and the wake handle */
     unsigned outstanding;        /* handler requests not yet answered and run */

@@ -27,7 +27,21 @@ struct seen {
     _Atomic(api_call_t *) held; /* a call a test finishes itself */
     size_t flood_left;
     size_t flood_size;
+    pthread_mutex_t mu; /* guards what the call observer saw */
+    char observed[512];
 };
+
+/* Notes "path=code;" for every finished call. */
+static void observe(const char *path, int code, uint64_t duration_ns, void *arg) {
+    struct seen *s = arg;
+    char one[128];
+    (void)duration_ns;
+    snprintf(one, sizeof(one), "%s=%d;", path, code);
+    pthread_mutex_lock(&s->mu);
+    if (strlen(s->observed) + strlen(one) < sizeof(s->observed))
+        strcat(s->observed, one);
+    pthread_mutex_unlock(&s->mu);
+}
 
 /* Each test: a server with the methods below and one connected client. */
 struct fixture {
@@ -44,6 +58,7 @@ static int start(void **state, size_t max_stream_output_bytes, size_t max_partia
     struct fixture *f = calloc(1, sizeof(*f));
     struct api_config cfg;
     assert_non_null(f);
+    pthread_mutex_init(&f->seen.mu, NULL);
     api_config_default(&cfg);
     if (max_stream_output_bytes)
         cfg.max_stream_output_bytes = max_stream_output_bytes;
@@ -81,6 +96,7 @@ static int teardown(void **state) {
     h2c_close(&f->c);
     if (!f->stopped)
         harness_stop(&f->h);
+    pthread_mutex_destroy(&f->seen.mu);
     free(f);
     return 0;
 }
@@ -213,6 +229,7 @@ static void register_all(api_server_t *srv, void *arg) {
         m.arg = arg;
         assert_int_equal(api_server_register(srv, &m), 0);
     }
+    api_server_set_call_observer(srv, observe, arg);
 }
 
 static struct h2c_stream *call(struct h2c *c, const char *path, const char *const *extra,
@@ -270,6 +287,11 @@ static void unary_reply_status_and_metadata(void **state) {
     assert_int_equal(st->grpc_status, API_GRPC_INTERNAL);
 
     assert_int_equal(s->messages, 1);
+    /* Every gRPC call was observed with its status; the plain HTTP/2 ones not. */
+    pthread_mutex_lock(&s->mu);
+    assert_string_equal(s->observed, "/t.S/Echo=0;/t.S/Fail=9;/t.S/Nope=12;/t.S/Echo=12;"
+                                     "/t.S/Echo=13;/t.S/Echo=13;");
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void server_enforces_deadline(void **state) {
