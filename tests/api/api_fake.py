@@ -51,8 +51,13 @@ def start_fake(*args, scheme="http"):
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     for _ in range(50):
         port = random.randint(20000, 29999)
+        # A small ASan quarantine: freed memory is reused soon, so the RSS the
+        # memory tests read follows what the server holds, not what it freed.
+        env = dict(os.environ)
+        env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"),
+                                                     "quarantine_size_mb=4"]))
         proc = subprocess.Popen([FAKE, "--listen", f"{scheme}://127.0.0.1:{port}", "--lifetime", "300",
-                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         ready, _, _ = select.select([proc.stdout], [], [], 30)
         line = proc.stdout.readline() if ready else b""
         if line.strip() == b"listening":

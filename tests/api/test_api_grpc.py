@@ -155,7 +155,9 @@ def test_bidi_echo(fake):
 
 
 def test_slow_reader_memory_is_bounded(fake):
-    total, size = 96 << 20, 16 << 10
+    """The client stops reading a 192 MiB answer for 1.5 s: the server holds
+    only its bounded buffers, not the answer."""
+    total, size = 192 << 20, 16 << 10
     req = struct.pack(">QI", total, size)
     with channel(fake) as ch:
         it = ch.unary_stream("/quointest.Test/Flood")(req, timeout=120)
@@ -166,7 +168,7 @@ def test_slow_reader_memory_is_bounded(fake):
         for m in it:
             got += len(m)
     assert got == total
-    assert grown < 32 << 10, f"server grew {grown} KiB while the client was not reading"
+    assert grown < 48 << 10, f"server grew {grown} KiB while the client was not reading"
 
 
 def test_cancelled_stream_calls_cancel(fake):
