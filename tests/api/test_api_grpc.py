@@ -79,20 +79,45 @@ def test_python_etcd3(fake):
     c.close()
 
 
+def wait_for(pred, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def readline(f, timeout=10):
+    """A line from a pipe, or b"" after timeout seconds."""
+    import select
+    line = b""
+    end = time.time() + timeout
+    while not line.endswith(b"\n") and time.time() < end:
+        if select.select([f], [], [], max(0, end - time.time()))[0]:
+            c = os.read(f.fileno(), 1)
+            if not c:
+                break
+            line += c
+    return line
+
+
 def test_etcdctl_watch(fake):
     env = dict(os.environ, ETCDCTL_API="3")
     w = subprocess.Popen(["etcdctl", "--endpoints", fake.endpoint, "watch", "--prefix", "w/"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        time.sleep(1.0)  # etcdctl prints nothing until an event: give it time to create the watch
+        assert wait_for(lambda: unary(fake, "/quointest.Test/Watchers", b"") == b"watchers=1")
         assert etcdctl(fake, "put", "w/1", "one").returncode == 0
         assert etcdctl(fake, "put", "other", "x").returncode == 0
         assert etcdctl(fake, "del", "w/1").returncode == 0
-        lines = [w.stdout.readline() for _ in range(5)]
+        lines = [readline(w.stdout) for _ in range(5)]
         assert lines == [b"PUT\n", b"w/1\n", b"one\n", b"DELETE\n", b"w/1\n"]
     finally:
         w.terminate()
         w.wait(timeout=10)
+    # etcdctl's exit resets its stream: the server drops the watch.
+    assert wait_for(lambda: unary(fake, "/quointest.Test/Watchers", b"") == b"watchers=0")
 
 
 def test_python_etcd3_watch_and_cancel(fake):

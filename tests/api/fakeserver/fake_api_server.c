@@ -13,6 +13,7 @@
  *          sends that many bytes, pausing on -EAGAIN until on_writable
  *   Stats  unary; answers "cancels=N" (handler cancellations seen)
  *   Whoami unary; answers the client certificate's common name, or "-"
+ *   Watchers unary; answers "watchers=N" (open Watch streams with a watch)
  *
  *   fake_api_server --listen http(s)://127.0.0.1:PORT [--max-request-bytes N]
  *                   [--lifetime SECONDS] [--cert-file F --key-file F
@@ -465,6 +466,23 @@ static void on_stats(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, 
     api_call_finish(call, API_GRPC_OK, NULL);
 }
 
+static void on_watchers(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                        void *arg) {
+    struct fake *f = arg;
+    char buf[64];
+    int n = 0;
+    (void)msg;
+    (void)d;
+    (void)len;
+    pthread_mutex_lock(&f->mu);
+    for (struct watcher *w = f->watchers; w; w = w->next)
+        n += w->n > 0;
+    pthread_mutex_unlock(&f->mu);
+    n = snprintf(buf, sizeof(buf), "watchers=%d", n);
+    api_call_send_raw(call, buf, (size_t)n);
+    api_call_finish(call, API_GRPC_OK, NULL);
+}
+
 static void on_whoami(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
                       void *arg) {
     const char *cn = api_call_peer_cn(call);
@@ -592,6 +610,7 @@ static int register_all(struct fake *f) {
         {.path = "/quointest.Test/Hang", .on_message = on_hang, .on_cancel = on_cancel},
         {.path = "/quointest.Test/Stats", .on_message = on_stats},
         {.path = "/quointest.Test/Whoami", .on_message = on_whoami},
+        {.path = "/quointest.Test/Watchers", .on_message = on_watchers},
         {.path = "/quointest.Test/Echo",
          .client_streaming = true,
          .server_streaming = true,
