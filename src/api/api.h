@@ -7,7 +7,9 @@
  * gRPC clients speaking h2c with prior knowledge) selects HTTP/2 and gRPC,
  * anything else is parsed as HTTP/1.1. Other layers plug in by registering
  * gRPC methods (api_server_register) and HTTP/1.1 routes (api_server_route).
- * Built in: GET /version, GET /health.
+ * Built in: GET /version, GET /health, and etcd's v3 JSON gateway (POST
+ * /v3/kv/range, ...), which reaches the registered gRPC methods. https://
+ * URLs add TLS under all of it.
  *
  * Threads. Every function below runs on the server's loop thread, except those
  * marked "any thread". Handlers are called on the loop thread; they may answer
@@ -104,17 +106,18 @@ struct api_tls_config {
 };
 
 /* Loads the certificate and key (now; the files are not read again) for the
- * https:// URLs listened on afterwards. Returns 0 or -EINVAL with err saying
- * which file failed and why. */
+ * https:// URLs listened on afterwards. Returns 0, -ENOMEM, or -EINVAL with
+ * err saying which file failed and why. */
 int api_server_set_tls(api_server_t *srv, const struct api_tls_config *tls, struct util_err *err);
 
 /* Called once the server is closed and freed. */
 typedef void (*api_close_cb)(void *arg);
 
-/* Stops listening, closes every connection and, once every handle is closed and
- * every outstanding handler request has been answered (api_http_respond), frees
- * the server and calls cb(arg) on the loop thread. The caller must not use srv
- * afterwards; requests still held by handlers stay valid until answered, and
+/* Stops listening, closes every connection (cancelling the gRPC calls
+ * handlers hold) and, once every handle is closed and every request held by a
+ * handler has been given back (api_http_respond, api_call_finish), frees the
+ * server and calls cb(arg) on the loop thread. The caller must not use srv
+ * afterwards; requests still held by handlers stay valid until given back, and
  * their answers are dropped. cb may be NULL. */
 void api_server_close(api_server_t *srv, api_close_cb cb, void *arg);
 
@@ -162,7 +165,7 @@ void api_server_set_health_check(api_server_t *srv, api_health_check check, void
 /* Answers a /health request (any thread). Returns as api_http_respond. */
 int api_health_report(api_http_req_t *req, bool healthy);
 
-/* ---- gRPC (HTTP/2, h2c) ---- */
+/* ---- gRPC (HTTP/2: h2c, or h2 over TLS) ---- */
 
 /* gRPC status codes. */
 enum api_grpc_code {
@@ -192,13 +195,13 @@ enum api_grpc_code {
  * after that it must not touch the call. A call whose client never completes
  * a request is cleaned up by the transport without the handler.
  *
- * Cancellation: when the client resets the stream, disconnects, or the
- * grpc-timeout deadline passes, on_cancel runs once (if the handler owns the
- * call; it may race with a finish being posted from another thread). The client has its status
- * already; api_call_send returns -ECANCELED from then on; the handler must still call
- * api_call_finish. A handler whose finish was already posted is not
- * cancelled, so for handlers on the loop thread on_cancel and finish exclude
- * each other. */
+ * Cancellation: when the client resets the stream or disconnects, the
+ * grpc-timeout deadline passes, or the server closes, on_cancel runs once if
+ * the handler owns the call and has not posted its finish yet (so for
+ * handlers on the loop thread on_cancel and finish exclude each other; one
+ * finishing from another thread may race with it). From then on
+ * api_call_send returns -ECANCELED; the handler must still call
+ * api_call_finish. */
 struct api_grpc_method {
     const char *path; /* "/etcdserverpb.KV/Range" */
     bool client_streaming;
@@ -208,7 +211,7 @@ struct api_grpc_method {
      * gets the bytes only. */
     const ProtobufCMessageDescriptor *request;
     /* The response message, for the v3 JSON gateway (POST /v3/kv/range, ...),
-     * which serves unary methods that have both descriptors. May be NULL. */
+     * which serves the methods that have both descriptors. May be NULL. */
     const ProtobufCMessageDescriptor *response;
     /* A request message. msg (NULL without a descriptor) belongs to the handler:
      * free it with protobuf_c_message_free_unpacked(msg, NULL). data/len (the
