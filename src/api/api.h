@@ -4,21 +4,28 @@
  * One api_server_t lives on one libuv loop (an "io loop") and serves any number
  * of listening URLs. Each accepted connection is sniffed by its first bytes:
  * the 24-byte HTTP/2 client preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", sent by
- * gRPC clients speaking h2c with prior knowledge) selects HTTP/2, anything else
- * is parsed as HTTP/1.1. Other layers plug in by registering HTTP/1.1 routes
- * (api_server_route). Built in: GET /version.
+ * gRPC clients speaking h2c with prior knowledge) selects HTTP/2 and gRPC,
+ * anything else is parsed as HTTP/1.1. Other layers plug in by registering
+ * gRPC methods (api_server_register) and HTTP/1.1 routes (api_server_route).
+ * Built in: GET /version, GET /health, and etcd's v3 JSON gateway (POST
+ * /v3/kv/range, ...), which reaches the registered gRPC methods. https://
+ * URLs add TLS under all of it.
  *
  * Threads. Every function below runs on the server's loop thread, except those
- * marked "any thread". A handler is called on the loop thread; it may answer at
- * once or later, from any thread (a write answers on the apply thread): the
- * answer is queued and the loop is woken with uv_async_send.
+ * marked "any thread". Handlers are called on the loop thread; they may answer
+ * at once or later, from any thread (a write answers on the apply thread): the
+ * answer is queued on the call and the loop is woken with uv_async_send.
+ * Handlers must not block the loop: hand slow work to another thread.
  *
  * Lifetimes (libuv's split): api_server_t is a long-lived handle; an
- * api_http_req_t is a short-lived request owned by the handler from the moment
- * the handler is called until it calls api_http_respond, exactly once.
+ * api_http_req_t or api_call_t is a short-lived request, owned by the handler
+ * from the callback that hands it over until the handler gives it back
+ * (api_http_respond, api_call_finish), exactly once. The server cannot finish
+ * closing while a handler holds one.
  *
  * Errors: 0 or a negative errno-style code; user-facing failures also fill a
- * struct util_err with etcd's wording where etcd has one. */
+ * struct util_err with etcd's wording where etcd has one. docs/api.md has the
+ * design: buffers, flow control, limits and the error mapping. */
 #ifndef QUOIN_API_H
 #define QUOIN_API_H
 
@@ -51,6 +58,13 @@ struct api_config {
     size_t max_stream_output_bytes;
     /* gRPC: HTTP/2 streams (calls) a client may have open at once. Default 4096. */
     uint32_t max_concurrent_streams;
+    /* gRPC: bytes of request messages received in part, over all connections
+     * of the server; a stream that would go past it fails with
+     * RESOURCE_EXHAUSTED "etcdserver: too many requests". Default 256 MiB. */
+    size_t max_partial_request_bytes;
+    /* Listen with SO_REUSEPORT, so that one server per io loop can listen on
+     * the same URL and the kernel spreads the connections. Default off. */
+    bool reuse_port;
 };
 
 /* What etcd adds to --max-request-bytes for gRPC's own framing: a gRPC message
@@ -70,23 +84,40 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
                    struct util_err *err);
 
 /* Starts accepting on an etcd-style client URL: "http://127.0.0.1:2379",
+ * "https://127.0.0.1:2379" (TLS, after api_server_set_tls),
  * "http://localhost:2379" (the first address the name resolves to, IPv4 first,
  * as Go's net.Listen), "http://[::1]:2379", "http://:2379" (every interface).
  * Returns 0;
  *   -EINVAL        the URL is malformed (err says how);
- *   -ENOTSUP       https:// and unix:// URLs ("... not supported yet");
+ *   -ENOTSUP       unix:// URLs ("... not supported yet");
+ *   -EINVAL        an https:// URL before api_server_set_tls, with etcd's words;
  *   -EADDRINUSE, -EACCES, -EADDRNOTAVAIL, ...  the bind or listen failed, with
  *                  err worded as etcd reports it:
  *                  "listen tcp 127.0.0.1:2379: bind: address already in use". */
 int api_server_listen(api_server_t *srv, const char *url, struct util_err *err);
 
+/* TLS for https:// URLs, as etcd's --cert-file, --key-file,
+ * --trusted-ca-file and --client-cert-auth set it. */
+struct api_tls_config {
+    const char *cert_file;       /* PEM certificate chain */
+    const char *key_file;        /* PEM private key */
+    const char *trusted_ca_file; /* PEM CAs client certificates must chain to; may be NULL */
+    bool client_cert_auth;       /* require a client certificate signed by those CAs */
+};
+
+/* Loads the certificate and key (now; the files are not read again) for the
+ * https:// URLs listened on afterwards. Returns 0, -ENOMEM, or -EINVAL with
+ * err saying which file failed and why. */
+int api_server_set_tls(api_server_t *srv, const struct api_tls_config *tls, struct util_err *err);
+
 /* Called once the server is closed and freed. */
 typedef void (*api_close_cb)(void *arg);
 
-/* Stops listening, closes every connection and, once every handle is closed and
- * every outstanding handler request has been answered (api_http_respond), frees
- * the server and calls cb(arg) on the loop thread. The caller must not use srv
- * afterwards; requests still held by handlers stay valid until answered, and
+/* Stops listening, closes every connection (cancelling the gRPC calls
+ * handlers hold) and, once every handle is closed and every request held by a
+ * handler has been given back (api_http_respond, api_call_finish), frees the
+ * server and calls cb(arg) on the loop thread. The caller must not use srv
+ * afterwards; requests still held by handlers stay valid until given back, and
  * their answers are dropped. cb may be NULL. */
 void api_server_close(api_server_t *srv, api_close_cb cb, void *arg);
 
@@ -124,7 +155,17 @@ int api_http_add_header(api_http_req_t *req, const char *name, const char *value
 int api_http_respond(api_http_req_t *req, int status, const char *content_type, const void *body,
                      size_t len);
 
-/* ---- gRPC (HTTP/2, h2c) ---- */
+/* GET /health answers as etcd 3.4 does: 200 {"health":"true"}, or 503
+ * {"health":"false"}. For each request the check (loop thread) decides, now
+ * or later from any thread, by calling api_health_report exactly once; it
+ * owns req until then. Without a check the server is reported healthy. */
+typedef void (*api_health_check)(api_http_req_t *req, void *arg);
+void api_server_set_health_check(api_server_t *srv, api_health_check check, void *arg);
+
+/* Answers a /health request (any thread). Returns as api_http_respond. */
+int api_health_report(api_http_req_t *req, bool healthy);
+
+/* ---- gRPC (HTTP/2: h2c, or h2 over TLS) ---- */
 
 /* gRPC status codes. */
 enum api_grpc_code {
@@ -154,13 +195,13 @@ enum api_grpc_code {
  * after that it must not touch the call. A call whose client never completes
  * a request is cleaned up by the transport without the handler.
  *
- * Cancellation: when the client resets the stream, disconnects, or the
- * grpc-timeout deadline passes, on_cancel runs once (if the handler owns the
- * call; it may race with a finish being posted from another thread). The client has its status
- * already; api_call_send returns -ECANCELED from then on; the handler must still call
- * api_call_finish. A handler whose finish was already posted is not
- * cancelled, so for handlers on the loop thread on_cancel and finish exclude
- * each other. */
+ * Cancellation: when the client resets the stream or disconnects, the
+ * grpc-timeout deadline passes, or the server closes, on_cancel runs once if
+ * the handler owns the call and has not posted its finish yet (so for
+ * handlers on the loop thread on_cancel and finish exclude each other; one
+ * finishing from another thread may race with it). From then on
+ * api_call_send returns -ECANCELED; the handler must still call
+ * api_call_finish. */
 struct api_grpc_method {
     const char *path; /* "/etcdserverpb.KV/Range" */
     bool client_streaming;
@@ -169,6 +210,9 @@ struct api_grpc_method {
      * "grpc: error unmarshalling request: ...", as grpc-go). NULL: the handler
      * gets the bytes only. */
     const ProtobufCMessageDescriptor *request;
+    /* The response message, for the v3 JSON gateway (POST /v3/kv/range, ...),
+     * which serves the methods that have both descriptors. May be NULL. */
+    const ProtobufCMessageDescriptor *response;
     /* A request message. msg (NULL without a descriptor) belongs to the handler:
      * free it with protobuf_c_message_free_unpacked(msg, NULL). data/len (the
      * raw message) are valid during the call only. Unary: called once, and the
@@ -192,6 +236,13 @@ struct api_grpc_method {
  * service etcdserverpb.Foo", "unknown method Foo for service etcdserverpb.KV").
  * Returns 0, -ENOMEM, -EEXIST, or -EINVAL (bad path or missing callbacks). */
 int api_server_register(api_server_t *srv, const struct api_grpc_method *m);
+
+/* Told on the loop thread of every gRPC call (gateway calls included) once
+ * it is over: its path as the client sent it (unknown methods too), its gRPC
+ * status (CANCELLED when the client left first) and how long it took from its
+ * request headers. What a /metrics layer counts (etcd's grpc_server_handled_total). */
+typedef void (*api_call_observer)(const char *path, int code, uint64_t duration_ns, void *arg);
+void api_server_set_call_observer(api_server_t *srv, api_call_observer observer, void *arg);
 
 /* Queues one response message (packed now, so msg may be freed on return).
  * Any thread. Returns 0; -EAGAIN when the stream already holds
@@ -217,6 +268,12 @@ int api_call_reply(api_call_t *call, const ProtobufCMessage *msg);
 /* The value of request metadata `key` (lower-case, e.g. "token"), or NULL.
  * Valid while the handler owns the call; any thread. */
 const char *api_call_metadata(const api_call_t *call, const char *key);
+
+/* The common name of the client's certificate when the connection is TLS
+ * with a verified client certificate (client_cert_auth), else NULL. etcd takes
+ * it as the user name when a call carries no token. Valid while the handler
+ * owns the call; any thread. */
+const char *api_call_peer_cn(const api_call_t *call);
 
 /* The method's path ("/etcdserverpb.KV/Range"). */
 const char *api_call_path(const api_call_t *call);

@@ -27,6 +27,9 @@
 /* Output of the session gathered into one socket write. */
 #define H2_WRITE_CHUNK (256 * 1024)
 
+/* A stream's output buffers larger than this are freed once drained. */
+#define STREAM_BUF_KEEP (64 * 1024)
+
 /* A header for nghttp2: k is a string literal. */
 #define NV(k, v, vl)                                                                               \
     (nghttp2_nv) {                                                                                 \
@@ -40,9 +43,12 @@ struct api_call {
 
     /* Loop thread only. */
     struct api_conn *conn; /* NULL once the stream is gone */
+    api_http_req_t *http;  /* a call made through the JSON gateway: its HTTP request */
+    bool http_streamed;    /* the gateway has begun a streamed answer */
     api_call_t *prev, *next;
     int32_t stream_id;
     char *path;
+    char *peer_cn;
     char *encoding;
     char *timeout;
     bool is_post;
@@ -62,6 +68,7 @@ struct api_call {
     size_t out_off;
     uv_timer_t *timer;
     uint64_t deadline_ns;
+    uint64_t started_ns; /* when the request headers were complete */
     void *user;
 
     /* Shared with the handler's threads, under mu. */
@@ -158,6 +165,10 @@ static const struct api_grpc_method *method_find(const api_server_t *srv, const 
     return NULL;
 }
 
+const struct api_grpc_method *api_grpc_find(const api_server_t *srv, const char *path) {
+    return method_find(srv, path);
+}
+
 /* Whether some registered method belongs to `service` (n bytes, no slashes). */
 static bool service_known(const api_server_t *srv, const char *service, size_t n) {
     for (size_t i = 0; i < srv->nmethods; i++) {
@@ -166,6 +177,11 @@ static bool service_known(const api_server_t *srv, const char *service, size_t n
             return true;
     }
     return false;
+}
+
+void api_server_set_call_observer(api_server_t *srv, api_call_observer observer, void *arg) {
+    srv->observer = observer;
+    srv->observer_arg = arg;
 }
 
 int api_server_register(api_server_t *srv, const struct api_grpc_method *m) {
@@ -216,12 +232,22 @@ static void call_maybe_free(api_call_t *call) {
     pthread_mutex_unlock(&call->srv->wake_mu);
     if (queued)
         return;
+    api_server_t *srv = call->srv;
+    if (srv->observer && call->path && call->started_ns) {
+        /* A gateway call's status is in fin_code; a stream's in status_code;
+         * a call the client left before any status was cancelled. */
+        int code = call->status_set     ? call->status_code
+                   : call->finish_taken ? call->fin_code
+                                        : API_GRPC_CANCELLED;
+        srv->observer(call->path, code, util_now_mono_ns() - call->started_ns, srv->observer_arg);
+    }
     if (call->timer) {
         uv_timer_stop(call->timer);
         call->timer->data = call->srv;
         uv_close((uv_handle_t *)call->timer, on_timer_closed);
     }
     free(call->path);
+    free(call->peer_cn);
     free(call->encoding);
     free(call->timeout);
     free(call->status_msg);
@@ -245,7 +271,7 @@ static void call_unlink(api_call_t *call) {
     struct api_conn *c = call->conn;
     if (!c)
         return;
-    c->partial_bytes -= call->in.len;
+    call->srv->partial_bytes -= call->in.len;
     call->in.len = 0;
     if (call->prev)
         call->prev->next = call->next;
@@ -322,9 +348,13 @@ static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
     (void)s;
     (void)sid;
     (void)user;
-    memcpy(buf, call->out.data + call->out_off, n);
+    if (n)
+        memcpy(buf, call->out.data + call->out_off, n);
     call->out_off += n;
     if (call->out_off == call->out.len) {
+        /* Drained: a long-lived stream does not keep a big burst's buffer. */
+        if (call->out.cap > STREAM_BUF_KEEP)
+            util_buf_free(&call->out);
         call->out.len = call->out_off = 0;
     } else if (call->out_off > (1 << 20) && call->out_off > call->out.len / 2) {
         memmove(call->out.data, call->out.data + call->out_off, call->out.len - call->out_off);
@@ -388,8 +418,10 @@ static void call_end(api_call_t *call, int code, const char *fmt, ...) {
         call->status_set = true;
         call->status_code = code;
         call->status_msg = strdup(msg); /* NULL: the status goes without its text */
-        /* What was queued but not yet framed is dropped with the call. */
-        call->out.len = call->out_off = 0;
+        /* Nothing sent yet: the queued answers go with the call. Once sending
+         * has begun a message may be half out, so the queue drains first. */
+        if (!call->headers_sent)
+            call->out.len = call->out_off = 0;
     }
     call_mark_over(call);
     call_fire_cancel(call);
@@ -495,6 +527,10 @@ const char *api_call_metadata(const api_call_t *call, const char *key) {
     return NULL;
 }
 
+const char *api_call_peer_cn(const api_call_t *call) {
+    return call->peer_cn;
+}
+
 const char *api_call_path(const api_call_t *call) {
     return call->path;
 }
@@ -519,6 +555,123 @@ void *api_call_data(const api_call_t *call) {
 }
 
 /* Loop thread: takes what the handler queued or decided and passes it on. */
+static void call_run(struct api_wake *w);
+
+/* Loop thread: a gateway call passes its answers on. A unary call's answer is
+ * its first message, given with the status; a streaming call's messages go
+ * out as they come. */
+static void gateway_call_run(api_call_t *call) {
+    api_server_t *srv = call->srv;
+    const struct api_grpc_method *m = call->method;
+    pthread_mutex_lock(&call->mu);
+    if (call->pending.len &&
+        util_buf_append(&call->out, call->pending.data, call->pending.len) != 0)
+        call->pending_err = -ENOMEM;
+    call->pending.len = 0;
+    call->queued = 0; /* the gateway writes at once: nothing waits on a window */
+    bool fin = call->finish_posted && !call->finish_taken;
+    if (fin) {
+        call->finish_taken = true;
+        call->over = true;
+    }
+    pthread_mutex_unlock(&call->mu);
+
+    size_t off = 0;
+    while (call->out.len - off >= GRPC_PREFIX_LEN) {
+        const uint8_t *f = (const uint8_t *)call->out.data + off;
+        size_t n = get_be32(f + 1);
+        if (call->out.len - off - GRPC_PREFIX_LEN < n || !m->server_streaming)
+            break;
+        api_gateway_stream_message(call->http, m, f + GRPC_PREFIX_LEN, n, &call->http_streamed);
+        off += GRPC_PREFIX_LEN + n;
+    }
+    api_buf_consume(&call->out, off);
+    if (!fin)
+        return;
+    int code = call->pending_err ? API_GRPC_RESOURCE_EXHAUSTED : call->fin_code;
+    const char *msg = call->pending_err ? "out of memory" : call->fin_msg;
+    if (m->server_streaming) {
+        api_gateway_stream_end(call->http, call->http_streamed, code, msg);
+    } else {
+        const uint8_t *first = NULL;
+        size_t flen = 0;
+        if (call->out.len >= GRPC_PREFIX_LEN) {
+            flen = get_be32((const uint8_t *)call->out.data + 1);
+            first = (const uint8_t *)call->out.data + GRPC_PREFIX_LEN;
+            if (flen > call->out.len - GRPC_PREFIX_LEN)
+                flen = 0;
+        }
+        api_gateway_answer(call->http, m, code, msg, first, flen);
+    }
+    call->http = NULL;
+    call->handler_owns = false;
+    call_maybe_free(call);
+    api_server_release(srv);
+}
+
+/* The HTTP client of a streaming gateway call went away: cancel the handler.
+ * The request stays with the call until the handler's finish ends it. */
+static void gateway_gone(void *arg) {
+    api_call_t *call = arg;
+    call_mark_over(call);
+    call_fire_cancel(call);
+}
+
+int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, api_http_req_t *req,
+                          const struct util_buf *msgs, size_t n) {
+    ProtobufCMessage **decoded = calloc(n ? n : 1, sizeof(*decoded));
+    api_call_t *call = NULL;
+    int rc = -ENOMEM;
+    size_t i;
+    if (!decoded)
+        return -ENOMEM;
+    for (i = 0; i < n; i++) {
+        decoded[i] =
+            protobuf_c_message_unpack(m->request, NULL, msgs[i].len, (const uint8_t *)msgs[i].data);
+        if (!decoded[i]) {
+            rc = -EINVAL;
+            goto err;
+        }
+    }
+    call = calloc(1, sizeof(*call));
+    if (!call || pthread_mutex_init(&call->mu, NULL) != 0) {
+        free(call);
+        call = NULL;
+        goto err;
+    }
+    call->srv = srv;
+    call->method = m;
+    call->http = req;
+    call->wake.run = call_run;
+    call->got_message = true;
+    call->started_ns = util_now_mono_ns();
+    call->path = strdup(m->path);
+    const char *auth = api_http_header(req, "Authorization");
+    if (!call->path || (auth && (util_buf_append(&call->md, "authorization", 14) != 0 ||
+                                 util_buf_append(&call->md, auth, strlen(auth) + 1) != 0)))
+        goto err;
+    call_take(call);
+    if (m->client_streaming || m->server_streaming) {
+        api_http1_on_gone(req, gateway_gone, call);
+        m->on_open(call, m->arg);
+    }
+    /* The handler owns the messages from here, even if it finishes early. */
+    for (i = 0; i < n; i++)
+        m->on_message(call, decoded[i], (const uint8_t *)msgs[i].data, msgs[i].len, m->arg);
+    if (m->client_streaming && m->on_half_close && !call->cancel_fired)
+        m->on_half_close(call, m->arg);
+    free(decoded);
+    return 0;
+err:
+    for (i = 0; i < n; i++)
+        if (decoded[i])
+            protobuf_c_message_free_unpacked(decoded[i], NULL);
+    free(decoded);
+    if (call)
+        call_maybe_free(call);
+    return rc;
+}
+
 static void call_run(struct api_wake *w) {
     api_call_t *call = (api_call_t *)w;
     api_server_t *srv = call->srv;
@@ -526,6 +679,11 @@ static void call_run(struct api_wake *w) {
     bool fin = false;
     int code = 0;
     char *msg = NULL;
+
+    if (call->http) {
+        gateway_call_run(call);
+        return;
+    }
 
     pthread_mutex_lock(&call->mu);
     if (call->pending.len && conn && !call->status_set) {
@@ -535,6 +693,8 @@ static void call_run(struct api_wake *w) {
             call->pending = t;
             call->out_off = 0;
             call->pending.len = 0;
+            if (call->pending.cap > STREAM_BUF_KEEP)
+                util_buf_free(&call->pending);
         } else if (util_buf_append(&call->out, call->pending.data, call->pending.len) != 0) {
             call->pending_err = -ENOMEM;
         }
@@ -566,7 +726,7 @@ static void call_run(struct api_wake *w) {
     call_emit(call);
     call_maybe_free(call);
     if (conn)
-        api_h2_flush(conn);
+        api_h2_flush_later(conn);
     if (fin)
         api_server_release(srv);
 }
@@ -646,6 +806,7 @@ static void on_deadline(uv_timer_t *t) {
 /* Plain HTTP/2 requests that are not gRPC get an HTTP status, as grpc-go gives. */
 static void reject_http(api_call_t *call, const char *status) {
     nghttp2_nv nv[] = {NV(":status", status, 3)};
+    call->started_ns = 0; /* not a gRPC call: not observed */
     call->status_set = call->headers_sent = call->trailers_done = true;
     nghttp2_submit_response(call->conn->h2, call->stream_id, nv, 1, NULL);
 }
@@ -653,6 +814,11 @@ static void reject_http(api_call_t *call, const char *status) {
 /* The request headers are complete: route the call. */
 static void call_start(api_call_t *call) {
     api_server_t *srv = call->srv;
+    call->started_ns = util_now_mono_ns();
+    if (call->conn->peer_cn && !(call->peer_cn = strdup(call->conn->peer_cn))) {
+        call_end(call, API_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
     if (!call->is_post) {
         reject_http(call, "405");
         return;
@@ -738,12 +904,22 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
     (void)flags;
     if (!call || call->status_set || !call->method)
         return 0;
+    api_server_t *srv = c->srv;
     size_t before = call->in.len;
+    /* Messages in part, over every connection, are what a client can make the
+     * server hold without its handlers seeing anything: bounded, with etcd's
+     * answer for a server that is full. */
+    if (srv->partial_bytes + len > srv->cfg.max_partial_request_bytes) {
+        call_end(call, API_GRPC_RESOURCE_EXHAUSTED, "etcdserver: too many requests");
+        srv->partial_bytes -= call->in.len;
+        call->in.len = 0;
+        return 0;
+    }
     if (util_buf_append(&call->in, data, len) != 0) {
         call_end(call, API_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return 0;
     }
-    size_t off = 0, limit = max_recv_bytes(c->srv);
+    size_t off = 0, limit = max_recv_bytes(srv);
     while (!call->status_set && call->in.len - off >= GRPC_PREFIX_LEN) {
         const uint8_t *p = (const uint8_t *)call->in.data + off;
         uint32_t n = get_be32(p + 1);
@@ -765,15 +941,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
     if (call->status_set)
         off = call->in.len; /* nothing more of this request is read */
     api_buf_consume(&call->in, off);
-    c->partial_bytes = c->partial_bytes - before + call->in.len;
-    /* Many half-sent messages at once could hold a lot of memory: past four
-     * maximal messages per connection, the stream that adds more is refused. */
-    if (c->partial_bytes > 4 * limit) {
-        call_end(call, API_GRPC_RESOURCE_EXHAUSTED,
-                 "too many incomplete request messages on one connection");
-        c->partial_bytes -= call->in.len;
-        call->in.len = 0;
-    }
+    srv->partial_bytes = srv->partial_bytes - before + call->in.len;
     return 0;
 }
 
@@ -860,11 +1028,10 @@ err:
     return rc == 0 ? 0 : -ENOMEM;
 }
 
-void api_h2_process(struct api_conn *c) {
-    ssize_t n = nghttp2_session_mem_recv(c->h2, (const uint8_t *)c->in.data, c->in.len);
+void api_h2_process(struct api_conn *c, const char *data, size_t len) {
+    ssize_t n = nghttp2_session_mem_recv(c->h2, (const uint8_t *)data, len);
     if (c->closing)
         return;
-    c->in.len = 0;
     if (n < 0) {
         LOG_DEBUG(c->srv->lg, "closing an HTTP/2 connection",
                   LOG_STR("error", nghttp2_strerror((int)n)));

@@ -1,7 +1,7 @@
 /* HTTP/1.1 server side: a strict, bounded request parser (request line,
  * headers, Content-Length and chunked bodies, keep-alive and pipelining, one
  * request answered at a time per connection), the route table other layers
- * register handlers in, and the built-in GET /version.
+ * register handlers in, and the built-in GET /version and GET /health.
  *
  * Error answers follow Go's net/http, which etcd serves with: a malformed
  * request gets "400 Bad Request" and the connection is closed; a head over
@@ -39,6 +39,8 @@ struct api_http_req {
     struct util_buf extra; /* response headers added by the handler */
     struct util_buf resp;  /* the whole answer, built by api_http_respond */
     bool resp_failed;
+    void (*gone)(void *arg); /* told when the client goes (streamed answers) */
+    void *gone_arg;
 };
 
 /* Outcome of parsing: a complete request, more bytes needed, or an HTTP error
@@ -128,7 +130,7 @@ static char *next_line(char **pp) {
     return line;
 }
 
-static int hexval(char c) {
+int api_hexval(char c) {
     if (c >= '0' && c <= '9')
         return c - '0';
     if (c >= 'a' && c <= 'f')
@@ -143,7 +145,7 @@ static int unescape_path(char *s) {
     char *w = s;
     for (char *r = s; *r; r++) {
         if (*r == '%') {
-            int hi = hexval(r[1]), lo = hi < 0 ? -1 : hexval(r[2]);
+            int hi = api_hexval(r[1]), lo = hi < 0 ? -1 : api_hexval(r[2]);
             if (hi < 0 || lo < 0)
                 return -1;
             *w++ = (char)(hi * 16 + lo);
@@ -163,6 +165,22 @@ static bool valid_value(const char *v) {
             return false;
     }
     return true;
+}
+
+/* Whether a comma-separated header value (may be NULL) lists token. */
+static bool has_token(const char *v, const char *token) {
+    size_t n = strlen(token);
+    while (v && *v) {
+        v += strspn(v, " \t,");
+        size_t len = strcspn(v, ",");
+        size_t end = len;
+        while (end > 0 && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+            end--;
+        if (end == n && strncasecmp(v, token, n) == 0)
+            return true;
+        v += len;
+    }
+    return false;
 }
 
 /* Parses "METHOD target HTTP/1.x" (line is split in place). Returns 0 or an
@@ -286,9 +304,9 @@ static int parse_head(struct api_http_req *req, const char **why) {
     }
     const char *conn = api_http_header(req, "Connection");
     if (req->minor == 1)
-        req->keep_alive = !(conn && strcasecmp(conn, "close") == 0);
+        req->keep_alive = !has_token(conn, "close");
     else
-        req->keep_alive = conn && strcasecmp(conn, "keep-alive") == 0;
+        req->keep_alive = has_token(conn, "keep-alive");
     req->is_head = strcmp(req->method, "HEAD") == 0;
     return 0;
 }
@@ -305,10 +323,10 @@ static int chunked(const char *p, size_t n, size_t max, size_t max_trailer, char
             return n - i > 1024 ? 400 : PARSE_MORE;
         size_t size = 0, j = i;
         int digits = 0;
-        for (; p + j < nl && hexval(p[j]) >= 0; j++, digits++) {
+        for (; p + j < nl && api_hexval(p[j]) >= 0; j++, digits++) {
             if (size > (max + 1) / 16)
                 return 413;
-            size = size * 16 + (size_t)hexval(p[j]);
+            size = size * 16 + (size_t)api_hexval(p[j]);
         }
         if (!digits || (p + j < nl && p[j] != ';' && p[j] != '\r'))
             return 400;
@@ -444,11 +462,22 @@ static int parse_request(struct api_conn *c, struct api_http_req **out, const ch
         used += len;
     }
     api_buf_consume(in, used);
+    c->continue_sent = false;
     req->srv = c->srv;
     req->conn = c;
     *out = req;
     return PARSE_DONE;
 err:
+    /* A client waiting for "100 Continue" before sending its body (curl does,
+     * for bodies over 1 KiB) is told to go on, once per request. */
+    if (rc == PARSE_MORE && req->minor == 1 && !c->continue_sent) {
+        const char *expect = api_http_header(req, "Expect");
+        if (expect && strcasecmp(expect, "100-continue") == 0) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            c->continue_sent = true;
+            api_conn_write(c, cont, sizeof(cont) - 1);
+        }
+    }
     req_free(req);
     return rc;
 }
@@ -468,6 +497,25 @@ static void version(api_http_req_t *req, void *arg) {
         "{\"etcdserver\":\"" UTIL_ETCD_VERSION "\",\"etcdcluster\":\"" UTIL_ETCD_CLUSTER_VERSION
         "\",\"quoin\":\"" UTIL_QUOIN_VERSION "\"}";
     api_http_respond(req, 200, "application/json", body, sizeof(body) - 1);
+}
+
+int api_health_report(api_http_req_t *req, bool healthy) {
+    static const char ok[] = "{\"health\":\"true\"}", bad[] = "{\"health\":\"false\"}";
+    return healthy ? api_http_respond(req, 200, "text/plain; charset=utf-8", ok, sizeof(ok) - 1)
+                   : api_http_respond(req, 503, "text/plain; charset=utf-8", bad, sizeof(bad) - 1);
+}
+
+static void health(api_http_req_t *req, void *arg) {
+    api_server_t *srv = arg;
+    if (srv->health_check)
+        srv->health_check(req, srv->health_arg);
+    else
+        api_health_report(req, true);
+}
+
+void api_server_set_health_check(api_server_t *srv, api_health_check check, void *arg) {
+    srv->health_check = check;
+    srv->health_arg = arg;
 }
 
 static bool route_matches(const struct api_route *r, const char *path) {
@@ -529,7 +577,10 @@ int api_server_route(api_server_t *srv, const char *method, const char *path,
 }
 
 int api_http1_add_builtin_routes(api_server_t *srv) {
-    return api_server_route(srv, "GET", "/version", version, NULL);
+    int rc = api_server_route(srv, "GET", "/version", version, NULL);
+    if (rc == 0)
+        rc = api_server_route(srv, "GET", "/health", health, srv);
+    return rc;
 }
 
 void api_http1_free_routes(api_server_t *srv) {
@@ -558,7 +609,9 @@ static void dispatch(struct api_conn *c, struct api_http_req *req) {
     req->wake.run = req_run;
     c->busy = req;
     srv->outstanding++;
-    if (r)
+    if (strcmp(req->method, "OPTIONS") == 0)
+        api_http_respond(req, 200, NULL, NULL, 0); /* a CORS preflight, for any path */
+    else if (r)
         r->handler(req, r->arg);
     else if (allow.len)
         method_not_allowed(req, allow.data); /* answers before returning: allow outlives it */
@@ -587,9 +640,12 @@ void api_http1_process(struct api_conn *c) {
 }
 
 void api_http1_detach(struct api_conn *c) {
-    if (c->busy) {
-        c->busy->conn = NULL;
+    struct api_http_req *req = c->busy;
+    if (req) {
+        req->conn = NULL;
         c->busy = NULL;
+        if (req->gone)
+            req->gone(req->gone_arg);
     }
 }
 
@@ -623,20 +679,16 @@ int api_http_add_header(api_http_req_t *req, const char *name, const char *value
     return util_buf_printf(&req->extra, "%s: %s\r\n", name, value);
 }
 
-/* Loop thread: writes the answer if the client is still there, then continues
- * with the connection's next request. */
-static void req_run(struct api_wake *w) {
-    struct api_http_req *req = (struct api_http_req *)w;
+/* Loop thread: writes the last bytes of the answer if the client is still
+ * there, continues with the connection's next request, and frees req. */
+static void req_finish(struct api_http_req *req, const char *data, size_t len, bool failed) {
     struct api_conn *c = req->conn;
     api_server_t *srv = req->srv;
     if (c) {
         assert(c->busy == req);
         c->busy = NULL;
-        static const char oom[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
-                                  "Connection: close\r\n\r\n";
-        bool keep = req->keep_alive && !req->resp_failed;
-        int rc = req->resp_failed ? api_conn_write(c, oom, sizeof(oom) - 1)
-                                  : api_conn_write(c, req->resp.data, req->resp.len);
+        bool keep = req->keep_alive && !failed && !c->close_after_write;
+        int rc = len ? api_conn_write(c, data, len) : 0;
         if (rc == 0 && !keep)
             api_conn_end(c);
         else if (rc == 0)
@@ -646,17 +698,35 @@ static void req_run(struct api_wake *w) {
     api_server_release(srv);
 }
 
-int api_http_respond(api_http_req_t *req, int status, const char *content_type, const void *body,
-                     size_t len) {
+static void req_run(struct api_wake *w) {
+    struct api_http_req *req = (struct api_http_req *)w;
+    static const char oom[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n";
+    if (req->resp_failed)
+        req_finish(req, oom, sizeof(oom) - 1, true);
+    else
+        req_finish(req, req->resp.data, req->resp.len, false);
+}
+
+/* How an answer's body is delimited. */
+enum body_framing { BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE };
+
+/* The status line and headers of an answer. */
+static int build_head(struct api_http_req *req, struct util_buf *b, int status,
+                      const char *content_type, enum body_framing framing, size_t len) {
     char date[64];
     struct tm tm;
     time_t now = time(NULL);
-    struct util_buf *b = &req->resp;
     int rc;
-
     gmtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
     rc = util_buf_printf(b, "HTTP/1.%d %d %s\r\n", req->minor, status, status_text(status));
+    /* etcd answers every client request with open CORS headers (its --cors
+     * default), which browser-based tools rely on. */
+    if (rc == 0)
+        rc = util_buf_printf(b, "Access-Control-Allow-Headers: accept, content-type, "
+                                "authorization\r\nAccess-Control-Allow-Methods: POST, GET, "
+                                "OPTIONS, PUT, DELETE\r\nAccess-Control-Allow-Origin: *\r\n");
     if (rc == 0 && content_type)
         rc = util_buf_printf(b, "Content-Type: %s\r\n", content_type);
     if (rc == 0 && req->extra.len)
@@ -666,9 +736,62 @@ int api_http_respond(api_http_req_t *req, int status, const char *content_type, 
     else if (rc == 0 && req->minor == 0)
         rc = util_buf_printf(b, "Connection: keep-alive\r\n");
     if (rc == 0)
-        rc = util_buf_printf(b, "Date: %s\r\nContent-Length: %zu\r\n\r\n", date, len);
+        rc = util_buf_printf(b, "Date: %s\r\n", date);
+    if (rc == 0 && framing == BODY_LENGTH)
+        rc = util_buf_printf(b, "Content-Length: %zu\r\n", len);
+    else if (rc == 0 && framing == BODY_CHUNKED)
+        rc = util_buf_printf(b, "Transfer-Encoding: chunked\r\n");
+    return rc ? rc : util_buf_append(b, "\r\n", 2);
+}
+
+int api_http1_stream_begin(api_http_req_t *req, int status, const char *content_type) {
+    struct util_buf b = {0};
+    if (req->minor == 0)
+        req->keep_alive = false; /* no chunks in HTTP/1.0: the close ends the body */
+    int rc = build_head(req, &b, status, content_type,
+                        req->minor == 0 ? BODY_UNTIL_CLOSE : BODY_CHUNKED, 0);
+    if (rc != 0 || !req->conn) {
+        util_buf_free(&b);
+        return rc ? rc : -EPIPE;
+    }
+    return api_conn_write_take(req->conn, b.data, b.len);
+}
+
+int api_http1_stream_write(api_http_req_t *req, const void *data, size_t len) {
+    struct util_buf b = {0};
+    int rc = 0;
+    if (!req->conn)
+        return -EPIPE;
+    if (req->minor == 1)
+        rc = util_buf_printf(&b, "%zx\r\n", len);
+    if (rc == 0)
+        rc = util_buf_append(&b, data, len);
+    if (rc == 0 && req->minor == 1)
+        rc = util_buf_append(&b, "\r\n", 2);
+    if (rc != 0) {
+        util_buf_free(&b);
+        return rc;
+    }
+    return api_conn_write_take(req->conn, b.data, b.len);
+}
+
+void api_http1_stream_end(api_http_req_t *req) {
+    if (req->minor == 1)
+        req_finish(req, "0\r\n\r\n", 5, false);
+    else
+        req_finish(req, NULL, 0, false);
+}
+
+void api_http1_on_gone(api_http_req_t *req, void (*gone)(void *arg), void *arg) {
+    req->gone = gone;
+    req->gone_arg = arg;
+}
+
+int api_http_respond(api_http_req_t *req, int status, const char *content_type, const void *body,
+                     size_t len) {
+    int rc = build_head(req, &req->resp, status, content_type, BODY_LENGTH, len);
     if (rc == 0 && !req->is_head)
-        rc = util_buf_append(b, body, len);
+        rc = util_buf_append(&req->resp, body, len);
     req->resp_failed = rc != 0;
     api_wake_post(req->srv, &req->wake);
     return rc;

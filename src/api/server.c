@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "api/internal.h"
 
@@ -26,6 +28,8 @@ void api_config_default(struct api_config *cfg) {
     cfg->max_conn_output_bytes = 4 << 20;
     cfg->max_stream_output_bytes = 4 << 20;
     cfg->max_concurrent_streams = 4096;
+    cfg->max_partial_request_bytes = 256u << 20;
+    cfg->reuse_port = false;
 }
 
 /* ---- wakeups from other threads ---- */
@@ -39,19 +43,23 @@ void api_wake_post(api_server_t *srv, struct api_wake *w) {
         srv->wake_tail = &w->next;
     }
     /* Sent under the lock: once the lock is released the loop may run the item
-     * and free the server, so nothing after the unlock may touch srv. */
-    uv_async_send(&srv->wake_async);
+     * and free the server, so nothing after the unlock may touch srv. While the
+     * loop is reading input it drains the queue itself when done, so answers
+     * given inline by handlers cost no wakeup. */
+    if (!srv->draining_soon)
+        uv_async_send(&srv->wake_async);
     pthread_mutex_unlock(&srv->wake_mu);
 }
 
 static void server_maybe_finish(api_server_t *srv);
 
-static void on_wake(uv_async_t *a) {
-    api_server_t *srv = a->data;
+/* Runs what handlers posted, then flushes the connections they answered on. */
+static void wake_drain(api_server_t *srv) {
     pthread_mutex_lock(&srv->wake_mu);
     struct api_wake *w = srv->wake_head;
     srv->wake_head = NULL;
     srv->wake_tail = &srv->wake_head;
+    srv->draining_soon = false;
     pthread_mutex_unlock(&srv->wake_mu);
     /* Each item is marked unqueued only just before it runs: a post made while
      * earlier items run (a callback finishing another call) then finds it still
@@ -64,6 +72,25 @@ static void on_wake(uv_async_t *a) {
         pthread_mutex_unlock(&srv->wake_mu);
         w->run(w);
         w = next;
+    }
+    /* Connections are only freed by close callbacks, after this returns. */
+    while (srv->flush_head) {
+        struct api_conn *c = srv->flush_head;
+        srv->flush_head = c->flush_next;
+        c->flush_queued = false;
+        api_h2_flush(c);
+    }
+}
+
+static void on_wake(uv_async_t *a) {
+    wake_drain(a->data);
+}
+
+void api_h2_flush_later(struct api_conn *c) {
+    if (!c->flush_queued) {
+        c->flush_queued = true;
+        c->flush_next = c->srv->flush_head;
+        c->srv->flush_head = c;
     }
 }
 
@@ -87,20 +114,12 @@ bool api_conn_can_take(const struct api_conn *c) {
     return !c->closing && c->out_pending <= c->srv->cfg.max_conn_output_bytes;
 }
 
+/* Reads go to the server's scratch buffer: an idle connection holds no read
+ * buffer, and HTTP/2 input is handed to nghttp2 without a copy. */
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
     struct api_conn *c = h->data;
     (void)hint;
-    if (c->in.cap - c->in.len < API_READ_CHUNK) {
-        size_t cap = c->in.len + API_READ_CHUNK;
-        char *p = realloc(c->in.data, cap);
-        if (!p) {
-            *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
-            return;
-        }
-        c->in.data = p;
-        c->in.cap = cap;
-    }
-    *buf = uv_buf_init(c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    *buf = uv_buf_init(c->srv->scratch, API_READ_CHUNK);
 }
 
 /* Decides the protocol once enough bytes are in: the HTTP/2 preface, or HTTP/1.1. */
@@ -126,15 +145,34 @@ static void conn_process(struct api_conn *c) {
             api_conn_close(c);
             return;
         }
-        api_h2_process(c);
+        api_h2_process(c, c->in.data, c->in.len);
+        c->in.len = 0;
         return;
     }
 }
 
+static void conn_read(struct api_conn *c, ssize_t nread);
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     struct api_conn *c = s->data;
+    api_server_t *srv = c->srv;
     (void)buf;
+    pthread_mutex_lock(&srv->wake_mu);
+    srv->draining_soon = true;
+    pthread_mutex_unlock(&srv->wake_mu);
+    conn_read(c, nread);
+    wake_drain(srv);
+}
+
+static void conn_read(struct api_conn *c, ssize_t nread) {
     if (nread < 0) {
+        /* A client that half-closes after its request still gets the answer. */
+        if (nread == UV_EOF && c->proto == API_PROTO_HTTP1 && !c->lingering &&
+            (c->busy || c->out_pending)) {
+            api_conn_set_reading(c, false);
+            api_conn_end(c);
+            return;
+        }
         api_conn_close(c);
         return;
     }
@@ -144,8 +182,33 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
             api_conn_close(c);
         return;
     }
-    c->in.len += (size_t)nread;
-    conn_process(c);
+    const char *data = c->srv->scratch;
+    if (c->ssl) {
+        size_t before = c->in.len;
+        int rc = api_tls_read(c, data, (size_t)nread);
+        if (rc == -ECONNRESET) {
+            conn_read(c, UV_EOF); /* close_notify is the client's EOF */
+            return;
+        }
+        if (rc != 0) {
+            api_conn_close(c);
+            return;
+        }
+        if (c->in.len == before)
+            return; /* handshake, or a record not complete yet */
+        conn_process(c);
+    } else if (c->proto == API_PROTO_H2 && c->in.len == 0) {
+        api_h2_process(c, data, (size_t)nread);
+    } else if (util_buf_append(&c->in, data, (size_t)nread) == 0) {
+        conn_process(c);
+    } else {
+        api_conn_close(c);
+        return;
+    }
+    /* Nothing left over: give the buffer back rather than keep it per connection. */
+    if (c->in.len == 0) {
+        util_buf_free(&c->in);
+    }
 }
 
 void api_conn_set_reading(struct api_conn *c, bool on) {
@@ -173,6 +236,8 @@ static void on_conn_closed(uv_handle_t *h) {
     api_server_t *srv = c->srv;
     if (c->h2)
         api_h2_free(c);
+    if (c->ssl)
+        api_tls_conn_free(c);
     free(c->in.data);
     free(c);
     api_server_handle_closed(srv);
@@ -201,6 +266,8 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 
 /* Output is flushed: half-close, then drop input until the client closes. */
 static void conn_linger(struct api_conn *c) {
+    if (c->ssl && api_tls_shutdown(c) != 0)
+        return; /* the connection is closing */
     uv_shutdown_t *req = malloc(sizeof(*req));
     if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         free(req);
@@ -214,7 +281,7 @@ static void conn_linger(struct api_conn *c) {
 
 void api_conn_end(struct api_conn *c) {
     c->close_after_write = true;
-    if (c->out_pending == 0 && !c->closing && !c->lingering)
+    if (c->out_pending == 0 && !c->busy && !c->closing && !c->lingering)
         conn_linger(c);
 }
 
@@ -238,8 +305,7 @@ static void on_written(uv_write_t *req, int status) {
         return;
     }
     if (c->close_after_write) {
-        if (c->out_pending == 0)
-            conn_linger(c);
+        api_conn_end(c);
         return;
     }
     /* Room again for answers: pick up requests and output that waited for it. */
@@ -250,6 +316,16 @@ static void on_written(uv_write_t *req, int status) {
 }
 
 int api_conn_write_take(struct api_conn *c, char *data, size_t len) {
+    if (!c->ssl)
+        return api_conn_write_raw(c, data, len);
+    int rc = c->closing ? -EPIPE : api_tls_write(c, data, len);
+    free(data);
+    if (rc != 0)
+        api_conn_close(c);
+    return rc;
+}
+
+int api_conn_write_raw(struct api_conn *c, char *data, size_t len) {
     struct conn_write *w = NULL;
     int rc = -EPIPE;
     if (c->closing)
@@ -311,6 +387,13 @@ static void on_connection(uv_stream_t *ls, int status) {
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    /* As Go's listeners do (15 s): a client that vanished without a FIN
+     * (power loss, a dropped NAT entry) is found and its watches freed. */
+    uv_tcp_keepalive(&c->tcp, 1, 15);
+    if (l->tls && api_tls_conn_start(c) != 0) {
+        api_conn_close(c);
+        return;
+    }
     api_conn_set_reading(c, true);
 }
 
@@ -323,7 +406,31 @@ static void on_listener_closed(uv_handle_t *h) {
     api_server_handle_closed(srv);
 }
 
+/* A socket with SO_REUSEPORT for the handle, so the servers of several io
+ * loops can listen on one address and the kernel spreads connections. */
+static int open_reuseport(uv_tcp_t *tcp, int family) {
+    int one = 1;
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    int rc = uv_tcp_open(tcp, fd);
+    if (rc != 0)
+        close(fd);
+    return rc;
+}
+
 int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) {
+    bool tls = strncmp(url, "https://", 8) == 0;
+    if (tls && !srv->tls_ctx)
+        return util_errorf(err, -EINVAL,
+                           "TLS key/cert (--cert-file, --key-file) must be provided for client "
+                           "url %s with HTTPS scheme",
+                           url);
     struct sockaddr_storage ss;
     char addr[UTIL_ADDR_MAX];
     int rc = util_listen_addr(url, &ss, addr, sizeof(addr), err);
@@ -333,6 +440,7 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     if (!l)
         return util_errorf(err, -ENOMEM, "out of memory");
     l->srv = srv;
+    l->tls = tls;
     snprintf(l->addr, sizeof(l->addr), "%s", addr);
     rc = uv_tcp_init(srv->loop, &l->tcp);
     if (rc != 0) {
@@ -342,15 +450,22 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     }
     l->tcp.data = l;
     srv->open_handles++;
-    rc = util_tcp_listen(&l->tcp, &ss, l->addr, on_connection, err);
+    rc = srv->cfg.reuse_port ? open_reuseport(&l->tcp, ss.ss_family) : 0;
+    if (rc != 0)
+        util_errorf(err, rc, "listen tcp %s: %s", l->addr, uv_strerror(rc));
+    else
+        rc = util_tcp_listen(&l->tcp, &ss, l->addr, on_connection, err);
     if (rc != 0) {
         uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
         return rc;
     }
     l->next = srv->listeners;
     srv->listeners = l;
-    LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
-             LOG_STR("address", l->addr));
+    if (tls)
+        LOG_INFO(srv->lg, "serving client traffic securely", LOG_STR("address", l->addr));
+    else
+        LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
+                 LOG_STR("address", l->addr));
     return 0;
 }
 
@@ -369,12 +484,20 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
     else
         api_config_default(&srv->cfg);
     srv->wake_tail = &srv->wake_head;
+    srv->scratch = malloc(API_READ_CHUNK);
+    if (!srv->scratch) {
+        free(srv);
+        return util_errorf(err, -ENOMEM, "out of memory");
+    }
     rc = pthread_mutex_init(&srv->wake_mu, NULL);
     if (rc != 0) {
+        free(srv->scratch);
         free(srv);
         return util_errorf(err, -rc, "cannot create a mutex: %s", strerror(rc));
     }
     rc = api_http1_add_builtin_routes(srv);
+    if (rc == 0)
+        rc = api_gateway_add_routes(srv);
     if (rc != 0) {
         util_errorf(err, rc, "out of memory");
         goto err;
@@ -391,6 +514,7 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
 err:
     api_http1_free_routes(srv);
     pthread_mutex_destroy(&srv->wake_mu);
+    free(srv->scratch);
     free(srv);
     return rc;
 }
@@ -401,6 +525,8 @@ static void on_wake_closed(uv_handle_t *h) {
     void *arg = srv->close_arg;
     api_http1_free_routes(srv);
     api_grpc_free_methods(srv);
+    api_tls_free_ctx(srv);
+    free(srv->scratch);
     pthread_mutex_destroy(&srv->wake_mu);
     free(srv);
     if (cb)

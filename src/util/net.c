@@ -2,6 +2,7 @@
  * handle, with errors worded as Go's net.Listen words them (etcd's users grep
  * their logs for those). Shared by the client (api) and peer listeners. */
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -90,13 +91,12 @@ static void format_addr(const struct sockaddr_storage *ss, char *out, size_t n) 
 int util_listen_addr(const char *url, struct sockaddr_storage *ss, char *addr, size_t addrlen,
                      struct util_err *err) {
     char host[256], port[8];
-    if (strncmp(url, "https://", 8) == 0 || strncmp(url, "unix://", 7) == 0 ||
-        strncmp(url, "unixs://", 8) == 0)
-        return util_errorf(err, -ENOTSUP, "URL %s: TLS and unix sockets are not supported yet",
-                           url);
-    if (strncmp(url, "http://", 7) != 0)
+    if (strncmp(url, "unix://", 7) == 0 || strncmp(url, "unixs://", 8) == 0)
+        return util_errorf(err, -ENOTSUP, "URL %s: unix sockets are not supported yet", url);
+    bool tls = strncmp(url, "https://", 8) == 0;
+    if (!tls && strncmp(url, "http://", 7) != 0)
         return util_errorf(err, -EINVAL, "URL scheme must be http, https, unix, or unixs: %s", url);
-    const char *hp = url + 7;
+    const char *hp = url + (tls ? 8 : 7);
     char authority[300];
     size_t alen = strcspn(hp, "/");
     if (hp[alen] == '/' && hp[alen + 1] != '\0')

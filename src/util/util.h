@@ -68,9 +68,10 @@ struct uv_stream_s;
 
 /* Resolves an etcd-style listen URL ("http://127.0.0.1:2379",
  * "http://localhost:2379" — the first address, IPv4 first, as Go's net.Listen —,
- * "http://[::1]:2379", "http://:2379" for every interface) to an address, and
- * writes it as "127.0.0.1:2379" into addr. Returns 0, -EINVAL for a malformed
- * URL or a name that does not resolve, -ENOTSUP for https:// and unix://. */
+ * "http://[::1]:2379", "http://:2379" for every interface; https:// alike,
+ * TLS being the caller's) to an address, and writes it as "127.0.0.1:2379"
+ * into addr. Returns 0, -EINVAL for a malformed URL or a name that does not
+ * resolve, -ENOTSUP for unix:// and unixs://. */
 int util_listen_addr(const char *url, struct sockaddr_storage *ss, char *addr, size_t addrlen,
                      struct util_err *err);
 

@@ -30,6 +30,9 @@ void harness_start(struct harness *h, const struct api_config *cfg,
 int harness_start_at(struct harness *h, const char *host, const struct api_config *cfg,
                      void (*setup)(api_server_t *srv, void *arg), void *arg);
 
+/* Runs the loop of a server set up by hand (h->loop and h->srv filled in). */
+void harness_run(struct harness *h);
+
 /* Closes the server from its loop, joins the thread, and checks that every
  * handle was closed. */
 void harness_stop(struct harness *h);

@@ -7,3 +7,15 @@ $(API_FAKE_SERVER): $(B)/obj/tests/api/fakeserver/fake_api_server.o $(B)/libquoi
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 unit-test-bins: $(API_FAKE_SERVER)
+
+# bench-api: transport throughput, in process (numbers only, never in `make test`).
+API_BENCH := $(B)/tests/api/bench_grpc
+
+$(API_BENCH): $(B)/obj/tests/api/bench_grpc.o $(B)/obj/tests/api/harness.o \
+    $(B)/obj/tests/api/h2client.o $(B)/libquoin-core.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+.PHONY: bench-api
+bench-api: $(API_BENCH)
+	./$(API_BENCH)

@@ -11,7 +11,7 @@ import etcd3
 import grpc
 import pytest
 
-from conftest import start_fake
+from api_fake import FAKE, start_fake
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -79,6 +79,60 @@ def test_python_etcd3(fake):
     c.close()
 
 
+def wait_for(pred, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def readline(f, timeout=10):
+    """A line from a pipe, or b"" after timeout seconds."""
+    import select
+    line = b""
+    end = time.time() + timeout
+    while not line.endswith(b"\n") and time.time() < end:
+        if select.select([f], [], [], max(0, end - time.time()))[0]:
+            c = os.read(f.fileno(), 1)
+            if not c:
+                break
+            line += c
+    return line
+
+
+def test_etcdctl_watch(fake):
+    env = dict(os.environ, ETCDCTL_API="3")
+    w = subprocess.Popen(["etcdctl", "--endpoints", fake.endpoint, "watch", "--prefix", "w/"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert wait_for(lambda: unary(fake, "/quointest.Test/Watchers", b"") == b"watchers=1")
+        assert etcdctl(fake, "put", "w/1", "one").returncode == 0
+        assert etcdctl(fake, "put", "other", "x").returncode == 0
+        assert etcdctl(fake, "del", "w/1").returncode == 0
+        lines = [readline(w.stdout) for _ in range(5)]
+        assert lines == [b"PUT\n", b"w/1\n", b"one\n", b"DELETE\n", b"w/1\n"]
+    finally:
+        w.terminate()
+        w.wait(timeout=10)
+    # etcdctl's exit resets its stream: the server drops the watch.
+    assert wait_for(lambda: unary(fake, "/quointest.Test/Watchers", b"") == b"watchers=0")
+
+
+def test_python_etcd3_watch_and_cancel(fake):
+    c = etcd3.client(host="127.0.0.1", port=fake.port)
+    events, cancel = c.watch_prefix("/w/")
+    c.put("/w/a", "1")
+    c.put("/x", "2")
+    c.put("/w/b", "3")
+    got = [next(events), next(events)]
+    assert [(e.key, e.value) for e in got] == [(b"/w/a", b"1"), (b"/w/b", b"3")]
+    cancel()
+    # Not c.close(): etcd3's watch thread would then retry on the closed
+    # channel (a library quirk, with etcd too); the server's stop ends it.
+
+
 def test_unknown_method_and_service(fake):
     assert unary_error(fake, "/etcdserverpb.KV/Nope", b"") == (
         grpc.StatusCode.UNIMPLEMENTED, "unknown method Nope for service etcdserverpb.KV")
@@ -126,7 +180,9 @@ def test_bidi_echo(fake):
 
 
 def test_slow_reader_memory_is_bounded(fake):
-    total, size = 96 << 20, 16 << 10
+    """The client stops reading a 192 MiB answer for 1.5 s: the server holds
+    only its bounded buffers, not the answer."""
+    total, size = 192 << 20, 16 << 10
     req = struct.pack(">QI", total, size)
     with channel(fake) as ch:
         it = ch.unary_stream("/quointest.Test/Flood")(req, timeout=120)
@@ -137,7 +193,7 @@ def test_slow_reader_memory_is_bounded(fake):
         for m in it:
             got += len(m)
     assert got == total
-    assert grown < 32 << 10, f"server grew {grown} KiB while the client was not reading"
+    assert grown < 48 << 10, f"server grew {grown} KiB while the client was not reading"
 
 
 def test_cancelled_stream_calls_cancel(fake):
@@ -273,13 +329,54 @@ def test_many_concurrent_clients(fake):
 def test_port_in_use_message():
     srv = start_fake()
     try:
-        r = subprocess.run([os.path.join(os.path.dirname(__file__), "..", "..", "build-san", "tests",
-                                         "api", "fake_api_server"),
-                            "--listen", f"http://127.0.0.1:{srv.port}"], capture_output=True,
-                           timeout=30)
+        r = subprocess.run([FAKE, "--listen", f"http://127.0.0.1:{srv.port}"],
+                           capture_output=True, timeout=30)
         assert r.returncode == 3
         assert r.stderr.decode().strip() == (
             f"listen tcp 127.0.0.1:{srv.port}: bind: address already in use")
     finally:
         code, err = srv.stop()
         assert code == 0, err
+
+
+def mutate(rng, data):
+    """Flips, inserts, deletes or truncates a few bytes of data."""
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        op = rng.randrange(4)
+        i = rng.randrange(len(b) + 1)
+        if op == 0 and b:
+            b[i % len(b)] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            b[i:i] = bytes([rng.randrange(256)]) * rng.randint(1, 4)
+        elif op == 2 and b:
+            del b[i % len(b)]
+        else:
+            del b[i:]
+    return bytes(b)
+
+
+def test_mutated_input_never_hurts_the_server(fake):
+    """Mutated HTTP/1.1 requests and HTTP/2 exchanges: whatever the server
+    answers, it stays up, and it exits clean under the sanitizers."""
+    import random
+    rng = random.Random(1234)
+    settings = frame(4, 0, 0, b"")
+    msg = b"\x00" + struct.pack(">I", 3) + b"\x0a\x01a"
+    h2 = (PREFACE + settings + frame(1, 4, 1, grpc_headers(b"/etcdserverpb.KV/Range")) +
+          frame(0, 1, 1, msg) + frame(1, 4, 3, grpc_headers(b"/quointest.Test/Echo")) +
+          frame(0, 0, 3, msg) + frame(8, 0, 3, b"\x00\x00\x10\x00") + frame(3, 0, 3, b"\x00\x00\x00\x08"))
+    h1 = (b"POST /version?x=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"3\r\nabc\r\n0\r\n\r\nGET /version HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+    for i in range(400):
+        base = h2 if i % 2 else h1
+        data = mutate(rng, base)
+        if i % 2 and rng.random() < 0.5:
+            data = PREFACE + mutate(rng, base[len(PREFACE):])
+        raw(fake, data, close_write=rng.random() < 0.5, timeout=0.03)
+    assert unary(fake, "/quointest.Test/Stats", b"").startswith(b"cancels=")
+    host, port = fake.endpoint.split(":")
+    c = etcd3.client(host=host, port=int(port))
+    c.put("after", "fuzz")
+    assert c.get("after")[0] == b"fuzz"
+    c.close()

@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,19 @@ static char *exchange(int port, const char *request) {
     return out;
 }
 
+static bool starts_with(const char *s, const char *prefix) {
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Reads one response from fd and checks that it starts with `prefix`. */
+static void expect_response(int fd, const char *prefix) {
+    char *r = harness_recv_response(fd, 5000);
+    assert_non_null(r);
+    if (!starts_with(r, prefix))
+        fail_msg("expected %s, got: %s", prefix, r);
+    free(r);
+}
+
 static const char *body_of(const char *resp) {
     const char *b = strstr(resp, "\r\n\r\n");
     assert_non_null(b);
@@ -38,7 +52,7 @@ static void version_is_etcd_json(void **state) {
     struct harness h;
     harness_start(&h, NULL, NULL, NULL);
     char *r = exchange(h.port, "GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(r, "\r\nContent-Type: application/json\r\n"));
     assert_string_equal(body_of(r), "{\"etcdserver\":\"" UTIL_ETCD_VERSION
                                     "\",\"etcdcluster\":\"" UTIL_ETCD_CLUSTER_VERSION
@@ -47,16 +61,56 @@ static void version_is_etcd_json(void **state) {
     harness_stop(&h);
 }
 
+static void report_unhealthy_later(api_http_req_t *req, void *arg) {
+    int *calls = arg;
+    (*calls)++;
+    api_health_report(req, *calls == 1);
+}
+
+static void set_health(api_server_t *srv, void *arg) {
+    api_server_set_health_check(srv, report_unhealthy_later, arg);
+}
+
+static void health_reports_the_check(void **state) {
+    (void)state;
+    struct harness h;
+    harness_start(&h, NULL, NULL, NULL);
+    char *r = exchange(h.port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_string_equal(body_of(r), "{\"health\":\"true\"}");
+    free(r);
+    harness_stop(&h);
+
+    int calls = 0;
+    harness_start(&h, NULL, set_health, &calls);
+    r = exchange(h.port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    free(r);
+    r = exchange(h.port, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_string_equal(body_of(r), "{\"health\":\"false\"}");
+    free(r);
+    harness_stop(&h);
+    assert_int_equal(calls, 2);
+}
+
 static void unknown_path_is_404_and_wrong_method_405(void **state) {
     (void)state;
     struct harness h;
     harness_start(&h, NULL, NULL, NULL);
     char *r = exchange(h.port, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 404 Not Found\r\n", 24) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 404 Not Found\r\n"));
     assert_string_equal(body_of(r), "404 page not found\n");
+    assert_non_null(strstr(r, "\r\nAccess-Control-Allow-Origin: *\r\n"));
+    free(r);
+    r = exchange(h.port, "OPTIONS /v3/kv/range HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(
+        strstr(r, "\r\nAccess-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\n"));
+    assert_non_null(strstr(r, "\r\nContent-Length: 0\r\n"));
     free(r);
     r = exchange(h.port, "POST /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 405 Method Not Allowed\r\n", 33) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 405 Method Not Allowed\r\n"));
     assert_non_null(strstr(r, "\r\nAllow: GET\r\n"));
     free(r);
     harness_stop(&h);
@@ -81,7 +135,7 @@ static void malformed_requests_get_400_and_close(void **state) {
     harness_start(&h, NULL, NULL, NULL);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *r = exchange(h.port, bad[i]);
-        if (strncmp(r, "HTTP/1.1 400 Bad Request", 24) != 0)
+        if (!starts_with(r, "HTTP/1.1 400 Bad Request"))
             fail_msg("request %zu: %s", i, r);
         assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
         free(r);
@@ -90,7 +144,7 @@ static void malformed_requests_get_400_and_close(void **state) {
     assert_string_equal(body_of(r), "400 Bad Request: missing required Host header");
     free(r);
     r = exchange(h.port, "GET /version HTTP/3.0\r\nHost: x\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 505 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 505 "));
     free(r);
     harness_stop(&h);
 }
@@ -110,16 +164,26 @@ static void pipelined_requests_answer_in_order(void **state) {
         assert_non_null(r);
         char want[32];
         snprintf(want, sizeof(want), "HTTP/1.1 %d ", codes[i]);
-        assert_true(strncmp(r, want, strlen(want)) == 0);
+        assert_true(starts_with(r, want));
         assert_null(strstr(r, "Connection: close"));
         free(r);
     }
-    /* The connection is still open and serves a fourth request. */
+    /* A token list naming close ends the connection too. */
+    const char lst[] = "GET /version HTTP/1.1\r\nHost: x\r\nConnection: TE, close\r\n\r\n";
+    harness_send(fd, lst, sizeof(lst) - 1);
+    char *lr = harness_recv_response(fd, 5000);
+    assert_non_null(lr);
+    assert_non_null(strstr(lr, "\r\nConnection: close\r\n"));
+    free(lr);
+    close(fd);
+    fd = harness_connect(h.port);
+
+    /* A new connection serves an HTTP/1.0 request, closed after it. */
     const char last[] = "GET /version HTTP/1.0\r\n\r\n";
     harness_send(fd, last, sizeof(last) - 1);
     size_t n;
     char *r = harness_recv_all(fd, 5000, &n);
-    assert_true(strncmp(r, "HTTP/1.0 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.0 200 OK\r\n"));
     assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
     free(r);
     close(fd);
@@ -135,10 +199,7 @@ static void request_split_into_single_bytes(void **state) {
     const char req[] = "GET /version HTTP/1.1\r\nHost: x\r\n\r\n";
     for (size_t i = 0; i < sizeof(req) - 1; i++)
         harness_send(fd, &req[i], 1);
-    char *r = harness_recv_response(fd, 5000);
-    assert_non_null(r);
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
-    free(r);
+    expect_response(fd, "HTTP/1.1 200 OK\r\n");
     close(fd);
     harness_stop(&h);
 }
@@ -168,7 +229,7 @@ static void bodies_and_limits(void **state) {
 
     char *r = exchange(h.port, "POST /echo/a/b?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                                "Connection: close\r\n\r\nhello");
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(r, "\r\nX-Query: x=1\r\n"));
     assert_string_equal(body_of(r), "hello");
     free(r);
@@ -176,21 +237,35 @@ static void bodies_and_limits(void **state) {
     r = exchange(h.port,
                  "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                  "Connection: close\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nT: v\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
     assert_string_equal(body_of(r), "abcdefg");
     free(r);
 
+    /* Expect: 100-continue gets its interim answer before the body is sent. */
+    int efd = harness_connect(h.port);
+    const char ehead[] = "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                         "Expect: 100-continue\r\nConnection: close\r\n\r\n";
+    harness_send(efd, ehead, sizeof(ehead) - 1);
+    expect_response(efd, "HTTP/1.1 100 Continue\r\n\r\n");
+    harness_send(efd, "abc", 3);
+    size_t elen;
+    r = harness_recv_all(efd, 5000, &elen);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_string_equal(body_of(r), "abc");
+    free(r);
+    close(efd);
+
     r = exchange(h.port, "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 413 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 413 "));
     free(r);
 
     r = exchange(h.port, "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                          "3e9\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 413 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 413 "));
     free(r);
 
     r = exchange(h.port, "POST /echo/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n");
-    assert_true(strncmp(r, "HTTP/1.1 501 ", 13) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 501 "));
     free(r);
 
     /* A head over the limit, sent in full: 431, and the answer is readable (the
@@ -206,7 +281,7 @@ static void bodies_and_limits(void **state) {
     shutdown(fd, SHUT_WR);
     size_t len;
     r = harness_recv_all(fd, 5000, &len);
-    assert_true(strncmp(r, "HTTP/1.1 431 Request Header Fields Too Large\r\n", 46) == 0);
+    assert_true(starts_with(r, "HTTP/1.1 431 Request Header Fields Too Large\r\n"));
     free(r);
     free(req);
     close(fd);
@@ -256,9 +331,25 @@ static void answer_from_another_thread(void **state) {
     assert_non_null(r);
     assert_string_equal(body_of(r), "late");
     free(r);
-    r = harness_recv_response(fd, 5000);
-    assert_non_null(r);
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    expect_response(fd, "HTTP/1.1 200 OK\r\n");
+    close(fd);
+    harness_stop(&h);
+}
+
+/* A client that half-closes right after its request still gets the answer. */
+static void half_closed_client_gets_answer(void **state) {
+    (void)state;
+    int delay = 50;
+    struct harness h;
+    harness_start(&h, NULL, add_slow, &delay);
+    int fd = harness_connect(h.port);
+    const char req[] = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    harness_send(fd, req, sizeof(req) - 1);
+    shutdown(fd, SHUT_WR);
+    size_t n;
+    char *r = harness_recv_all(fd, 5000, &n);
+    assert_true(starts_with(r, "HTTP/1.1 200 OK\r\n"));
+    assert_string_equal(body_of(r), "late");
     free(r);
     close(fd);
     harness_stop(&h);
@@ -311,9 +402,11 @@ static void port_in_use_is_reported_like_etcd(void **state) {
     assert_int_equal(api_server_listen(srv, url, &err), -EADDRINUSE);
     assert_string_equal(err.msg, want);
 
-    assert_int_equal(api_server_listen(srv, "https://127.0.0.1:2379", &err), -ENOTSUP);
-    assert_non_null(strstr(err.msg, "not supported yet"));
+    assert_int_equal(api_server_listen(srv, "https://127.0.0.1:2379", &err), -EINVAL);
+    assert_string_equal(err.msg, "TLS key/cert (--cert-file, --key-file) must be provided for "
+                                 "client url https://127.0.0.1:2379 with HTTPS scheme");
     assert_int_equal(api_server_listen(srv, "unix://x:1", &err), -ENOTSUP);
+    assert_non_null(strstr(err.msg, "not supported yet"));
     assert_int_equal(api_server_listen(srv, "http://127.0.0.1", &err), -EINVAL);
     assert_non_null(strstr(err.msg, "missing port in address"));
     assert_int_equal(api_server_listen(srv, "ftp://127.0.0.1:1", &err), -EINVAL);
@@ -336,10 +429,7 @@ static void ipv6_loopback_serves(void **state) {
     int fd = harness_connect6(h.port);
     const char req[] = "GET /version HTTP/1.1\r\nHost: [::1]\r\n\r\n";
     harness_send(fd, req, sizeof(req) - 1);
-    char *r = harness_recv_response(fd, 5000);
-    assert_non_null(r);
-    assert_true(strncmp(r, "HTTP/1.1 200 OK\r\n", 17) == 0);
-    free(r);
+    expect_response(fd, "HTTP/1.1 200 OK\r\n");
     close(fd);
     harness_stop(&h);
 }
@@ -363,6 +453,36 @@ static void close_with_clients_connected(void **state) {
         free(r);
         close(fds[i]);
     }
+}
+
+/* Two servers, each on its own loop, share one port with reuse_port; every
+ * connection is served by one of them. */
+static void two_loops_share_a_port(void **state) {
+    (void)state;
+    struct api_config cfg;
+    api_config_default(&cfg);
+    cfg.reuse_port = true;
+    struct harness a, b;
+    harness_start(&a, &cfg, NULL, NULL);
+    /* b listens on a's port: start it by hand on the same URL. */
+    struct util_err err;
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(uv_loop_init(&b.loop), 0);
+    assert_int_equal(api_server_new(&b.loop, NULL, &cfg, &b.srv, &err), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", a.port);
+    assert_int_equal(api_server_listen(b.srv, url, &err), 0);
+    b.port = a.port;
+    harness_run(&b);
+    for (int i = 0; i < 20; i++) {
+        int fd = harness_connect(a.port);
+        const char req[] = "GET /version HTTP/1.1\r\nHost: x\r\n\r\n";
+        harness_send(fd, req, sizeof(req) - 1);
+        expect_response(fd, "HTTP/1.1 200 OK\r\n");
+        close(fd);
+    }
+    harness_stop(&b);
+    harness_stop(&a);
 }
 
 static void connect_and_drop_leaves_no_descriptors(void **state) {
@@ -394,16 +514,19 @@ static void connect_and_drop_leaves_no_descriptors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(version_is_etcd_json),
+        cmocka_unit_test(health_reports_the_check),
         cmocka_unit_test(unknown_path_is_404_and_wrong_method_405),
         cmocka_unit_test(malformed_requests_get_400_and_close),
         cmocka_unit_test(pipelined_requests_answer_in_order),
         cmocka_unit_test(request_split_into_single_bytes),
         cmocka_unit_test(bodies_and_limits),
         cmocka_unit_test(answer_from_another_thread),
+        cmocka_unit_test(half_closed_client_gets_answer),
         cmocka_unit_test(client_gone_before_answer),
         cmocka_unit_test(port_in_use_is_reported_like_etcd),
         cmocka_unit_test(ipv6_loopback_serves),
         cmocka_unit_test(close_with_clients_connected),
+        cmocka_unit_test(two_loops_share_a_port),
         cmocka_unit_test(connect_and_drop_leaves_no_descriptors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -3,16 +3,21 @@
  * by real clients (etcdctl, Python's etcd3 and grpc) in the pytest files of tests/api.
  *
  * Served: KV.Range (answered on the loop), KV.Put and KV.DeleteRange (answered
- * from a separate "apply" thread, as quoin's writes are), Maintenance.Status,
- * GET /version, and test-only methods of a "quointest.Test" service:
+ * from a separate "apply" thread, as quoin's writes are), Watch.Watch (events
+ * sent from the apply thread), Maintenance.Status (its errors echo the
+ * "authorization" metadata), GET /version, the JSON gateway for those unary
+ * methods, and test-only methods of a "quointest.Test" service:
  *   Hang   unary, never answers; finishes CANCELLED when cancelled (deadlines)
  *   Echo   bidi, sends every message back; finishes OK on half-close
  *   Flood  server streaming; request = 8-byte total and 4-byte message size;
  *          sends that many bytes, pausing on -EAGAIN until on_writable
  *   Stats  unary; answers "cancels=N" (handler cancellations seen)
+ *   Whoami unary; answers the client certificate's common name, or "-"
+ *   Watchers unary; answers "watchers=N" (open Watch streams with a watch)
  *
- *   fake_api_server --listen http://127.0.0.1:PORT [--max-request-bytes N]
- *                   [--lifetime SECONDS]
+ *   fake_api_server --listen http(s)://127.0.0.1:PORT [--max-request-bytes N]
+ *                   [--lifetime SECONDS] [--cert-file F --key-file F
+ *                   [--trusted-ca-file F] [--client-cert-auth]]
  *
  * Prints "listening" on stdout when ready; exits 3 when the port is taken,
  * 0 after SIGTERM/SIGINT or when its lifetime (default 600 s) ends. */
@@ -33,6 +38,22 @@
 struct entry {
     ProtobufCBinaryData key, value;
     int64_t create, mod, version;
+};
+
+/* One watch of a Watch stream. */
+struct watch {
+    int64_t id;
+    ProtobufCBinaryData key, end;
+};
+
+/* A Watch stream and its watches; on the fake's list under its mutex, so the
+ * apply thread never sends on a stream after it is finished. */
+struct watcher {
+    struct watcher *next;
+    api_call_t *call;
+    struct watch *ws;
+    size_t n;
+    int64_t next_id;
 };
 
 /* A write handed to the apply thread. */
@@ -56,6 +77,7 @@ struct fake {
     size_t n, cap;
     int64_t revision;
     struct write *head, **tail;
+    struct watcher *watchers;
     int stopping;
     pthread_t apply;
 };
@@ -87,15 +109,21 @@ static size_t lower_bound(struct fake *f, const ProtobufCBinaryData *key) {
     return lo;
 }
 
-/* Whether entry i is in the request's range (key alone, [key, end), or
- * everything from key when end is "\0"). */
+/* Whether k is in a request's range: key alone, [key, end), or everything
+ * from key when end is "\0". */
+static int key_in(const ProtobufCBinaryData *k, const ProtobufCBinaryData *key,
+                  const ProtobufCBinaryData *end) {
+    if (end->len == 0)
+        return cmp_key(k, key) == 0;
+    if (cmp_key(k, key) < 0)
+        return 0;
+    return (end->len == 1 && end->data[0] == 0) || cmp_key(k, end) < 0;
+}
+
+/* Whether entry i (at or after the range's first key) is in the range. */
 static int in_range(struct fake *f, size_t i, const ProtobufCBinaryData *key,
                     const ProtobufCBinaryData *end) {
-    if (end->len == 0)
-        return cmp_key(&f->kv[i].key, key) == 0;
-    if (end->len == 1 && end->data[0] == 0)
-        return 1;
-    return cmp_key(&f->kv[i].key, end) < 0;
+    return key_in(&f->kv[i].key, key, end);
 }
 
 static ProtobufCBinaryData dup_bytes(ProtobufCBinaryData b) {
@@ -167,6 +195,28 @@ static void on_range(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, 
 
 /* ---- writes, on the apply thread ---- */
 
+/* Sends one event to every watch of every stream that covers its key; mu held. */
+static void notify(struct fake *f, Mvccpb__Event__EventType type, const Mvccpb__KeyValue *kv) {
+    Mvccpb__Event ev = MVCCPB__EVENT__INIT;
+    Mvccpb__Event *evs[1] = {&ev};
+    Etcdserverpb__ResponseHeader h;
+    ev.type = type;
+    ev.kv = (Mvccpb__KeyValue *)kv;
+    header(&h, f->revision);
+    for (struct watcher *w = f->watchers; w; w = w->next) {
+        for (size_t i = 0; i < w->n; i++) {
+            if (!key_in(&kv->key, &w->ws[i].key, &w->ws[i].end))
+                continue;
+            Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+            resp.header = &h;
+            resp.watch_id = w->ws[i].id;
+            resp.events = evs;
+            resp.n_events = 1;
+            api_call_send(w->call, &resp.base); /* a slow watcher loses events here */
+        }
+    }
+}
+
 static void apply_put(struct fake *f, api_call_t *call, Etcdserverpb__PutRequest *req) {
     Etcdserverpb__PutResponse resp = ETCDSERVERPB__PUT_RESPONSE__INIT;
     Etcdserverpb__ResponseHeader h;
@@ -195,6 +245,9 @@ static void apply_put(struct fake *f, api_call_t *call, Etcdserverpb__PutRequest
             (struct entry){dup_bytes(req->key), dup_bytes(req->value), f->revision, f->revision, 1};
         f->n++;
     }
+    Mvccpb__KeyValue now;
+    kv_msg(&now, &f->kv[i], 0);
+    notify(f, MVCCPB__EVENT__EVENT_TYPE__PUT, &now);
     header(&h, f->revision);
     resp.header = &h;
     api_call_reply(call, &resp.base);
@@ -211,6 +264,10 @@ static void apply_delete(struct fake *f, api_call_t *call, Etcdserverpb__DeleteR
     if (last > first)
         f->revision++;
     for (size_t i = first; i < last; i++) {
+        Mvccpb__KeyValue gone = MVCCPB__KEY_VALUE__INIT;
+        gone.key = f->kv[i].key;
+        gone.mod_revision = f->revision;
+        notify(f, MVCCPB__EVENT__EVENT_TYPE__DELETE, &gone);
         free(f->kv[i].key.data);
         free(f->kv[i].value.data);
     }
@@ -286,8 +343,96 @@ static void on_status(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d,
     resp.raftappliedindex = (uint64_t)f->revision + 4;
     resp.raftterm = RAFT_TERM;
     pthread_mutex_unlock(&f->mu);
+    /* Echoes the caller's credentials, so tests see metadata arrive. */
+    char *auth = (char *)api_call_metadata(call, "authorization");
+    if (auth) {
+        resp.errors = &auth;
+        resp.n_errors = 1;
+    }
     resp.header = &h;
     api_call_reply(call, &resp.base);
+}
+
+/* ---- Watch.Watch ---- */
+
+static void on_watch_open(api_call_t *call, void *arg) {
+    struct fake *f = arg;
+    struct watcher *w = calloc(1, sizeof(*w));
+    if (!w)
+        abort();
+    w->call = call;
+    w->next_id = 1;
+    api_call_set_data(call, w);
+    pthread_mutex_lock(&f->mu);
+    w->next = f->watchers;
+    f->watchers = w;
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void on_watch_msg(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                         void *arg) {
+    struct fake *f = arg;
+    struct watcher *w = api_call_data(call);
+    Etcdserverpb__WatchRequest *req = (Etcdserverpb__WatchRequest *)msg;
+    Etcdserverpb__WatchResponse resp = ETCDSERVERPB__WATCH_RESPONSE__INIT;
+    Etcdserverpb__ResponseHeader h;
+    (void)d;
+    (void)len;
+    pthread_mutex_lock(&f->mu);
+    header(&h, f->revision);
+    resp.header = &h;
+    if (req->request_union_case == ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CREATE_REQUEST) {
+        Etcdserverpb__WatchCreateRequest *cr = req->create_request;
+        struct watch *ws = realloc(w->ws, (w->n + 1) * sizeof(*ws));
+        if (!ws)
+            abort();
+        w->ws = ws;
+        int64_t id = cr->watch_id ? cr->watch_id : w->next_id++;
+        ws[w->n++] = (struct watch){id, dup_bytes(cr->key), dup_bytes(cr->range_end)};
+        resp.watch_id = id;
+        resp.created = 1;
+    } else if (req->request_union_case ==
+               ETCDSERVERPB__WATCH_REQUEST__REQUEST_UNION_CANCEL_REQUEST) {
+        resp.watch_id = req->cancel_request->watch_id;
+        resp.canceled = 1;
+        for (size_t i = 0; i < w->n; i++) {
+            if (w->ws[i].id == resp.watch_id) {
+                free(w->ws[i].key.data);
+                free(w->ws[i].end.data);
+                w->ws[i] = w->ws[--w->n];
+                break;
+            }
+        }
+    } else {
+        resp.watch_id = -1; /* a progress report: the header says where we are */
+    }
+    api_call_send(call, &resp.base); /* under the lock: events of a watch follow its creation */
+    pthread_mutex_unlock(&f->mu);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+/* The stream ends (the client cancelled it or went): off the list, then finished. */
+static void watch_end(api_call_t *call, struct fake *f) {
+    struct watcher *w = api_call_data(call);
+    pthread_mutex_lock(&f->mu);
+    for (struct watcher **p = &f->watchers; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&f->mu);
+    for (size_t i = 0; i < w->n; i++) {
+        free(w->ws[i].key.data);
+        free(w->ws[i].end.data);
+    }
+    free(w->ws);
+    free(w);
+    api_call_finish(call, API_GRPC_OK, NULL);
+}
+
+static void on_watch_cancel(api_call_t *call, void *arg) {
+    watch_end(call, arg);
 }
 
 /* ---- quointest.Test ---- */
@@ -318,6 +463,36 @@ static void on_stats(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, 
     (void)len;
     int n = snprintf(buf, sizeof(buf), "cancels=%d", f->cancels);
     api_call_send_raw(call, buf, (size_t)n);
+    api_call_finish(call, API_GRPC_OK, NULL);
+}
+
+static void on_watchers(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                        void *arg) {
+    struct fake *f = arg;
+    char buf[64];
+    int n = 0;
+    (void)msg;
+    (void)d;
+    (void)len;
+    pthread_mutex_lock(&f->mu);
+    for (struct watcher *w = f->watchers; w; w = w->next)
+        n += w->n > 0;
+    pthread_mutex_unlock(&f->mu);
+    n = snprintf(buf, sizeof(buf), "watchers=%d", n);
+    api_call_send_raw(call, buf, (size_t)n);
+    api_call_finish(call, API_GRPC_OK, NULL);
+}
+
+static void on_whoami(api_call_t *call, ProtobufCMessage *msg, const uint8_t *d, size_t len,
+                      void *arg) {
+    const char *cn = api_call_peer_cn(call);
+    (void)msg;
+    (void)d;
+    (void)len;
+    (void)arg;
+    if (!cn)
+        cn = "-";
+    api_call_send_raw(call, cn, strlen(cn));
     api_call_finish(call, API_GRPC_OK, NULL);
 }
 
@@ -410,18 +585,32 @@ static int register_all(struct fake *f) {
     const struct api_grpc_method ms[] = {
         {.path = "/etcdserverpb.KV/Range",
          .request = &etcdserverpb__range_request__descriptor,
+         .response = &etcdserverpb__range_response__descriptor,
          .on_message = on_range},
         {.path = "/etcdserverpb.KV/Put",
          .request = &etcdserverpb__put_request__descriptor,
+         .response = &etcdserverpb__put_response__descriptor,
          .on_message = on_write},
         {.path = "/etcdserverpb.KV/DeleteRange",
          .request = &etcdserverpb__delete_range_request__descriptor,
+         .response = &etcdserverpb__delete_range_response__descriptor,
          .on_message = on_write},
+        {.path = "/etcdserverpb.Watch/Watch",
+         .client_streaming = true,
+         .server_streaming = true,
+         .request = &etcdserverpb__watch_request__descriptor,
+         .response = &etcdserverpb__watch_response__descriptor,
+         .on_open = on_watch_open,
+         .on_message = on_watch_msg, /* etcd keeps a half-closed Watch stream open too */
+         .on_cancel = on_watch_cancel},
         {.path = "/etcdserverpb.Maintenance/Status",
          .request = &etcdserverpb__status_request__descriptor,
+         .response = &etcdserverpb__status_response__descriptor,
          .on_message = on_status},
         {.path = "/quointest.Test/Hang", .on_message = on_hang, .on_cancel = on_cancel},
         {.path = "/quointest.Test/Stats", .on_message = on_stats},
+        {.path = "/quointest.Test/Whoami", .on_message = on_whoami},
+        {.path = "/quointest.Test/Watchers", .on_message = on_watchers},
         {.path = "/quointest.Test/Echo",
          .client_streaming = true,
          .server_streaming = true,
@@ -451,14 +640,27 @@ int main(int argc, char **argv) {
     struct util_err err;
     const char *url = NULL;
     long lifetime = 600;
+    struct api_tls_config tls = {0};
     api_config_default(&cfg);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--listen") == 0)
-            url = argv[i + 1];
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--client-cert-auth") == 0) {
+            tls.client_cert_auth = true;
+            continue;
+        }
+        if (i + 1 == argc)
+            break;
+        if (strcmp(argv[i], "--cert-file") == 0)
+            tls.cert_file = argv[++i];
+        else if (strcmp(argv[i], "--key-file") == 0)
+            tls.key_file = argv[++i];
+        else if (strcmp(argv[i], "--trusted-ca-file") == 0)
+            tls.trusted_ca_file = argv[++i];
+        else if (strcmp(argv[i], "--listen") == 0)
+            url = argv[++i];
         else if (strcmp(argv[i], "--max-request-bytes") == 0)
-            cfg.max_request_bytes = strtoul(argv[i + 1], NULL, 10);
+            cfg.max_request_bytes = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--lifetime") == 0)
-            lifetime = strtol(argv[i + 1], NULL, 10);
+            lifetime = strtol(argv[++i], NULL, 10);
     }
     if (!url) {
         fprintf(stderr, "usage: fake_api_server --listen URL [--max-request-bytes N]\n");
@@ -471,6 +673,13 @@ int main(int argc, char **argv) {
     uv_loop_init(&f.loop);
     if (api_server_new(&f.loop, NULL, &cfg, &f.srv, &err) != 0 || register_all(&f) != 0) {
         fprintf(stderr, "fake_api_server: setup failed\n");
+        return 1;
+    }
+    if (tls.cert_file && api_server_set_tls(f.srv, &tls, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        api_server_close(f.srv, NULL, NULL);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&f.loop);
         return 1;
     }
     int rc = api_server_listen(f.srv, url, &err);
