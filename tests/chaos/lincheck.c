@@ -311,7 +311,9 @@ static int lc_op_searched(const struct lc_op *op) {
 /* --- reports -------------------------------------------------------------- */
 
 int lc_report_op(struct util_buf *b, const struct lincheck_history *h, const struct lc_op *op) {
-    (void)h;
+    if (op->kind == LC_EXPIRE)
+        return util_buf_printf(b, "    (lease %lld expires, granted at line %d)\n",
+                               (long long)h->leases[op->lidx], op->line);
     return util_buf_printf(b, "    line %d: %s\n", op->line, op->text);
 }
 
