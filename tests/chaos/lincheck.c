@@ -23,16 +23,66 @@ enum { LC_KV_VALUE, LC_KV_VER, LC_KV_MOD, LC_KV_CREATE, LC_KV_LO, LC_KV_HI, LC_K
  * the key was written by an operation whose revision was never reported. */
 #define LC_PENDING (-2)
 
+/* The revisions acknowledged writes took, sorted, each with the last revision
+ * of the unbroken run it starts or continues. */
+struct lc_gaps {
+    int64_t *used, *run_end;
+    size_t n;
+};
+
+/* The lowest revision above floor that no acknowledged write took. */
+static int64_t lc_next_gap(const struct lc_gaps *g, int64_t floor) {
+    size_t lo = 0, hi = g->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (g->used[mid] <= floor)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < g->n && g->used[lo] == floor + 1)
+        return g->run_end[lo] + 1;
+    return floor + 1;
+}
+
+static int lc_i64_cmp(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int lc_gaps_build(const struct lincheck_history *h, struct lc_gaps *g) {
+    size_t n = 0;
+    g->used = calloc(h->nops + 1, sizeof(int64_t));
+    g->run_end = calloc(h->nops + 1, sizeof(int64_t));
+    if (g->used == NULL || g->run_end == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < h->nops; i++)
+        if (h->ops[i].rev > 0 && lc_txn_wrote(&h->ops[i]) != 0)
+            g->used[n++] = h->ops[i].rev;
+    qsort(g->used, n, sizeof(int64_t), lc_i64_cmp);
+    g->n = 0;
+    for (size_t i = 0; i < n; i++)
+        if (g->n == 0 || g->used[g->n - 1] != g->used[i])
+            g->used[g->n++] = g->used[i];
+    for (size_t i = g->n; i-- > 0;)
+        g->run_end[i] =
+            i + 1 < g->n && g->used[i + 1] == g->used[i] + 1 ? g->run_end[i + 1] : g->used[i];
+    return 0;
+}
+
 /* One partition: its operations and its keys and leases, both as local
  * indices into the state. */
 struct lc_part {
     const struct lincheck_history *h;
     const struct lc_op **ops;
+    uint64_t *ret;      /* completion times as the search uses them (see lc_eff_ret) */
+    unsigned char *opt; /* may never take effect (timed out, not observed) */
     size_t n;
     int *keys, *leases; /* local -> global */
     size_t nk, nl;
-    const int *kloc, *lloc; /* global -> local, valid for this partition's members */
-    size_t S;               /* state words */
+    const int *kloc, *lloc;     /* global -> local, valid for this partition's members */
+    const struct lc_gaps *gaps; /* NULL in an open world */
+    size_t S;                   /* state words */
 };
 
 static int64_t *lc_key(const struct lc_part *p, int64_t *st, int gkey) {
@@ -112,7 +162,7 @@ static int lc_settle(const struct lc_part *p, int64_t *st, int wrote, int64_t R)
     if (wrote) {
         if (R > 0 && R <= st[0])
             return 0;
-        st[0] = R > 0 ? R : st[0] + 1;
+        st[0] = R > 0 ? R : p->gaps != NULL ? lc_next_gap(p->gaps, st[0]) : st[0] + 1;
     } else if (R > 0) {
         if (R < st[0])
             return 0;
@@ -390,12 +440,13 @@ static int lc_ent_cmp(const void *a, const void *b) {
     return x->op - y->op;
 }
 
-/* The memo: a hash set of (linearized bitset, state) records in one pool. */
+/* The memo: the (set of linearized ops, model state) pairs already explored,
+ * kept as 128-bit fingerprints rather than whole bitsets, so a record costs 16
+ * bytes whatever the partition size. The set's part is a Zobrist hash kept up
+ * to date move by move. A false match needs a 128-bit collision. */
 struct lc_memo {
-    uint64_t *pool;
-    size_t used, cap; /* words */
-    uint32_t *slots;  /* record offset / rec + 1, 0 = free */
-    size_t nslots, count, rec;
+    uint64_t *fp; /* 2 words per slot, {0, 0} = free */
+    size_t nslots, count;
 };
 
 static uint64_t lc_mix(uint64_t x) {
@@ -405,49 +456,34 @@ static uint64_t lc_mix(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-static int lc_memo_grow(struct lc_memo *m) {
-    size_t nslots = m->nslots ? m->nslots * 2 : 1024;
-    uint32_t *slots = calloc(nslots, sizeof(*slots));
-    if (slots == NULL)
-        return -ENOMEM;
-    for (size_t r = 0; r < m->count; r++) {
-        size_t j = m->pool[r * m->rec] & (nslots - 1);
-        while (slots[j] != 0)
-            j = (j + 1) & (nslots - 1);
-        slots[j] = (uint32_t)r + 1;
-    }
-    free(m->slots);
-    m->slots = slots;
-    m->nslots = nslots;
-    return 0;
+static void lc_memo_put(uint64_t *fp, size_t nslots, uint64_t a, uint64_t b) {
+    size_t j = a & (nslots - 1);
+    while (fp[2 * j] != 0)
+        j = (j + 1) & (nslots - 1);
+    fp[2 * j] = a;
+    fp[2 * j + 1] = b;
 }
 
-/* Adds (bits, st) with hash hv; returns 1 if new, 0 if seen, -ENOMEM. */
-static int lc_memo_add(struct lc_memo *m, uint64_t hv, const uint64_t *bits, size_t W,
-                       const int64_t *st, size_t S) {
-    if ((m->count + 1) * 2 > m->nslots && lc_memo_grow(m) != 0)
-        return -ENOMEM;
-    size_t j = hv & (m->nslots - 1);
-    while (m->slots[j] != 0) {
-        const uint64_t *r = m->pool + (size_t)(m->slots[j] - 1) * m->rec;
-        if (r[0] == hv && memcmp(r + 1, bits, W * 8) == 0 && memcmp(r + 1 + W, st, S * 8) == 0)
-            return 0;
-        j = (j + 1) & (m->nslots - 1);
-    }
-    if (m->used + m->rec > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : m->rec * 1024;
-        uint64_t *pool = realloc(m->pool, cap * sizeof(*pool));
-        if (pool == NULL)
+/* Adds fingerprint (a, b); returns 1 if new, 0 if seen, -ENOMEM. */
+static int lc_memo_add(struct lc_memo *m, uint64_t a, uint64_t b) {
+    a |= 1; /* never the free marker */
+    if ((m->count + 1) * 2 > m->nslots) {
+        size_t nslots = m->nslots ? m->nslots * 2 : 4096;
+        uint64_t *fp = calloc(nslots * 2, sizeof(*fp));
+        if (fp == NULL)
             return -ENOMEM;
-        m->pool = pool;
-        m->cap = cap;
+        for (size_t j = 0; j < m->nslots; j++)
+            if (m->fp[2 * j] != 0)
+                lc_memo_put(fp, nslots, m->fp[2 * j], m->fp[2 * j + 1]);
+        free(m->fp);
+        m->fp = fp;
+        m->nslots = nslots;
     }
-    uint64_t *r = m->pool + m->used;
-    r[0] = hv;
-    memcpy(r + 1, bits, W * 8);
-    memcpy(r + 1 + W, st, S * 8);
-    m->used += m->rec;
-    m->slots[j] = (uint32_t)m->count++ + 1;
+    for (size_t j = a & (m->nslots - 1); m->fp[2 * j] != 0; j = (j + 1) & (m->nslots - 1))
+        if (m->fp[2 * j] == a && m->fp[2 * j + 1] == b)
+            return 0;
+    lc_memo_put(m->fp, m->nslots, a, b);
+    m->count++;
     return 1;
 }
 
@@ -455,10 +491,18 @@ static int lc_memo_add(struct lc_memo *m, uint64_t hv, const uint64_t *bits, siz
 struct lc_search {
     struct lc_ent *ent; /* 1..2n, [0] = list head */
     int *next, *prev, *match;
-    uint64_t *bits, *zob;
+    uint64_t *zob; /* two Zobrist words per op */
     int64_t *st, *cand, *stack_st, *best_st;
     int *stack, *best_seq, *best_open;
-    size_t best_len, best_nopen;
+    /* Ops with a known revision, by the highest floor under which each can
+     * still be linearized (a write at R: R - 1; a read at R: R), to refuse
+     * early any move that raises the floor past one of them still to come. */
+    int64_t *wlim; /* per op */
+    int *wop, *wpos;
+    size_t nw, wptr;      /* wop[0..wptr) are all linearized */
+    unsigned char *lin;   /* per op */
+    unsigned char *never; /* per stack entry: a "never happened" move */
+    size_t best_len, best_nseq, best_nopen;
     int best_block;
     struct lc_memo memo;
 };
@@ -468,17 +512,20 @@ static void lc_search_free(struct lc_search *s) {
     free(s->next);
     free(s->prev);
     free(s->match);
-    free(s->bits);
     free(s->zob);
     free(s->st);
     free(s->cand);
     free(s->stack_st);
     free(s->best_st);
     free(s->stack);
+    free(s->never);
+    free(s->wop);
+    free(s->wlim);
+    free(s->wpos);
+    free(s->lin);
     free(s->best_seq);
     free(s->best_open);
-    free(s->memo.pool);
-    free(s->memo.slots);
+    free(s->memo.fp);
 }
 
 static void lc_lift(struct lc_search *s, int e) {
@@ -499,8 +546,23 @@ static void lc_unlift(struct lc_search *s, int e) {
     s->next[s->prev[e]] = e;
 }
 
-static uint64_t lc_state_hash(const int64_t *st, size_t S) {
-    uint64_t x = 0x51ed27f1u;
+static int lc_wop_cmp(const void *a, const void *b, void *arg) {
+    const int64_t *lim = arg;
+    int64_t x = lim[*(const int *)a], y = lim[*(const int *)b];
+    return (x > y) - (x < y);
+}
+
+/* The highest floor every op with a known revision still to be linearized
+ * allows, op o aside. */
+static int64_t lc_floor_limit(const struct lc_search *s, int o) {
+    for (size_t i = s->wptr; i < s->nw; i++)
+        if (!s->lin[s->wop[i]] && s->wop[i] != o)
+            return s->wlim[s->wop[i]];
+    return INT64_MAX;
+}
+
+static uint64_t lc_state_hash(const int64_t *st, size_t S, uint64_t seed) {
+    uint64_t x = seed;
     for (size_t i = 0; i < S; i++)
         x = lc_mix(x ^ (uint64_t)st[i]);
     return x;
@@ -510,7 +572,10 @@ static uint64_t lc_state_hash(const int64_t *st, size_t S) {
  * state, the op whose completion could not be passed, and the open ops. */
 static void lc_note_best(struct lc_search *s, const struct lc_part *p, size_t depth, int e) {
     s->best_len = depth;
-    memcpy(s->best_seq, s->stack, depth * sizeof(int));
+    s->best_nseq = 0;
+    for (size_t i = 0; i < depth; i++)
+        if (!s->never[i])
+            s->best_seq[s->best_nseq++] = s->ent[s->stack[i]].op;
     memcpy(s->best_st, s->st, p->S * sizeof(int64_t));
     s->best_block = s->ent[e].op;
     s->best_nopen = 0;
@@ -520,30 +585,48 @@ static void lc_note_best(struct lc_search *s, const struct lc_part *p, size_t de
 }
 
 static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
-    size_t n = p->n, W = (n + 63) / 64;
+    size_t n = p->n;
     memset(s, 0, sizeof(*s));
     s->ent = calloc(2 * n + 1, sizeof(*s->ent));
     s->next = calloc(2 * n + 1, sizeof(int));
     s->prev = calloc(2 * n + 1, sizeof(int));
     s->match = calloc(2 * n + 1, sizeof(int));
-    s->bits = calloc(W, sizeof(uint64_t));
-    s->zob = calloc(n, sizeof(uint64_t));
+    s->zob = calloc(2 * n + 1, sizeof(uint64_t));
     s->st = calloc(p->S, sizeof(int64_t));
     s->cand = calloc(p->S, sizeof(int64_t));
     s->stack_st = calloc(n * p->S, sizeof(int64_t));
     s->best_st = calloc(p->S, sizeof(int64_t));
     s->stack = calloc(n, sizeof(int));
+    s->never = calloc(n + 1, 1);
+    s->wop = calloc(n + 1, sizeof(int));
+    s->wlim = calloc(n + 1, sizeof(int64_t));
+    s->wpos = calloc(n + 1, sizeof(int));
+    s->lin = calloc(n + 1, 1);
     s->best_seq = calloc(n, sizeof(int));
     s->best_open = calloc(n, sizeof(int));
-    if (!s->ent || !s->next || !s->prev || !s->match || !s->bits || !s->zob || !s->st || !s->cand ||
-        !s->stack_st || !s->best_st || !s->stack || !s->best_seq || !s->best_open)
+    if (!s->ent || !s->next || !s->prev || !s->match || !s->zob || !s->st || !s->cand ||
+        !s->stack_st || !s->best_st || !s->stack || !s->never || !s->wop || !s->wlim || !s->wpos ||
+        !s->lin || !s->best_seq || !s->best_open)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         s->ent[2 * i + 1] = (struct lc_ent){(int)i, 0, p->ops[i]->call};
-        s->ent[2 * i + 2] = (struct lc_ent){(int)i, 1, p->ops[i]->ret};
-        s->zob[i] = lc_mix(i * 2654435761u + 17);
+        s->ent[2 * i + 2] = (struct lc_ent){(int)i, 1, p->ret[i]};
+        s->zob[2 * i] = lc_mix(2 * i + 17);
+        s->zob[2 * i + 1] = lc_mix(lc_mix(2 * i + 1));
     }
     qsort(s->ent + 1, 2 * n, sizeof(*s->ent), lc_ent_cmp);
+    for (size_t i = 0; i < n; i++) {
+        const struct lc_op *op = p->ops[i];
+        if (op->rev <= 0 || op->status != LC_OK || op->kind != LC_TXN)
+            continue;
+        s->wlim[i] = op->rev - (lc_txn_wrote(op) == 1);
+        s->wop[s->nw++] = (int)i;
+    }
+    qsort_r(s->wop, s->nw, sizeof(int), lc_wop_cmp, s->wlim);
+    for (size_t i = 0; i < n; i++)
+        s->wpos[i] = -1;
+    for (size_t i = 0; i < s->nw; i++)
+        s->wpos[s->wop[i]] = (int)i;
     int *call_at = s->best_seq; /* scratch: op -> its invocation entry */
     for (size_t e = 1; e <= 2 * n; e++)
         if (!s->ent[e].is_ret)
@@ -557,7 +640,6 @@ static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
         s->next[e] = e == 2 * n ? -1 : (int)e + 1;
     }
     s->next[0] = n > 0 ? 1 : -1;
-    s->memo.rec = 1 + W + p->S;
     /* Initial state: no key, revision floor 0, leases never granted count as alive. */
     for (size_t i = 0; i < p->nl; i++) {
         s->st[1 + i] = 1;
@@ -570,67 +652,129 @@ static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
     return 0;
 }
 
+/* Tries move o (a step, or "never" for an optional op) from the current
+ * node; on success pushes it (c = its invocation entry) and returns 1. */
+static int lc_try(struct lc_search *s, const struct lc_part *p, int o, int c, int never,
+                  size_t *depth, uint64_t *za, uint64_t *zb) {
+    size_t S = p->S;
+    memcpy(s->cand, s->st, S * sizeof(int64_t));
+    if (!never && !(lc_step(p, s->cand, p->ops[o]) && s->cand[0] <= lc_floor_limit(s, o)))
+        return 0;
+    /* An optional op without effect here is the same as one that never
+     * happens, which stays possible: taking it would only multiply the
+     * linearized sets the memo tells apart. */
+    if (!never && p->opt[o] && memcmp(s->cand, s->st, S * sizeof(int64_t)) == 0)
+        return 0;
+    uint64_t a = *za ^ s->zob[2 * o], b = *zb ^ s->zob[2 * o + 1];
+    int fresh = lc_memo_add(&s->memo, a ^ lc_state_hash(s->cand, S, 0x51ed27f1u),
+                            b ^ lc_state_hash(s->cand, S, 0x2545f4914f6cdd1dull));
+    if (fresh <= 0)
+        return fresh;
+    memcpy(s->stack_st + *depth * S, s->st, S * sizeof(int64_t));
+    s->never[*depth] = (unsigned char)never;
+    s->stack[(*depth)++] = c;
+    memcpy(s->st, s->cand, S * sizeof(int64_t));
+    *za = a;
+    *zb = b;
+    lc_lift(s, c);
+    s->lin[o] = 1;
+    while (s->wptr < s->nw && s->lin[s->wop[s->wptr]])
+        s->wptr++;
+    return 1;
+}
+
 /* Searches one partition. Returns 1 linearizable, 0 not (best_* filled), 2
- * out of budget, -ENOMEM. */
+ * out of budget, -ENOMEM.
+ *
+ * Each node first tries the operations that must take effect, walking
+ * invocations forward as Lowe's algorithm does, up to the first completion.
+ * If that completion is an optional (timed-out) operation's deadline, the
+ * next move is "it never happened". Only then are optional operations tried,
+ * walking backward from that point: the most recent first, since one that is
+ * needed now most likely happened lately, while old ones mostly never did.
+ * So an optional operation is placed by backtracking from the first result
+ * that needs it instead of being carried along the whole history. */
 static int lc_search(struct lc_search *s, const struct lc_part *p, uint64_t max_steps,
                      uint64_t deadline, uint64_t *steps) {
-    size_t S = p->S, W = (p->n + 63) / 64, depth = 0;
-    uint64_t zh = 0;
-    int64_t *cand = s->cand;
-    int e = s->next[0], noted = 0;
+    size_t depth = 0;
+    uint64_t za = 0, zb = 0; /* Zobrist hash of the linearized set */
+    int e = s->next[0], phase = 0, noted = 0, r;
     while (s->next[0] >= 0) {
         if (++*steps > max_steps || ((*steps & 4095) == 0 && util_now_mono_ns() > deadline))
             return 2;
-        if (e < 0)
-            return 1; /* cannot happen: a completion always ends the list */
-        const struct lc_ent *en = &s->ent[e];
-        const struct lc_op *op = p->ops[en->op];
-        if (!en->is_ret) {
-            memcpy(cand, s->st, S * sizeof(int64_t));
-            if (lc_step(p, cand, op)) {
-                uint64_t z = zh ^ s->zob[en->op];
-                s->bits[en->op / 64] |= 1ull << (en->op % 64);
-                int fresh = lc_memo_add(&s->memo, z ^ lc_state_hash(cand, S), s->bits, W, cand, S);
-                if (fresh < 0)
-                    return fresh;
-                if (fresh) {
-                    memcpy(s->stack_st + depth * S, s->st, S * sizeof(int64_t));
-                    s->stack[depth++] = e;
-                    memcpy(s->st, cand, S * sizeof(int64_t));
-                    zh = z;
-                    lc_lift(s, e);
+        if (phase == 0) {
+            assert(e > 0); /* a completion always ends the list */
+            int o = s->ent[e].op;
+            if (!s->ent[e].is_ret) {
+                if (!p->opt[o] && (r = lc_try(s, p, o, e, 0, &depth, &za, &zb)) != 0) {
+                    if (r < 0)
+                        return r;
                     e = s->next[0];
                     continue;
                 }
-                s->bits[en->op / 64] &= ~(1ull << (en->op % 64));
+                e = s->next[e];
+                continue;
             }
-            e = s->next[e];
+            if (p->ret[o] == LC_NEVER)
+                return 1; /* only optional ops are left: they may never happen */
+            if (p->opt[o] && (r = lc_try(s, p, o, s->match[e], 1, &depth, &za, &zb)) != 0) {
+                if (r < 0)
+                    return r;
+                e = s->next[0];
+                continue;
+            }
+            phase = 1;
+            e = s->prev[e];
             continue;
         }
-        if (op->ret == LC_NEVER)
-            return 1; /* only indeterminate ops are left: they may never happen */
+        if (e > 0) {
+            int o = s->ent[e].op;
+            if (p->opt[o] && (r = lc_try(s, p, o, e, 0, &depth, &za, &zb)) != 0) {
+                if (r < 0)
+                    return r;
+                phase = 0;
+                e = s->next[0];
+                continue;
+            }
+            e = s->prev[e];
+            continue;
+        }
+        /* Every move from this node failed: back up one. */
         if (!noted || depth > s->best_len) {
-            /* Stack entries are invocation entries; the report wants op indices. */
-            lc_note_best(s, p, depth, e);
-            for (size_t i = 0; i < depth; i++)
-                s->best_seq[i] = s->ent[s->best_seq[i]].op;
+            int blk = s->next[0];
+            while (!s->ent[blk].is_ret)
+                blk = s->next[blk];
+            lc_note_best(s, p, depth, blk);
             noted = 1;
         }
         if (depth == 0)
             return 0;
-        int top = s->stack[--depth];
-        memcpy(s->st, s->stack_st + depth * S, S * sizeof(int64_t));
-        zh ^= s->zob[s->ent[top].op];
-        s->bits[s->ent[top].op / 64] &= ~(1ull << (s->ent[top].op % 64));
+        int top = s->stack[--depth], o = s->ent[top].op;
+        memcpy(s->st, s->stack_st + depth * p->S, p->S * sizeof(int64_t));
+        za ^= s->zob[2 * o];
+        zb ^= s->zob[2 * o + 1];
         lc_unlift(s, top);
-        e = s->next[top];
+        s->lin[o] = 0;
+        if (s->wpos[o] >= 0 && (size_t)s->wpos[o] < s->wptr)
+            s->wptr = (size_t)s->wpos[o];
+        if (s->never[depth]) {
+            phase = 1;
+            e = s->prev[s->match[top]];
+        } else if (p->opt[o]) {
+            phase = 1;
+            e = s->prev[top];
+        } else {
+            phase = 0;
+            e = s->next[top];
+        }
     }
     return 1;
 }
 
-/* Reports a partition without linearization from the deepest point reached. */
+/* Reports a partition without linearization, or (unknown) one whose search
+ * ran out of budget, from the deepest point the search reached. */
 static int lc_report_nonlin(struct lincheck_result *res, const struct lc_part *p,
-                            const struct lc_search *s) {
+                            const struct lc_search *s, int unknown) {
     struct util_buf *b = &res->report, keys = {0};
     int rc = 0;
     for (size_t i = 0; i < p->nk && rc == 0; i++) {
@@ -641,7 +785,12 @@ static int lc_report_nonlin(struct lincheck_result *res, const struct lc_part *p
     for (size_t i = 0; i < p->nl && rc == 0; i++)
         rc = util_buf_printf(&keys, "%slease %lld", i == 0 && p->nk == 0 ? "" : ", ",
                              (long long)p->h->leases[p->leases[i]]);
-    if (rc == 0)
+    if (rc == 0 && unknown)
+        rc = util_buf_printf(b,
+                             "\nUNKNOWN: the search over the %zu operations on %s ran out of "
+                             "budget (raise --max-steps/--max-ms)\n",
+                             p->n, keys.data);
+    else if (rc == 0)
         rc = lc_report_anomaly(res, LINCHECK_A_NONLINEARIZABLE,
                                "no linearization of the %zu operations on %s", p->n, keys.data);
     util_buf_free(&keys);
@@ -649,7 +798,7 @@ static int lc_report_nonlin(struct lincheck_result *res, const struct lc_part *p
         rc = util_buf_printf(b,
                              "  the longest valid order found holds %zu operations; this "
                              "one then completed without any way to place it:\n",
-                             s->best_len);
+                             s->best_nseq);
     if (rc == 0)
         rc = lc_report_op(b, p->h, p->ops[s->best_block]);
     if (rc == 0 && s->best_nopen > 0)
@@ -659,10 +808,10 @@ static int lc_report_nonlin(struct lincheck_result *res, const struct lc_part *p
             rc = lc_report_op(b, p->h, p->ops[s->best_open[i]]);
     if (rc == 0)
         rc = lc_report_state(b, p, s->best_st);
-    if (rc == 0 && s->best_len > 0)
+    if (rc == 0 && s->best_nseq > 0)
         rc = util_buf_printf(b, "  last operations of that order:\n");
-    size_t from = s->best_len > LC_SHOW_TAIL ? s->best_len - LC_SHOW_TAIL : 0;
-    for (size_t i = from; i < s->best_len && rc == 0; i++)
+    size_t from = s->best_nseq > LC_SHOW_TAIL ? s->best_nseq - LC_SHOW_TAIL : 0;
+    for (size_t i = from; i < s->best_nseq && rc == 0; i++)
         rc = lc_report_op(b, p->h, p->ops[s->best_seq[i]]);
     return rc;
 }
@@ -746,13 +895,116 @@ static void lc_union_op(const struct lincheck_history *h, int *parent, const str
         }
 }
 
+static void lc_seen(uint64_t *seen, int value, uint64_t t) {
+    if (value != LC_ABSENT && t < seen[value])
+        seen[value] = t;
+}
+
+/* For each value: when it was first known to be in the store (the earliest
+ * completion of a read that returned it or a CAS that matched it), and how
+ * many operations write it. A timed-out write of a value only it writes must
+ * have happened before that value was first seen: its interval is closed
+ * there, which spares the search from carrying it open to the end. */
+static void lc_observe(const struct lincheck_history *h, uint64_t *seen, int *writers) {
+    for (size_t v = 0; v < h->values.n; v++)
+        seen[v] = LC_NEVER;
+    for (size_t i = 0; i < h->nops; i++) {
+        const struct lc_op *op = &h->ops[i];
+        if (op->kind != LC_TXN && op->kind != LC_RANGE)
+            continue;
+        for (int b = 0; b < 2 && op->status != LC_FAIL; b++)
+            for (size_t j = 0; j < op->nsubs[b]; j++)
+                writers[op->subs[b][j].value] += op->subs[b][j].kind == LC_PUT;
+        if (op->status != LC_OK)
+            continue;
+        for (size_t j = 0; j < op->nkvs; j++)
+            lc_seen(seen, op->kvs[j].value, op->ret);
+        if (op->succeeded < 0)
+            continue;
+        for (size_t j = 0; j < op->nsubs[op->succeeded]; j++)
+            if (op->subs[op->succeeded][j].kind == LC_GET)
+                lc_seen(seen, op->subs[op->succeeded][j].res.value, op->ret);
+        for (size_t j = 0; j < op->ncmps && op->succeeded; j++)
+            if (op->cmps[j].target == LC_T_VALUE && op->cmps[j].op == LC_EQ)
+                lc_seen(seen, op->cmps[j].value, op->ret);
+    }
+}
+
+/* Whether ok op wrote key k (a put, or a delete that deleted it). */
+static int lc_wrote_key(const struct lc_op *op, int k) {
+    if (op->kind != LC_TXN || op->status != LC_OK || op->succeeded < 0 || op->rev <= 0)
+        return 0;
+    for (size_t j = 0; j < op->nsubs[op->succeeded]; j++) {
+        const struct lc_sub *s = &op->subs[op->succeeded][j];
+        if (s->key == k && (s->kind == LC_PUT || (s->kind == LC_DEL && s->deleted > 0)))
+            return 1;
+    }
+    return 0;
+}
+
+/* The latest time a timed-out CAS can still take effect: its compare names
+ * one version of the key (a mod_revision, or a value only one acknowledged
+ * write wrote), and once an acknowledged write has replaced that version,
+ * which it did before completing, the compare can never hold again. */
+static uint64_t lc_deadline(const struct lincheck_history *h, const struct lc_op *op,
+                            const int *writers) {
+    int64_t since = 0;
+    uint64_t t = LC_NEVER;
+    if (op->ncmps != 1 || op->cmps[0].op != LC_EQ)
+        return LC_NEVER;
+    const struct lc_cmp *c = &op->cmps[0];
+    if (c->target == LC_T_MOD) {
+        since = c->num;
+    } else if (c->target == LC_T_VALUE && writers[c->value] == 1) {
+        for (size_t i = 0; i < h->nops; i++) {
+            const struct lc_op *w = &h->ops[i];
+            for (size_t j = 0; lc_wrote_key(w, c->key) && j < w->nsubs[w->succeeded]; j++)
+                if (w->subs[w->succeeded][j].kind == LC_PUT &&
+                    w->subs[w->succeeded][j].value == c->value)
+                    since = w->rev;
+        }
+    }
+    if (since <= 0)
+        return LC_NEVER;
+    for (size_t i = 0; i < h->nops; i++)
+        if (h->ops[i].rev > since && h->ops[i].ret < t && lc_wrote_key(&h->ops[i], c->key))
+            t = h->ops[i].ret;
+    return t;
+}
+
+/* The completion time the search uses for op, and whether it is optional. A
+ * timed-out write whose value was seen must have happened before it was
+ * first seen; one never seen may never have happened, but a CAS only until
+ * the version it compares against is gone. */
+static uint64_t lc_eff_ret(const struct lincheck_history *h, const struct lc_op *op,
+                           const uint64_t *seen, const int *writers, unsigned char *opt) {
+    uint64_t t = LC_NEVER;
+    *opt = 0;
+    if (op->status != LC_INDET)
+        return op->ret;
+    for (int b = 0; b < 2 && op->kind == LC_TXN; b++)
+        for (size_t j = 0; j < op->nsubs[b]; j++) {
+            const struct lc_sub *s = &op->subs[b][j];
+            if (s->kind == LC_PUT && writers[s->value] == 1 && seen[s->value] < t)
+                t = seen[s->value];
+        }
+    if (t != LC_NEVER)
+        return t < op->call ? op->call : t;
+    *opt = 1;
+    t = op->kind == LC_TXN ? lc_deadline(h, op, writers) : LC_NEVER;
+    return t < op->call ? op->call : t;
+}
+
 /* Searches every partition and reports the failing ones. */
 static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_options *opt,
                         struct lincheck_result *res) {
     size_t nk = h->keys.n, U = nk + h->nleases, nall = 0;
     struct lc_synth sy = {0};
+    struct lc_gaps gaps = {0};
     const struct lc_op **all = NULL;
-    int *parent = NULL, *order = NULL, *start = NULL, *units = NULL, *ustart = NULL, *loc = NULL;
+    int *parent = NULL, *order = NULL, *start = NULL, *units = NULL, *ustart = NULL, *loc = NULL,
+        *writers = NULL;
+    uint64_t *seen = NULL;
     uint64_t max_steps = opt && opt->max_steps ? opt->max_steps : LC_DEFAULT_STEPS;
     uint64_t max_ms = opt && opt->max_ms ? opt->max_ms : LC_DEFAULT_MS;
     int rc = lc_synth_build(h, &sy);
@@ -766,7 +1018,12 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
     units = calloc(U + 1, sizeof(int));
     loc = calloc(U + 1, sizeof(int));
     order = calloc(h->nops + sy.n + 1, sizeof(int));
-    if (!all || !parent || !start || !ustart || !units || !loc || !order)
+    seen = calloc(h->values.n + 1, sizeof(*seen));
+    writers = calloc(h->values.n + 1, sizeof(*writers));
+    if (!all || !parent || !start || !ustart || !units || !loc || !order || !seen || !writers)
+        goto err;
+    lc_observe(h, seen, writers);
+    if (lc_gaps_build(h, &gaps) != 0)
         goto err;
     for (size_t i = 0; i < h->nops; i++)
         if (lc_op_searched(&h->ops[i]))
@@ -804,16 +1061,22 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
         struct lc_part p = {.h = h, .n = n};
         struct lc_search s;
         const struct lc_op **pops = calloc(n, sizeof(*pops));
+        uint64_t *pret = calloc(n, sizeof(*pret));
+        unsigned char *popt = calloc(n, 1);
         int *pk = calloc((size_t)(ustart[root + 1] - ustart[root]) + 1, sizeof(int));
         int *pl = calloc((size_t)(ustart[root + 1] - ustart[root]) + 1, sizeof(int));
-        if (pops == NULL || pk == NULL || pl == NULL) {
+        if (pops == NULL || pret == NULL || popt == NULL || pk == NULL || pl == NULL) {
             free(pops);
+            free(pret);
+            free(popt);
             free(pk);
             free(pl);
             goto err;
         }
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             pops[i] = all[order[start[root] + (int)i]];
+            pret[i] = lc_eff_ret(h, pops[i], seen, writers, &popt[i]);
+        }
         for (int i = ustart[root]; i < ustart[root + 1]; i++) {
             int u = units[i];
             if ((size_t)u < nk) {
@@ -825,6 +1088,9 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
             }
         }
         p.ops = pops;
+        p.ret = pret;
+        p.opt = popt;
+        p.gaps = opt != NULL && opt->open_world ? NULL : &gaps;
         p.keys = pk;
         p.leases = pl;
         p.kloc = loc;
@@ -835,18 +1101,17 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
             r = lc_search(&s, &p, max_steps, util_now_mono_ns() + max_ms * 1000000ull, &res->steps);
         res->partitions++;
         if (r == 0)
-            r = lc_report_nonlin(res, &p, &s);
+            r = lc_report_nonlin(res, &p, &s, 0);
         else if (r == 2) {
             res->unknown_parts++;
-            r = util_buf_printf(&res->report,
-                                "\nUNKNOWN: the search over %zu operations starting with line %d "
-                                "ran out of its budget; raise --max-steps/--max-ms\n",
-                                n, pops[0]->line);
+            r = lc_report_nonlin(res, &p, &s, 1);
         } else if (r == 1) {
             r = 0;
         }
         lc_search_free(&s);
         free(pops);
+        free(pret);
+        free(popt);
         free(pk);
         free(pl);
         if (r != 0) {
@@ -863,8 +1128,12 @@ err:
     free(units);
     free(loc);
     free(order);
+    free(seen);
+    free(writers);
     free(sy.ops);
     free(sy.subs);
+    free(gaps.used);
+    free(gaps.run_end);
     return rc;
 }
 

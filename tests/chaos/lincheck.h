@@ -66,6 +66,12 @@ enum lincheck_anomaly {
 struct lincheck_options {
     uint64_t max_steps; /* search steps per partition; 0 = 20 million */
     uint64_t max_ms;    /* wall time per partition in ms; 0 = 20000 */
+    /* By default the history is taken to hold every write the store saw (test
+     * clients on a cluster of their own), so a timed-out write can only have
+     * taken a revision that no acknowledged write took. Set open_world when
+     * other writers may have been at work: the search then only knows that
+     * such a write took some revision above the ones before it. */
+    int open_world;
 };
 
 struct lincheck_result {
@@ -100,7 +106,7 @@ int lincheck_check(struct lincheck_history *h, const struct lincheck_options *op
 
 void lincheck_result_free(struct lincheck_result *res);
 
-/* The checker's command line: `lincheck [--max-steps N] [--max-ms N] FILE`.
+/* The checker's command line: `lincheck [--max-steps N] [--max-ms N] [--open-world] FILE`.
  * Prints the report and a last line "verdict: ..." to out, usage errors to
  * errout, and returns the exit code (an enum lincheck_verdict, or 64 for bad
  * usage or an unreadable history). */

@@ -11,21 +11,6 @@
 /* Findings of one kind beyond this many are counted, not printed. */
 #define LC_MAX_SHOWN 5
 
-/* Whether an ok txn wrote: 1 yes, 0 no, -1 a delete with an unrecorded count. */
-static int lc_txn_wrote(const struct lc_op *op) {
-    int r = 0;
-    if (op->kind != LC_TXN || op->status != LC_OK || op->succeeded < 0)
-        return 0;
-    for (size_t i = 0; i < op->nsubs[op->succeeded]; i++) {
-        const struct lc_sub *s = &op->subs[op->succeeded][i];
-        if (s->kind == LC_PUT || (s->kind == LC_DEL && s->deleted > 0))
-            return 1;
-        if (s->kind == LC_DEL && s->deleted < 0)
-            r = -1;
-    }
-    return r;
-}
-
 /* Ops with a header revision that order against each other: ok reads and writes. */
 static int lc_has_rev(const struct lc_op *op) {
     return op->status == LC_OK && op->rev > 0 && (op->kind == LC_TXN || op->kind == LC_RANGE);

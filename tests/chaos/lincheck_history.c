@@ -110,6 +110,20 @@ int lc_in_range(const struct lincheck_history *h, const struct lc_op *op, int k)
     return op->to_all || lc_bytes_cmp(s, n, op->to, op->tolen) < 0;
 }
 
+int lc_txn_wrote(const struct lc_op *op) {
+    int r = 0;
+    if (op->kind != LC_TXN || op->status != LC_OK || op->succeeded < 0)
+        return 0;
+    for (size_t i = 0; i < op->nsubs[op->succeeded]; i++) {
+        const struct lc_sub *s = &op->subs[op->succeeded][i];
+        if (s->kind == LC_PUT || (s->kind == LC_DEL && s->deleted > 0))
+            return 1;
+        if (s->kind == LC_DEL && s->deleted < 0)
+            r = -1;
+    }
+    return r;
+}
+
 int lincheck_history_new(struct lincheck_history **out) {
     *out = calloc(1, sizeof(**out));
     return *out == NULL ? -ENOMEM : 0;

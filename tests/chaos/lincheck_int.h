@@ -110,6 +110,9 @@ int lc_lease_index(struct lincheck_history *h, int64_t id);
 /* Whether key id k lies in op's range (LC_RANGE, LC_WATCH). */
 int lc_in_range(const struct lincheck_history *h, const struct lc_op *op, int k);
 
+/* Whether an ok txn wrote: 1 yes, 0 no, -1 a delete with an unrecorded count. */
+int lc_txn_wrote(const struct lc_op *op);
+
 /* Appends an excerpt naming op (its line of the history) to the report. */
 int lc_report_op(struct util_buf *b, const struct lincheck_history *h, const struct lc_op *op);
 /* Appends a headline for a finding and counts it in res. */

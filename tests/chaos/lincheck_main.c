@@ -33,6 +33,8 @@ int lincheck_cli(int argc, char **argv, FILE *out, FILE *errout) {
                 fprintf(errout, "lincheck: %s needs a positive number\n", argv[i - 1]);
                 return 64;
             }
+        } else if (strcmp(argv[i], "--open-world") == 0) {
+            opt.open_world = 1;
         } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
             fprintf(errout, "lincheck: unknown option %s\n", argv[i]);
             return 64;
@@ -44,7 +46,8 @@ int lincheck_cli(int argc, char **argv, FILE *out, FILE *errout) {
         }
     }
     if (path == NULL) {
-        fprintf(errout, "usage: lincheck [--max-steps N] [--max-ms N] HISTORY.jsonl|-\n");
+        fprintf(errout,
+                "usage: lincheck [--max-steps N] [--max-ms N] [--open-world] HISTORY.jsonl|-\n");
         return 64;
     }
     if (lincheck_history_load(path, &h, &err) != 0) {
