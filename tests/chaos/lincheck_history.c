@@ -163,31 +163,34 @@ static int lc_bad(struct lc_parse *p, const char *what, const char *field) {
     return util_errorf(p->err, -EINVAL, "history line %d: %s \"%s\"", p->h->line, what, field);
 }
 
-/* An integer member; absent (or null) leaves *out at dflt. */
-static int lc_int(struct lc_parse *p, const struct lcj *o, const char *name, int64_t dflt,
-                  int64_t *out) {
+/* An integer (or, with type LCJ_BOOL, a boolean as 0/1) member; absent or
+ * null leaves *out at dflt. */
+static int lc_scalar(struct lc_parse *p, const struct lcj *o, const char *name, enum lcj_type type,
+                     int64_t dflt, int64_t *out) {
     const struct lcj *v = lcj_get(o, name);
     *out = dflt;
     if (v == NULL || v->type == LCJ_NULL)
         return 0;
-    if (v->type != LCJ_INT)
-        return lc_bad(p, "expected an integer in", name);
+    if (v->type != type)
+        return lc_bad(p, type == LCJ_INT ? "expected an integer in" : "expected true or false in",
+                      name);
     *out = v->num;
     return 0;
 }
 
-static int lc_bool(struct lc_parse *p, const struct lcj *o, const char *name, int dflt, int *out) {
-    const struct lcj *v = lcj_get(o, name);
-    *out = dflt;
-    if (v == NULL || v->type == LCJ_NULL)
-        return 0;
-    if (v->type != LCJ_BOOL)
-        return lc_bad(p, "expected true or false in", name);
-    *out = (int)v->num;
-    return 0;
+static int lc_int(struct lc_parse *p, const struct lcj *o, const char *name, int64_t dflt,
+                  int64_t *out) {
+    return lc_scalar(p, o, name, LCJ_INT, dflt, out);
 }
 
-/* Interns string member name into t; absent gives -ENOENT when required, else
+static int lc_bool(struct lc_parse *p, const struct lcj *o, const char *name, int dflt, int *out) {
+    int64_t v;
+    int rc = lc_scalar(p, o, name, LCJ_BOOL, dflt, &v);
+    *out = (int)v;
+    return rc;
+}
+
+/* Interns string member name into t; absent is -EINVAL when required, else
  * *out = LC_ABSENT. */
 static int lc_str(struct lc_parse *p, const struct lcj *o, const char *name, int required,
                   struct lc_strtab *t, int *out) {
@@ -223,31 +226,30 @@ static int lc_kv_parse(struct lc_parse *p, const struct lcj *o, int key, struct 
     return 0;
 }
 
-static int lc_sub_parse(struct lc_parse *p, const struct lcj *o, struct lc_sub *s) {
-    const struct lcj *kind = lcj_get(o, "op");
+/* A sub-operation ("get", "put" or "delete" as kind says) from object o. */
+static int lc_sub_parse(struct lc_parse *p, const struct lcj *o, const char *kind,
+                        struct lc_sub *s) {
     int rc;
     memset(s, 0, sizeof(*s));
     s->deleted = -1;
     s->res.value = LC_ABSENT;
     s->res.lease = -1;
-    if (kind == NULL || kind->type != LCJ_STR)
-        return lc_bad(p, "txn operation needs", "op");
     if ((rc = lc_str(p, o, "key", 1, &p->h->keys, &s->key)) != 0)
         return rc;
     s->res.key = s->key;
-    if (strcmp(kind->str, "get") == 0) {
+    if (strcmp(kind, "get") == 0) {
         s->kind = LC_GET;
-    } else if (strcmp(kind->str, "put") == 0) {
+    } else if (strcmp(kind, "put") == 0) {
         s->kind = LC_PUT;
         if ((rc = lc_str(p, o, "value", 1, &p->h->values, &s->value)) != 0 ||
             (rc = lc_int(p, o, "lease", 0, &s->lease)) != 0)
             return rc;
         if (s->lease != 0 && (s->lidx = lc_lease_index(p->h, s->lease)) < 0)
             return -ENOMEM;
-    } else if (strcmp(kind->str, "delete") == 0) {
+    } else if (strcmp(kind, "delete") == 0) {
         s->kind = LC_DEL;
     } else {
-        return lc_bad(p, "unknown txn operation", kind->str);
+        return lc_bad(p, "unknown txn operation", kind);
     }
     return 0;
 }
@@ -262,24 +264,35 @@ static int lc_sub_result(struct lc_parse *p, const struct lcj *o, struct lc_sub 
     return 0;
 }
 
+/* Checks that arr is a list (what says whose, field which) and returns one
+ * zeroed element of size bytes per member (NULL for an empty list), their
+ * number in *n; *rc is 0, -EINVAL or -ENOMEM. */
+static void *lc_list(struct lc_parse *p, const struct lcj *arr, const char *what, const char *field,
+                     size_t size, size_t *n, int *rc) {
+    void *mem = NULL;
+    *rc = 0;
+    if (arr == NULL || arr->type != LCJ_ARR)
+        *rc = lc_bad(p, what, field);
+    else if (arr->len > 0 && (mem = calloc(arr->len, size)) == NULL)
+        *rc = -ENOMEM;
+    else
+        *n = arr->len;
+    return mem;
+}
+
 static int lc_subs_parse(struct lc_parse *p, const struct lcj *arr, struct lc_sub **out,
                          size_t *n) {
     if (arr == NULL || arr->type == LCJ_NULL)
         return 0;
-    if (arr->type != LCJ_ARR)
-        return lc_bad(p, "expected a list in", "then/else");
-    if (arr->len == 0)
-        return 0;
-    *out = calloc(arr->len, sizeof(**out));
-    if (*out == NULL)
-        return -ENOMEM;
-    *n = arr->len;
-    for (size_t i = 0; i < arr->len; i++) {
-        int rc = lc_sub_parse(p, arr->items[i], &(*out)[i]);
-        if (rc != 0)
-            return rc;
+    int rc;
+    *out = lc_list(p, arr, "expected a list in", "then/else", sizeof(**out), n, &rc);
+    for (size_t i = 0; i < *n && rc == 0; i++) {
+        const struct lcj *kind = lcj_get(arr->items[i], "op");
+        rc = kind != NULL && kind->type == LCJ_STR
+                 ? lc_sub_parse(p, arr->items[i], kind->str, &(*out)[i])
+                 : lc_bad(p, "txn operation needs", "op");
     }
-    return 0;
+    return rc;
 }
 
 static int lc_cmp_parse(struct lc_parse *p, const struct lcj *o, const char *target, const char *op,
@@ -365,22 +378,8 @@ static int lc_single_parse(struct lc_parse *p, const struct lcj *o, const char *
     op->subs[1] = s;
     op->nsubs[1] = 1;
     op->succeeded = op->status == LC_OK ? 1 : -1;
-    s->deleted = -1;
-    s->res.lease = -1;
-    if ((rc = lc_str(p, o, "key", 1, &p->h->keys, &s->key)) != 0)
+    if ((rc = lc_sub_parse(p, o, strcmp(kind, "cas") == 0 ? "put" : kind, s)) != 0)
         return rc;
-    if (strcmp(kind, "get") == 0) {
-        s->kind = LC_GET;
-    } else if (strcmp(kind, "delete") == 0) {
-        s->kind = LC_DEL;
-    } else {
-        s->kind = LC_PUT;
-        if ((rc = lc_str(p, o, "value", 1, &p->h->values, &s->value)) != 0 ||
-            (rc = lc_int(p, o, "lease", 0, &s->lease)) != 0)
-            return rc;
-        if (s->lease != 0 && (s->lidx = lc_lease_index(p->h, s->lease)) < 0)
-            return -ENOMEM;
-    }
     if (strcmp(kind, "cas") == 0) {
         const struct lcj *t = lcj_get(o, "cmp");
         op->cmps = calloc(1, sizeof(*op->cmps));
@@ -433,16 +432,12 @@ static int lc_range_parse(struct lc_parse *p, const struct lcj *o, struct lc_op 
 }
 
 static int lc_kvs_parse(struct lc_parse *p, const struct lcj *arr, struct lc_op *op) {
-    if (arr == NULL || arr->type != LCJ_ARR)
-        return lc_bad(p, "an ok range needs a list", "kvs");
-    if (arr->len == 0)
-        return 0;
-    op->kvs = calloc(arr->len, sizeof(*op->kvs));
-    if (op->kvs == NULL)
-        return -ENOMEM;
-    op->nkvs = arr->len;
-    for (size_t i = 0; i < arr->len; i++) {
-        int key, rc;
+    int rc;
+    op->kvs = lc_list(p, arr, "an ok range needs a list", "kvs", sizeof(*op->kvs), &op->nkvs, &rc);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < op->nkvs; i++) {
+        int key;
         if ((rc = lc_str(p, arr->items[i], "key", 1, &p->h->keys, &key)) != 0 ||
             (rc = lc_kv_parse(p, arr->items[i], key, &op->kvs[i])) != 0)
             return rc;
@@ -452,18 +447,14 @@ static int lc_kvs_parse(struct lc_parse *p, const struct lcj *arr, struct lc_op 
 
 static int lc_events_parse(struct lc_parse *p, const struct lcj *arr, struct lc_op *op) {
     static const char *const types[] = {"put", "delete", "progress", "reconnect"};
-    if (arr == NULL || arr->type != LCJ_ARR)
-        return lc_bad(p, "a watch needs a list", "events");
-    if (arr->len == 0)
-        return 0;
-    op->evs = calloc(arr->len, sizeof(*op->evs));
-    if (op->evs == NULL)
-        return -ENOMEM;
-    op->nevs = arr->len;
-    for (size_t i = 0; i < arr->len; i++) {
+    int rc;
+    op->evs = lc_list(p, arr, "a watch needs a list", "events", sizeof(*op->evs), &op->nevs, &rc);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < op->nevs; i++) {
         const struct lcj *e = arr->items[i], *t = lcj_get(e, "type");
         struct lc_wev *w = &op->evs[i];
-        int j, rc;
+        int j;
         if (t == NULL || t->type != LCJ_STR)
             return lc_bad(p, "a watch entry needs", "type");
         for (j = 0; j < 4 && strcmp(types[j], t->str) != 0; j++)

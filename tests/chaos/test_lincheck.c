@@ -55,6 +55,10 @@ static unsigned check(const char *text) {
     "{\"client\":" #c ",\"op\":\"get\",\"key\":\"" k "\",\"value\":\"" v "\",\"mod_rev\":" #mod    \
     ",\"version\":" #ver ",\"call\":" #t0 ",\"return\":" #t1 ",\"status\":\"ok\",\"rev\":" #rev    \
     "}\n"
+#define CAS(c, k, cmp, expect, v, t0, t1, rev, ok)                                                 \
+    "{\"client\":" #c ",\"op\":\"cas\",\"key\":\"" k "\",\"cmp\":\"" cmp "\",\"expect\":" expect   \
+    ",\"value\":\"" v "\",\"call\":" #t0 ",\"return\":" #t1 ",\"status\":\"ok\",\"rev\":" #rev     \
+    ",\"succeeded\":" #ok "}\n"
 #define MISS(c, k, t0, t1, rev)                                                                    \
     "{\"client\":" #c ",\"op\":\"get\",\"key\":\"" k "\",\"found\":false,\"call\":" #t0            \
     ",\"return\":" #t1 ",\"status\":\"ok\",\"rev\":" #rev "}\n"
@@ -92,26 +96,15 @@ static void lost_write_in_final_read(void **state) {
 static void write_skew_in_cas(void **state) {
     (void)state;
     /* Both CAS expect "0" and both claim success, though they overlap. */
-    assert_int_equal(
-        check(
-            PUT(1, "a", "0", 10, 20,
-                2) "{\"client\":2,\"op\":\"cas\",\"key\":\"a\",\"cmp\":\"value\",\"expect\":\"0\","
-                   "\"value\":\"x\",\"call\":30,\"return\":50,\"status\":\"ok\",\"rev\":3,"
-                   "\"succeeded\":true}\n"
-                   "{\"client\":3,\"op\":\"cas\",\"key\":\"a\",\"cmp\":\"value\",\"expect\":\"0\","
-                   "\"value\":\"y\",\"call\":31,\"return\":51,\"status\":\"ok\",\"rev\":4,"
-                   "\"succeeded\":true}\n"),
-        LINCHECK_A_NONLINEARIZABLE);
+    assert_int_equal(check(PUT(1, "a", "0", 10, 20, 2)
+                               CAS(2, "a", "value", "\"0\"", "x", 30, 50, 3, true)
+                                   CAS(3, "a", "value", "\"0\"", "y", 31, 51, 4, true)),
+                     LINCHECK_A_NONLINEARIZABLE);
     /* CAS on mod_rev: the second one compares against a revision already replaced. */
-    assert_int_equal(
-        check(PUT(1, "a", "0", 10, 20,
-                  2) "{\"client\":2,\"op\":\"cas\",\"key\":\"a\",\"cmp\":\"mod_rev\",\"expect\":2,"
-                     "\"value\":\"x\",\"call\":30,\"return\":40,\"status\":\"ok\",\"rev\":3,"
-                     "\"succeeded\":true}\n"
-                     "{\"client\":3,\"op\":\"cas\",\"key\":\"a\",\"cmp\":\"mod_rev\",\"expect\":2,"
-                     "\"value\":\"y\",\"call\":50,\"return\":60,\"status\":\"ok\",\"rev\":4,"
-                     "\"succeeded\":true}\n"),
-        LINCHECK_A_NONLINEARIZABLE);
+    assert_int_equal(check(PUT(1, "a", "0", 10, 20, 2)
+                               CAS(2, "a", "mod_rev", "2", "x", 30, 40, 3, true)
+                                   CAS(3, "a", "mod_rev", "2", "y", 50, 60, 4, true)),
+                     LINCHECK_A_NONLINEARIZABLE);
 }
 
 static void reordered_and_shared_revisions(void **state) {
@@ -215,14 +208,8 @@ static void concurrent_overlapping_ops_pass(void **state) {
                      0);
     /* Overlapping CAS: one wins, the other sees the new value. */
     assert_int_equal(
-        check(
-            PUT(1, "a", "0", 10, 20,
-                2) "{\"client\":2,\"op\":\"cas\",\"key\":\"a\",\"cmp\":\"value\",\"expect\":\"0\","
-                   "\"value\":\"x\",\"call\":30,\"return\":50,\"status\":\"ok\",\"rev\":3,"
-                   "\"succeeded\":true}\n"
-                   "{\"client\":3,\"op\":\"cas\",\"key\":\"a\",\"cmp\":\"value\",\"expect\":\"0\","
-                   "\"value\":\"y\",\"call\":31,\"return\":51,\"status\":\"ok\",\"rev\":3,"
-                   "\"succeeded\":false}\n" GET(1, "a", "x", 3, 2, 60, 70, 3)),
+        check(PUT(1, "a", "0", 10, 20, 2) CAS(2, "a", "value", "\"0\"", "x", 30, 50, 3, true) CAS(
+            3, "a", "value", "\"0\"", "y", 31, 51, 3, false) GET(1, "a", "x", 3, 2, 60, 70, 3)),
         0);
     /* A multi-key txn moves a token from a to b atomically; readers see it once. */
     assert_int_equal(
