@@ -23,66 +23,20 @@ enum { LC_KV_VALUE, LC_KV_VER, LC_KV_MOD, LC_KV_CREATE, LC_KV_LO, LC_KV_HI, LC_K
  * the key was written by an operation whose revision was never reported. */
 #define LC_PENDING (-2)
 
-/* The revisions acknowledged writes took, sorted, each with the last revision
- * of the unbroken run it starts or continues. */
-struct lc_gaps {
-    int64_t *used, *run_end;
-    size_t n;
-};
-
-/* The lowest revision above floor that no acknowledged write took. */
-static int64_t lc_next_gap(const struct lc_gaps *g, int64_t floor) {
-    size_t lo = 0, hi = g->n;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (g->used[mid] <= floor)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    if (lo < g->n && g->used[lo] == floor + 1)
-        return g->run_end[lo] + 1;
-    return floor + 1;
-}
-
-static int lc_i64_cmp(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-static int lc_gaps_build(const struct lincheck_history *h, struct lc_gaps *g) {
-    size_t n = 0;
-    g->used = calloc(h->nops + 1, sizeof(int64_t));
-    g->run_end = calloc(h->nops + 1, sizeof(int64_t));
-    if (g->used == NULL || g->run_end == NULL)
-        return -ENOMEM;
-    for (size_t i = 0; i < h->nops; i++)
-        if (h->ops[i].rev > 0 && lc_txn_wrote(&h->ops[i]) != 0)
-            g->used[n++] = h->ops[i].rev;
-    qsort(g->used, n, sizeof(int64_t), lc_i64_cmp);
-    g->n = 0;
-    for (size_t i = 0; i < n; i++)
-        if (g->n == 0 || g->used[g->n - 1] != g->used[i])
-            g->used[g->n++] = g->used[i];
-    for (size_t i = g->n; i-- > 0;)
-        g->run_end[i] =
-            i + 1 < g->n && g->used[i + 1] == g->used[i] + 1 ? g->run_end[i + 1] : g->used[i];
-    return 0;
-}
-
 /* One partition: its operations and its keys and leases, both as local
  * indices into the state. */
 struct lc_part {
     const struct lincheck_history *h;
     const struct lc_op **ops;
-    uint64_t *ret;      /* completion times as the search uses them (see lc_eff_ret) */
+    uint64_t *ret;      /* latest times to take effect (lc_learned.by; LC_NEVER: none) */
     unsigned char *opt; /* may never take effect (timed out, not observed) */
+    int64_t *rev;       /* revisions, known or learned; 0 unknown */
     size_t n;
     int *keys, *leases; /* local -> global */
     size_t nk, nl;
-    const int *kloc, *lloc;     /* global -> local, valid for this partition's members */
-    const struct lc_gaps *gaps; /* NULL in an open world */
-    size_t S;                   /* state words */
+    const int *kloc, *lloc;        /* global -> local, valid for this partition's members */
+    const struct lc_learned *gaps; /* NULL in an open world */
+    size_t S;                      /* state words */
 };
 
 static int64_t *lc_key(const struct lc_part *p, int64_t *st, int gkey) {
@@ -205,8 +159,7 @@ static int lc_drop_lease(const struct lc_part *p, int64_t *st, int64_t lease) {
 /* The txn step. An op whose outcome is recorded must reproduce it; an
  * indeterminate one runs whichever branch the state selects (a compare on an
  * unknown revision counts as false there: the one approximation the model makes). */
-static int lc_step_txn(const struct lc_part *p, int64_t *st, const struct lc_op *op) {
-    int64_t R = op->status == LC_OK ? op->rev : 0;
+static int lc_step_txn(const struct lc_part *p, int64_t *st, const struct lc_op *op, int64_t R) {
     int taken = 1, unknown = 0, wrote = 0;
     for (size_t i = 0; i < op->ncmps; i++) {
         int r = lc_cmp_eval(lc_key(p, st, op->cmps[i].key), &op->cmps[i]);
@@ -278,12 +231,13 @@ static int lc_step_txn(const struct lc_part *p, int64_t *st, const struct lc_op 
     return lc_settle(p, st, wrote, R);
 }
 
-/* Applies op to state st in place; returns 1 if the model allows it. */
-static int lc_step(const struct lc_part *p, int64_t *st, const struct lc_op *op) {
+/* Applies op, at revision R (0 unknown), to state st in place; returns 1 if
+ * the model allows it. */
+static int lc_step(const struct lc_part *p, int64_t *st, const struct lc_op *op, int64_t R) {
     int64_t *alive = op->kind == LC_TXN ? NULL : &st[1 + p->lloc[op->lidx]];
     switch (op->kind) {
     case LC_TXN:
-        return lc_step_txn(p, st, op);
+        return lc_step_txn(p, st, op, R);
     case LC_GRANT:
         if (*alive)
             return 0;
@@ -587,6 +541,7 @@ static void lc_note_best(struct lc_search *s, const struct lc_part *p, size_t de
 static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
     size_t n = p->n;
     memset(s, 0, sizeof(*s));
+    s->best_block = -1; /* no dead end met yet */
     s->ent = calloc(2 * n + 1, sizeof(*s->ent));
     s->next = calloc(2 * n + 1, sizeof(int));
     s->prev = calloc(2 * n + 1, sizeof(int));
@@ -617,9 +572,10 @@ static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
     qsort(s->ent + 1, 2 * n, sizeof(*s->ent), lc_ent_cmp);
     for (size_t i = 0; i < n; i++) {
         const struct lc_op *op = p->ops[i];
-        if (op->rev <= 0 || op->status != LC_OK || op->kind != LC_TXN)
+        if (p->rev[i] <= 0 || op->kind != LC_TXN)
             continue;
-        s->wlim[i] = op->rev - (lc_txn_wrote(op) == 1);
+        /* A timed-out op has a revision only when seen written. */
+        s->wlim[i] = p->rev[i] - (op->status != LC_OK || lc_txn_wrote(op) == 1);
         s->wop[s->nw++] = (int)i;
     }
     qsort_r(s->wop, s->nw, sizeof(int), lc_wop_cmp, s->wlim);
@@ -658,7 +614,8 @@ static int lc_try(struct lc_search *s, const struct lc_part *p, int o, int c, in
                   size_t *depth, uint64_t *za, uint64_t *zb) {
     size_t S = p->S;
     memcpy(s->cand, s->st, S * sizeof(int64_t));
-    if (!never && !(lc_step(p, s->cand, p->ops[o]) && s->cand[0] <= lc_floor_limit(s, o)))
+    if (!never &&
+        !(lc_step(p, s->cand, p->ops[o], p->rev[o]) && s->cand[0] <= lc_floor_limit(s, o)))
         return 0;
     /* An optional op without effect here is the same as one that never
      * happens, which stays possible: taking it would only multiply the
@@ -697,10 +654,11 @@ static int lc_try(struct lc_search *s, const struct lc_part *p, int o, int c, in
 static int lc_search(struct lc_search *s, const struct lc_part *p, uint64_t max_steps,
                      uint64_t deadline, uint64_t *steps) {
     size_t depth = 0;
-    uint64_t za = 0, zb = 0; /* Zobrist hash of the linearized set */
+    uint64_t za = 0, zb = 0, used = 0; /* Zobrist hash of the linearized set */
     int e = s->next[0], phase = 0, noted = 0, r;
     while (s->next[0] >= 0) {
-        if (++*steps > max_steps || ((*steps & 4095) == 0 && util_now_mono_ns() > deadline))
+        ++*steps;
+        if (++used > max_steps || ((used & 4095) == 0 && util_now_mono_ns() > deadline))
             return 2;
         if (phase == 0) {
             assert(e > 0); /* a completion always ends the list */
@@ -794,6 +752,8 @@ static int lc_report_nonlin(struct lincheck_result *res, const struct lc_part *p
         rc = lc_report_anomaly(res, LINCHECK_A_NONLINEARIZABLE,
                                "no linearization of the %zu operations on %s", p->n, keys.data);
     util_buf_free(&keys);
+    if (s->best_block < 0)
+        return rc;
     if (rc == 0)
         rc = util_buf_printf(b,
                              "  the longest valid order found holds %zu operations; this "
@@ -895,104 +855,20 @@ static void lc_union_op(const struct lincheck_history *h, int *parent, const str
         }
 }
 
-static void lc_seen(uint64_t *seen, int value, uint64_t t) {
-    if (value != LC_ABSENT && t < seen[value])
-        seen[value] = t;
-}
-
-/* For each value: when it was first known to be in the store (the earliest
- * completion of a read that returned it or a CAS that matched it), and how
- * many operations write it. A timed-out write of a value only it writes must
- * have happened before that value was first seen: its interval is closed
- * there, which spares the search from carrying it open to the end. */
-static void lc_observe(const struct lincheck_history *h, uint64_t *seen, int *writers) {
-    for (size_t v = 0; v < h->values.n; v++)
-        seen[v] = LC_NEVER;
-    for (size_t i = 0; i < h->nops; i++) {
-        const struct lc_op *op = &h->ops[i];
-        if (op->kind != LC_TXN && op->kind != LC_RANGE)
-            continue;
-        for (int b = 0; b < 2 && op->status != LC_FAIL; b++)
-            for (size_t j = 0; j < op->nsubs[b]; j++)
-                writers[op->subs[b][j].value] += op->subs[b][j].kind == LC_PUT;
-        if (op->status != LC_OK)
-            continue;
-        for (size_t j = 0; j < op->nkvs; j++)
-            lc_seen(seen, op->kvs[j].value, op->ret);
-        if (op->succeeded < 0)
-            continue;
-        for (size_t j = 0; j < op->nsubs[op->succeeded]; j++)
-            if (op->subs[op->succeeded][j].kind == LC_GET)
-                lc_seen(seen, op->subs[op->succeeded][j].res.value, op->ret);
-        for (size_t j = 0; j < op->ncmps && op->succeeded; j++)
-            if (op->cmps[j].target == LC_T_VALUE && op->cmps[j].op == LC_EQ)
-                lc_seen(seen, op->cmps[j].value, op->ret);
+/* What the search uses of op: its revision, the latest time it takes
+ * effect, and whether it may never. Synthetic ops are not in the history. */
+static void lc_op_facts(const struct lincheck_history *h, const struct lc_learned *l,
+                        const struct lc_op *op, int64_t *rev, uint64_t *ret, unsigned char *opt) {
+    if (op >= h->ops && op < h->ops + h->nops) {
+        size_t i = (size_t)(op - h->ops);
+        *rev = l->rev[i];
+        *ret = l->by[i];
+        *opt = !l->must[i];
+    } else {
+        *rev = op->status == LC_OK ? op->rev : 0;
+        *ret = op->ret;
+        *opt = op->status != LC_OK;
     }
-}
-
-/* Whether ok op wrote key k (a put, or a delete that deleted it). */
-static int lc_wrote_key(const struct lc_op *op, int k) {
-    if (op->kind != LC_TXN || op->status != LC_OK || op->succeeded < 0 || op->rev <= 0)
-        return 0;
-    for (size_t j = 0; j < op->nsubs[op->succeeded]; j++) {
-        const struct lc_sub *s = &op->subs[op->succeeded][j];
-        if (s->key == k && (s->kind == LC_PUT || (s->kind == LC_DEL && s->deleted > 0)))
-            return 1;
-    }
-    return 0;
-}
-
-/* The latest time a timed-out CAS can still take effect: its compare names
- * one version of the key (a mod_revision, or a value only one acknowledged
- * write wrote), and once an acknowledged write has replaced that version,
- * which it did before completing, the compare can never hold again. */
-static uint64_t lc_deadline(const struct lincheck_history *h, const struct lc_op *op,
-                            const int *writers) {
-    int64_t since = 0;
-    uint64_t t = LC_NEVER;
-    if (op->ncmps != 1 || op->cmps[0].op != LC_EQ)
-        return LC_NEVER;
-    const struct lc_cmp *c = &op->cmps[0];
-    if (c->target == LC_T_MOD) {
-        since = c->num;
-    } else if (c->target == LC_T_VALUE && writers[c->value] == 1) {
-        for (size_t i = 0; i < h->nops; i++) {
-            const struct lc_op *w = &h->ops[i];
-            for (size_t j = 0; lc_wrote_key(w, c->key) && j < w->nsubs[w->succeeded]; j++)
-                if (w->subs[w->succeeded][j].kind == LC_PUT &&
-                    w->subs[w->succeeded][j].value == c->value)
-                    since = w->rev;
-        }
-    }
-    if (since <= 0)
-        return LC_NEVER;
-    for (size_t i = 0; i < h->nops; i++)
-        if (h->ops[i].rev > since && h->ops[i].ret < t && lc_wrote_key(&h->ops[i], c->key))
-            t = h->ops[i].ret;
-    return t;
-}
-
-/* The completion time the search uses for op, and whether it is optional. A
- * timed-out write whose value was seen must have happened before it was
- * first seen; one never seen may never have happened, but a CAS only until
- * the version it compares against is gone. */
-static uint64_t lc_eff_ret(const struct lincheck_history *h, const struct lc_op *op,
-                           const uint64_t *seen, const int *writers, unsigned char *opt) {
-    uint64_t t = LC_NEVER;
-    *opt = 0;
-    if (op->status != LC_INDET)
-        return op->ret;
-    for (int b = 0; b < 2 && op->kind == LC_TXN; b++)
-        for (size_t j = 0; j < op->nsubs[b]; j++) {
-            const struct lc_sub *s = &op->subs[b][j];
-            if (s->kind == LC_PUT && writers[s->value] == 1 && seen[s->value] < t)
-                t = seen[s->value];
-        }
-    if (t != LC_NEVER)
-        return t < op->call ? op->call : t;
-    *opt = 1;
-    t = op->kind == LC_TXN ? lc_deadline(h, op, writers) : LC_NEVER;
-    return t < op->call ? op->call : t;
 }
 
 /* Searches every partition and reports the failing ones. */
@@ -1000,11 +876,9 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
                         struct lincheck_result *res) {
     size_t nk = h->keys.n, U = nk + h->nleases, nall = 0;
     struct lc_synth sy = {0};
-    struct lc_gaps gaps = {0};
+    struct lc_learned learned = {0};
     const struct lc_op **all = NULL;
-    int *parent = NULL, *order = NULL, *start = NULL, *units = NULL, *ustart = NULL, *loc = NULL,
-        *writers = NULL;
-    uint64_t *seen = NULL;
+    int *parent = NULL, *order = NULL, *start = NULL, *units = NULL, *ustart = NULL, *loc = NULL;
     uint64_t max_steps = opt && opt->max_steps ? opt->max_steps : LC_DEFAULT_STEPS;
     uint64_t max_ms = opt && opt->max_ms ? opt->max_ms : LC_DEFAULT_MS;
     int rc = lc_synth_build(h, &sy);
@@ -1018,12 +892,8 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
     units = calloc(U + 1, sizeof(int));
     loc = calloc(U + 1, sizeof(int));
     order = calloc(h->nops + sy.n + 1, sizeof(int));
-    seen = calloc(h->values.n + 1, sizeof(*seen));
-    writers = calloc(h->values.n + 1, sizeof(*writers));
-    if (!all || !parent || !start || !ustart || !units || !loc || !order || !seen || !writers)
-        goto err;
-    lc_observe(h, seen, writers);
-    if (lc_gaps_build(h, &gaps) != 0)
+    if (!all || !parent || !start || !ustart || !units || !loc || !order ||
+        lc_learn(h, &learned) != 0)
         goto err;
     for (size_t i = 0; i < h->nops; i++)
         if (lc_op_searched(&h->ops[i]))
@@ -1063,19 +933,22 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
         const struct lc_op **pops = calloc(n, sizeof(*pops));
         uint64_t *pret = calloc(n, sizeof(*pret));
         unsigned char *popt = calloc(n, 1);
+        int64_t *prev = calloc(n, sizeof(*prev));
         int *pk = calloc((size_t)(ustart[root + 1] - ustart[root]) + 1, sizeof(int));
         int *pl = calloc((size_t)(ustart[root + 1] - ustart[root]) + 1, sizeof(int));
-        if (pops == NULL || pret == NULL || popt == NULL || pk == NULL || pl == NULL) {
+        if (pops == NULL || pret == NULL || popt == NULL || prev == NULL || pk == NULL ||
+            pl == NULL) {
             free(pops);
             free(pret);
             free(popt);
+            free(prev);
             free(pk);
             free(pl);
             goto err;
         }
         for (size_t i = 0; i < n; i++) {
             pops[i] = all[order[start[root] + (int)i]];
-            pret[i] = lc_eff_ret(h, pops[i], seen, writers, &popt[i]);
+            lc_op_facts(h, &learned, pops[i], &prev[i], &pret[i], &popt[i]);
         }
         for (int i = ustart[root]; i < ustart[root + 1]; i++) {
             int u = units[i];
@@ -1090,7 +963,8 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
         p.ops = pops;
         p.ret = pret;
         p.opt = popt;
-        p.gaps = opt != NULL && opt->open_world ? NULL : &gaps;
+        p.rev = prev;
+        p.gaps = opt != NULL && opt->open_world ? NULL : &learned;
         p.keys = pk;
         p.leases = pl;
         p.kloc = loc;
@@ -1112,6 +986,7 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
         free(pops);
         free(pret);
         free(popt);
+        free(prev);
         free(pk);
         free(pl);
         if (r != 0) {
@@ -1128,12 +1003,9 @@ err:
     free(units);
     free(loc);
     free(order);
-    free(seen);
-    free(writers);
+    lc_learned_free(&learned);
     free(sy.ops);
     free(sy.subs);
-    free(gaps.used);
-    free(gaps.run_end);
     return rc;
 }
 

@@ -119,6 +119,27 @@ int lc_report_op(struct util_buf *b, const struct lincheck_history *h, const str
 int lc_report_anomaly(struct lincheck_result *res, unsigned kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* What the history reveals about each operation (lincheck_learn.c), per
+ * index into the history's ops, and the revisions known taken. */
+struct lc_learned {
+    int64_t *rev;        /* the revision it took, 0 unknown */
+    uint64_t *by;        /* the latest time it can take effect, LC_NEVER if none */
+    unsigned char *must; /* it certainly took effect (else it may never have) */
+    /* per value: earliest time seen, revision seen at, operations writing it */
+    uint64_t *seen;
+    int64_t *vrev;
+    int *writers;
+    /* revisions taken by known writes, sorted, with the end of each run */
+    int64_t *used, *run_end;
+    size_t nused;
+};
+
+/* Fills l (freed with lc_learned_free, also on failure). Returns 0 or -ENOMEM. */
+int lc_learn(const struct lincheck_history *h, struct lc_learned *l);
+void lc_learned_free(struct lc_learned *l);
+/* The lowest revision above floor that no known write took. */
+int64_t lc_next_gap(const struct lc_learned *l, int64_t floor);
+
 /* The global checks (lincheck_global.c): revisions, final read, watches. */
 int lc_check_global(const struct lincheck_history *h, struct lincheck_result *res);
 

@@ -273,6 +273,28 @@ static void indeterminate_ops_pass(void **state) {
         0);
 }
 
+/* A timed-out delete that a watcher saw happen did happen, at that revision. */
+static void indeterminate_delete_seen_by_watcher(void **state) {
+    (void)state;
+    const char *base =
+        PUT(1, "a", "1", 10, 20,
+            2) "{\"client\":1,\"op\":\"delete\",\"key\":\"a\",\"call\":30,"
+               "\"status\":\"indeterminate\"}\n" PUT(
+                   2, "b", "x", 40, 50,
+                   4) "{\"client\":\"w\",\"op\":\"watch\",\"key\":\"a\",\"range_end\":\"c\","
+                      "\"start_rev\":2,"
+                      "\"call\":1,\"return\":200,\"status\":\"ok\",\"events\":[" EV1 ",{\"type\":"
+                      "\"delete\",\"key\":\"a\",\"mod_rev\":3},{\"type\":\"put\",\"key\":\"b\","
+                      "\"value\":\"x\",\"mod_rev\":4}]}\n";
+    char buf[2048];
+    snprintf(buf, sizeof(buf), "%s%s", base, MISS(3, "a", 60, 70, 4));
+    assert_int_equal(check(buf), 0);
+    /* A read after the watcher's delete event still sees the value: the delete
+     * cannot have been skipped. */
+    snprintf(buf, sizeof(buf), "%s%s", base, GET(3, "a", "1", 2, 1, 210, 220, 4));
+    assert_int_equal(check(buf), LINCHECK_A_NONLINEARIZABLE);
+}
+
 static void lease_expiry_passes(void **state) {
     (void)state;
     const char *h = "{\"client\":1,\"op\":\"lease_grant\",\"lease\":5,\"ttl\":1,\"call\":1,"
@@ -373,6 +395,7 @@ int main(void) {
         cmocka_unit_test(watch_anomalies),
         cmocka_unit_test(concurrent_overlapping_ops_pass),
         cmocka_unit_test(indeterminate_ops_pass),
+        cmocka_unit_test(indeterminate_delete_seen_by_watcher),
         cmocka_unit_test(lease_expiry_passes),
         cmocka_unit_test(budget_gives_unknown),
         cmocka_unit_test(bad_lines_are_refused),
