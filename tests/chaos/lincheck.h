@@ -17,6 +17,10 @@
  *    it, and a read sees the value written at the mod_revision it reports.
  *  - Operations that timed out ("indeterminate") may be linearized anywhere after
  *    their invocation, or never; a lease may expire at any point after its grant.
+ *    What the history shows of them is used first: a timed-out write whose
+ *    (unique) value was read or watched happened, at the revision seen.
+ *  - Closed world by default: the history holds every write the store saw, so
+ *    a write of unknown revision took one no known write took.
  *  - Global checks outside the search: per-client header revisions never go
  *    back, real-time order agrees with revision order, distinct writes never
  *    share a revision, reads never report a mod_revision above their header
