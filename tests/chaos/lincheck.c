@@ -143,7 +143,8 @@ static int lc_settle(const struct lc_part *p, int64_t *st, int wrote, int64_t R)
     return 1;
 }
 
-/* Deletes every key of lease lidx (revoke or expiry); returns whether any was. */
+/* Deletes every key attached to lease id lease (revoke or expiry); returns
+ * whether there was any. */
 static int lc_drop_lease(const struct lc_part *p, int64_t *st, int64_t lease) {
     int any = 0;
     for (size_t i = 0; i < p->nk; i++) {

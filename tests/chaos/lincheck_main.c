@@ -28,7 +28,7 @@ int lincheck_cli(int argc, char **argv, FILE *out, FILE *errout) {
     for (int i = 1; i < argc; i++) {
         if ((strcmp(argv[i], "--max-steps") == 0 || strcmp(argv[i], "--max-ms") == 0) &&
             i + 1 < argc) {
-            uint64_t *dst = argv[i][6] == 's' ? &opt.max_steps : &opt.max_ms;
+            uint64_t *dst = strcmp(argv[i], "--max-steps") == 0 ? &opt.max_steps : &opt.max_ms;
             if (lc_cli_number(argv[++i], dst) != 0) {
                 fprintf(errout, "lincheck: %s needs a positive number\n", argv[i - 1]);
                 return 64;
