@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "lincheck.h"
+#include "util/util.h"
 
 #define MAX_KEYS 10
 
@@ -29,10 +30,18 @@ struct rec {
     int64_t rmod, rcreate, rver;
 };
 
+/* A change of the key space, as a watcher of every key sees it. */
+struct wev {
+    int64_t rev;
+    int key, value, del, acked; /* acked: made by an acknowledged operation */
+};
+
 struct model {
     uint64_t rng;
     int64_t rev;
-    int nkeys, next_value;
+    int nkeys, next_value, acked;
+    struct wev *ev;
+    int nev;
     struct {
         int present, value;
         int64_t ver, mod, create;
@@ -56,6 +65,7 @@ static void model_put(struct model *m, int k, int value) {
     m->k[k].value = value;
     m->k[k].ver++;
     m->k[k].mod = m->rev;
+    m->ev[m->nev++] = (struct wev){m->rev, k, value, 0, m->acked};
 }
 
 static void model_read(struct model *m, int k, struct rec *r) {
@@ -89,6 +99,7 @@ static void model_apply(struct model *m, struct rec *r) {
         r->deleted = m->k[k].present;
         if (r->deleted) {
             m->rev++;
+            m->ev[m->nev++] = (struct wev){m->rev, k, 0, 1, m->acked};
             m->k[k].present = 0;
             m->k[k].ver = m->k[k].mod = m->k[k].create = 0;
         }
@@ -172,21 +183,34 @@ static int render(const struct rec *r, char *buf, size_t n) {
     }
 }
 
+/* A generated history: its operations, and every change in revision order. */
+struct gen {
+    struct rec *recs;
+    int n;
+    struct wev *ev;
+    int nev;
+};
+
 /* Generates n operations over nkeys keys: operation i takes effect at time
  * 1000 i + 500 inside a random interval up to `spread` either side; a client
- * runs one operation at a time. */
-static struct rec *generate(uint64_t seed, int n, int nkeys, uint64_t spread, uint64_t indet) {
+ * runs one operation at a time; one in `indet` times out (and takes effect or
+ * not). */
+static struct gen generate(uint64_t seed, int n, int nkeys, uint64_t spread, uint64_t indet) {
     struct model m = {.rng = seed * 0x9e3779b97f4a7c15ull + 1, .rev = 1, .nkeys = nkeys};
-    struct rec *recs = calloc((size_t)n, sizeof(*recs));
+    struct gen g = {calloc((size_t)n, sizeof(struct rec)), n,
+                    calloc((size_t)n + 1, sizeof(struct wev)), 0};
     uint64_t busy[256] = {0};
-    assert_non_null(recs);
+    assert_non_null(g.recs);
+    assert_non_null(g.ev);
+    m.ev = g.ev;
     for (int i = 0; i < n; i++) {
-        struct rec *r = &recs[i];
+        struct rec *r = &g.recs[i];
         uint64_t at = 1000 * (uint64_t)i + 500 + spread;
         make_request(&m, r);
         r->call = at - rnd(&m, spread + 1);
         r->ret = at + rnd(&m, spread + 1);
         r->indet = indet > 0 && rnd(&m, indet) == 0;
+        m.acked = !r->indet;
         if (!r->indet || rnd(&m, 2) == 0)
             model_apply(&m, r);
         int c = 0;
@@ -196,25 +220,71 @@ static struct rec *generate(uint64_t seed, int n, int nkeys, uint64_t spread, ui
         r->client = c;
         busy[c] = r->ret; /* after a timeout, the client goes on */
     }
-    return recs;
+    g.nev = m.nev;
+    return g;
 }
 
-static enum lincheck_verdict run(const struct rec *recs, int n) {
+static void gen_free(struct gen *g) {
+    free(g->recs);
+    free(g->ev);
+}
+
+/* A watcher of every key from revision 2 that saw g's events, then a
+ * progress notification at the last revision. */
+static void render_watch(const struct gen *g, struct util_buf *b) {
+    int64_t last = g->nev > 0 ? g->ev[g->nev - 1].rev : 1;
+    assert_int_equal(util_buf_printf(b,
+                                     "{\"client\":\"w\",\"op\":\"watch\",\"key\":\"k\","
+                                     "\"range_end\":\"l\",\"start_rev\":2,\"call\":0,"
+                                     "\"return\":%d,\"status\":\"ok\",\"events\":[",
+                                     1000 * g->n + 100000),
+                     0);
+    for (int i = 0; i < g->nev; i++) {
+        const struct wev *e = &g->ev[i];
+        if (e->del)
+            assert_int_equal(util_buf_printf(b,
+                                             "{\"type\":\"delete\",\"key\":\"k%d\","
+                                             "\"mod_rev\":%lld},",
+                                             e->key, (long long)e->rev),
+                             0);
+        else
+            assert_int_equal(util_buf_printf(b,
+                                             "{\"type\":\"put\",\"key\":\"k%d\",\"value\":"
+                                             "\"v%d\",\"mod_rev\":%lld},",
+                                             e->key, e->value, (long long)e->rev),
+                             0);
+    }
+    assert_int_equal(util_buf_printf(b, "{\"type\":\"progress\",\"rev\":%lld}]}", (long long)last),
+                     0);
+}
+
+/* Checks g's history (with its watcher when watch is set); returns the
+ * verdict and, in *anomalies, what was found. */
+static enum lincheck_verdict run(const struct gen *g, int watch, unsigned *anomalies) {
     struct lincheck_history *h;
     struct lincheck_result res;
     struct util_err err;
+    struct util_buf w = {0};
     char line[1024];
     assert_int_equal(lincheck_history_new(&h), 0);
-    for (int i = 0; i < n; i++) {
-        int len = render(&recs[i], line, sizeof(line));
+    for (int i = 0; i < g->n; i++) {
+        int len = render(&g->recs[i], line, sizeof(line));
         assert_true(len > 0 && (size_t)len < sizeof(line));
         if (lincheck_history_add_line(h, line, (size_t)len - 1, &err) != 0)
             fail_msg("%s: %s", err.msg, line);
+    }
+    if (watch) {
+        render_watch(g, &w);
+        if (lincheck_history_add_line(h, w.data, w.len, &err) != 0)
+            fail_msg("%s", err.msg);
+        util_buf_free(&w);
     }
     assert_int_equal(lincheck_check(h, NULL, &res), 0);
     enum lincheck_verdict v = res.verdict;
     if (getenv("LINCHECK_VERBOSE") != NULL && res.report.len > 0)
         fprintf(stderr, "%s\n", res.report.data);
+    if (anomalies != NULL)
+        *anomalies = res.anomalies;
     lincheck_result_free(&res);
     lincheck_history_free(h);
     return v;
@@ -260,10 +330,10 @@ static int mutate(struct rec *recs, int i, uint64_t pick) {
 static void random_histories_pass(void **state) {
     (void)state;
     for (uint64_t seed = 1; seed <= 150; seed++) {
-        struct rec *recs = generate(seed, 200, 3, 3000, 50);
-        if (run(recs, 200) != LINCHECK_OK)
+        struct gen g = generate(seed, 200, 3, 3000, 50);
+        if (run(&g, seed % 2, NULL) != LINCHECK_OK)
             fail_msg("seed %llu: a linearizable history was rejected", (unsigned long long)seed);
-        free(recs);
+        gen_free(&g);
     }
 }
 
@@ -274,34 +344,67 @@ static void mutated_histories_fail(void **state) {
     (void)state;
     int tried = 0, caught = 0;
     for (uint64_t seed = 1; seed <= 200; seed++) {
-        struct rec *recs = generate(seed, 200, 3, 3000, 50);
+        struct gen g = generate(seed, 200, 3, 3000, 50);
         struct model pick = {.rng = seed * 7919 + 3};
         int i;
         do
             i = (int)rnd(&pick, 200);
-        while (!mutate(recs, i, rnd(&pick, 1000)));
+        while (!mutate(g.recs, i, rnd(&pick, 1000)));
         tried++;
-        caught += run(recs, 200) == LINCHECK_VIOLATION;
-        free(recs);
+        caught += run(&g, 0, NULL) == LINCHECK_VIOLATION;
+        gen_free(&g);
     }
     print_message("mutations caught: %d of %d\n", caught, tried);
     assert_true(caught * 100 >= tried * 95);
 }
 
+/* A watcher that misses, repeats or swaps one event of an acknowledged write
+ * is always caught, and named for what it did. */
+static void mutated_watches_fail(void **state) {
+    (void)state;
+    for (uint64_t seed = 1; seed <= 60; seed++) {
+        struct gen g = generate(seed, 200, 3, 3000, 50);
+        struct model pick = {.rng = seed * 104729 + 7};
+        int j, kind = (int)(seed % 3);
+        unsigned found = 0;
+        do
+            j = (int)rnd(&pick, (uint64_t)g.nev - 1);
+        while (!g.ev[j].acked || !g.ev[j + 1].acked);
+        if (kind == 0) {
+            memmove(&g.ev[j], &g.ev[j + 1], (size_t)(g.nev - j - 1) * sizeof(*g.ev));
+            g.nev--;
+        } else if (kind == 1) {
+            memmove(&g.ev[j + 1], &g.ev[j], (size_t)(g.nev - j) * sizeof(*g.ev));
+            g.nev++;
+        } else {
+            struct wev t = g.ev[j];
+            g.ev[j] = g.ev[j + 1];
+            g.ev[j + 1] = t;
+        }
+        assert_int_equal(run(&g, 1, &found), LINCHECK_VIOLATION);
+        assert_true(found & (kind == 0   ? LINCHECK_A_WATCH_GAP
+                             : kind == 1 ? LINCHECK_A_WATCH_DUP
+                                         : LINCHECK_A_WATCH_ORDER));
+        gen_free(&g);
+    }
+}
+
 /* The size the checker is built for: 10k operations over 10 keys, 2% of them
- * timed out, all in one partition (the two-key txns join every key). */
+ * timed out, all in one partition (the two-key txns join every key), checked
+ * without a watcher and with one. */
 static void large_history_passes(void **state) {
     (void)state;
-    struct rec *recs = generate(42, 10000, 10, 4000, 50);
-    enum lincheck_verdict v = run(recs, 10000);
-    free(recs);
-    assert_int_equal(v, LINCHECK_OK);
+    struct gen g = generate(42, 10000, 10, 4000, 50);
+    assert_int_equal(run(&g, 0, NULL), LINCHECK_OK);
+    assert_int_equal(run(&g, 1, NULL), LINCHECK_OK);
+    gen_free(&g);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(random_histories_pass),
         cmocka_unit_test(mutated_histories_fail),
+        cmocka_unit_test(mutated_watches_fail),
         cmocka_unit_test(large_history_passes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
