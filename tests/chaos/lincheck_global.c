@@ -216,7 +216,8 @@ static int lc_lease_number(const struct lincheck_history *h, int64_t id) {
 }
 
 /* One key of a final read: the last acknowledged write is there (or was
- * overwritten by something newer), and no key of an ended lease is. */
+ * overwritten by something newer; a delete is not undone), and no key of an
+ * ended lease is. */
 static int lc_check_final_key(const struct lincheck_history *h, struct lincheck_result *res,
                               const struct lc_op *fin, int k) {
     const struct lc_kv *kv = NULL;
@@ -226,8 +227,17 @@ static int lc_check_final_key(const struct lincheck_history *h, struct lincheck_
             kv = &fin->kvs[j];
     const struct lc_op *w = lc_last_write(h, k, fin->rev, &ws);
     int rc = 0;
-    if (w != NULL && ws->kind == LC_PUT && w->ret < fin->call) {
-        if (kv == NULL && !lc_may_vanish(h, k, ws->lease)) {
+    if (w != NULL && w->ret < fin->call) {
+        if (ws->kind == LC_DEL) {
+            /* A delete is lost when an older version of the key came back. */
+            if (kv != NULL && kv->mod > 0 && kv->mod < w->rev)
+                rc = lc_report_anomaly(res, LINCHECK_A_LOST_WRITE,
+                                       "the final read returns key \"%s\" at mod_rev %lld, "
+                                       "though it was deleted at revision %lld",
+                                       h->keys.str[k], (long long)kv->mod, (long long)w->rev);
+            else
+                w = NULL;
+        } else if (kv == NULL && !lc_may_vanish(h, k, ws->lease)) {
             rc = lc_report_anomaly(res, LINCHECK_A_LOST_WRITE,
                                    "the final read at revision %lld misses key \"%s\", "
                                    "acknowledged at revision %lld",

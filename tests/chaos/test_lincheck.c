@@ -91,6 +91,15 @@ static void lost_write_in_final_read(void **state) {
                                           "\"range_end\":\"z\",\"final\":true,\"call\":50,"
                                           "\"return\":60,\"status\":\"ok\",\"rev\":2,\"kvs\":[]}");
     assert_true(a & LINCHECK_A_LOST_WRITE);
+    /* An acknowledged delete undone: the old version is back. */
+    a = check(PUT(1, "a", "1", 10, 20, 2) "{\"client\":1,\"op\":\"delete\",\"key\":\"a\","
+                                          "\"deleted\":1,\"call\":30,\"return\":40,\"status\":"
+                                          "\"ok\",\"rev\":3}\n"
+                                          "{\"client\":9,\"op\":\"range\",\"key\":\"a\","
+                                          "\"range_end\":\"z\",\"final\":true,\"call\":50,"
+                                          "\"return\":60,\"status\":\"ok\",\"rev\":3,\"kvs\":"
+                                          "[{\"key\":\"a\",\"value\":\"1\",\"mod_rev\":2}]}");
+    assert_true(a & LINCHECK_A_LOST_WRITE);
 }
 
 static void write_skew_in_cas(void **state) {
