@@ -197,32 +197,35 @@ static int lc_plain_delete(const struct lc_op *op) {
  * its key: in revision order, to the earliest invoked one still free that was
  * invoked before the event was known. Plain deletes of a key differ only in
  * their invocation time, so the earliest is always as good a choice as any.
- * Keys ever put with a lease are left alone (a lease's end deletes too). */
+ * Keys that something else may have deleted unseen (a lease's end, a
+ * timed-out txn) are left alone: the event might be theirs. */
 static int lc_learn_deletes(const struct lincheck_history *h, struct lc_learned *l) {
     size_t n = 0, cap = 0;
     for (size_t i = 0; i < h->nops; i++)
         cap += h->ops[i].kind == LC_WATCH ? h->ops[i].nevs : 0;
     struct lc_delev *ev = calloc(cap + 1, sizeof(*ev));
-    unsigned char *leased = calloc(h->keys.n + 1, 1);
-    if (ev == NULL || leased == NULL) {
+    unsigned char *other = calloc(h->keys.n + 1, 1); /* keys others may delete */
+    if (ev == NULL || other == NULL) {
         free(ev);
-        free(leased);
+        free(other);
         return -ENOMEM;
     }
     for (size_t i = 0; i < h->nops; i++) {
         const struct lc_op *op = &h->ops[i];
         for (int b = 0; b < 2; b++)
-            for (size_t j = 0; j < op->nsubs[b]; j++)
-                if (op->subs[b][j].kind == LC_PUT && op->subs[b][j].lease != 0)
-                    leased[op->subs[b][j].key] = 1;
+            for (size_t j = 0; j < op->nsubs[b]; j++) {
+                const struct lc_sub *s = &op->subs[b][j];
+                if ((s->kind == LC_PUT && s->lease != 0) ||
+                    (s->kind == LC_DEL && op->status == LC_INDET && !lc_plain_delete(op)))
+                    other[s->key] = 1;
+            }
         for (size_t j = 0; op->kind == LC_WATCH && op->status == LC_OK && j < op->nevs; j++)
             if (op->evs[j].type == LC_EV_DEL && !lc_taken(l, op->evs[j].rev))
                 ev[n++] = (struct lc_delev){op->evs[j].key, op->evs[j].rev, op->ret};
     }
     qsort(ev, n, sizeof(*ev), lc_delev_cmp);
     for (size_t e = 0; e < n; e++) {
-        if (leased[ev[e].key] ||
-            (e > 0 && ev[e].key == ev[e - 1].key && ev[e].rev == ev[e - 1].rev))
+        if (other[ev[e].key] || (e > 0 && ev[e].key == ev[e - 1].key && ev[e].rev == ev[e - 1].rev))
             continue;
         size_t best = h->nops;
         for (size_t i = 0; i < h->nops; i++) {
@@ -238,7 +241,7 @@ static int lc_learn_deletes(const struct lincheck_history *h, struct lc_learned 
         }
     }
     free(ev);
-    free(leased);
+    free(other);
     return 0;
 }
 
