@@ -873,11 +873,10 @@ static void lc_op_facts(const struct lincheck_history *h, const struct lc_learne
 }
 
 /* Searches every partition and reports the failing ones. */
-static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_options *opt,
-                        struct lincheck_result *res) {
+static int lc_check_lin(const struct lincheck_history *h, const struct lc_learned *learned,
+                        const struct lincheck_options *opt, struct lincheck_result *res) {
     size_t nk = h->keys.n, U = nk + h->nleases, nall = 0;
     struct lc_synth sy = {0};
-    struct lc_learned learned = {0};
     const struct lc_op **all = NULL;
     int *parent = NULL, *order = NULL, *start = NULL, *units = NULL, *ustart = NULL, *loc = NULL;
     uint64_t max_steps = opt && opt->max_steps ? opt->max_steps : LC_DEFAULT_STEPS;
@@ -893,8 +892,7 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
     units = calloc(U + 1, sizeof(int));
     loc = calloc(U + 1, sizeof(int));
     order = calloc(h->nops + sy.n + 1, sizeof(int));
-    if (!all || !parent || !start || !ustart || !units || !loc || !order ||
-        lc_learn(h, &learned) != 0)
+    if (!all || !parent || !start || !ustart || !units || !loc || !order)
         goto err;
     for (size_t i = 0; i < h->nops; i++)
         if (lc_op_searched(&h->ops[i]))
@@ -949,7 +947,7 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
         }
         for (size_t i = 0; i < n; i++) {
             pops[i] = all[order[start[root] + (int)i]];
-            lc_op_facts(h, &learned, pops[i], &prev[i], &pret[i], &popt[i]);
+            lc_op_facts(h, learned, pops[i], &prev[i], &pret[i], &popt[i]);
         }
         for (int i = ustart[root]; i < ustart[root + 1]; i++) {
             int u = units[i];
@@ -965,7 +963,7 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lincheck_
         p.ret = pret;
         p.opt = popt;
         p.rev = prev;
-        p.gaps = opt != NULL && opt->open_world ? NULL : &learned;
+        p.gaps = opt != NULL && opt->open_world ? NULL : learned;
         p.keys = pk;
         p.leases = pl;
         p.kloc = loc;
@@ -1004,7 +1002,6 @@ err:
     free(units);
     free(loc);
     free(order);
-    lc_learned_free(&learned);
     free(sy.ops);
     free(sy.subs);
     return rc;
@@ -1014,9 +1011,13 @@ int lincheck_check(struct lincheck_history *h, const struct lincheck_options *op
                    struct lincheck_result *res) {
     memset(res, 0, sizeof(*res));
     res->ops = h->nops;
-    int rc = lc_check_lin(h, opt, res);
+    struct lc_learned learned;
+    int rc = lc_learn(h, &learned);
     if (rc == 0)
-        rc = lc_check_global(h, res);
+        rc = lc_check_lin(h, &learned, opt, res);
+    if (rc == 0)
+        rc = lc_check_global(h, &learned, res);
+    lc_learned_free(&learned);
     if (rc != 0)
         return rc;
     if (res->anomalies != 0)

@@ -35,22 +35,21 @@ static int lc_ref_cmp(const void *a, const void *b) {
     return x->op->line - y->op->line;
 }
 
-/* Fills refs with the ops with a header revision, keyed by what sorts them. */
-static size_t lc_refs(const struct lincheck_history *h, struct lc_ref *refs, int by) {
+/* Fills refs with the ops with a header revision, keyed by what sorts them:
+ * by 0 = client and invocation, 1 = invocation, 2 = completion, 3 = the
+ * writes only (timed-out ones too when their revision was learned). */
+static size_t lc_refs(const struct lincheck_history *h, const struct lc_learned *l,
+                      struct lc_ref *refs, int by) {
     size_t n = 0;
     for (size_t i = 0; i < h->nops; i++) {
         const struct lc_op *op = &h->ops[i];
-        if (!lc_has_rev(op))
+        int learned = op->status == LC_INDET && l->rev[i] > 0;
+        if (by == 3 ? !learned && !(lc_has_rev(op) && lc_txn_wrote(op) == 1) : !lc_has_rev(op))
             continue;
         refs[n].op = op;
-        refs[n].rev = op->rev;
+        refs[n].rev = l->rev[i];
         refs[n].client = by == 0 ? op->client : 0;
-        refs[n].key = by == 2 ? op->ret : op->call;
-        if (by == 3) {
-            if (lc_txn_wrote(op) != 1)
-                continue;
-            refs[n].key = 0;
-        }
+        refs[n].key = by == 3 ? 0 : by == 2 ? op->ret : op->call;
         n++;
     }
     qsort(refs, n, sizeof(*refs), lc_ref_cmp);
@@ -64,9 +63,9 @@ static int lc_pair(struct lincheck_result *res, const struct lincheck_history *h
 }
 
 /* Per client, in invocation order, header revisions never go back. */
-static int lc_check_clients(const struct lincheck_history *h, struct lincheck_result *res,
-                            struct lc_ref *refs) {
-    size_t n = lc_refs(h, refs, 0), shown = 0;
+static int lc_check_clients(const struct lincheck_history *h, const struct lc_learned *l,
+                            struct lincheck_result *res, struct lc_ref *refs) {
+    size_t n = lc_refs(h, l, refs, 0), shown = 0;
     int rc = 0;
     for (size_t i = 1; i < n && rc == 0; i++) {
         if (refs[i].client != refs[i - 1].client || refs[i].rev >= refs[i - 1].rev)
@@ -84,12 +83,13 @@ static int lc_check_clients(const struct lincheck_history *h, struct lincheck_re
 
 /* An op invoked after another completed sees at least its revision, and a
  * write gets a higher one. */
-static int lc_check_realtime(const struct lincheck_history *h, struct lincheck_result *res,
-                             struct lc_ref *by_call, struct lc_ref *by_ret) {
-    size_t n = lc_refs(h, by_call, 1), shown = 0, j = 0;
+static int lc_check_realtime(const struct lincheck_history *h, const struct lc_learned *l,
+                             struct lincheck_result *res, struct lc_ref *by_call,
+                             struct lc_ref *by_ret) {
+    size_t n = lc_refs(h, l, by_call, 1), shown = 0, j = 0;
     const struct lc_op *max = NULL;
     int rc = 0;
-    lc_refs(h, by_ret, 2);
+    lc_refs(h, l, by_ret, 2);
     for (size_t i = 0; i < n && rc == 0; i++) {
         const struct lc_op *b = by_call[i].op;
         for (; j < n && by_ret[j].op->ret < b->call; j++)
@@ -112,10 +112,11 @@ static int lc_check_realtime(const struct lincheck_history *h, struct lincheck_r
     return rc;
 }
 
-/* Distinct acknowledged writes never share a revision. */
-static int lc_check_dup_revs(const struct lincheck_history *h, struct lincheck_result *res,
-                             struct lc_ref *refs) {
-    size_t n = lc_refs(h, refs, 3), shown = 0;
+/* Distinct writes never share a revision: acknowledged ones, and timed-out
+ * ones whose revision a read or watcher revealed. */
+static int lc_check_dup_revs(const struct lincheck_history *h, const struct lc_learned *l,
+                             struct lincheck_result *res, struct lc_ref *refs) {
+    size_t n = lc_refs(h, l, refs, 3), shown = 0;
     int rc = 0;
     for (size_t i = 1; i < n && rc == 0; i++) {
         if (refs[i].rev != refs[i - 1].rev || shown++ >= LC_MAX_SHOWN)
@@ -495,14 +496,16 @@ static int lc_check_watches(const struct lincheck_history *h, struct lincheck_re
     return rc;
 }
 
-int lc_check_global(const struct lincheck_history *h, struct lincheck_result *res) {
+int lc_check_global(const struct lincheck_history *h, const struct lc_learned *l,
+                    struct lincheck_result *res) {
     struct lc_ref *a = calloc(h->nops + 1, sizeof(*a)), *b = calloc(h->nops + 1, sizeof(*b));
     int rc = -ENOMEM;
     if (a == NULL || b == NULL)
         goto err;
-    if ((rc = lc_check_results(h, res)) != 0 || (rc = lc_check_clients(h, res, a)) != 0 ||
-        (rc = lc_check_realtime(h, res, a, b)) != 0 || (rc = lc_check_dup_revs(h, res, a)) != 0 ||
-        (rc = lc_check_final(h, res)) != 0 || (rc = lc_check_watches(h, res)) != 0)
+    if ((rc = lc_check_results(h, res)) != 0 || (rc = lc_check_clients(h, l, res, a)) != 0 ||
+        (rc = lc_check_realtime(h, l, res, a, b)) != 0 ||
+        (rc = lc_check_dup_revs(h, l, res, a)) != 0 || (rc = lc_check_final(h, res)) != 0 ||
+        (rc = lc_check_watches(h, res)) != 0)
         goto err;
 err:
     free(a);

@@ -127,6 +127,11 @@ static void reordered_and_shared_revisions(void **state) {
     /* Two distinct writes, concurrent, with one revision. */
     a = check(PUT(1, "a", "1", 10, 40, 3) PUT(2, "b", "1", 20, 30, 3));
     assert_int_equal(a, LINCHECK_A_DUP_REV);
+    /* A timed-out write seen at the revision an acknowledged one took. */
+    a = check(PUT(1, "a", "1", 10, 20, 2) "{\"client\":2,\"op\":\"put\",\"key\":\"b\",\"value\":"
+                                          "\"x\",\"call\":5,\"status\":\"indeterminate\"}\n" GET(
+                                              3, "b", "x", 2, 1, 30, 40, 2));
+    assert_true(a & LINCHECK_A_DUP_REV);
     /* A read returning a value modified after the revision it was read at. */
     a = check(PUT(1, "a", "1", 10, 20, 3) GET(2, "a", "1", 3, 1, 30, 40, 2));
     assert_true(a & LINCHECK_A_BAD_RESULT);
