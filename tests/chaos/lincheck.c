@@ -39,6 +39,15 @@ struct lc_part {
     size_t S;                      /* state words */
 };
 
+static void lc_part_free(struct lc_part *p) {
+    free(p->ops);
+    free(p->ret);
+    free(p->opt);
+    free(p->rev);
+    free(p->keys);
+    free(p->leases);
+}
+
 static int64_t *lc_key(const struct lc_part *p, int64_t *st, int gkey) {
     return st + 1 + p->nl + (size_t)p->kloc[gkey] * LC_KW;
 }
@@ -927,45 +936,34 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lc_learne
         size_t n = (size_t)(start[root + 1] - start[root]);
         if (n == 0)
             continue;
+        size_t nu = (size_t)(ustart[root + 1] - ustart[root]);
         struct lc_part p = {.h = h, .n = n};
         struct lc_search s;
-        const struct lc_op **pops = calloc(n, sizeof(*pops));
-        uint64_t *pret = calloc(n, sizeof(*pret));
-        unsigned char *popt = calloc(n, 1);
-        int64_t *prev = calloc(n, sizeof(*prev));
-        int *pk = calloc((size_t)(ustart[root + 1] - ustart[root]) + 1, sizeof(int));
-        int *pl = calloc((size_t)(ustart[root + 1] - ustart[root]) + 1, sizeof(int));
-        if (pops == NULL || pret == NULL || popt == NULL || prev == NULL || pk == NULL ||
-            pl == NULL) {
-            free(pops);
-            free(pret);
-            free(popt);
-            free(prev);
-            free(pk);
-            free(pl);
+        p.ops = calloc(n, sizeof(*p.ops));
+        p.ret = calloc(n, sizeof(*p.ret));
+        p.opt = calloc(n, 1);
+        p.rev = calloc(n, sizeof(*p.rev));
+        p.keys = calloc(nu + 1, sizeof(int));
+        p.leases = calloc(nu + 1, sizeof(int));
+        if (!p.ops || !p.ret || !p.opt || !p.rev || !p.keys || !p.leases) {
+            lc_part_free(&p);
             goto err;
         }
         for (size_t i = 0; i < n; i++) {
-            pops[i] = all[order[start[root] + (int)i]];
-            lc_op_facts(h, learned, pops[i], &prev[i], &pret[i], &popt[i]);
+            p.ops[i] = all[order[start[root] + (int)i]];
+            lc_op_facts(h, learned, p.ops[i], &p.rev[i], &p.ret[i], &p.opt[i]);
         }
         for (int i = ustart[root]; i < ustart[root + 1]; i++) {
             int u = units[i];
             if ((size_t)u < nk) {
                 loc[u] = (int)p.nk;
-                pk[p.nk++] = u;
+                p.keys[p.nk++] = u;
             } else {
                 loc[u] = (int)p.nl;
-                pl[p.nl++] = u - (int)nk;
+                p.leases[p.nl++] = u - (int)nk;
             }
         }
-        p.ops = pops;
-        p.ret = pret;
-        p.opt = popt;
-        p.rev = prev;
         p.gaps = opt != NULL && opt->open_world ? NULL : learned;
-        p.keys = pk;
-        p.leases = pl;
         p.kloc = loc;
         p.lloc = loc + nk;
         p.S = 1 + p.nl + p.nk * LC_KW;
@@ -982,12 +980,7 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lc_learne
             r = 0;
         }
         lc_search_free(&s);
-        free(pops);
-        free(pret);
-        free(popt);
-        free(prev);
-        free(pk);
-        free(pl);
+        lc_part_free(&p);
         if (r != 0) {
             rc = r;
             goto err;
