@@ -178,9 +178,21 @@ static int lc_scalar(struct lc_parse *p, const struct lcj *o, const char *name, 
     return 0;
 }
 
+/* Revisions, versions and times: bounded so that the checker's arithmetic on
+ * them (a revision + 1, a bound - 1) can never overflow. */
+#define LC_INT_LIMIT ((int64_t)1 << 62)
+
 static int lc_int(struct lc_parse *p, const struct lcj *o, const char *name, int64_t dflt,
                   int64_t *out) {
-    return lc_scalar(p, o, name, LCJ_INT, dflt, out);
+    int rc = lc_scalar(p, o, name, LCJ_INT, dflt, out);
+    if (rc == 0 && (*out >= LC_INT_LIMIT || *out <= -LC_INT_LIMIT))
+        return lc_bad(p, "number out of range in", name);
+    return rc;
+}
+
+/* A lease id: any int64 (etcd makes them from member ids and time). */
+static int lc_lease_id(struct lc_parse *p, const struct lcj *o, int64_t dflt, int64_t *out) {
+    return lc_scalar(p, o, "lease", LCJ_INT, dflt, out);
 }
 
 static int lc_bool(struct lc_parse *p, const struct lcj *o, const char *name, int dflt, int *out) {
@@ -217,7 +229,7 @@ static int lc_kv_parse(struct lc_parse *p, const struct lcj *o, int key, struct 
         (rc = lc_int(p, o, "mod_rev", 0, &kv->mod)) != 0 ||
         (rc = lc_int(p, o, "create_rev", 0, &kv->create)) != 0 ||
         (rc = lc_int(p, o, "version", 0, &kv->version)) != 0 ||
-        (rc = lc_int(p, o, "lease", -1, &kv->lease)) != 0)
+        (rc = lc_lease_id(p, o, -1, &kv->lease)) != 0)
         return rc;
     if (found && kv->value == LC_ABSENT)
         return lc_bad(p, "a found key needs", "value");
@@ -242,7 +254,7 @@ static int lc_sub_parse(struct lc_parse *p, const struct lcj *o, const char *kin
     } else if (strcmp(kind, "put") == 0) {
         s->kind = LC_PUT;
         if ((rc = lc_str(p, o, "value", 1, &p->h->values, &s->value)) != 0 ||
-            (rc = lc_int(p, o, "lease", 0, &s->lease)) != 0)
+            (rc = lc_lease_id(p, o, 0, &s->lease)) != 0)
             return rc;
         if (s->lease != 0 && (s->lidx = lc_lease_index(p->h, s->lease)) < 0)
             return -ENOMEM;
@@ -322,8 +334,9 @@ static int lc_cmp_parse(struct lc_parse *p, const struct lcj *o, const char *tar
         if (c->op == LC_LT || c->op == LC_GT)
             return lc_bad(p, "value compares support = and != only, not", op);
     } else {
-        if (value == NULL || value->type != LCJ_INT)
-            return lc_bad(p, "a revision compare needs an integer", "value");
+        if (value == NULL || value->type != LCJ_INT || value->num >= LC_INT_LIMIT ||
+            value->num <= -LC_INT_LIMIT)
+            return lc_bad(p, "a revision compare needs an integer in range", "value");
         c->num = value->num;
     }
     return 0;
@@ -558,7 +571,7 @@ static int lc_op_parse(struct lc_parse *p, const struct lcj *o, struct lc_op *op
         op->kind = LC_EXPIRED;
     else
         return lc_bad(p, "unknown operation", k);
-    if ((rc = lc_int(p, o, "lease", 0, &op->lease)) != 0 ||
+    if ((rc = lc_lease_id(p, o, 0, &op->lease)) != 0 ||
         (rc = lc_int(p, o, "ttl", 0, &op->ttl)) != 0)
         return rc;
     if (op->lease == 0)

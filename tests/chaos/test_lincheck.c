@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -309,22 +310,27 @@ static void indeterminate_delete_seen_by_watcher(void **state) {
     assert_int_equal(check(buf), LINCHECK_A_NONLINEARIZABLE);
 }
 
+/* A lease granted, a key put with it, the lease expiring (seen by a read, a
+ * TimeToLive and a watcher). */
+static const char LEASE_HISTORY[] =
+    "{\"client\":1,\"op\":\"lease_grant\",\"lease\":5,\"ttl\":1,\"call\":1,"
+    "\"return\":2,\"status\":\"ok\",\"rev\":1}\n"
+    "{\"client\":1,\"op\":\"put\",\"key\":\"l\",\"value\":\"v\",\"lease\":5,"
+    "\"call\":3,\"return\":4,\"status\":\"ok\",\"rev\":2}\n"
+    "{\"client\":2,\"op\":\"get\",\"key\":\"l\",\"value\":\"v\",\"mod_rev\":2,"
+    "\"lease\":5,\"call\":5,\"return\":6,\"status\":\"ok\",\"rev\":2}\n"
+    "{\"client\":2,\"op\":\"get\",\"key\":\"l\",\"found\":false,\"call\":10,"
+    "\"return\":11,\"status\":\"ok\",\"rev\":3}\n"
+    "{\"client\":2,\"op\":\"lease_expired\",\"lease\":5,\"call\":12,"
+    "\"return\":13,\"status\":\"ok\"}\n"
+    "{\"client\":\"w\",\"op\":\"watch\",\"key\":\"l\",\"start_rev\":2,\"call\":1,"
+    "\"return\":20,\"status\":\"ok\",\"events\":[{\"type\":\"put\",\"key\":\"l\","
+    "\"value\":\"v\",\"mod_rev\":2},{\"type\":\"delete\",\"key\":\"l\","
+    "\"mod_rev\":3}]}\n";
+
 static void lease_expiry_passes(void **state) {
     (void)state;
-    const char *h = "{\"client\":1,\"op\":\"lease_grant\",\"lease\":5,\"ttl\":1,\"call\":1,"
-                    "\"return\":2,\"status\":\"ok\",\"rev\":1}\n"
-                    "{\"client\":1,\"op\":\"put\",\"key\":\"l\",\"value\":\"v\",\"lease\":5,"
-                    "\"call\":3,\"return\":4,\"status\":\"ok\",\"rev\":2}\n"
-                    "{\"client\":2,\"op\":\"get\",\"key\":\"l\",\"value\":\"v\",\"mod_rev\":2,"
-                    "\"lease\":5,\"call\":5,\"return\":6,\"status\":\"ok\",\"rev\":2}\n"
-                    "{\"client\":2,\"op\":\"get\",\"key\":\"l\",\"found\":false,\"call\":10,"
-                    "\"return\":11,\"status\":\"ok\",\"rev\":3}\n"
-                    "{\"client\":2,\"op\":\"lease_expired\",\"lease\":5,\"call\":12,"
-                    "\"return\":13,\"status\":\"ok\"}\n"
-                    "{\"client\":\"w\",\"op\":\"watch\",\"key\":\"l\",\"start_rev\":2,\"call\":1,"
-                    "\"return\":20,\"status\":\"ok\",\"events\":[{\"type\":\"put\",\"key\":\"l\","
-                    "\"value\":\"v\",\"mod_rev\":2},{\"type\":\"delete\",\"key\":\"l\","
-                    "\"mod_rev\":3}]}\n";
+    const char *h = LEASE_HISTORY;
     assert_int_equal(check(h), 0);
     /* A put on a lease observed gone cannot have succeeded. */
     char buf[2048];
@@ -371,6 +377,80 @@ static void bad_lines_are_refused(void **state) {
     }
 }
 
+/* Every prefix of valid lines, and lines with bytes changed at random, are
+ * either read (and then checked) or refused with -EINVAL: never a crash
+ * (ASan and UBSan watch). */
+static void parser_survives_garbage(void **state) {
+    (void)state;
+    static const char *const good[] = {
+        "{\"client\":\"w\",\"op\":\"watch\",\"key\":\"a\",\"range_end\":\"\\u0000\",\"start_rev\":"
+        "2,"
+        "\"call\":1,\"return\":9,\"status\":\"ok\",\"events\":[{\"type\":\"put\",\"key\":\"a\","
+        "\"value\":\"\\ud83d\\ude00\\n\",\"mod_rev\":2},{\"type\":\"progress\",\"rev\":2}]}",
+        "{\"client\":1,\"op\":\"txn\",\"if\":[{\"key\":\"a\",\"target\":\"mod_rev\",\"cmp\":\"<\","
+        "\"value\":-3}],\"then\":[{\"op\":\"get\",\"key\":\"a\"}],\"else\":[],\"call\":1,"
+        "\"return\":2,\"status\":\"ok\",\"rev\":1,\"succeeded\":true,\"results\":[{\"found\":false}"
+        "]}",
+    };
+    uint64_t x = 88172645463325252ull;
+    for (size_t g = 0; g < sizeof(good) / sizeof(good[0]); g++) {
+        size_t n = strlen(good[g]);
+        char *buf = malloc(n + 1);
+        assert_non_null(buf);
+        for (size_t cut = 0; cut <= n + 2000; cut++) {
+            struct lincheck_history *h;
+            struct util_err err;
+            size_t len = cut <= n ? cut : n;
+            memcpy(buf, good[g], n + 1);
+            if (cut > n) {
+                /* Past the prefixes: flip one to three random bytes of the whole line. */
+                for (int k = 0; k < 3; k++) {
+                    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                    buf[x % n] = (char)(x >> 24);
+                }
+            }
+            assert_int_equal(lincheck_history_new(&h), 0);
+            int rc = lincheck_history_add_line(h, buf, len, &err);
+            assert_true(rc == 0 || rc == -EINVAL);
+            if (rc == 0) {
+                struct lincheck_result res;
+                assert_int_equal(lincheck_check(h, NULL, &res), 0);
+                lincheck_result_free(&res);
+            }
+            lincheck_history_free(h);
+        }
+        free(buf);
+    }
+    /* A whole history with one line damaged at random, many times over. */
+    char *hist = malloc(sizeof(LEASE_HISTORY));
+    assert_non_null(hist);
+    for (int round = 0; round < 2000; round++) {
+        memcpy(hist, LEASE_HISTORY, sizeof(LEASE_HISTORY));
+        for (int k = 0; k < 2; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            size_t at = x % (sizeof(LEASE_HISTORY) - 1);
+            if (hist[at] != '\n')
+                hist[at] = (char)(x >> 24) == '\n' ? ' ' : (char)(x >> 24);
+        }
+        struct lincheck_history *h;
+        struct util_err err;
+        int ok = 1;
+        assert_int_equal(lincheck_history_new(&h), 0);
+        for (char *line = hist, *nl; ok && (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
+            int rc = lincheck_history_add_line(h, line, (size_t)(nl - line), &err);
+            assert_true(rc == 0 || rc == -EINVAL);
+            ok = rc == 0;
+        }
+        if (ok) {
+            struct lincheck_result res;
+            assert_int_equal(lincheck_check(h, NULL, &res), 0);
+            lincheck_result_free(&res);
+        }
+        lincheck_history_free(h);
+    }
+    free(hist);
+}
+
 /* The command line: exit code and last line carry the verdict. */
 static void cli_reports_verdict(void **state) {
     (void)state;
@@ -413,6 +493,7 @@ int main(void) {
         cmocka_unit_test(lease_expiry_passes),
         cmocka_unit_test(budget_gives_unknown),
         cmocka_unit_test(bad_lines_are_refused),
+        cmocka_unit_test(parser_survives_garbage),
         cmocka_unit_test(cli_reports_verdict),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
