@@ -140,9 +140,11 @@ class Recorder:
             return r, {"rev": r.header.revision}
         return self._run(e, call)
 
-    def get(self, key):
-        e = self.h.begin(self.id, "get", key=key)
-        req = etcdrpc.RangeRequest(key=wire(key))
+    def get(self, key, serializable=False):
+        """A read; a serializable one may be stale and is only checked for
+        self-consistency, not for recency."""
+        e = self.h.begin(self.id, "get", key=key, serializable=serializable)
+        req = etcdrpc.RangeRequest(key=wire(key), serializable=serializable)
 
         def call():
             r = self.kv.Range(req, self.timeout)
@@ -189,11 +191,13 @@ class Recorder:
                        "results": [_op_result(x) for x in r.responses]}
         return self._run(e, call)
 
-    def range(self, key, range_end, final=False):
+    def range(self, key, range_end, final=False, serializable=False):
         """Reads [key, range_end); final=True marks the read that ends a test
         (every acknowledged write must be in it)."""
-        e = self.h.begin(self.id, "range", key=key, range_end=range_end, final=final)
-        req = etcdrpc.RangeRequest(key=wire(key), range_end=wire(range_end))
+        e = self.h.begin(self.id, "range", key=key, range_end=range_end, final=final,
+                         serializable=serializable)
+        req = etcdrpc.RangeRequest(key=wire(key), range_end=wire(range_end),
+                                   serializable=serializable)
 
         def call():
             r = self.kv.Range(req, self.timeout)

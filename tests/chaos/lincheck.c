@@ -296,10 +296,11 @@ static int lc_op_unit(const struct lincheck_history *h, const struct lc_op *op) 
     return (int)h->keys.n + op->lidx;
 }
 
-/* Whether op takes part in the search: failed ops had no effect, and an
- * indeterminate op that cannot write has no effect anyone can see. */
+/* Whether op takes part in the search: failed ops had no effect, an
+ * indeterminate op that cannot write has no effect anyone can see, and a
+ * serializable read promises no recency. */
 static int lc_op_searched(const struct lc_op *op) {
-    if (op->status == LC_FAIL)
+    if (op->status == LC_FAIL || op->serializable)
         return 0;
     switch (op->kind) {
     case LC_TXN:
@@ -797,7 +798,7 @@ struct lc_synth {
 static int lc_synth_build(const struct lincheck_history *h, struct lc_synth *sy) {
     size_t nsplit = 0, nsub = 0;
     for (size_t i = 0; i < h->nops; i++)
-        if (h->ops[i].kind == LC_RANGE && h->ops[i].status == LC_OK)
+        if (h->ops[i].kind == LC_RANGE && h->ops[i].status == LC_OK && !h->ops[i].serializable)
             for (size_t k = 0; k < h->keys.n; k++)
                 nsplit += (size_t)lc_in_range(h, &h->ops[i], (int)k);
     sy->ops = calloc(nsplit + h->nleases + 1, sizeof(*sy->ops));
@@ -806,7 +807,7 @@ static int lc_synth_build(const struct lincheck_history *h, struct lc_synth *sy)
         return -ENOMEM;
     for (size_t i = 0; i < h->nops; i++) {
         const struct lc_op *r = &h->ops[i];
-        if (r->kind != LC_RANGE || r->status != LC_OK)
+        if (r->kind != LC_RANGE || r->status != LC_OK || r->serializable)
             continue;
         /* A range read is checked as one read per key it covers: per-key
          * linearizability, not the atomicity of the whole range. */

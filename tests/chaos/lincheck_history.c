@@ -539,6 +539,9 @@ static int lc_op_parse(struct lc_parse *p, const struct lcj *o, struct lc_op *op
     }
     op->succeeded = -1;
     const char *k = kind->str;
+    if ((strcmp(k, "get") == 0 || strcmp(k, "range") == 0) &&
+        (rc = lc_bool(p, o, "serializable", 0, &op->serializable)) != 0)
+        return rc;
     if (strcmp(k, "put") == 0 || strcmp(k, "get") == 0 || strcmp(k, "delete") == 0 ||
         strcmp(k, "cas") == 0) {
         op->kind = LC_TXN;

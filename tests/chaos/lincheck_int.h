@@ -69,7 +69,8 @@ struct lc_op {
     size_t ncmps;
     struct lc_sub *subs[2]; /* [1] = then (success), [0] = else (failure) */
     size_t nsubs[2];
-    int succeeded; /* 1, 0, or -1 unknown */
+    int succeeded;    /* 1, 0, or -1 unknown */
+    int serializable; /* a get or range that may be served stale */
     /* LC_RANGE and LC_WATCH: keys in [from, to); to_all = no upper bound */
     char *from, *to;
     size_t fromlen, tolen;

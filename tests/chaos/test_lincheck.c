@@ -279,6 +279,16 @@ static void indeterminate_ops_pass(void **state) {
     snprintf(buf, sizeof(buf), "%s%s%s%s", PUT(1, "a", "0", 1, 2, 2), took,
              GET(2, "a", "0", 2, 1, 100, 110, 5), GET(2, "a", "1", 3, 2, 200, 210, 6));
     assert_int_equal(check(buf), LINCHECK_A_NONLINEARIZABLE);
+    /* A serializable read may be stale; the same read linearizable may not. */
+    assert_int_equal(check(PUT(1, "a", "0", 1, 2, 2) PUT(
+                         1, "a", "1", 3, 4,
+                         3) "{\"client\":2,\"op\":\"get\",\"key\":\"a\",\"serializable\":true,"
+                            "\"value\":\"0\",\"mod_rev\":2,\"call\":10,\"return\":11,"
+                            "\"status\":\"ok\",\"rev\":2}"),
+                     0);
+    assert_int_equal(check(PUT(1, "a", "0", 1, 2, 2) PUT(1, "a", "1", 3, 4, 3)
+                               GET(2, "a", "0", 2, 1, 10, 11, 3)),
+                     LINCHECK_A_NONLINEARIZABLE);
     /* A failed op had no effect at all. */
     assert_int_equal(
         check(
