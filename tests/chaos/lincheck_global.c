@@ -136,7 +136,8 @@ static int lc_check_kv(struct lincheck_result *res, const struct lincheck_histor
                        const struct lc_op *op, const struct lc_kv *kv) {
     if (kv->value == LC_ABSENT || op->rev <= 0)
         return 0;
-    if (kv->mod <= op->rev && kv->create <= kv->mod)
+    /* Fields the history did not record are 0 and prove nothing. */
+    if (kv->mod <= op->rev && (kv->mod == 0 || kv->create <= kv->mod))
         return 0;
     int rc = lc_report_anomaly(res, LINCHECK_A_BAD_RESULT,
                                "read at revision %lld returned a key with mod_rev %lld and "
