@@ -757,7 +757,8 @@ static int lc_report_nonlin(struct lincheck_result *res, const struct lc_part *p
     if (rc == 0 && unknown)
         rc = util_buf_printf(b,
                              "\nUNKNOWN: the search over the %zu operations on %s ran out of "
-                             "budget (raise --max-steps/--max-ms)\n",
+                             "budget (raise --max-steps/--max-ms; a watcher of every key lets "
+                             "the checker place timed-out writes)\n",
                              p->n, keys.data);
     else if (rc == 0)
         rc = lc_report_anomaly(res, LINCHECK_A_NONLINEARIZABLE,
