@@ -344,7 +344,8 @@ int lc_report_anomaly(struct lincheck_result *res, unsigned kind, const char *fm
                                         "WATCH-DUPLICATE",
                                         "WATCH-ORDER",
                                         "WATCH-PHANTOM",
-                                        "PROGRESS-AHEAD"};
+                                        "PROGRESS-AHEAD",
+                                        "REVISION-SKIPPED"};
     int bit = __builtin_ctz(kind);
     va_list ap;
     char line[1024];
@@ -1011,7 +1012,7 @@ int lincheck_check(struct lincheck_history *h, const struct lincheck_options *op
     if (rc == 0)
         rc = lc_check_lin(h, &learned, opt, res);
     if (rc == 0)
-        rc = lc_check_global(h, &learned, res);
+        rc = lc_check_global(h, &learned, opt != NULL && opt->open_world, res);
     lc_learned_free(&learned);
     if (rc != 0)
         return rc;

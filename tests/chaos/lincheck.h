@@ -27,7 +27,8 @@
  *    revision, a final read keeps every acknowledged write and drops the keys
  *    of revoked/expired leases, watchers see every event of their range exactly
  *    once, in order, with no gap, across reconnects, and no progress
- *    notification runs ahead of an undelivered event.
+ *    notification runs ahead of an undelivered event; in a closed world,
+ *    revisions are dense (every one was taken by some write).
  *  - A partition whose search exceeds its step or time budget is reported as
  *    unknown rather than guessed.
  *
@@ -65,6 +66,7 @@ enum lincheck_anomaly {
     LINCHECK_A_WATCH_ORDER = 1 << 9,     /* a watcher got events out of revision order */
     LINCHECK_A_WATCH_PHANTOM = 1 << 10,  /* an event matches no write of the history */
     LINCHECK_A_PROGRESS_AHEAD = 1 << 11, /* progress notify before an event it covers */
+    LINCHECK_A_REV_SKIPPED = 1 << 12,    /* revisions no write of the history took */
 };
 
 struct lincheck_options {

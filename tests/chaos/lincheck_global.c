@@ -499,7 +499,64 @@ static int lc_check_watches(const struct lincheck_history *h, struct lincheck_re
     return rc;
 }
 
-int lc_check_global(const struct lincheck_history *h, const struct lc_learned *l,
+/* Whether op may have taken a revision nobody reported: a write whose
+ * outcome or revision is unknown, a revoke, a grant (its lease may expire
+ * with keys attached). */
+static int lc_unknown_writer(const struct lc_op *op, int64_t learned_rev) {
+    if (op->status == LC_FAIL)
+        return 0;
+    if (op->kind == LC_GRANT || op->kind == LC_REVOKE)
+        return 1;
+    if (op->kind != LC_TXN)
+        return 0;
+    if (op->status == LC_OK)
+        return op->rev <= 0 && lc_txn_wrote(op) != 0;
+    for (int b = 0; b < 2 && learned_rev <= 0; b++)
+        for (size_t j = 0; j < op->nsubs[b]; j++)
+            if (op->subs[b][j].kind != LC_GET)
+                return 1;
+    return 0;
+}
+
+/* In a closed world every revision between the first one seen and the last
+ * one written was taken by a write of the history: etcd never skips one. A
+ * server that does (say, a delete of nothing or a failed txn bumping the
+ * revision) leaves more free revisions than operations that could have taken
+ * them. */
+static int lc_check_density(const struct lincheck_history *h, const struct lc_learned *l,
+                            struct lincheck_result *res) {
+    int64_t lo = INT64_MAX, first = 0;
+    size_t writers = 0, taken = 0, shown = 0;
+    int rc;
+    for (size_t i = 0; i < h->nops; i++) {
+        if (lc_has_rev(&h->ops[i]) && h->ops[i].rev < lo)
+            lo = h->ops[i].rev;
+        writers += (size_t)lc_unknown_writer(&h->ops[i], l->rev[i]);
+    }
+    if (l->nused == 0 || lo == INT64_MAX || l->used[l->nused - 1] <= lo)
+        return 0;
+    int64_t hi = l->used[l->nused - 1];
+    for (size_t i = 0; i < l->nused; i++)
+        taken += l->used[i] > lo;
+    size_t free_revs = (size_t)(hi - lo) - taken;
+    if (free_revs <= writers)
+        return 0;
+    for (int64_t r = lo + 1; r <= hi && first == 0; r++)
+        if (lc_next_gap(l, r - 1) == r)
+            first = r;
+    rc = lc_report_anomaly(res, LINCHECK_A_REV_SKIPPED,
+                           "%zu revisions in (%lld, %lld] were taken by no write of the history, "
+                           "which has only %zu operations that could have taken one unseen; the "
+                           "first is %lld",
+                           free_revs, (long long)lo, (long long)hi, writers, (long long)first);
+    /* Operations that reported that revision are the first place to look. */
+    for (size_t i = 0; i < h->nops && rc == 0 && shown < 3; i++)
+        if (lc_has_rev(&h->ops[i]) && h->ops[i].rev == first && shown++ < 3)
+            rc = lc_report_op(&res->report, h, &h->ops[i]);
+    return rc;
+}
+
+int lc_check_global(const struct lincheck_history *h, const struct lc_learned *l, int open_world,
                     struct lincheck_result *res) {
     struct lc_ref *a = calloc(h->nops + 1, sizeof(*a)), *b = calloc(h->nops + 1, sizeof(*b));
     int rc = -ENOMEM;
@@ -508,7 +565,8 @@ int lc_check_global(const struct lincheck_history *h, const struct lc_learned *l
     if ((rc = lc_check_results(h, res)) != 0 || (rc = lc_check_clients(h, l, res, a)) != 0 ||
         (rc = lc_check_realtime(h, l, res, a, b)) != 0 ||
         (rc = lc_check_dup_revs(h, l, res, a)) != 0 || (rc = lc_check_final(h, res)) != 0 ||
-        (rc = lc_check_watches(h, res)) != 0)
+        (rc = lc_check_watches(h, res)) != 0 ||
+        (!open_world && (rc = lc_check_density(h, l, res)) != 0))
         goto err;
 err:
     free(a);

@@ -142,7 +142,7 @@ void lc_learned_free(struct lc_learned *l);
 int64_t lc_next_gap(const struct lc_learned *l, int64_t floor);
 
 /* The global checks (lincheck_global.c): revisions, final read, watches. */
-int lc_check_global(const struct lincheck_history *h, const struct lc_learned *l,
+int lc_check_global(const struct lincheck_history *h, const struct lc_learned *l, int open_world,
                     struct lincheck_result *res);
 
 #endif
