@@ -230,21 +230,25 @@ class Recorder:
             return r, {"rev": r.header.revision}
         return self._run(e, call)
 
-    def lease_expired(self, lease_id):
-        """Asks for the lease's time to live; records the observation only if
-        the lease is gone (then its keys must be gone). Returns whether it is."""
+    def lease_ttl(self, lease_id):
+        """Asks for the lease's time to live and records what it shows: the
+        lease gone ("lease_expired": its keys must be gone) or still there
+        ("lease_alive": its keys cannot have expired yet). Returns the TTL
+        (-1 when gone), or None when the call failed (nothing is recorded)."""
         call_at = self.h.now()
         try:
             r = self.lease.LeaseTimeToLive(etcdrpc.LeaseTimeToLiveRequest(ID=lease_id),
                                            self.timeout)
         except grpc.RpcError:
-            return False
-        if r.TTL != -1:
-            return False
-        self.h.write({"client": self.id, "op": "lease_expired", "lease": lease_id,
-                      "call": call_at, "return": self.h.now(), "status": "ok",
-                      "rev": r.header.revision})
-        return True
+            return None
+        self.h.write({"client": self.id, "op": "lease_expired" if r.TTL == -1 else "lease_alive",
+                      "lease": lease_id, "call": call_at, "return": self.h.now(),
+                      "status": "ok", "rev": r.header.revision})
+        return r.TTL
+
+    def lease_expired(self, lease_id):
+        """Whether the lease is gone, recorded as lease_ttl does."""
+        return self.lease_ttl(lease_id) == -1
 
 
 def _compare(c):

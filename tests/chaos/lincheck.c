@@ -262,6 +262,8 @@ static int lc_step(const struct lc_part *p, int64_t *st, const struct lc_op *op,
         return lc_settle(p, st, lc_drop_lease(p, st, op->lease), 0);
     case LC_EXPIRED:
         return !*alive;
+    case LC_ALIVE:
+        return *alive != 0;
     default:
         assert(0 && "operation kind outside the search");
         return 0;
@@ -317,6 +319,7 @@ static int lc_op_searched(const struct lc_op *op) {
     case LC_REVOKE:
         return 1;
     case LC_EXPIRED:
+    case LC_ALIVE:
         return op->status == LC_OK;
     default:
         return 0;

@@ -572,6 +572,8 @@ static int lc_op_parse(struct lc_parse *p, const struct lcj *o, struct lc_op *op
         op->kind = LC_REVOKE;
     else if (strcmp(k, "lease_expired") == 0)
         op->kind = LC_EXPIRED;
+    else if (strcmp(k, "lease_alive") == 0)
+        op->kind = LC_ALIVE;
     else
         return lc_bad(p, "unknown operation", k);
     if ((rc = lc_lease_id(p, o, 0, &op->lease)) != 0 ||

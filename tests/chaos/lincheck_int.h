@@ -16,7 +16,9 @@
 /* A value id meaning "no such key". */
 #define LC_ABSENT (-1)
 
-enum lc_kind { LC_TXN, LC_RANGE, LC_GRANT, LC_REVOKE, LC_EXPIRED, LC_EXPIRE, LC_WATCH };
+/* LC_EXPIRED and LC_ALIVE are observations of a lease (gone, or still there);
+ * LC_EXPIRE is the checker's own "the lease may expire here". */
+enum lc_kind { LC_TXN, LC_RANGE, LC_GRANT, LC_REVOKE, LC_EXPIRED, LC_ALIVE, LC_EXPIRE, LC_WATCH };
 enum lc_status { LC_OK, LC_FAIL, LC_INDET };
 enum lc_sub_kind { LC_GET, LC_PUT, LC_DEL };
 enum lc_target { LC_T_VALUE, LC_T_MOD, LC_T_CREATE, LC_T_VERSION };

@@ -361,6 +361,20 @@ static void lease_expiry_passes(void **state) {
     (void)state;
     const char *h = LEASE_HISTORY;
     assert_int_equal(check(h), 0);
+    /* A key that vanished is explained by its lease expiring, unless the
+     * lease was seen alive afterwards. */
+    const char *vanished = "{\"client\":1,\"op\":\"lease_grant\",\"lease\":5,\"ttl\":1,\"call\":1,"
+                           "\"return\":2,\"status\":\"ok\",\"rev\":1}\n"
+                           "{\"client\":1,\"op\":\"put\",\"key\":\"l\",\"value\":\"v\",\"lease\":5,"
+                           "\"call\":3,\"return\":4,\"status\":\"ok\",\"rev\":2}\n"
+                           "{\"client\":2,\"op\":\"get\",\"key\":\"l\",\"found\":false,\"call\":5,"
+                           "\"return\":6,\"status\":\"ok\",\"rev\":3}\n";
+    char alive[1024];
+    snprintf(alive, sizeof(alive), "%s%s", vanished,
+             "{\"client\":2,\"op\":\"lease_alive\",\"lease\":5,\"call\":7,\"return\":8,"
+             "\"status\":\"ok\",\"rev\":3}\n");
+    assert_int_equal(check(vanished), 0);
+    assert_int_equal(check(alive), LINCHECK_A_NONLINEARIZABLE);
     /* A put on a lease observed gone cannot have succeeded. */
     char buf[2048];
     snprintf(buf, sizeof(buf), "%s%s", h,
