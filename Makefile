@@ -40,6 +40,8 @@ LDLIBS = $(PKG_LIBS) -lpthread -lm
 # (which every object must wait for).
 GEN_SRCS :=
 GEN_HDRS :=
+# Programs the tests need besides the unit tests (built by unit-test-bins).
+EXTRA_TEST_BINS :=
 
 -include $(wildcard src/*/module.mk) $(wildcard tests/*/module.mk)
 
@@ -110,7 +112,7 @@ test:
 	QUOIN_BIN=$(CURDIR)/build-san/quoin /usr/bin/python3 -m pytest -q tests
 
 .PHONY: unit-test-bins
-unit-test-bins: $(UNIT_TEST_BINS)
+unit-test-bins: $(UNIT_TEST_BINS) $(EXTRA_TEST_BINS)
 
 format:
 	clang-format -i $(shell git ls-files --cached --others --exclude-standard '*.c' '*.h')
