@@ -194,3 +194,22 @@ def test_config_file_overrides_flags_and_env(servers, tmp_path):
     assert '"name":"fromfile"' in logs
     assert "other configuration command line flags and environment variables are ignored" in logs
     assert os.path.isdir(tmp_path / "ff.quoin")
+
+
+def test_tuning_flags_are_honoured(servers):
+    import etcd3
+    import grpc
+    import pytest
+    s = servers(extra=["--heartbeat-interval", "50", "--election-timeout", "500",
+                       "--max-txn-ops", "2", "--max-request-bytes", "1024"]).start()
+    c = etcd3.client(host="127.0.0.1", port=s.client_port, timeout=10)
+    ops = [c.transactions.put("/t%d" % i, "x") for i in range(3)]
+    with pytest.raises(grpc.RpcError) as e:
+        c.transaction(compare=[], success=ops, failure=[])
+    assert e.value.details() == "etcdserver: too many operations in txn request"
+    assert c.transaction(compare=[], success=ops[:2], failure=[])[0]
+    with pytest.raises(grpc.RpcError) as e:
+        c.put("/big", "x" * 2048)
+    assert e.value.details() == "etcdserver: request is too large"
+    c.put("/small", "x" * 512)
+    c.close()
