@@ -29,7 +29,7 @@ static const struct flag_def defs[] = {
     {"listen-client-urls",               FLAG_URLS,     "http://127.0.0.1:2379",    NULL, true},
     {"max-snapshots",                    FLAG_UINT,     "5",                        NULL, false},
     {"max-wals",                         FLAG_UINT,     "5",                        NULL, false},
-    {"quota-backend-bytes",              FLAG_INT,      "0",                        NULL, false},
+    {"quota-backend-bytes",              FLAG_INT,      "0",                        NULL, true},
     {"backend-batch-interval",           FLAG_DURATION, "",                         NULL, false},
     {"backend-batch-limit",              FLAG_UINT,     "0",                        NULL, false},
     {"max-txn-ops",                      FLAG_UINT,     "128",                      NULL, true},

@@ -133,6 +133,8 @@ static int listen_all(struct server *s, struct util_err *err) {
     if (rc == 0)
         rc = v3_lease_register(s, err);
     if (rc == 0)
+        rc = v3_alarm_register(s, err);
+    if (rc == 0)
         rc = v3_watch_register(s, err);
     if (rc == 0)
         rc = peer_transport_new(&s->loop, s->lg, &s->peer, err);
@@ -241,7 +243,7 @@ static int start_core(struct server *s, struct util_err *err) {
         .grace_ns = (uint64_t)cfg->election_ms * 1000000u,
     };
     if ((rc = lease_open(s->db, &lopts, s->lg, &s->leases, err)) != 0 ||
-        (rc = v3_watch_open(s, err)) != 0)
+        (rc = v3_alarm_open(s, err)) != 0 || (rc = v3_watch_open(s, err)) != 0)
         return rc;
     struct apply_hooks hooks = {.arg = s,
                                 .entry = v3_apply_entry,

@@ -56,6 +56,8 @@ struct server {
     int stopping;
     _Atomic uint64_t next_id;
     uint64_t member_id, cluster_id;
+    MDB_dbi alarm_dbi;
+    atomic_bool nospace_proposed;
     lease_t *leases;
     lease_batch_t *lease_batch; /* apply thread: the batch being applied */
     uv_timer_t tick_timer;      /* leases every tick, watch progress less often */
@@ -94,6 +96,7 @@ enum v3_entry_kind {
     V3_ENTRY_LEASE_GRANT = 5,      /* [wall clock ns, 8 bytes][LeaseGrantRequest, ID set] */
     V3_ENTRY_LEASE_REVOKE = 6,     /* LeaseRevokeRequest */
     V3_ENTRY_LEASE_CHECKPOINT = 7, /* n x [id][remaining ttl][deadline], 8 bytes each */
+    V3_ENTRY_ALARM = 8,            /* AlarmRequest (activate / deactivate) */
 };
 
 /* etcd's request errors that are not mvcc's or the lease layer's. */
@@ -114,6 +117,9 @@ struct v3_applied {
     mvcc_result_t *res; /* put, delete range, txn, lease revoke (may be NULL) */
     bool physical;      /* compaction: answer once the history is removed */
     int64_t lease_id, ttl;
+    bool alarm_changed; /* alarm: whether the store changed */
+    uint64_t alarm_member;
+    int alarm_type;
 };
 
 void v3_applied_free(struct v3_applied *a);
@@ -135,6 +141,15 @@ int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const
                    size_t len, struct apply_done *done);
 
 int v3_lease_register(struct server *s, struct util_err *err);
+
+/* Alarms: the "alarm" LMDB database (opened at start-up, capped mode restored),
+ * the Alarm method, the apply of an alarm entry, and raising NOSPACE when a
+ * write would pass the quota (once until it is disarmed). */
+int v3_alarm_open(struct server *s, struct util_err *err);
+int v3_alarm_register(struct server *s, struct util_err *err);
+int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t *p, size_t len,
+                   struct apply_done *done);
+void v3_alarm_raise_nospace(struct server *s);
 
 /* The leader's lease timer (every 500 ms): proposes revokes of expired
  * leases and due checkpoints. io loop. */

@@ -450,7 +450,10 @@ int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
     if (e->len < V3_ENTRY_HEADER || e->data[0] != V3_ENTRY_FORMAT)
         return 0; /* not a request of this format: nothing to apply */
     enum v3_entry_kind kind = (enum v3_entry_kind)e->data[1];
-    if (kind >= V3_ENTRY_LEASE_GRANT)
+    if (kind == V3_ENTRY_ALARM)
+        return v3_alarm_apply(s, b, entry_id(e->data), e->data + V3_ENTRY_HEADER,
+                              e->len - V3_ENTRY_HEADER, done);
+    if (kind >= V3_ENTRY_LEASE_GRANT && kind <= V3_ENTRY_LEASE_CHECKPOINT)
         return v3_lease_apply(s, kind, entry_id(e->data), e->data + V3_ENTRY_HEADER,
                               e->len - V3_ENTRY_HEADER, done);
     const ProtobufCMessageDescriptor *desc = kind_descriptor(kind);
@@ -504,8 +507,10 @@ static int check_write(struct server *s, enum v3_entry_kind kind, const Protobuf
     struct conv c = {0};
     struct mvcc_op op;
     int rc = conv_write(&c, kind, msg, s->cfg->max_txn_ops, &op);
-    if (rc == 0 && mvcc_quota_check(s->db, mvcc_request_cost(&op)) != 0)
+    if (rc == 0 && mvcc_quota_check(s->db, mvcc_request_cost(&op)) != 0) {
+        v3_alarm_raise_nospace(s);
         rc = MVCC_ENOSPACE;
+    }
     conv_free(&c);
     return rc;
 }

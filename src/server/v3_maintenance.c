@@ -1,5 +1,5 @@
 /* v3_maintenance: etcd's Maintenance and Cluster services for a member alone
- * in its cluster: Status, HashKV, Defragment, Alarm, Snapshot, MemberList. */
+ * in its cluster: Status, HashKV, Defragment, Snapshot, MemberList. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -76,21 +76,6 @@ static void on_defragment(api_call_t *call, ProtobufCMessage *msg, const uint8_t
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     v3_header_msg(s, 0, &h);
     Etcdserverpb__DefragmentResponse r = ETCDSERVERPB__DEFRAGMENT_RESPONSE__INIT;
-    r.header = &h;
-    api_call_reply(call, &r.base);
-}
-
-/* Alarms are raised through raft with the quota (NOSPACE); none can be raised
- * yet, so the list is empty and disarming is a no-op, as on a healthy etcd. */
-static void on_alarm(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
-                     void *arg) {
-    (void)data;
-    (void)len;
-    struct server *s = arg;
-    protobuf_c_message_free_unpacked(msg, NULL);
-    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    v3_header_msg(s, 0, &h);
-    Etcdserverpb__AlarmResponse r = ETCDSERVERPB__ALARM_RESPONSE__INIT;
     r.header = &h;
     api_call_reply(call, &r.base);
 }
@@ -290,10 +275,6 @@ int v3_maintenance_register(struct server *s, struct util_err *err) {
         {.path = "/etcdserverpb.Maintenance/Defragment",
          .request = &etcdserverpb__defragment_request__descriptor,
          .on_message = on_defragment,
-         .arg = s},
-        {.path = "/etcdserverpb.Maintenance/Alarm",
-         .request = &etcdserverpb__alarm_request__descriptor,
-         .on_message = on_alarm,
          .arg = s},
         {.path = "/etcdserverpb.Maintenance/Snapshot",
          .server_streaming = true,
