@@ -135,6 +135,8 @@ static int listen_all(struct server *s, struct util_err *err) {
     if (rc == 0)
         rc = v3_alarm_register(s, err);
     if (rc == 0)
+        v3_health_register(s);
+    if (rc == 0)
         rc = v3_watch_register(s, err);
     if (rc == 0)
         rc = peer_transport_new(&s->loop, s->lg, &s->peer, err);

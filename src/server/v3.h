@@ -57,7 +57,8 @@ struct server {
     _Atomic uint64_t next_id;
     uint64_t member_id, cluster_id;
     MDB_dbi alarm_dbi;
-    atomic_bool nospace_proposed;
+    atomic_bool nospace_proposed; /* raising NOSPACE is on its way */
+    atomic_bool nospace_active;   /* NOSPACE is raised (as applied) */
     lease_t *leases;
     lease_batch_t *lease_batch; /* apply thread: the batch being applied */
     uv_timer_t tick_timer;      /* leases every tick, watch progress less often */
@@ -180,6 +181,17 @@ int v3_maintenance_register(struct server *s, struct util_err *err);
 
 /* The apply thread's entry function (apply_entry_fn). */
 int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e, struct apply_done *done);
+
+/* What a waiter of the reads table receives: how its read index ended, 0 once
+ * the state machine applied it, else why it failed. */
+struct read_outcome {
+    int code;
+};
+
+/* GET /health, as etcd 3.4 answers it: {"health":"true"} once a
+ * linearizable read goes through and no alarm is raised, else 503 with
+ * {"health":"false"}. */
+void v3_health_register(struct server *s);
 
 /* node_callbacks (raft thread). */
 void v3_propose_failed(void *arg, const uint8_t *data, size_t len, int code);

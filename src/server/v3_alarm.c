@@ -65,6 +65,7 @@ int v3_alarm_open(struct server *s, struct util_err *err) {
     if (raised) {
         LOG_WARN(s->lg, "the NOSPACE alarm is raised: writes are refused until it is disarmed");
         mvcc_set_capped(s->db, true);
+        atomic_store(&s->nospace_active, true);
     }
     return 0;
 }
@@ -95,8 +96,10 @@ int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t
         if (!activate)
             atomic_store(&s->nospace_proposed, false); /* a new excess raises it again */
         bool raised = false;
-        if (rc == 0 && (rc = nospace_raised(s, txn, &raised)) == 0)
+        if (rc == 0 && (rc = nospace_raised(s, txn, &raised)) == 0) {
             mvcc_set_capped(s->db, raised);
+            atomic_store(&s->nospace_active, raised);
+        }
     }
     etcdserverpb__alarm_request__free_unpacked(q, NULL);
     if (rc == 0)
@@ -110,8 +113,7 @@ int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t
 }
 
 /* Answers with the alarms of `list` (n of them). */
-static void answer_alarms(struct server *s, api_call_t *call, const Etcdserverpb__AlarmMember *list,
-                          size_t n) {
+static void answer_alarms(api_call_t *call, const Etcdserverpb__AlarmMember *list, size_t n) {
     Etcdserverpb__AlarmMember **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
     if (!ptrs) {
         v3_fail(call, -ENOMEM);
@@ -119,10 +121,8 @@ static void answer_alarms(struct server *s, api_call_t *call, const Etcdserverpb
     }
     for (size_t i = 0; i < n; i++)
         ptrs[i] = (Etcdserverpb__AlarmMember *)&list[i];
-    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    v3_header_msg(s, 0, &h);
+    /* etcd sends alarm answers without a header. */
     Etcdserverpb__AlarmResponse r = ETCDSERVERPB__ALARM_RESPONSE__INIT;
-    r.header = &h;
     r.n_alarms = n;
     r.alarms = ptrs;
     api_call_reply(call, &r.base);
@@ -132,10 +132,11 @@ static void answer_alarms(struct server *s, api_call_t *call, const Etcdserverpb
 /* The alarm a write changed (ACTIVATE: the one raised; DEACTIVATE: the one
  * removed, none if it was not raised), as etcd answers. */
 static void answer_changed(struct server *s, api_call_t *call, struct v3_applied *a) {
+    (void)s;
     Etcdserverpb__AlarmMember m = ETCDSERVERPB__ALARM_MEMBER__INIT;
     m.memberid = a->alarm_member;
     m.alarm = (Etcdserverpb__AlarmType)a->alarm_type;
-    answer_alarms(s, call, &m, a->alarm_changed ? 1 : 0);
+    answer_alarms(call, &m, a->alarm_changed ? 1 : 0);
 }
 
 /* Lists the stored alarms matching member and type (0 / NONE: any). */
@@ -172,7 +173,7 @@ static void answer_list(struct server *s, api_call_t *call, uint64_t member, uin
         mdb_cursor_close(cur);
     }
     mvcc_read_end(rd);
-    answer_alarms(s, call, list, n);
+    answer_alarms(call, list, n);
     free(list);
 }
 
@@ -214,6 +215,7 @@ int v3_alarm_register(struct server *s, struct util_err *err) {
     const struct api_grpc_method methods[] = {
         {.path = "/etcdserverpb.Maintenance/Alarm",
          .request = &etcdserverpb__alarm_request__descriptor,
+         .response = &etcdserverpb__alarm_response__descriptor,
          .on_message = on_alarm,
          .arg = s},
     };

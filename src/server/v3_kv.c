@@ -669,11 +669,6 @@ static void read_go(void *ctx) {
     free(r);
 }
 
-/* How a read index ended: 0 once applied, else why it failed. */
-struct read_outcome {
-    int code;
-};
-
 /* The waiter of a linearizable read (result: a struct read_outcome, or NULL
  * when cancelled). Runs on whichever thread triggers; the read itself runs on
  * the io loop. */
@@ -756,25 +751,30 @@ int v3_kv_register(struct server *s, struct util_err *err) {
     const struct api_grpc_method methods[] = {
         {.path = "/etcdserverpb.KV/Range",
          .request = &etcdserverpb__range_request__descriptor,
+         .response = &etcdserverpb__range_response__descriptor,
          .on_message = on_range,
          .arg = s},
         {.path = "/etcdserverpb.KV/Put",
          .request = &etcdserverpb__put_request__descriptor,
+         .response = &etcdserverpb__put_response__descriptor,
          .on_message = on_put,
          .on_cancel = on_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/DeleteRange",
          .request = &etcdserverpb__delete_range_request__descriptor,
+         .response = &etcdserverpb__delete_range_response__descriptor,
          .on_message = on_delete_range,
          .on_cancel = on_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/Txn",
          .request = &etcdserverpb__txn_request__descriptor,
+         .response = &etcdserverpb__txn_response__descriptor,
          .on_message = on_txn,
          .on_cancel = on_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/Compact",
          .request = &etcdserverpb__compaction_request__descriptor,
+         .response = &etcdserverpb__compaction_response__descriptor,
          .on_message = on_compact,
          .on_cancel = on_write_cancel,
          .arg = s},

@@ -262,29 +262,63 @@ static void on_snapshot(api_call_t *call, ProtobufCMessage *msg, const uint8_t *
     }
 }
 
+/* ---- /health ------------------------------------------------------------------ */
+
+/* The waiter of the health check's read index. Any thread. */
+static void health_read_done(void *ctx, void *result) {
+    const struct read_outcome *o = result;
+    api_health_report(ctx, o && o->code == 0);
+}
+
+static void on_health(api_http_req_t *req, void *arg) {
+    struct server *s = arg;
+    struct node_status st;
+    server_node_status(s->node, &st);
+    if (st.leader == 0 || atomic_load(&s->nospace_active)) {
+        api_health_report(req, false);
+        return;
+    }
+    uint64_t id = server_next_id(s);
+    if (server_wait_register(s->reads, id, health_read_done, req) != 0) {
+        api_health_report(req, false);
+        return;
+    }
+    if (server_node_read_index(s->node, id) != 0)
+        server_wait_cancel(s->reads, id); /* answers unhealthy */
+}
+
+void v3_health_register(struct server *s) {
+    api_server_set_health_check(s->api, on_health, s);
+}
+
 int v3_maintenance_register(struct server *s, struct util_err *err) {
     const struct api_grpc_method methods[] = {
         {.path = "/etcdserverpb.Maintenance/Status",
          .request = &etcdserverpb__status_request__descriptor,
+         .response = &etcdserverpb__status_response__descriptor,
          .on_message = on_status,
          .arg = s},
         {.path = "/etcdserverpb.Maintenance/HashKV",
          .request = &etcdserverpb__hash_kvrequest__descriptor,
+         .response = &etcdserverpb__hash_kvresponse__descriptor,
          .on_message = on_hash_kv,
          .arg = s},
         {.path = "/etcdserverpb.Maintenance/Defragment",
          .request = &etcdserverpb__defragment_request__descriptor,
+         .response = &etcdserverpb__defragment_response__descriptor,
          .on_message = on_defragment,
          .arg = s},
         {.path = "/etcdserverpb.Maintenance/Snapshot",
          .server_streaming = true,
          .request = &etcdserverpb__snapshot_request__descriptor,
+         .response = &etcdserverpb__snapshot_response__descriptor,
          .on_open = on_snapshot_open,
          .on_message = on_snapshot,
          .on_writable = on_snapshot_writable,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberList",
          .request = &etcdserverpb__member_list_request__descriptor,
+         .response = &etcdserverpb__member_list_response__descriptor,
          .on_message = on_member_list,
          .arg = s},
     };

@@ -291,6 +291,7 @@ int v3_watch_register(struct server *s, struct util_err *err) {
          .client_streaming = true,
          .server_streaming = true,
          .request = &etcdserverpb__watch_request__descriptor,
+         .response = &etcdserverpb__watch_response__descriptor,
          .on_open = on_watch_open,
          .on_message = on_watch_message,
          .on_half_close = on_watch_end,

@@ -3,8 +3,9 @@ past the quota writes fail and the NOSPACE alarm is raised (and survives a
 restart); reads and deletes still work; compaction, defragmentation and
 disarming bring writes back."""
 import json
-import os
 import subprocess
+import urllib.error
+import urllib.request
 
 from qtest import clean_env
 
@@ -31,6 +32,7 @@ def test_nospace_alarm_cycle(servers):
     assert ctl(s, "alarm", "list").stdout == alarm
     assert "database space exceeded" in ctl(s, "put", "small", "x").stderr
     assert ctl(s, "get", "k1", "--print-value-only").stdout == VALUE + "\n"
+    assert health(s) == (503, {"health": "false"})  # as etcd: an alarm is unhealthy
 
     assert s.stop() == 0
     s.start()
@@ -45,3 +47,12 @@ def test_nospace_alarm_cycle(servers):
     assert ctl(s, "alarm", "list").stdout == ""
     r = ctl(s, "put", "small", "x")
     assert r.returncode == 0, r.stderr
+    assert health(s) == (200, {"health": "true"})
+
+
+def health(s):
+    try:
+        r = urllib.request.urlopen(s.client_url + "/health", timeout=10)
+        return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
