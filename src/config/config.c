@@ -125,34 +125,48 @@ static int parse_int(const char *s, int64_t *out) {
     return 0;
 }
 
-/* Go's time.ParseDuration syntax: "0", or a sequence of decimal numbers each
- * with a unit (ns, us, µs, ms, s, m, h), optionally signed. */
-static int check_duration(const char *s) {
-    if (*s == '-' || *s == '+')
+/* Go's time.ParseDuration: "0", or a sequence of decimal numbers each with a
+ * unit (ns, us, µs, ms, s, m, h), optionally signed. *ns gets the value
+ * (negative durations are refused: no flag takes one). */
+static int parse_duration(const char *s, uint64_t *ns) {
+    static const struct {
+        const char *name;
+        double ns;
+    } units[] = {{"ns", 1},  {"us", 1e3}, {"\xc2\xb5s", 1e3}, {"ms", 1e6},
+                 {"s", 1e9}, {"m", 60e9}, {"h", 3600e9}};
+    if (*s == '+')
         s++;
-    if (strcmp(s, "0") == 0)
+    if (strcmp(s, "0") == 0) {
+        *ns = 0;
         return 0;
+    }
     if (*s == '\0')
         return -EINVAL;
-    static const char *const units[] = {"ns", "us", "\xc2\xb5s", "ms", "s", "m", "h"};
+    double total = 0;
     while (*s) {
-        int digits = 0;
-        while (isdigit((unsigned char)*s) || *s == '.') {
-            digits += *s != '.';
-            s++;
-        }
-        if (!digits)
+        char *end;
+        if (!isdigit((unsigned char)*s) && *s != '.')
             return -EINVAL;
-        size_t best = 0;
+        double v = strtod(s, &end);
+        if (end == s)
+            return -EINVAL;
+        s = end;
+        size_t best = 0, which = 0;
         for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++) {
-            size_t ul = strlen(units[u]);
-            if (ul > best && strncmp(s, units[u], ul) == 0)
+            size_t ul = strlen(units[u].name);
+            if (ul > best && strncmp(s, units[u].name, ul) == 0) {
                 best = ul;
+                which = u;
+            }
         }
         if (!best)
             return -EINVAL;
+        total += v * units[which].ns;
         s += best;
     }
+    if (total > 9.2e18)
+        return -ERANGE;
+    *ns = (uint64_t)total;
     return 0;
 }
 
@@ -272,7 +286,7 @@ static int check_value(const struct flag_def *d, const char *v, char *why, size_
         rc = parse_bool(v, &b);
         break;
     case FLAG_DURATION:
-        rc = *v ? check_duration(v) : 0;
+        rc = *v ? parse_duration(v, &u) : 0;
         break;
     case FLAG_URLS: {
         struct config_urls urls = {0};
@@ -761,6 +775,27 @@ static int fill(struct config *cfg, const struct raw *r, struct util_err *err) {
                       err)) != 0)
         return rc;
     parse_bool(raw_get(r, "enable-v2"), &cfg->enable_v2);
+    /* etcd's --auto-compaction-retention: revisions in revision mode; in
+     * periodic mode a duration, or a number of hours. */
+    const char *ret = cfg->auto_compaction_retention;
+    uint64_t n = 0;
+    if (strcmp(cfg->auto_compaction_mode, "revision") == 0) {
+        if (parse_uint(ret, &n) != 0 || n > INT64_MAX)
+            return util_errorf(err, -EINVAL,
+                               "invalid auto-compaction-retention \"%s\" (must be a number of "
+                               "revisions in revision mode)",
+                               ret);
+        cfg->auto_compaction_retention_revs = (int64_t)n;
+    } else if (parse_uint(ret, &n) == 0) {
+        cfg->auto_compaction_retention_ns = n * 3600000000000ull;
+    } else if (parse_duration(ret, &n) == 0) {
+        cfg->auto_compaction_retention_ns = n;
+    } else {
+        return util_errorf(err, -EINVAL,
+                           "invalid auto-compaction-retention \"%s\" (want a duration such as "
+                           "\"1h\" or \"30m\", or a number of hours)",
+                           ret);
+    }
     log_parse_level(raw_get(r, "log-level"), &cfg->log_level);
     if ((rc = dup_str(&cfg->log_outputs, raw_get(r, "log-outputs"), err)) != 0)
         return rc;

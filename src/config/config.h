@@ -70,6 +70,8 @@ struct config {
     uint64_t max_request_bytes;
     char *auto_compaction_mode;
     char *auto_compaction_retention;
+    uint64_t auto_compaction_retention_ns;  /* periodic mode; 0 = off */
+    int64_t auto_compaction_retention_revs; /* revision mode; 0 = off */
     bool enable_v2;
 
     enum log_level log_level;

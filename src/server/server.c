@@ -210,6 +210,7 @@ static void batch_end_hook(void *arg, bool committed) {
 static void on_tick(uv_timer_t *t) {
     struct server *s = t->data;
     v3_lease_tick(s);
+    v3_autocompact_tick(s);
     v3_watch_tick(s, ++s->ticks % PROGRESS_TICKS == 0);
     if (s->ticks % TRIM_TICKS == 0)
         malloc_trim(0);
@@ -311,9 +312,10 @@ int server_run(const struct config *cfg, log_t *lg, struct util_err *err) {
     rc = start_core(s, err);
     if (rc == 0)
         rc = listen_all(s, err);
-    if (rc == 0)
+    if (rc == 0) {
+        v3_compaction_resume(s);
         LOG_INFO(lg, "ready to serve client requests", LOG_STR("name", cfg->name));
-    else
+    } else
         server_stop(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     int closed = uv_loop_close(&s->loop);

@@ -62,6 +62,14 @@ struct server {
     lease_t *leases;
     lease_batch_t *lease_batch; /* apply thread: the batch being applied */
     uv_timer_t tick_timer;      /* leases every tick, watch progress less often */
+    /* Auto-compaction (io loop): revisions sampled on the tick, newest last. */
+    struct {
+        uint64_t at_ns;
+        int64_t revision;
+    } compact_samples[64];
+    size_t n_compact_samples;
+    uint64_t next_compact_check_ns;
+    int64_t last_auto_compact;
     unsigned ticks;
     watch_hub_t *watch;
     struct watch_conn *watch_conns; /* io loop */
@@ -118,7 +126,8 @@ struct v3_applied {
     mvcc_result_t *res; /* put, delete range, txn, lease revoke (may be NULL) */
     bool physical;      /* compaction: answer once the history is removed */
     int64_t lease_id, ttl;
-    bool alarm_changed; /* alarm: whether the store changed */
+    struct v3_compaction *compaction; /* compaction: its history removal */
+    bool alarm_changed;               /* alarm: whether the store changed */
     uint64_t alarm_member;
     int alarm_type;
 };
@@ -142,6 +151,21 @@ int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const
                    size_t len, struct apply_done *done);
 
 int v3_lease_register(struct server *s, struct util_err *err);
+
+/* Compaction: an applied compaction's history is removed in short LMDB
+ * transactions on a libuv worker (v3_compaction_new on the apply thread, then
+ * v3_compaction_start, any thread); a client that asked for `physical` is
+ * answered once that is done. A compaction left unfinished by a restart is
+ * resumed at start-up. Auto-compaction (--auto-compaction-mode/-retention)
+ * is proposed by the leader from the 500 ms tick. */
+struct v3_compaction *v3_compaction_new(struct server *s);
+void v3_compaction_start(struct server *s, struct v3_compaction *c);
+void v3_compaction_answer_when_done(struct v3_compaction *c, api_call_t *call);
+void v3_compaction_resume(struct server *s);
+void v3_autocompact_tick(struct server *s);
+
+/* Answers OK with a response that is only a header. Any thread. */
+void v3_answer_header_only(struct server *s, api_call_t *call);
 
 /* Alarms: the "alarm" LMDB database (opened at start-up, capped mode restored),
  * the Alarm method, the apply of an alarm entry, and raising NOSPACE when a

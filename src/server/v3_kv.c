@@ -335,8 +335,6 @@ struct pending_write {
     v3_answer_fn answer;
 };
 
-static void compaction_answer(struct server *s, api_call_t *call, bool physical);
-
 /* Fires on the apply thread after the batch committed (or with NULL when the
  * request was cancelled or failed before being applied). */
 static void on_write_done(void *ctx, void *result) {
@@ -349,7 +347,11 @@ static void on_write_done(void *ctx, void *result) {
     } else if (w->answer) {
         w->answer(w->s, w->call, a);
     } else if (a->kind == V3_ENTRY_COMPACT) {
-        compaction_answer(w->s, w->call, a->physical);
+        /* With `physical`, the answer waits for the history to be removed. */
+        if (a->physical && a->compaction)
+            v3_compaction_answer_when_done(a->compaction, w->call);
+        else
+            v3_answer_header_only(w->s, w->call);
     } else {
         struct pbw_header h;
         v3_header(w->s, a->res->resp.revision, &h);
@@ -371,8 +373,15 @@ static void on_write_done(void *ctx, void *result) {
  * this member waits for it. Apply thread, after commit. */
 void v3_applied_done(void *ctx) {
     struct v3_applied *a = ctx;
-    if (!server_wait_trigger(a->s->writes, a->id, a))
+    struct server *s = a->s;
+    /* An applied compaction starts removing history whoever proposed it. */
+    struct v3_compaction *c = NULL;
+    if (a->kind == V3_ENTRY_COMPACT && a->code == 0)
+        c = a->compaction = v3_compaction_new(s);
+    if (!server_wait_trigger(s->writes, a->id, a))
         v3_applied_free(a);
+    if (c)
+        v3_compaction_start(s, c);
 }
 
 /* A write the client gave up on: the waiter answers with CANCELLED. The entry
@@ -544,68 +553,6 @@ static void on_txn(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data,
 static void on_compact(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
                        void *arg) {
     on_write(call, msg, data, len, arg, V3_ENTRY_COMPACT);
-}
-
-/* ---- compaction in the background ------------------------------------------ */
-
-struct compaction {
-    uv_work_t work;
-    struct server *s;
-    api_call_t *call; /* answered once done; NULL: answered already */
-};
-
-/* Removes the history below the compaction revision in short LMDB
- * transactions on a libuv worker thread, so writers wait one step at most. */
-static void compaction_work(uv_work_t *req) {
-    struct compaction *c = req->data;
-    bool done = false;
-    while (!done && mvcc_compact_step(c->s->db, 10000, &done) == 0)
-        ;
-}
-
-/* Answers OK with a response that is only a header (CompactionResponse and
- * the like). Any thread. */
-static void answer_header_only(struct server *s, api_call_t *call) {
-    struct pbw_header h;
-    v3_header(s, 0, &h);
-    struct util_buf b = {0};
-    if (pbw_header(&b, 1, &h) == 0)
-        api_call_send_raw(call, b.data, b.len);
-    api_call_finish(call, API_GRPC_OK, NULL);
-    util_buf_free(&b);
-}
-
-static void compaction_after(uv_work_t *req, int status) {
-    (void)status;
-    struct compaction *c = req->data;
-    if (c->call)
-        answer_header_only(c->s, c->call);
-    free(c);
-}
-
-static void compaction_start(void *ctx) {
-    struct compaction *c = ctx;
-    c->work.data = c;
-    if (uv_queue_work(&c->s->loop, &c->work, compaction_work, compaction_after) != 0)
-        compaction_after(&c->work, -1);
-}
-
-/* Answers a compaction (at once, or once done when `physical` asked so) and starts
- * removing history. Apply thread. */
-static void compaction_answer(struct server *s, api_call_t *call, bool physical) {
-    struct compaction *c = calloc(1, sizeof(*c));
-    if (!c) {
-        v3_fail(call, -ENOMEM);
-        return;
-    }
-    c->s = s;
-    if (!physical) {
-        answer_header_only(s, call);
-    } else {
-        c->call = call;
-    }
-    if (server_post(s, compaction_start, c) != 0)
-        compaction_after(&c->work, -1);
 }
 
 /* ---- reads ----------------------------------------------------------------- */
