@@ -1119,7 +1119,7 @@ static void liveness(struct sim *s) {
     uint64_t bound = LIVENESS_TICKS + 2 * backlog;
     tr(s, "QUIET: faults stop; %zu proposals accepted; liveness bound %llu ticks", s->n_props,
        (unsigned long long)bound);
-    uint64_t start = s->t;
+    uint64_t start = s->t, retried_leader = 0, retried_term = 0;
     for (;;) {
         s->t++;
         s->st.steps++;
@@ -1143,17 +1143,24 @@ static void liveness(struct sim *s) {
         check_all(s);
         if (s->failed)
             return;
-        /* A client retries what has not been applied yet, every few ticks. */
-        if ((s->t - start) % ELECTION == ELECTION / 2) {
-            struct node *l = find_leader(s);
-            for (size_t i = 0; l && i < s->n_props; i++) {
+        /* A client retries what has not been applied yet, once per leader
+         * (with faults off, only a change of leader can lose a proposal). */
+        struct node *l = find_leader(s);
+        struct raft_status lst;
+        if (l)
+            raft_status(l->r, &lst);
+        if (l && (l->id != retried_leader || lst.term != retried_term)) {
+            retried_leader = l->id;
+            retried_term = lst.term;
+            for (size_t i = 0; i < s->n_props; i++) {
                 if (s->props[i].index)
                     continue;
                 uint8_t buf[8];
                 memcpy(buf, &s->props[i].id, 8);
                 const uint8_t *d = buf;
                 uint32_t len = 8;
-                raft_propose(l->r, &d, &len, 1);
+                if (raft_propose(l->r, &d, &len, 1) != 0)
+                    retried_leader = 0; /* refused (a transfer?): try again */
                 process(s, l);
             }
         }
