@@ -317,16 +317,7 @@ static int jr_skip(struct jr *j, int depth) {
 /* ---- JSON to protobuf wire format ---- */
 
 static int put_varint(struct util_buf *b, uint64_t v) {
-    uint8_t x[10];
-    size_t n = 0;
-    do {
-        x[n] = (uint8_t)(v & 127);
-        v >>= 7;
-        if (v)
-            x[n] |= 128;
-        n++;
-    } while (v);
-    return util_buf_append(b, x, n);
+    return util_buf_varint(b, v);
 }
 
 static int put_tag(struct util_buf *b, uint32_t id, int wire) {

@@ -290,6 +290,22 @@ static int load_wal(server_node_t *n, const struct node_config *cfg, struct util
     return rc;
 }
 
+/* Closes the WAL (syncing what is queued) and frees everything n holds. */
+static void node_free(server_node_t *n) {
+    int rc = wal_close(n->wal);
+    if (rc != 0)
+        LOG_ERROR(n->lg, "closing the WAL failed", LOG_STR("error", strerror(-rc)));
+    raft_free(n->raft);
+    raft_memstore_free(n->ms);
+    free(n->wal_ents);
+    free(n->queue);
+    free(n->batch);
+    free(n->prop_data);
+    free(n->prop_len);
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+}
+
 int server_node_start(const struct node_config *cfg, const struct node_callbacks *cb, log_t *lg,
                       server_node_t **out, struct util_err *err) {
     server_node_t *n = calloc(1, sizeof(*n));
@@ -358,15 +374,7 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     *out = n;
     return 0;
 err:
-    raft_free(n->raft);
-    wal_close(n->wal);
-    raft_memstore_free(n->ms);
-    free(n->queue);
-    free(n->batch);
-    free(n->prop_data);
-    free(n->prop_len);
-    pthread_mutex_destroy(&n->mu);
-    free(n);
+    node_free(n);
     return rc;
 }
 
@@ -382,16 +390,5 @@ void server_node_stop(server_node_t *n) {
     /* Anything queued after the loop took its last batch. */
     fail_items(n, n->queue, n->n_queued, -ESHUTDOWN);
     n->n_queued = 0;
-    int rc = wal_close(n->wal);
-    if (rc != 0)
-        LOG_ERROR(n->lg, "closing the WAL failed", LOG_STR("error", strerror(-rc)));
-    raft_free(n->raft);
-    raft_memstore_free(n->ms);
-    free(n->wal_ents);
-    free(n->queue);
-    free(n->batch);
-    free(n->prop_data);
-    free(n->prop_len);
-    pthread_mutex_destroy(&n->mu);
-    free(n);
+    node_free(n);
 }

@@ -6,16 +6,7 @@
 enum { WIRE_VARINT = 0, WIRE_LEN = 2 };
 
 int pbw_varint(struct util_buf *b, uint64_t v) {
-    uint8_t tmp[10];
-    size_t n = 0;
-    do {
-        tmp[n] = (uint8_t)(v & 0x7f);
-        v >>= 7;
-        if (v)
-            tmp[n] |= 0x80;
-        n++;
-    } while (v);
-    return util_buf_append(b, tmp, n);
+    return util_buf_varint(b, v);
 }
 
 static int tag(struct util_buf *b, uint32_t field, int wire) {
@@ -72,20 +63,10 @@ int pbw_header(struct util_buf *b, uint32_t field, const struct pbw_header *h) {
     return rc;
 }
 
-/* Size of a varint, to write a KeyValue's length before the KeyValue. */
-static size_t varint_len(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
 static size_t field_len(uint32_t field, size_t payload_varint_or_len, bool is_len) {
-    size_t t = varint_len((uint64_t)field << 3);
-    return is_len ? t + varint_len(payload_varint_or_len) + payload_varint_or_len
-                  : t + varint_len(payload_varint_or_len);
+    size_t t = util_varint_len((uint64_t)field << 3);
+    return is_len ? t + util_varint_len(payload_varint_or_len) + payload_varint_or_len
+                  : t + util_varint_len(payload_varint_or_len);
 }
 
 int pbw_kv(struct util_buf *b, uint32_t field, const struct mvcc_kv *kv, bool keys_only) {

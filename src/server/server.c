@@ -187,6 +187,17 @@ int v3_batch_track(struct server *s, struct v3_applied *a) {
     return 0;
 }
 
+int v3_applied_hand_over(struct server *s, struct v3_applied *a, int rc, struct apply_done *done) {
+    if (rc == 0)
+        rc = v3_batch_track(s, a);
+    if (rc != 0) {
+        v3_applied_free(a);
+        return rc;
+    }
+    *done = (struct apply_done){.fn = v3_applied_done, .ctx = a};
+    return 0;
+}
+
 /* After a batch: leases follow what was applied, watchers get its events.
  * Apply thread, before the batch's waiters are answered. */
 static void batch_end_hook(void *arg, bool committed) {

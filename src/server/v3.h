@@ -184,6 +184,11 @@ void v3_lease_tick(struct server *s);
  * Apply thread. Returns 0 or -ENOMEM (which breaks the batch). */
 int v3_batch_track(struct server *s, struct v3_applied *a);
 
+/* Ends applying an entry: with rc 0, tracks a for the batch and makes it the
+ * entry's apply_done; otherwise (or if tracking fails) frees a. Returns the
+ * batch-breaking error, or 0. Apply thread. */
+int v3_applied_hand_over(struct server *s, struct v3_applied *a, int rc, struct apply_done *done);
+
 /* Watch: the hub over the store, the gRPC service, publishing a committed
  * batch's events (apply thread, after the commit), catch-up from history on
  * a worker thread (io loop schedules it), and the periodic tick (safety-net

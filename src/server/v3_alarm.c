@@ -102,14 +102,7 @@ int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t
         }
     }
     etcdserverpb__alarm_request__free_unpacked(q, NULL);
-    if (rc == 0)
-        rc = v3_batch_track(s, a);
-    if (rc != 0) {
-        v3_applied_free(a);
-        return rc;
-    }
-    *done = (struct apply_done){.fn = v3_applied_done, .ctx = a};
-    return 0;
+    return v3_applied_hand_over(s, a, rc, done);
 }
 
 /* Answers with the alarms of `list` (n of them). */

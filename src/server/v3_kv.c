@@ -500,14 +500,7 @@ int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
     }
     if (msg)
         protobuf_c_message_free_unpacked(msg, NULL);
-    if (rc == 0)
-        rc = v3_batch_track(s, a);
-    if (rc != 0) {
-        v3_applied_free(a);
-        return rc;
-    }
-    *done = (struct apply_done){.fn = v3_applied_done, .ctx = a};
-    return 0;
+    return v3_applied_hand_over(s, a, rc, done);
 }
 
 /* Checks a write on the io loop before proposing it, with the checks etcd

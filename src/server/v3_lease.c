@@ -73,16 +73,11 @@ int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const
             rc = lease_checkpoint(s->lease_batch, cps, (size_t)n);
         free(cps);
     }
-    if (rc == 0 || is_lease_error(rc)) {
+    if (is_lease_error(rc)) {
         a->code = rc;
-        rc = v3_batch_track(s, a);
+        rc = 0;
     }
-    if (rc != 0) {
-        v3_applied_free(a);
-        return rc;
-    }
-    *done = (struct apply_done){.fn = v3_applied_done, .ctx = a};
-    return 0;
+    return v3_applied_hand_over(s, a, rc, done);
 }
 
 /* ---- Grant, Revoke ----------------------------------------------------------- */

@@ -106,6 +106,28 @@ int util_buf_json_escape(struct util_buf *b, const char *s, size_t n) {
     return 0;
 }
 
+int util_buf_varint(struct util_buf *b, uint64_t v) {
+    uint8_t tmp[10];
+    size_t n = 0;
+    do {
+        tmp[n] = (uint8_t)(v & 0x7f);
+        v >>= 7;
+        if (v)
+            tmp[n] |= 0x80;
+        n++;
+    } while (v);
+    return util_buf_append(b, tmp, n);
+}
+
+size_t util_varint_len(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
 void util_buf_free(struct util_buf *b) {
     free(b->data);
     b->data = NULL;

@@ -57,6 +57,11 @@ int util_buf_json_escape(struct util_buf *b, const char *s, size_t n);
 
 void util_buf_free(struct util_buf *b);
 
+/* Protobuf's base-128 varint: appends v (returns 0 or -ENOMEM), or tells how
+ * many bytes it takes (1 to 10). */
+int util_buf_varint(struct util_buf *b, uint64_t v);
+size_t util_varint_len(uint64_t v);
+
 /* Declared, not included, so that layers without I/O (raft) do not see
  * socket and libuv names. */
 struct sockaddr_storage;

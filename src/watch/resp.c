@@ -9,22 +9,13 @@
 
 #include "watch/watch_int.h"
 
-static size_t varint_len(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
 /* A length-delimited field of `n` bytes with a one-byte tag. */
 static size_t field_len(size_t n) {
-    return 1 + varint_len(n) + n;
+    return 1 + util_varint_len(n) + n;
 }
 
 static size_t int_field(int64_t v) {
-    return v == 0 ? 0 : 1 + varint_len((uint64_t)v);
+    return v == 0 ? 0 : 1 + util_varint_len((uint64_t)v);
 }
 
 static size_t kv_size(const struct mvcc_kv *kv) {
