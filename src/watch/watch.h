@@ -205,13 +205,16 @@ int watch_stream_cancel(watch_stream_t *st, int64_t id);
  * once every watcher of the stream is on live delivery, which is the moment
  * that revision cannot be ahead of an undelivered event: at once if they all
  * are, else when the last one catches up or goes away. Requests made while
- * one is pending are answered by that one. Returns 0 or -ENOMEM. */
+ * one is pending, or while an answer is queued and not yet popped, are
+ * answered by that one (so a client asking without reading cannot grow the
+ * queue). Returns 0 or -ENOMEM. */
 int watch_stream_request_progress(watch_stream_t *st);
 
 /* etcd's periodic progress (call on the progress-notify interval): every
  * watcher created with progress_notify that is on live delivery and got no
  * events since the last tick gets a progress notification with its watch id
- * and the hub's revision. Watchers catching up are skipped, as in etcd. */
+ * and the hub's revision. Watchers catching up are skipped, as in etcd, and
+ * so is a stream whose queue is over its budget (its client is not reading). */
 void watch_stream_progress_tick(watch_stream_t *st);
 
 /* One response, etcd's WatchResponse without its header's cluster fields

@@ -68,7 +68,8 @@ struct watch_stream {
     pthread_mutex_t mu; /* guards the queue fields below */
     struct wresp *head, *tail;
     size_t bytes, budget;
-    bool blocked; /* a catch-up waits for room: pop wakes sync at half budget */
+    bool blocked;         /* a catch-up waits for room: pop wakes sync at half budget */
+    bool progress_queued; /* a stream-wide progress answer is not popped yet */
     /* guarded by the hub's mutex */
     struct watcher **ids; /* sorted by id */
     size_t n_ids, cap_ids;

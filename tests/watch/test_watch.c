@@ -459,6 +459,13 @@ static void test_progress_request(void **state) {
     assert_int_equal(r->revision, r2);
     watch_response_free(r);
     wt_assert_empty(st); /* the two requests got one answer */
+    /* Requests while an answer is unread share it. */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(watch_stream_request_progress(st), 0);
+    r = wt_pop(st);
+    assert_int_equal(r->watch_id, -1);
+    watch_response_free(r);
+    wt_assert_empty(st);
     /* A pending answer is also released when the lagging watcher goes. */
     int64_t id2 = wt_watch(st, "k", NULL, r1);
     assert_int_equal(watch_stream_request_progress(st), 0);
