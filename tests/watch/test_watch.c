@@ -695,6 +695,79 @@ static void test_close_with_watchers_in_every_state(void **state) {
     wt_close(&t);
 }
 
+/* A batch published twice, or a publish without events, changes nothing
+ * for watchers but the hub's revision. */
+static void test_republish_and_empty_publish(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    watch_stream_t *st = wt_stream(&t, 0);
+    int64_t id = wt_watch(st, "k", NULL, 0);
+    wt_expect_created(st, id);
+    struct mvcc_op op = wt_op_put("k", "1");
+    mvcc_batch_t *b;
+    assert_int_equal(mvcc_batch_begin(t.db, &b), 0);
+    mvcc_result_t *res;
+    assert_int_equal(mvcc_apply(b, &op, &res), 0);
+    int64_t rev = mvcc_batch_revision(b);
+    assert_int_equal(mvcc_batch_commit(b), 0);
+    watch_hub_publish(t.hub, res->events, res->n_events, rev);
+    watch_hub_publish(t.hub, res->events, res->n_events, rev);
+    mvcc_result_free(res);
+    struct watch_response *r = wt_pop(st);
+    assert_int_equal(r->n_events, 1);
+    watch_response_free(r);
+    wt_assert_empty(st);
+    /* A revision without events for anyone (a lease-only batch, say). */
+    watch_hub_publish(t.hub, NULL, 0, rev + 1);
+    assert_int_equal(watch_hub_revision(t.hub), rev + 1);
+    wt_assert_empty(st);
+    int64_t late = wt_watch(st, "k", NULL, 0);
+    r = wt_pop(st);
+    assert_int_equal(r->watch_id, late);
+    assert_int_equal(r->revision, rev + 1);
+    watch_response_free(r);
+    wt_finish(&t, st);
+}
+
+/* After a restore into a store whose history was compacted past a watcher,
+ * it gets the compacted response; one that needs nothing old carries on. */
+static void test_restore_into_compacted_history(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    watch_stream_t *st = wt_stream(&t, 0);
+    int64_t a = wt_watch(st, "k", NULL, 0);
+    wt_expect_created(st, a);
+    int64_t r1 = wt_put(&t, "k", "1");
+    watch_response_free(wt_pop(st));
+    /* The snapshot brings revisions the hub never saw, compacted. */
+    mvcc_batch_t *b;
+    struct mvcc_op op = wt_op_put("k", "2");
+    assert_int_equal(mvcc_batch_begin(t.db, &b), 0);
+    mvcc_result_t *res;
+    assert_int_equal(mvcc_apply(b, &op, &res), 0);
+    mvcc_result_free(res);
+    op = wt_op_put("other", "x");
+    assert_int_equal(mvcc_apply(b, &op, &res), 0);
+    mvcc_result_free(res);
+    int64_t snap = mvcc_batch_revision(b);
+    assert_int_equal(mvcc_compact(b, snap - 1), 0);
+    assert_int_equal(mvcc_batch_commit(b), 0);
+    watch_hub_restore(t.hub, snap);
+    wt_sync(&t);
+    struct watch_response *r = wt_pop(st);
+    assert_int_equal(r->watch_id, a);
+    assert_int_equal(r->compact_revision, snap);
+    assert_int_equal(r->revision, r1);
+    watch_response_free(r);
+    wt_assert_empty(st);
+    struct watch_hub_stats s;
+    watch_hub_stats(t.hub, &s);
+    assert_int_equal(s.synced + s.unsynced, 0);
+    wt_finish(&t, st);
+}
+
 /* Many single-key watchers: each gets exactly its key's events. */
 static void test_many_watchers(void **state) {
     (void)state;
@@ -745,6 +818,8 @@ int main(void) {
         cmocka_unit_test(test_restore),
         cmocka_unit_test(test_close_with_watchers_in_every_state),
         cmocka_unit_test(test_many_watchers),
+        cmocka_unit_test(test_republish_and_empty_publish),
+        cmocka_unit_test(test_restore_into_compacted_history),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
