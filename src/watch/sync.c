@@ -26,6 +26,7 @@ struct entry {
     int64_t from;
     int64_t stop; /* revision it stopped at for want of room, or 0 */
     bool compacted, scanning, touched;
+    bool skipped; /* behind the step's lead: waits for its own turn */
     struct wev **evs;
     size_t n, cap, committed; /* evs[0, committed) are whole revisions */
 };
@@ -147,17 +148,16 @@ static void revision_done(struct step *s, int64_t rev) {
     s->n_touched = 0;
 }
 
-/* Reads history from the smallest `from` of the scanning watchers, matching
+/* Reads history from `from` (the smallest of the scanning watchers), matching
  * every event, until about `budget` events were read (finishing the revision
  * in progress) or the snapshot's end. Returns the last revision read whole,
  * or a negative error. */
-static int64_t scan(struct step *s, mvcc_read_t *rd, int64_t min_from, bool with_prev,
-                    size_t budget) {
+static int64_t scan(struct step *s, mvcc_read_t *rd, int64_t from, bool with_prev, size_t budget) {
     static const uint8_t all = 0;
     struct mvcc_event *page = malloc(STEP_PAGE * sizeof(*page));
     if (page == NULL)
         return -ENOMEM;
-    struct mvcc_history_pos pos = {.main = min_from, .sub = 0};
+    struct mvcc_history_pos pos = {.main = from, .sub = 0};
     int64_t cur = 0, end = mvcc_read_revision(rd);
     size_t read = 0;
     for (;;) {
@@ -220,10 +220,14 @@ static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_
         stream_answer_progress(st);
         return false;
     }
+    /* Not reached by the scan: it keeps its place in the list and leads a
+     * coming step. */
+    if (e->skipped || (e->scanning && scanned < e->from))
+        return true;
     int64_t next = e->from;
     if (e->stop != 0)
         next = e->stop;
-    else if (e->scanning && scanned >= e->from)
+    else if (e->scanning)
         next = scanned + 1;
     if (e->n > 0) {
         struct rlist l = {0};
@@ -269,7 +273,7 @@ int watch_hub_sync_step(watch_hub_t *hub, size_t budget) {
         goto done;
     if ((rc = mvcc_read_begin(hub->db, &rd)) != 0)
         goto done;
-    int64_t snap = mvcc_read_revision(rd), min_from = INT64_MAX;
+    int64_t snap = mvcc_read_revision(rd), lead = 0;
     compact = mvcc_read_compact_revision(rd);
     bool with_prev = false;
     for (size_t i = 0; i < s.n; i++) {
@@ -278,17 +282,24 @@ int watch_hub_sync_step(watch_hub_t *hub, size_t budget) {
         if (e->from <= compact) {
             e->compacted = true;
         } else if (e->from <= snap) {
+            /* The scan starts where the first watcher in list order needs
+             * it; those further behind wait for their turn at the head of
+             * the list, so one watcher far back does not hold up the rest. */
+            if (lead == 0)
+                lead = e->from;
+            if (e->from < lead) {
+                e->skipped = true;
+                continue;
+            }
             e->scanning = true;
             s.active++;
             index_insert(&s.tree, e->w);
             with_prev |= e->w->prev_kv;
-            if (e->from < min_from)
-                min_from = e->from;
         }
     }
     scanned = snap;
     if (s.tree != NULL)
-        scanned = scan(&s, rd, min_from, with_prev, budget);
+        scanned = scan(&s, rd, lead, with_prev, budget);
     mvcc_read_end(rd);
     if (scanned < 0)
         rc = (int)scanned;

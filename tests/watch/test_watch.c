@@ -280,6 +280,38 @@ static void test_past_start_catches_up_without_gap(void **state) {
     wt_finish(&t, st);
 }
 
+/* A watcher far behind does not hold up one near the head: steps take turns
+ * leading the scan. */
+static void test_catch_up_takes_turns(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    int64_t first = wt_put(&t, "far", "0");
+    for (int i = 0; i < 300; i++)
+        wt_put(&t, "far", "x");
+    int64_t near = wt_put(&t, "near", "1");
+    watch_stream_t *st = wt_stream(&t, 0);
+    int64_t f = wt_watch(st, "far", NULL, first);
+    int64_t n = wt_watch(st, "near", NULL, near);
+    wt_expect_created(st, f);
+    wt_expect_created(st, n);
+    bool near_done = false;
+    for (int step = 0; step < 4 && !near_done; step++) {
+        assert_int_equal(watch_hub_sync_step(t.hub, 10), 1);
+        struct watch_response *r;
+        while (watch_stream_pop(st, &r) == 0) {
+            near_done |= r->watch_id == n;
+            watch_response_free(r);
+        }
+    }
+    assert_true(near_done); /* long before the far one's 300 revisions */
+    struct watch_hub_stats s;
+    watch_hub_stats(t.hub, &s);
+    assert_int_equal(s.unsynced, 1);
+    wt_sync(&t);
+    wt_finish(&t, st);
+}
+
 static void test_future_start(void **state) {
     (void)state;
     struct wt t;
@@ -806,6 +838,7 @@ int main(void) {
         cmocka_unit_test(test_filters_and_prev_kv),
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_past_start_catches_up_without_gap),
+        cmocka_unit_test(test_catch_up_takes_turns),
         cmocka_unit_test(test_future_start),
         cmocka_unit_test(test_compacted_start),
         cmocka_unit_test(test_compaction_while_slow),
