@@ -111,13 +111,10 @@ size_t watch_stream_queued_bytes(watch_stream_t *st) {
     return stream_bytes(st);
 }
 
-size_t stream_room(watch_stream_t *st, bool *empty) {
+size_t stream_room(watch_stream_t *st) {
     pthread_mutex_lock(&st->mu);
     size_t room = 0;
-    *empty = st->head == NULL;
-    if (*empty)
-        room = st->budget;
-    else if (st->bytes <= st->budget / 2)
+    if (st->head == NULL || st->bytes <= st->budget / 2)
         room = st->budget - st->bytes;
     else
         st->blocked = true;

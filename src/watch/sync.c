@@ -34,7 +34,7 @@ struct entry {
 /* Queue room of one stream for this step. */
 struct room {
     size_t left;
-    bool empty; /* queue empty at the start: one oversized revision may go */
+    bool fresh; /* nothing kept yet: one revision may go even if larger */
 };
 
 struct step {
@@ -81,7 +81,8 @@ static bool choose(watch_hub_t *hub, struct step *s) {
             st->step_epoch = epoch;
             st->step_room = s->n_rooms;
             struct room *r = &s->rooms[s->n_rooms++];
-            r->left = stream_room(st, &r->empty);
+            r->left = stream_room(st);
+            r->fresh = true;
         }
         if (s->rooms[st->step_room].left == 0)
             continue;
@@ -135,9 +136,9 @@ static void revision_done(struct step *s, int64_t rev) {
         size_t size = 0;
         for (size_t i = e->committed; i < e->n; i++)
             size += wev_wire_size(e->evs[i], e->w->prev_kv);
-        if (size <= r->left || r->empty) {
+        if (size <= r->left || r->fresh) {
             r->left = size < r->left ? r->left - size : 0;
-            r->empty = false;
+            r->fresh = false;
             e->committed = e->n;
         } else {
             entry_drop(e, e->committed);

@@ -148,10 +148,9 @@ size_t stream_bytes(watch_stream_t *st);
 /* Queues the stream-wide progress answer if one is pending and every
  * watcher is synced. Hub mutex held. */
 int stream_answer_progress(watch_stream_t *st);
-/* Room a catch-up may fill: the budget when the queue is empty (*empty set:
- * one oversized revision may go), the rest of it when at most half full,
- * else 0 and the stream is marked blocked. */
-size_t stream_room(watch_stream_t *st, bool *empty);
+/* Room a catch-up may fill: what is left of the budget when the queue is
+ * empty or at most half full, else 0 and the stream is marked blocked. */
+size_t stream_room(watch_stream_t *st);
 
 /* ---- watchers (hub.c) ---- */
 

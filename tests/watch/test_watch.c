@@ -460,6 +460,38 @@ static void test_slow_consumer_bounded_then_complete(void **state) {
     wt_finish(&t, st);
 }
 
+/* A revision larger than the whole budget still gets through a catch-up on a
+ * stream whose queue live traffic keeps non-empty. */
+static void test_big_revision_on_busy_stream(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    char big[600];
+    memset(big, 'v', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    struct mvcc_op puts[2] = {wt_op_put("b1", big), wt_op_put("b2", big)};
+    struct mvcc_txn_req txn = {.success = puts, .n_success = 2};
+    struct mvcc_op op = {.type = MVCC_OP_TXN, .u.txn = &txn};
+    int64_t rev = wt_apply(&t, &op, 1, NULL, NULL);
+    watch_stream_t *st = wt_stream(&t, 400);
+    int64_t live = wt_watch(st, "x", NULL, 0);
+    int64_t past = wt_watch(st, "b", "c", rev);
+    wt_expect_created(st, live);
+    wt_expect_created(st, past);
+    wt_put(&t, "x", "1"); /* the queue is not empty when the step runs */
+    assert_true(watch_stream_queued_bytes(st) > 0);
+    assert_true(watch_hub_sync_step(t.hub, 0) >= 0);
+    struct watch_response *r = wt_pop(st);
+    assert_int_equal(r->watch_id, live);
+    watch_response_free(r);
+    r = wt_pop(st);
+    assert_int_equal(r->watch_id, past);
+    assert_int_equal(r->n_events, 2);
+    assert_true(watch_response_size(r) > 400);
+    watch_response_free(r);
+    wt_finish(&t, st);
+}
+
 static void test_progress_request(void **state) {
     (void)state;
     struct wt t;
@@ -843,6 +875,7 @@ int main(void) {
         cmocka_unit_test(test_compacted_start),
         cmocka_unit_test(test_compaction_while_slow),
         cmocka_unit_test(test_slow_consumer_bounded_then_complete),
+        cmocka_unit_test(test_big_revision_on_busy_stream),
         cmocka_unit_test(test_progress_request),
         cmocka_unit_test(test_progress_tick),
         cmocka_unit_test(test_revisions_kept_whole),
