@@ -226,6 +226,8 @@ static bool pub_deliver(watch_hub_t *hub, struct watcher *w, int64_t revision) {
     w->touched = false;
     if (fail == 0)
         return false;
+    LOG_DEBUG(hub->lg, "watcher falls back to history", LOG_INT("watch-id", w->id),
+              LOG_INT("from-revision", fail));
     hub_unsync(hub, w, fail);
     return true;
 }

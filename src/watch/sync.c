@@ -212,6 +212,8 @@ static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_
             return true;
         r->pub.canceled = true;
         r->pub.compact_revision = compact + 1;
+        LOG_DEBUG(hub->lg, "watcher needs compacted history", LOG_INT("watch-id", w->id),
+                  LOG_INT("next-revision", w->next_rev), LOG_INT("compact-revision", compact));
         struct rlist l = {0};
         rlist_append(&l, r);
         stream_push(st, &l, true);

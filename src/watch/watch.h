@@ -36,7 +36,7 @@
  *     revision split, across fragments of one logical response;
  *   - resumable from any revision above the compaction revision: a watcher
  *     that needs a revision at or below it gets one compacted response and is
- *     removed (see WATCH compaction rule below);
+ *     removed (see the compaction rule below);
  *   - a response's header revision R never runs ahead: the watcher (for a
  *     stream-wide progress notification, every watcher of the stream) has
  *     been sent every event with revision <= R before or in that response;
@@ -45,9 +45,9 @@
  *     catches up from mvcc history when the client reads again.
  *
  * Compaction rule: quoin cancels a watcher whose next revision is <= the
- * compaction revision C, one stricter than etcd (which accepts next == C): the
- * compaction sweep removes tombstones at C itself, so reading C from history
- * would silently lose its deletes. The compacted response carries
+ * compaction revision C, one revision stricter than etcd (which accepts
+ * next == C): the compaction sweep removes the tombstones of C itself, so
+ * reading C from history would silently lose its deletes. The compacted response carries
  * compact_revision = C + 1, the smallest revision a new watch can start at
  * (clientv3 documents the field as "the minimum revision the watcher may
  * receive"), so a client that resumes there does not loop.
