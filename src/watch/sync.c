@@ -26,7 +26,10 @@ struct entry {
     int64_t from;
     int64_t stop; /* revision it stopped at for want of room, or 0 */
     bool compacted, scanning, touched;
-    bool skipped; /* behind the step's lead: waits for its own turn */
+    bool skipped;     /* behind the step's lead: waits for its own turn */
+    bool unchanged;   /* not reached, or its responses could not be built */
+    int64_t next;     /* its next revision after the step */
+    struct rlist out; /* its responses, built before the hand-over */
     struct wev **evs;
     size_t n, cap, committed; /* evs[0, committed) are whole revisions */
 };
@@ -61,6 +64,7 @@ static void step_free(struct step *s) {
     for (size_t i = 0; i < s->n; i++) {
         entry_drop(&s->e[i], 0);
         free(s->e[i].evs);
+        rlist_free(&s->e[i].out);
     }
     free(s->e);
     free(s->rooms);
@@ -201,48 +205,59 @@ out:
     return end;
 }
 
-/* Queues the outcome for one watcher and files it as synced or unsynced.
- * Returns whether it still has history to read now. Hub mutex held. */
-static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_t compact) {
+/* Works out where a watcher ends up and builds its responses, with no lock
+ * held: the step alone writes a held watcher, and the rest of it is fixed. */
+static void prepare(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_t compact) {
     struct watcher *w = e->w;
-    watch_stream_t *st = w->st;
     if (e->compacted) {
         struct wresp *r = HUB_FAULT(hub) ? NULL : resp_control(w->id, w->next_rev - 1);
-        if (r == NULL)
-            return true;
+        if (r == NULL) {
+            e->unchanged = true;
+            return;
+        }
         r->pub.canceled = true;
         r->pub.compact_revision = compact + 1;
+        rlist_append(&e->out, r);
+        return;
+    }
+    /* Not reached by the scan: it keeps its place in the list and leads a
+     * coming step. */
+    if (e->skipped || (e->scanning && scanned < e->from)) {
+        e->unchanged = true;
+        return;
+    }
+    e->next = e->stop != 0 ? e->stop : e->scanning ? scanned + 1 : e->from;
+    if (e->n > 0 && (HUB_FAULT(hub) || resp_build_events(&e->out, w, e->evs, e->n, e->next - 1,
+                                                         hub->opt.max_response_bytes) != 0))
+        e->unchanged = true;
+    entry_drop(e, 0);
+}
+
+/* Queues the outcome for one watcher and files it as synced or unsynced.
+ * Returns whether it still has history to read now. Hub mutex held, so this
+ * is kept to list operations. */
+static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t compact) {
+    struct watcher *w = e->w;
+    watch_stream_t *st = w->st;
+    if (e->unchanged)
+        return true;
+    if (e->compacted) {
         LOG_DEBUG(hub->lg, "watcher needs compacted history", LOG_INT("watch-id", w->id),
                   LOG_INT("next-revision", w->next_rev), LOG_INT("compact-revision", compact));
-        struct rlist l = {0};
-        rlist_append(&l, r);
-        stream_push(st, &l, true);
+        stream_push(st, &e->out, true);
         hub_unlist(hub, w);
         hub_forget_id(w);
         watcher_free(w);
         stream_answer_progress(st);
         return false;
     }
-    /* Not reached by the scan: it keeps its place in the list and leads a
-     * coming step. */
-    if (e->skipped || (e->scanning && scanned < e->from))
-        return true;
-    int64_t next = e->from;
-    if (e->stop != 0)
-        next = e->stop;
-    else if (e->scanning)
-        next = scanned + 1;
-    if (e->n > 0) {
-        struct rlist l = {0};
-        if (HUB_FAULT(hub) ||
-            resp_build_events(&l, w, e->evs, e->n, next - 1, hub->opt.max_response_bytes) != 0)
-            return true;
-        stream_push(st, &l, true);
+    if (e->out.head != NULL) {
+        stream_push(st, &e->out, true);
         w->sent_since_tick = true;
     }
-    w->next_rev = next;
+    w->next_rev = e->next;
     hub_unlist(hub, w);
-    if (e->stop == 0 && next > hub->rev) {
+    if (e->stop == 0 && e->next > hub->rev) {
         w->synced = true;
         index_insert(&hub->synced, w);
         hub->n_synced++;
@@ -250,7 +265,7 @@ static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_
         return false;
     }
     /* Back at the tail: the next step serves the others first. */
-    hub_list_unsynced(hub, w, next);
+    hub_list_unsynced(hub, w, e->next);
     return e->stop == 0;
 }
 
@@ -306,6 +321,8 @@ int watch_hub_sync_step(watch_hub_t *hub, size_t budget) {
     mvcc_read_end(rd);
     if (scanned < 0)
         rc = (int)scanned;
+    for (size_t i = 0; rc == 0 && i < s.n; i++)
+        prepare(hub, &s.e[i], scanned, compact);
 done:
     pthread_mutex_lock(&hub->mu);
     for (size_t i = 0; i < s.n; i++) {
@@ -314,7 +331,7 @@ done:
         if (e->w->dead)
             watcher_free(e->w);
         else if (rc == 0)
-            more |= hand_over(hub, e, scanned, compact);
+            more |= hand_over(hub, e, compact);
     }
     pthread_mutex_unlock(&hub->mu);
     pthread_mutex_unlock(&hub->step_mu);
