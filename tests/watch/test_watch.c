@@ -254,8 +254,7 @@ static void test_past_start_catches_up_without_gap(void **state) {
     for (int i = 1; i < 10; i++)
         wt_put(&t, "k", "x");
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "k", NULL, first + 3);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "k", NULL, first + 3);
     struct watch_hub_stats s;
     watch_hub_stats(t.hub, &s);
     assert_int_equal(s.unsynced, 1);
@@ -318,8 +317,7 @@ static void test_future_start(void **state) {
     wt_open(&t, NULL);
     int64_t rev = wt_put(&t, "k", "0");
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "k", NULL, rev + 3);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "k", NULL, rev + 3);
     wt_put(&t, "k", "1");
     wt_put(&t, "k", "2");
     wt_assert_empty(st);
@@ -381,8 +379,7 @@ static void test_compaction_while_slow(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     watch_stream_t *st = wt_stream(&t, 64);
-    int64_t id = wt_watch(st, "k", NULL, 0);
-    wt_expect_created(st, id);
+    int64_t id = wt_watch_created(st, "k", NULL, 0);
     int64_t r1 = wt_put(&t, "k", "1"); /* queue empty: accepted whole */
     int64_t last = 0;
     for (int i = 0; i < 5; i++)
@@ -595,8 +592,7 @@ static void test_revisions_kept_whole(void **state) {
     struct wt t;
     wt_open(&t, &o);
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "", WT_FROM_KEY, 0);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "", WT_FROM_KEY, 0);
     /* One batch: three revisions; the middle one a txn of six puts. */
     struct mvcc_op puts[6];
     const char *keys[] = {"t1", "t2", "t3", "t4", "t5", "t6"};
@@ -709,20 +705,13 @@ static void test_restore(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "k", NULL, 0);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "k", NULL, 0);
     int64_t r1 = wt_put(&t, "k", "1");
     watch_response_free(wt_pop(st));
     /* Writes land in the store without being published (as a snapshot
      * install does), then the hub is told. */
-    mvcc_batch_t *b;
     struct mvcc_op op = wt_op_put("k", "2");
-    assert_int_equal(mvcc_batch_begin(t.db, &b), 0);
-    mvcc_result_t *res;
-    assert_int_equal(mvcc_apply(b, &op, &res), 0);
-    mvcc_result_free(res);
-    int64_t r2 = mvcc_batch_revision(b);
-    assert_int_equal(mvcc_batch_commit(b), 0);
+    int64_t r2 = wt_apply_unpublished(&t, &op, 1, 0);
     watch_hub_restore(t.hub, r2);
     assert_int_equal(watch_hub_revision(t.hub), r2);
     wt_sync(&t);
@@ -766,8 +755,7 @@ static void test_republish_and_empty_publish(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "k", NULL, 0);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "k", NULL, 0);
     struct mvcc_op op = wt_op_put("k", "1");
     mvcc_batch_t *b;
     assert_int_equal(mvcc_batch_begin(t.db, &b), 0);
@@ -795,29 +783,19 @@ static void test_republish_and_empty_publish(void **state) {
 }
 
 /* After a restore into a store whose history was compacted past a watcher,
- * it gets the compacted response; one that needs nothing old carries on. */
+ * it gets the compacted response. */
 static void test_restore_into_compacted_history(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t a = wt_watch(st, "k", NULL, 0);
-    wt_expect_created(st, a);
+    int64_t a = wt_watch_created(st, "k", NULL, 0);
     int64_t r1 = wt_put(&t, "k", "1");
     watch_response_free(wt_pop(st));
     /* The snapshot brings revisions the hub never saw, compacted. */
-    mvcc_batch_t *b;
-    struct mvcc_op op = wt_op_put("k", "2");
-    assert_int_equal(mvcc_batch_begin(t.db, &b), 0);
-    mvcc_result_t *res;
-    assert_int_equal(mvcc_apply(b, &op, &res), 0);
-    mvcc_result_free(res);
-    op = wt_op_put("other", "x");
-    assert_int_equal(mvcc_apply(b, &op, &res), 0);
-    mvcc_result_free(res);
-    int64_t snap = mvcc_batch_revision(b);
-    assert_int_equal(mvcc_compact(b, snap - 1), 0);
-    assert_int_equal(mvcc_batch_commit(b), 0);
+    struct mvcc_op ops[2] = {wt_op_put("k", "2"), wt_op_put("other", "x")};
+    int64_t snap = r1 + 2;
+    assert_int_equal(wt_apply_unpublished(&t, ops, 2, snap - 1), snap);
     watch_hub_restore(t.hub, snap);
     wt_sync(&t);
     struct watch_response *r = wt_pop(st);
