@@ -282,14 +282,14 @@ int watch_stream_create(watch_stream_t *st, const struct watch_create_req *req, 
     struct wresp *r = resp_control(wid, hub->rev);
     if (w == NULL || r == NULL) {
         rc = -ENOMEM;
-        goto fail;
+        goto err;
     }
     if (st->n_ids == st->cap_ids) {
         size_t cap = st->cap_ids ? 2 * st->cap_ids : 8;
         struct watcher **ids = realloc(st->ids, cap * sizeof(*ids));
         if (ids == NULL) {
             rc = -ENOMEM;
-            goto fail;
+            goto err;
         }
         st->ids = ids;
         st->cap_ids = cap;
@@ -317,7 +317,7 @@ int watch_stream_create(watch_stream_t *st, const struct watch_create_req *req, 
     }
     *id = wid;
     goto out;
-fail:
+err:
     watcher_free(w);
     wresp_free(r);
 out:
