@@ -97,7 +97,7 @@ struct watch_hub {
     uint64_t step_epoch;
 #ifdef QUOIN_TESTING
     atomic_uint fault_one_in;
-    uint64_t fault_seed;
+    atomic_uint_fast64_t fault_seed;
     atomic_uint_fast64_t fault_n; /* draws so far */
 #endif
 };
