@@ -1,6 +1,7 @@
 /* Publish cost with many watchers: what the apply thread pays per committed
  * event as the number of watchers grows (the interval index should keep it
- * flat for narrow watchers). Not a test: `make bench-watch` prints figures. */
+ * flat for narrow watchers), and catch-up speed from history. Not a test:
+ * `make bench-watch` prints figures. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +72,60 @@ static double run(mvcc_t *db, int watchers, int ranges, int nkeys, int n, int *d
     return (double)ns / n;
 }
 
+/* Writes `n` puts (1000 per batch, unpublished: only history matters), then
+ * times one all-keys watcher catching up from the first of them. */
+static void catch_up(mvcc_t *db, int n) {
+    int64_t first = 0;
+    char key[32];
+    for (int i = 0; i < n; i += 1000) {
+        mvcc_batch_t *b;
+        if (mvcc_batch_begin(db, &b) != 0)
+            exit(1);
+        for (int j = i; j < i + 1000 && j < n; j++) {
+            snprintf(key, sizeof(key), "key%07d", j);
+            struct mvcc_op op = {.type = MVCC_OP_PUT};
+            op.u.put.key = (const uint8_t *)key;
+            op.u.put.key_len = strlen(key);
+            op.u.put.value = (const uint8_t *)"a value of some thirty bytes..";
+            op.u.put.value_len = 30;
+            mvcc_result_t *res;
+            if (mvcc_apply(b, &op, &res) != 0)
+                exit(1);
+            if (first == 0)
+                first = res->resp.revision;
+            mvcc_result_free(res);
+        }
+        if (mvcc_batch_commit(b) != 0)
+            exit(1);
+    }
+    watch_hub_t *hub;
+    watch_stream_t *st;
+    if (watch_hub_create(db, NULL, NULL, &hub) != 0 ||
+        watch_stream_open(hub, 0, NULL, NULL, &st) != 0)
+        exit(1);
+    struct watch_create_req req = {.key = (const uint8_t *)"k",
+                                   .key_len = 1,
+                                   .range_end = (const uint8_t *)"l",
+                                   .range_end_len = 1,
+                                   .start_revision = first};
+    int64_t id;
+    if (watch_stream_create(st, &req, &id) != 0)
+        exit(1);
+    uint64_t t0 = util_now_mono_ns();
+    int got = 0;
+    struct watch_hub_stats s;
+    do {
+        while (watch_hub_sync_step(hub, 0) == 1)
+            got += drain(st);
+        got += drain(st);
+        watch_hub_stats(hub, &s);
+    } while (s.unsynced > 0);
+    double sec = (double)(util_now_mono_ns() - t0) / 1e9;
+    printf("catch-up: %d events from history in %.3f s (%.0f events/s)\n", got, sec, got / sec);
+    watch_stream_close(st);
+    watch_hub_destroy(hub);
+}
+
 int main(void) {
     char dir[] = "/tmp/quoin-bench-watch-XXXXXX", path[64];
     if (mkdtemp(dir) == NULL)
@@ -91,6 +146,7 @@ int main(void) {
         double ns = run(db, counts[i], counts[i] / 10, nkeys, n, &delivered);
         printf("%-10d %-8d %14.0f %12d\n", counts[i], counts[i] / 10, ns, delivered);
     }
+    catch_up(db, 200000);
     mvcc_close(db);
     unlink(path);
     snprintf(path, sizeof(path), "%s/db-lock", dir);
