@@ -128,10 +128,8 @@ void hub_unlist(watch_hub_t *hub, struct watcher *w) {
 
 #ifdef QUOIN_TESTING
 void watch_hub_inject_faults(watch_hub_t *hub, unsigned one_in, uint64_t seed) {
-    pthread_mutex_lock(&hub->mu);
-    hub->fault_seed = seed;
+    atomic_store(&hub->fault_seed, seed);
     atomic_store(&hub->fault_one_in, one_in);
-    pthread_mutex_unlock(&hub->mu);
 }
 
 bool hub_fault(watch_hub_t *hub) {
@@ -139,7 +137,8 @@ bool hub_fault(watch_hub_t *hub) {
     if (one_in == 0)
         return false;
     /* splitmix64 of the draw number: reproducible for a seed. */
-    uint64_t x = hub->fault_seed + 0x9e3779b97f4a7c15ull * (atomic_fetch_add(&hub->fault_n, 1) + 1);
+    uint64_t x = atomic_load(&hub->fault_seed) +
+                 0x9e3779b97f4a7c15ull * (atomic_fetch_add(&hub->fault_n, 1) + 1);
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
     return (x ^ (x >> 31)) % one_in == 0;
@@ -226,6 +225,8 @@ static bool pub_deliver(watch_hub_t *hub, struct watcher *w, int64_t revision) {
     w->touched = false;
     if (fail == 0)
         return false;
+    LOG_DEBUG(hub->lg, "watcher falls back to history", LOG_INT("watch-id", w->id),
+              LOG_INT("from-revision", fail));
     hub_unsync(hub, w, fail);
     return true;
 }

@@ -111,18 +111,20 @@ size_t watch_stream_queued_bytes(watch_stream_t *st) {
     return stream_bytes(st);
 }
 
-size_t stream_room(watch_stream_t *st, bool *empty) {
+size_t stream_room(watch_stream_t *st) {
     pthread_mutex_lock(&st->mu);
     size_t room = 0;
-    *empty = st->head == NULL;
-    if (*empty)
-        room = st->budget;
-    else if (st->bytes <= st->budget / 2)
+    if (st->head == NULL || st->bytes <= st->budget / 2)
         room = st->budget - st->bytes;
     else
         st->blocked = true;
     pthread_mutex_unlock(&st->mu);
     return room;
+}
+
+/* Whether r is a stream-wide progress notification. */
+static bool is_stream_progress(const struct watch_response *r) {
+    return r->watch_id == -1 && !r->created && !r->canceled;
 }
 
 int watch_stream_pop(watch_stream_t *st, struct watch_response **out) {
@@ -136,6 +138,8 @@ int watch_stream_pop(watch_stream_t *st, struct watch_response **out) {
     if (st->head == NULL)
         st->tail = NULL;
     st->bytes -= r->bytes;
+    if (is_stream_progress(&r->pub))
+        st->progress_queued = false;
     bool wake = st->blocked && st->bytes <= st->budget / 2;
     if (wake)
         st->blocked = false;
@@ -150,10 +154,20 @@ int watch_stream_pop(watch_stream_t *st, struct watch_response **out) {
 int stream_answer_progress(watch_stream_t *st) {
     if (!st->progress_pending || st->n_unsynced > 0)
         return 0;
-    struct wresp *r = resp_control(-1, st->hub->rev);
-    if (r == NULL)
-        return -ENOMEM;
-    push_one(st, r);
+    /* An answer the client has not read yet answers this request too, so a
+     * client that asks without reading cannot grow the queue. */
+    pthread_mutex_lock(&st->mu);
+    bool queued = st->progress_queued;
+    pthread_mutex_unlock(&st->mu);
+    if (!queued) {
+        struct wresp *r = resp_control(-1, st->hub->rev);
+        if (r == NULL)
+            return -ENOMEM;
+        push_one(st, r);
+        pthread_mutex_lock(&st->mu);
+        st->progress_queued = true;
+        pthread_mutex_unlock(&st->mu);
+    }
     st->progress_pending = false;
     return 0;
 }
@@ -268,14 +282,14 @@ int watch_stream_create(watch_stream_t *st, const struct watch_create_req *req, 
     struct wresp *r = resp_control(wid, hub->rev);
     if (w == NULL || r == NULL) {
         rc = -ENOMEM;
-        goto fail;
+        goto err;
     }
     if (st->n_ids == st->cap_ids) {
         size_t cap = st->cap_ids ? 2 * st->cap_ids : 8;
         struct watcher **ids = realloc(st->ids, cap * sizeof(*ids));
         if (ids == NULL) {
             rc = -ENOMEM;
-            goto fail;
+            goto err;
         }
         st->ids = ids;
         st->cap_ids = cap;
@@ -303,7 +317,7 @@ int watch_stream_create(watch_stream_t *st, const struct watch_create_req *req, 
     }
     *id = wid;
     goto out;
-fail:
+err:
     watcher_free(w);
     wresp_free(r);
 out:
@@ -341,6 +355,9 @@ int watch_stream_request_progress(watch_stream_t *st) {
 
 void watch_stream_progress_tick(watch_stream_t *st) {
     watch_hub_t *hub = st->hub;
+    /* A client that is not reading gets none (etcd: its channel is full). */
+    if (stream_bytes(st) > st->budget)
+        return;
     pthread_mutex_lock(&hub->mu);
     for (size_t i = 0; i < st->n_ids; i++) {
         struct watcher *w = st->ids[i];

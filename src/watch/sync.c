@@ -26,6 +26,10 @@ struct entry {
     int64_t from;
     int64_t stop; /* revision it stopped at for want of room, or 0 */
     bool compacted, scanning, touched;
+    bool skipped;     /* behind the step's lead: waits for its own turn */
+    bool unchanged;   /* not reached, or its responses could not be built */
+    int64_t next;     /* its next revision after the step */
+    struct rlist out; /* its responses, built before the hand-over */
     struct wev **evs;
     size_t n, cap, committed; /* evs[0, committed) are whole revisions */
 };
@@ -33,7 +37,7 @@ struct entry {
 /* Queue room of one stream for this step. */
 struct room {
     size_t left;
-    bool empty; /* queue empty at the start: one oversized revision may go */
+    bool fresh; /* nothing kept yet: one revision may go even if larger */
 };
 
 struct step {
@@ -60,6 +64,7 @@ static void step_free(struct step *s) {
     for (size_t i = 0; i < s->n; i++) {
         entry_drop(&s->e[i], 0);
         free(s->e[i].evs);
+        rlist_free(&s->e[i].out);
     }
     free(s->e);
     free(s->rooms);
@@ -80,7 +85,8 @@ static bool choose(watch_hub_t *hub, struct step *s) {
             st->step_epoch = epoch;
             st->step_room = s->n_rooms;
             struct room *r = &s->rooms[s->n_rooms++];
-            r->left = stream_room(st, &r->empty);
+            r->left = stream_room(st);
+            r->fresh = true;
         }
         if (s->rooms[st->step_room].left == 0)
             continue;
@@ -134,9 +140,9 @@ static void revision_done(struct step *s, int64_t rev) {
         size_t size = 0;
         for (size_t i = e->committed; i < e->n; i++)
             size += wev_wire_size(e->evs[i], e->w->prev_kv);
-        if (size <= r->left || r->empty) {
+        if (size <= r->left || r->fresh) {
             r->left = size < r->left ? r->left - size : 0;
-            r->empty = false;
+            r->fresh = false;
             e->committed = e->n;
         } else {
             entry_drop(e, e->committed);
@@ -147,17 +153,16 @@ static void revision_done(struct step *s, int64_t rev) {
     s->n_touched = 0;
 }
 
-/* Reads history from the smallest `from` of the scanning watchers, matching
+/* Reads history from `from` (the smallest of the scanning watchers), matching
  * every event, until about `budget` events were read (finishing the revision
  * in progress) or the snapshot's end. Returns the last revision read whole,
  * or a negative error. */
-static int64_t scan(struct step *s, mvcc_read_t *rd, int64_t min_from, bool with_prev,
-                    size_t budget) {
+static int64_t scan(struct step *s, mvcc_read_t *rd, int64_t from, bool with_prev, size_t budget) {
     static const uint8_t all = 0;
     struct mvcc_event *page = malloc(STEP_PAGE * sizeof(*page));
     if (page == NULL)
         return -ENOMEM;
-    struct mvcc_history_pos pos = {.main = min_from, .sub = 0};
+    struct mvcc_history_pos pos = {.main = from, .sub = 0};
     int64_t cur = 0, end = mvcc_read_revision(rd);
     size_t read = 0;
     for (;;) {
@@ -200,42 +205,59 @@ out:
     return end;
 }
 
-/* Queues the outcome for one watcher and files it as synced or unsynced.
- * Returns whether it still has history to read now. Hub mutex held. */
-static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_t compact) {
+/* Works out where a watcher ends up and builds its responses, with no lock
+ * held: the step alone writes a held watcher, and the rest of it is fixed. */
+static void prepare(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_t compact) {
     struct watcher *w = e->w;
-    watch_stream_t *st = w->st;
     if (e->compacted) {
         struct wresp *r = HUB_FAULT(hub) ? NULL : resp_control(w->id, w->next_rev - 1);
-        if (r == NULL)
-            return true;
+        if (r == NULL) {
+            e->unchanged = true;
+            return;
+        }
         r->pub.canceled = true;
         r->pub.compact_revision = compact + 1;
-        struct rlist l = {0};
-        rlist_append(&l, r);
-        stream_push(st, &l, true);
+        rlist_append(&e->out, r);
+        return;
+    }
+    /* Not reached by the scan: it keeps its place in the list and leads a
+     * coming step. */
+    if (e->skipped || (e->scanning && scanned < e->from)) {
+        e->unchanged = true;
+        return;
+    }
+    e->next = e->stop != 0 ? e->stop : e->scanning ? scanned + 1 : e->from;
+    if (e->n > 0 && (HUB_FAULT(hub) || resp_build_events(&e->out, w, e->evs, e->n, e->next - 1,
+                                                         hub->opt.max_response_bytes) != 0))
+        e->unchanged = true;
+    entry_drop(e, 0);
+}
+
+/* Queues the outcome for one watcher and files it as synced or unsynced.
+ * Returns whether it still has history to read now. Hub mutex held, so this
+ * is kept to list operations. */
+static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t compact) {
+    struct watcher *w = e->w;
+    watch_stream_t *st = w->st;
+    if (e->unchanged)
+        return true;
+    if (e->compacted) {
+        LOG_DEBUG(hub->lg, "watcher needs compacted history", LOG_INT("watch-id", w->id),
+                  LOG_INT("next-revision", w->next_rev), LOG_INT("compact-revision", compact));
+        stream_push(st, &e->out, true);
         hub_unlist(hub, w);
         hub_forget_id(w);
         watcher_free(w);
         stream_answer_progress(st);
         return false;
     }
-    int64_t next = e->from;
-    if (e->stop != 0)
-        next = e->stop;
-    else if (e->scanning && scanned >= e->from)
-        next = scanned + 1;
-    if (e->n > 0) {
-        struct rlist l = {0};
-        if (HUB_FAULT(hub) ||
-            resp_build_events(&l, w, e->evs, e->n, next - 1, hub->opt.max_response_bytes) != 0)
-            return true;
-        stream_push(st, &l, true);
+    if (e->out.head != NULL) {
+        stream_push(st, &e->out, true);
         w->sent_since_tick = true;
     }
-    w->next_rev = next;
+    w->next_rev = e->next;
     hub_unlist(hub, w);
-    if (e->stop == 0 && next > hub->rev) {
+    if (e->stop == 0 && e->next > hub->rev) {
         w->synced = true;
         index_insert(&hub->synced, w);
         hub->n_synced++;
@@ -243,7 +265,7 @@ static bool hand_over(watch_hub_t *hub, struct entry *e, int64_t scanned, int64_
         return false;
     }
     /* Back at the tail: the next step serves the others first. */
-    hub_list_unsynced(hub, w, next);
+    hub_list_unsynced(hub, w, e->next);
     return e->stop == 0;
 }
 
@@ -269,7 +291,7 @@ int watch_hub_sync_step(watch_hub_t *hub, size_t budget) {
         goto done;
     if ((rc = mvcc_read_begin(hub->db, &rd)) != 0)
         goto done;
-    int64_t snap = mvcc_read_revision(rd), min_from = INT64_MAX;
+    int64_t snap = mvcc_read_revision(rd), lead = 0;
     compact = mvcc_read_compact_revision(rd);
     bool with_prev = false;
     for (size_t i = 0; i < s.n; i++) {
@@ -278,20 +300,29 @@ int watch_hub_sync_step(watch_hub_t *hub, size_t budget) {
         if (e->from <= compact) {
             e->compacted = true;
         } else if (e->from <= snap) {
+            /* The scan starts where the first watcher in list order needs
+             * it; those further behind wait for their turn at the head of
+             * the list, so one watcher far back does not hold up the rest. */
+            if (lead == 0)
+                lead = e->from;
+            if (e->from < lead) {
+                e->skipped = true;
+                continue;
+            }
             e->scanning = true;
             s.active++;
             index_insert(&s.tree, e->w);
             with_prev |= e->w->prev_kv;
-            if (e->from < min_from)
-                min_from = e->from;
         }
     }
     scanned = snap;
     if (s.tree != NULL)
-        scanned = scan(&s, rd, min_from, with_prev, budget);
+        scanned = scan(&s, rd, lead, with_prev, budget);
     mvcc_read_end(rd);
     if (scanned < 0)
         rc = (int)scanned;
+    for (size_t i = 0; rc == 0 && i < s.n; i++)
+        prepare(hub, &s.e[i], scanned, compact);
 done:
     pthread_mutex_lock(&hub->mu);
     for (size_t i = 0; i < s.n; i++) {
@@ -300,7 +331,7 @@ done:
         if (e->w->dead)
             watcher_free(e->w);
         else if (rc == 0)
-            more |= hand_over(hub, e, scanned, compact);
+            more |= hand_over(hub, e, compact);
     }
     pthread_mutex_unlock(&hub->mu);
     pthread_mutex_unlock(&hub->step_mu);

@@ -36,7 +36,7 @@
  *     revision split, across fragments of one logical response;
  *   - resumable from any revision above the compaction revision: a watcher
  *     that needs a revision at or below it gets one compacted response and is
- *     removed (see WATCH compaction rule below);
+ *     removed (see the compaction rule below);
  *   - a response's header revision R never runs ahead: the watcher (for a
  *     stream-wide progress notification, every watcher of the stream) has
  *     been sent every event with revision <= R before or in that response;
@@ -45,9 +45,9 @@
  *     catches up from mvcc history when the client reads again.
  *
  * Compaction rule: quoin cancels a watcher whose next revision is <= the
- * compaction revision C, one stricter than etcd (which accepts next == C): the
- * compaction sweep removes tombstones at C itself, so reading C from history
- * would silently lose its deletes. The compacted response carries
+ * compaction revision C, one revision stricter than etcd (which accepts
+ * next == C): the compaction sweep removes the tombstones of C itself, so
+ * reading C from history would silently lose its deletes. The compacted response carries
  * compact_revision = C + 1, the smallest revision a new watch can start at
  * (clientv3 documents the field as "the minimum revision the watcher may
  * receive"), so a client that resumes there does not loop.
@@ -205,13 +205,16 @@ int watch_stream_cancel(watch_stream_t *st, int64_t id);
  * once every watcher of the stream is on live delivery, which is the moment
  * that revision cannot be ahead of an undelivered event: at once if they all
  * are, else when the last one catches up or goes away. Requests made while
- * one is pending are answered by that one. Returns 0 or -ENOMEM. */
+ * one is pending, or while an answer is queued and not yet popped, are
+ * answered by that one (so a client asking without reading cannot grow the
+ * queue). Returns 0 or -ENOMEM. */
 int watch_stream_request_progress(watch_stream_t *st);
 
 /* etcd's periodic progress (call on the progress-notify interval): every
  * watcher created with progress_notify that is on live delivery and got no
  * events since the last tick gets a progress notification with its watch id
- * and the hub's revision. Watchers catching up are skipped, as in etcd. */
+ * and the hub's revision. Watchers catching up are skipped, as in etcd, and
+ * so is a stream whose queue is over its budget (its client is not reading). */
 void watch_stream_progress_tick(watch_stream_t *st);
 
 /* One response, etcd's WatchResponse without its header's cluster fields

@@ -68,7 +68,8 @@ struct watch_stream {
     pthread_mutex_t mu; /* guards the queue fields below */
     struct wresp *head, *tail;
     size_t bytes, budget;
-    bool blocked; /* a catch-up waits for room: pop wakes sync at half budget */
+    bool blocked;         /* a catch-up waits for room: pop wakes sync at half budget */
+    bool progress_queued; /* a stream-wide progress answer is not popped yet */
     /* guarded by the hub's mutex */
     struct watcher **ids; /* sorted by id */
     size_t n_ids, cap_ids;
@@ -96,7 +97,7 @@ struct watch_hub {
     uint64_t step_epoch;
 #ifdef QUOIN_TESTING
     atomic_uint fault_one_in;
-    uint64_t fault_seed;
+    atomic_uint_fast64_t fault_seed;
     atomic_uint_fast64_t fault_n; /* draws so far */
 #endif
 };
@@ -147,10 +148,9 @@ size_t stream_bytes(watch_stream_t *st);
 /* Queues the stream-wide progress answer if one is pending and every
  * watcher is synced. Hub mutex held. */
 int stream_answer_progress(watch_stream_t *st);
-/* Room a catch-up may fill: the budget when the queue is empty (*empty set:
- * one oversized revision may go), the rest of it when at most half full,
- * else 0 and the stream is marked blocked. */
-size_t stream_room(watch_stream_t *st, bool *empty);
+/* Room a catch-up may fill: what is left of the budget when the queue is
+ * empty or at most half full, else 0 and the stream is marked blocked. */
+size_t stream_room(watch_stream_t *st);
 
 /* ---- watchers (hub.c) ---- */
 

@@ -372,9 +372,13 @@ void model_random_compaction(struct model *m) {
     int64_t rev = watch_hub_revision(m->t.hub), last = last_compaction(m);
     if (rev <= last || m->n_comp == MODEL_COMPACTIONS)
         return;
-    int64_t c = last + 1 + model_rn(m, (int)(rev - last));
-    wt_compact(&m->t, c, false);
+    /* Mostly well behind the head, as an operator compacts old history. */
+    int64_t c = last + 1 + model_rn(m, (int)(rev - last + 1) / 2);
+    /* Known to the checker before a catch-up can see it. */
+    lock(m);
     m->compactions[m->n_comp++] = c;
+    unlock(m);
+    wt_compact(&m->t, c, false);
     m->sweeping = true;
 }
 

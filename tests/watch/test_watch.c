@@ -254,8 +254,7 @@ static void test_past_start_catches_up_without_gap(void **state) {
     for (int i = 1; i < 10; i++)
         wt_put(&t, "k", "x");
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "k", NULL, first + 3);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "k", NULL, first + 3);
     struct watch_hub_stats s;
     watch_hub_stats(t.hub, &s);
     assert_int_equal(s.unsynced, 1);
@@ -280,14 +279,45 @@ static void test_past_start_catches_up_without_gap(void **state) {
     wt_finish(&t, st);
 }
 
+/* A watcher far behind does not hold up one near the head: steps take turns
+ * leading the scan. */
+static void test_catch_up_takes_turns(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    int64_t first = wt_put(&t, "far", "0");
+    for (int i = 0; i < 300; i++)
+        wt_put(&t, "far", "x");
+    int64_t near = wt_put(&t, "near", "1");
+    watch_stream_t *st = wt_stream(&t, 0);
+    int64_t f = wt_watch(st, "far", NULL, first);
+    int64_t n = wt_watch(st, "near", NULL, near);
+    wt_expect_created(st, f);
+    wt_expect_created(st, n);
+    bool near_done = false;
+    for (int step = 0; step < 4 && !near_done; step++) {
+        assert_int_equal(watch_hub_sync_step(t.hub, 10), 1);
+        struct watch_response *r;
+        while (watch_stream_pop(st, &r) == 0) {
+            near_done |= r->watch_id == n;
+            watch_response_free(r);
+        }
+    }
+    assert_true(near_done); /* long before the far one's 300 revisions */
+    struct watch_hub_stats s;
+    watch_hub_stats(t.hub, &s);
+    assert_int_equal(s.unsynced, 1);
+    wt_sync(&t);
+    wt_finish(&t, st);
+}
+
 static void test_future_start(void **state) {
     (void)state;
     struct wt t;
     wt_open(&t, NULL);
     int64_t rev = wt_put(&t, "k", "0");
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "k", NULL, rev + 3);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "k", NULL, rev + 3);
     wt_put(&t, "k", "1");
     wt_put(&t, "k", "2");
     wt_assert_empty(st);
@@ -349,8 +379,7 @@ static void test_compaction_while_slow(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     watch_stream_t *st = wt_stream(&t, 64);
-    int64_t id = wt_watch(st, "k", NULL, 0);
-    wt_expect_created(st, id);
+    int64_t id = wt_watch_created(st, "k", NULL, 0);
     int64_t r1 = wt_put(&t, "k", "1"); /* queue empty: accepted whole */
     int64_t last = 0;
     for (int i = 0; i < 5; i++)
@@ -428,6 +457,38 @@ static void test_slow_consumer_bounded_then_complete(void **state) {
     wt_finish(&t, st);
 }
 
+/* A revision larger than the whole budget still gets through a catch-up on a
+ * stream whose queue live traffic keeps non-empty. */
+static void test_big_revision_on_busy_stream(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    char big[600];
+    memset(big, 'v', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    struct mvcc_op puts[2] = {wt_op_put("b1", big), wt_op_put("b2", big)};
+    struct mvcc_txn_req txn = {.success = puts, .n_success = 2};
+    struct mvcc_op op = {.type = MVCC_OP_TXN, .u.txn = &txn};
+    int64_t rev = wt_apply(&t, &op, 1, NULL, NULL);
+    watch_stream_t *st = wt_stream(&t, 400);
+    int64_t live = wt_watch(st, "x", NULL, 0);
+    int64_t past = wt_watch(st, "b", "c", rev);
+    wt_expect_created(st, live);
+    wt_expect_created(st, past);
+    wt_put(&t, "x", "1"); /* the queue is not empty when the step runs */
+    assert_true(watch_stream_queued_bytes(st) > 0);
+    assert_true(watch_hub_sync_step(t.hub, 0) >= 0);
+    struct watch_response *r = wt_pop(st);
+    assert_int_equal(r->watch_id, live);
+    watch_response_free(r);
+    r = wt_pop(st);
+    assert_int_equal(r->watch_id, past);
+    assert_int_equal(r->n_events, 2);
+    assert_true(watch_response_size(r) > 400);
+    watch_response_free(r);
+    wt_finish(&t, st);
+}
+
 static void test_progress_request(void **state) {
     (void)state;
     struct wt t;
@@ -459,6 +520,13 @@ static void test_progress_request(void **state) {
     assert_int_equal(r->revision, r2);
     watch_response_free(r);
     wt_assert_empty(st); /* the two requests got one answer */
+    /* Requests while an answer is unread share it. */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(watch_stream_request_progress(st), 0);
+    r = wt_pop(st);
+    assert_int_equal(r->watch_id, -1);
+    watch_response_free(r);
+    wt_assert_empty(st);
     /* A pending answer is also released when the lagging watcher goes. */
     int64_t id2 = wt_watch(st, "k", NULL, r1);
     assert_int_equal(watch_stream_request_progress(st), 0);
@@ -524,8 +592,7 @@ static void test_revisions_kept_whole(void **state) {
     struct wt t;
     wt_open(&t, &o);
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "", WT_FROM_KEY, 0);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "", WT_FROM_KEY, 0);
     /* One batch: three revisions; the middle one a txn of six puts. */
     struct mvcc_op puts[6];
     const char *keys[] = {"t1", "t2", "t3", "t4", "t5", "t6"};
@@ -638,20 +705,13 @@ static void test_restore(void **state) {
     struct wt t;
     wt_open(&t, NULL);
     watch_stream_t *st = wt_stream(&t, 0);
-    int64_t id = wt_watch(st, "k", NULL, 0);
-    wt_expect_created(st, id);
+    wt_watch_created(st, "k", NULL, 0);
     int64_t r1 = wt_put(&t, "k", "1");
     watch_response_free(wt_pop(st));
     /* Writes land in the store without being published (as a snapshot
      * install does), then the hub is told. */
-    mvcc_batch_t *b;
     struct mvcc_op op = wt_op_put("k", "2");
-    assert_int_equal(mvcc_batch_begin(t.db, &b), 0);
-    mvcc_result_t *res;
-    assert_int_equal(mvcc_apply(b, &op, &res), 0);
-    mvcc_result_free(res);
-    int64_t r2 = mvcc_batch_revision(b);
-    assert_int_equal(mvcc_batch_commit(b), 0);
+    int64_t r2 = wt_apply_unpublished(&t, &op, 1, 0);
     watch_hub_restore(t.hub, r2);
     assert_int_equal(watch_hub_revision(t.hub), r2);
     wt_sync(&t);
@@ -686,6 +746,68 @@ static void test_close_with_watchers_in_every_state(void **state) {
     assert_int_equal(s.synced + s.unsynced, 0);
     wt_sync(&t);
     wt_close(&t);
+}
+
+/* A batch published twice, or a publish without events, changes nothing
+ * for watchers but the hub's revision. */
+static void test_republish_and_empty_publish(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    watch_stream_t *st = wt_stream(&t, 0);
+    wt_watch_created(st, "k", NULL, 0);
+    struct mvcc_op op = wt_op_put("k", "1");
+    mvcc_batch_t *b;
+    assert_int_equal(mvcc_batch_begin(t.db, &b), 0);
+    mvcc_result_t *res;
+    assert_int_equal(mvcc_apply(b, &op, &res), 0);
+    int64_t rev = mvcc_batch_revision(b);
+    assert_int_equal(mvcc_batch_commit(b), 0);
+    watch_hub_publish(t.hub, res->events, res->n_events, rev);
+    watch_hub_publish(t.hub, res->events, res->n_events, rev);
+    mvcc_result_free(res);
+    struct watch_response *r = wt_pop(st);
+    assert_int_equal(r->n_events, 1);
+    watch_response_free(r);
+    wt_assert_empty(st);
+    /* A revision without events for anyone (a lease-only batch, say). */
+    watch_hub_publish(t.hub, NULL, 0, rev + 1);
+    assert_int_equal(watch_hub_revision(t.hub), rev + 1);
+    wt_assert_empty(st);
+    int64_t late = wt_watch(st, "k", NULL, 0);
+    r = wt_pop(st);
+    assert_int_equal(r->watch_id, late);
+    assert_int_equal(r->revision, rev + 1);
+    watch_response_free(r);
+    wt_finish(&t, st);
+}
+
+/* After a restore into a store whose history was compacted past a watcher,
+ * it gets the compacted response. */
+static void test_restore_into_compacted_history(void **state) {
+    (void)state;
+    struct wt t;
+    wt_open(&t, NULL);
+    watch_stream_t *st = wt_stream(&t, 0);
+    int64_t a = wt_watch_created(st, "k", NULL, 0);
+    int64_t r1 = wt_put(&t, "k", "1");
+    watch_response_free(wt_pop(st));
+    /* The snapshot brings revisions the hub never saw, compacted. */
+    struct mvcc_op ops[2] = {wt_op_put("k", "2"), wt_op_put("other", "x")};
+    int64_t snap = r1 + 2;
+    assert_int_equal(wt_apply_unpublished(&t, ops, 2, snap - 1), snap);
+    watch_hub_restore(t.hub, snap);
+    wt_sync(&t);
+    struct watch_response *r = wt_pop(st);
+    assert_int_equal(r->watch_id, a);
+    assert_int_equal(r->compact_revision, snap);
+    assert_int_equal(r->revision, r1);
+    watch_response_free(r);
+    wt_assert_empty(st);
+    struct watch_hub_stats s;
+    watch_hub_stats(t.hub, &s);
+    assert_int_equal(s.synced + s.unsynced, 0);
+    wt_finish(&t, st);
 }
 
 /* Many single-key watchers: each gets exactly its key's events. */
@@ -726,10 +848,12 @@ int main(void) {
         cmocka_unit_test(test_filters_and_prev_kv),
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_past_start_catches_up_without_gap),
+        cmocka_unit_test(test_catch_up_takes_turns),
         cmocka_unit_test(test_future_start),
         cmocka_unit_test(test_compacted_start),
         cmocka_unit_test(test_compaction_while_slow),
         cmocka_unit_test(test_slow_consumer_bounded_then_complete),
+        cmocka_unit_test(test_big_revision_on_busy_stream),
         cmocka_unit_test(test_progress_request),
         cmocka_unit_test(test_progress_tick),
         cmocka_unit_test(test_revisions_kept_whole),
@@ -738,6 +862,8 @@ int main(void) {
         cmocka_unit_test(test_restore),
         cmocka_unit_test(test_close_with_watchers_in_every_state),
         cmocka_unit_test(test_many_watchers),
+        cmocka_unit_test(test_republish_and_empty_publish),
+        cmocka_unit_test(test_restore_into_compacted_history),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -153,7 +153,7 @@ static void run(uint64_t seed, int n_ops, struct totals *tot) {
             model_create_watcher(m);
         else if (a < 70)
             model_cancel_watcher(m);
-        else if (a < 72 && model_rn(m, 4) == 0)
+        else if (a < 71 && model_rn(m, 4) == 0)
             model_random_compaction(m);
         else if (a < 80)
             model_sweep_some(m);

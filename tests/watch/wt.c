@@ -83,6 +83,22 @@ int64_t wt_apply(struct wt *t, const struct mvcc_op *ops, size_t n,
     return rev;
 }
 
+int64_t wt_apply_unpublished(struct wt *t, const struct mvcc_op *ops, size_t n,
+                             int64_t compact_at) {
+    mvcc_batch_t *b;
+    assert_int_equal(mvcc_batch_begin(t->db, &b), 0);
+    for (size_t i = 0; i < n; i++) {
+        mvcc_result_t *res;
+        assert_int_equal(mvcc_apply(b, &ops[i], &res), 0);
+        mvcc_result_free(res);
+    }
+    int64_t rev = mvcc_batch_revision(b);
+    if (compact_at != 0)
+        assert_int_equal(mvcc_compact(b, compact_at), 0);
+    assert_int_equal(mvcc_batch_commit(b), 0);
+    return rev;
+}
+
 struct mvcc_op wt_op_put(const char *key, const char *value) {
     struct mvcc_op op = {.type = MVCC_OP_PUT};
     op.u.put.key = (const uint8_t *)key;
@@ -156,6 +172,12 @@ int64_t wt_watch(watch_stream_t *st, const char *key, const char *end, int64_t s
     }
     int64_t id;
     assert_int_equal(watch_stream_create(st, &req, &id), 0);
+    return id;
+}
+
+int64_t wt_watch_created(watch_stream_t *st, const char *key, const char *end, int64_t start) {
+    int64_t id = wt_watch(st, key, end, start);
+    wt_expect_created(st, id);
     return id;
 }
 

@@ -30,6 +30,10 @@ void wt_close(struct wt *t);
  * Returns the revision after the batch. */
 int64_t wt_apply(struct wt *t, const struct mvcc_op *ops, size_t n,
                  void (*seen)(const struct mvcc_event *ev, void *arg), void *arg);
+/* Applies the ops in one batch without publishing (what a raft snapshot
+ * brings), scheduling a compaction at compact_at if not 0. Returns the
+ * revision after the batch. */
+int64_t wt_apply_unpublished(struct wt *t, const struct mvcc_op *ops, size_t n, int64_t compact_at);
 /* One put / delete of NUL-terminated strings in its own batch; end NULL
  * deletes the key, WT_FROM_KEY every key >= key. Returns the revision. */
 int64_t wt_put(struct wt *t, const char *key, const char *value);
@@ -50,6 +54,8 @@ void wt_finish(struct wt *t, watch_stream_t *st);
 
 /* Creates a watcher; returns its id (asserts success). */
 int64_t wt_watch(watch_stream_t *st, const char *key, const char *end, int64_t start);
+/* wt_watch, then pops and checks its created response. */
+int64_t wt_watch_created(watch_stream_t *st, const char *key, const char *end, int64_t start);
 /* Pops a response (asserts there is one); free it with watch_response_free. */
 struct watch_response *wt_pop(watch_stream_t *st);
 void wt_assert_empty(watch_stream_t *st);
