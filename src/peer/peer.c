@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -956,6 +957,13 @@ int peer_transport_listen(peer_transport_t *pt, const char *url, struct util_err
 
 static void *run_loop(void *arg) {
     peer_transport_t *pt = arg;
+    /* A write to a connection the peer closed raises SIGPIPE in the writing
+     * thread; blocked here, the write fails with EPIPE instead of killing
+     * the process. */
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL);
     uv_run(pt->loop, UV_RUN_DEFAULT);
     return NULL;
 }

@@ -89,6 +89,7 @@ struct peer_snap_send {
     uv_fs_t fsreq;
     uv_write_t wreq;
     bool reading;   /* fsreq in flight: freed by its callback */
+    bool writing;   /* wreq in flight: likewise */
     bool done;      /* outcome reported */
     uint8_t *chunk; /* frame header | sha256 | data */
 };

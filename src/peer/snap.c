@@ -49,7 +49,7 @@ void peer_snap_send_free(struct peer_snap_send *ss) {
 }
 
 /* Reports the outcome once and lets go of the connection; the send itself is
- * freed now, or by the read in flight when it returns. */
+ * freed now, or by the read or write in flight when it returns. */
 static void send_finish(struct peer_snap_send *ss, bool failed, const char *why) {
     peer_transport_t *pt = ss->pt;
     if (!ss->done) {
@@ -68,7 +68,7 @@ static void send_finish(struct peer_snap_send *ss, bool failed, const char *why)
         c->ss = NULL;
         peer_conn_close(c);
     }
-    if (!ss->reading)
+    if (!ss->reading && !ss->writing)
         peer_snap_send_free(ss);
 }
 
@@ -90,13 +90,11 @@ void peer_snap_start(struct peer_snap_send *ss) {
 static void read_next(struct peer_snap_send *ss);
 
 static void on_chunk_written(uv_write_t *req, int status) {
-    struct peer_conn *c = req->handle->data;
-    struct peer_snap_send *ss = c->ss;
-    if (status < 0) {
-        peer_conn_close(c);
-        return;
-    }
-    if (ss)
+    struct peer_snap_send *ss = req->data;
+    ss->writing = false;
+    if (!ss->conn || status < 0)
+        send_finish(ss, true, status < 0 ? uv_strerror(status) : "connection closed");
+    else
         read_next(ss);
 }
 
@@ -108,10 +106,7 @@ static void on_chunk_read(uv_fs_t *req) {
     ss->reading = false;
     peer_fs_done(pt);
     if (!ss->conn) {
-        if (ss->done)
-            peer_snap_send_free(ss);
-        else
-            send_finish(ss, true, "connection closed");
+        send_finish(ss, true, "connection closed");
         return;
     }
     if (n < 0) {
@@ -144,9 +139,12 @@ static void on_chunk_read(uv_fs_t *req) {
     peer_frame_header(ss->chunk, PEER_F_SNAP_CHUNK, (uint32_t)(PEER_SHA_LEN + (size_t)n));
     uv_buf_t buf =
         uv_buf_init((char *)ss->chunk, (unsigned)(PEER_FRAME_HDR + PEER_SHA_LEN + (size_t)n));
+    ss->wreq.data = ss;
     int rc = uv_write(&ss->wreq, (uv_stream_t *)&ss->conn->tcp, &buf, 1, on_chunk_written);
     if (rc != 0)
         send_finish(ss, true, uv_strerror(rc));
+    else
+        ss->writing = true;
 }
 
 static void read_next(struct peer_snap_send *ss) {

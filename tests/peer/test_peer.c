@@ -322,7 +322,7 @@ static void test_backpressure_never_reading_peer(void **state) {
             msleep(5);
     }
     assert_true((size_t)(sends + accepted) * e.len < (16u << 20));
-    assert_true(refused > 200);
+    assert_true(refused > 0);
     assert_true(st.connected);
     assert_true(st.dropped_msgs >= (uint64_t)refused);
     /* One report until the raft thread takes it, however many drops. */
