@@ -87,14 +87,13 @@ void peer_report_snapshot(peer_transport_t *pt, uint64_t id, bool failed) {
 
 /* Queues one "unreachable" for r unless one is already waiting; pt->mu held.
  * Returns whether the caller must notify. */
-static bool report_unreachable_locked(peer_transport_t *pt, struct peer_remote *r, uint64_t id) {
-    if (r && r->unreachable_pending)
+static bool report_unreachable_locked(peer_transport_t *pt, struct peer_remote *r) {
+    if (r->unreachable_pending)
         return false;
-    struct peer_box *b = report_new(PEER_EV_UNREACHABLE, id, false);
+    struct peer_box *b = report_new(PEER_EV_UNREACHABLE, r->id, false);
     if (!b)
         return false;
-    if (r)
-        r->unreachable_pending = true;
+    r->unreachable_pending = true;
     bool was_empty = pt->in_head == NULL;
     if (pt->in_tail)
         pt->in_tail->next = b;
@@ -223,13 +222,12 @@ int peer_transport_send(peer_transport_t *pt, const struct raft_msg *m) {
     struct peer_remote *r = peer_find(pt, m->to);
     if (pt->closing)
         rc = -ESHUTDOWN;
-    else if (rc != 0)
-        ;
     else if (!r)
         rc = -ENOENT;
-    else if (!r->connected)
+    else if (rc == 0 && !r->connected)
         rc = -ENOTCONN;
-    else if (r->q_msgs >= pt->cfg.max_queue_msgs || r->q_bytes + f->len > pt->cfg.max_queue_bytes)
+    else if (rc == 0 &&
+             (r->q_msgs >= pt->cfg.max_queue_msgs || r->q_bytes + f->len > pt->cfg.max_queue_bytes))
         rc = -EAGAIN;
     if (rc == 0) {
         if (r->q_tail)
@@ -240,10 +238,9 @@ int peer_transport_send(peer_transport_t *pt, const struct raft_msg *m) {
         r->q_msgs++;
         r->q_bytes += f->len;
         f = NULL;
-    } else if (rc != -ESHUTDOWN) {
-        if (r)
-            r->dropped++;
-        notify = report_unreachable_locked(pt, r, m->to);
+    } else if (r && rc != -ESHUTDOWN) {
+        r->dropped++;
+        notify = report_unreachable_locked(pt, r);
     }
     pthread_mutex_unlock(&pt->mu);
     free(f);
@@ -339,7 +336,7 @@ static void on_conn_closed(uv_handle_t *h) {
         r->q_bytes = r->inflight_bytes;
         bool closing = pt->closing, removed = r->removed;
         if (was && !removed && !closing)
-            notify = report_unreachable_locked(pt, r, r->id);
+            notify = report_unreachable_locked(pt, r);
         pthread_mutex_unlock(&pt->mu);
         if (was && !closing)
             LOG_WARN(pt->lg, "lost TCP streaming connection with remote peer",
@@ -586,6 +583,7 @@ static int on_hello_ack(struct peer_conn *c, const uint8_t *p, size_t len) {
     r->last_error[0] = 0;
     pthread_mutex_unlock(&pt->mu);
     r->backoff_ms = pt->cfg.backoff_min_ms;
+    uv_timer_stop(&r->timer);
     LOG_INFO(pt->lg, "established TCP streaming connection with remote peer",
              LOG_UINT("remote-peer-id", r->id));
     flush(pt, r);
@@ -722,6 +720,17 @@ struct peer_conn *peer_conn_dial(peer_transport_t *pt, struct peer_remote *r,
     return c;
 }
 
+/* Something that accepts connections but never answers the handshake (a
+ * wrong port) must not hold the peer's stream forever. */
+static void on_handshake_timeout(uv_timer_t *t) {
+    struct peer_remote *r = t->data;
+    if (!r->out || r->out->state != PEER_CONN_HANDSHAKE)
+        return;
+    set_error(r->pt, r, "handshake with %s timed out after %u ms", r->out->addr,
+              r->pt->cfg.handshake_timeout_ms);
+    peer_conn_close(r->out);
+}
+
 static void on_redial(uv_timer_t *t) {
     struct peer_remote *r = t->data;
     dial(r->pt, r);
@@ -746,6 +755,7 @@ static void dial(peer_transport_t *pt, struct peer_remote *r) {
     if (c) {
         c->remote = r;
         r->out = c;
+        uv_timer_start(&r->timer, on_handshake_timeout, pt->cfg.handshake_timeout_ms, 0);
         return;
     }
     schedule_redial(pt, r);
@@ -985,6 +995,7 @@ int peer_transport_start(peer_transport_t *pt, const struct peer_config *cfg,
     pt->cfg.max_inbox_bytes = cfg->max_inbox_bytes ? cfg->max_inbox_bytes : 128u << 20;
     pt->cfg.backoff_min_ms = cfg->backoff_min_ms ? cfg->backoff_min_ms : 100;
     pt->cfg.backoff_max_ms = cfg->backoff_max_ms ? cfg->backoff_max_ms : 5000;
+    pt->cfg.handshake_timeout_ms = cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : 5000;
     if (pt->cfg.backoff_max_ms < pt->cfg.backoff_min_ms)
         pt->cfg.backoff_max_ms = pt->cfg.backoff_min_ms;
     pt->rng = (util_now_mono_ns() ^ cfg->member_id) | 1;

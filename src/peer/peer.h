@@ -26,7 +26,7 @@
  *   peer_transport_recv_batch,
  *   peer_transport_stats             any thread, after start (thread safe)
  *   peer_transport_close             creator, not the transport thread
- *   cfg.notify                       called on the transport thread
+ *   cfg.notify                       transport thread, or in peer_transport_send
  *
  * THE RAFT LOOP'S SIDE
  * ====================
@@ -82,9 +82,13 @@ struct peer_config {
     size_t max_inbox_bytes;  /* 0: 128 MiB */
     unsigned backoff_min_ms; /* first redial delay; 0: 100 */
     unsigned backoff_max_ms; /* cap of the doubling delay; 0: 5000 */
-    /* Called on the transport thread when the inbox goes from empty to not
-     * empty: typically uv_async_send on the raft loop. Must not block and must
-     * not call into the transport. May be NULL (the caller polls). */
+    /* A dialled peer that has not answered the handshake by then is
+     * dropped and redialled (a wrong port that accepts); 0: 5000. */
+    unsigned handshake_timeout_ms;
+    /* Called when the inbox goes from empty to not empty — on the transport
+     * thread, or inside peer_transport_send when it queues a report: typically
+     * uv_async_send on the raft loop. Must not block and must not call into
+     * the transport. May be NULL (the caller polls). */
     void (*notify)(void *arg);
     void *notify_arg;
 };
@@ -120,8 +124,8 @@ int peer_transport_remove_peer(peer_transport_t *pt, uint64_t id);
  * returns). Returns 0 (queued; delivery is not guaranteed), -EINVAL (local
  * type, RAFT_MSG_SNAP, or too large for a frame), -ENOENT (unknown peer),
  * -ENOTCONN (peer not connected), -EAGAIN (queue full), -ESHUTDOWN (closing)
- * or -ENOMEM. On every failure but -EINVAL and -ESHUTDOWN a PEER_EV_UNREACHABLE
- * for m->to is queued (once until drained). */
+ * or -ENOMEM. On -ENOTCONN, -EAGAIN and -ENOMEM for a known peer a
+ * PEER_EV_UNREACHABLE for m->to is queued (one waits at a time). */
 int peer_transport_send(peer_transport_t *pt, const struct raft_msg *m);
 
 /* Sends the RAFT_MSG_SNAP m to m->to on a connection of its own, with the

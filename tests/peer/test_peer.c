@@ -412,6 +412,130 @@ static void test_unstarted_refuses(void **state) {
     assert_int_equal(fd_count(), fds);
 }
 
+/* Received messages past the inbox bound are dropped, not queued: a raft
+ * thread that falls behind costs bounded memory. */
+static void test_inbox_bound(void **state) {
+    (void)state;
+    int fds = fd_count();
+    struct tnode a = {0}, b = {0};
+    struct peer_config small = {.max_inbox_msgs = 10, .backoff_min_ms = 20, .backoff_max_ms = 200};
+    tnode_start(&a, CLUSTER, 1, tport(0), NULL);
+    tnode_start(&b, CLUSTER, 2, tport(1), &small);
+    tnode_know(&a, 2, tport(1));
+    tnode_know(&b, 1, tport(0));
+    assert_true(tnode_connected(&a, 2, 5000));
+    for (uint64_t i = 1; i <= 100; i++) {
+        struct raft_msg m = {.type = RAFT_MSG_HEARTBEAT, .to = 2, .from = 1, .commit = i};
+        assert_int_equal(peer_transport_send(a.pt, &m), 0);
+    }
+    struct peer_stats st;
+    for (int i = 0; i < 500; i++) {
+        assert_int_equal(peer_transport_stats(a.pt, 2, &st), 0);
+        if (st.sent_msgs == 100)
+            break;
+        msleep(10);
+    }
+    assert_int_equal(st.sent_msgs, 100);
+    msleep(100);
+    struct peer_event *evs[200];
+    size_t n = peer_transport_recv_batch(b.pt, evs, 200);
+    assert_int_equal(n, 10);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(evs[i]->msg.commit, i + 1); /* the first ones, in order */
+        peer_event_free(evs[i]);
+    }
+    tnode_stop(&a, false);
+    tnode_stop(&b, false);
+    assert_int_equal(fd_count(), fds);
+}
+
+static bool has_error(struct tnode *n, void *arg) {
+    struct peer_stats st;
+    return peer_transport_stats(n->pt, 2, &st) == 0 && strstr(st.last_error, (const char *)arg);
+}
+
+/* A peer address that accepts connections but never answers does not hold
+ * the stream: the handshake times out and the peer is redialled. */
+static void test_handshake_timeout(void **state) {
+    (void)state;
+    int fds = fd_count();
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)tport(9))};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(lfd, 16), 0);
+    struct tnode a = {0};
+    struct peer_config cfg = {
+        .handshake_timeout_ms = 100, .backoff_min_ms = 20, .backoff_max_ms = 50};
+    tnode_start(&a, CLUSTER, 1, tport(0), &cfg);
+    tnode_know(&a, 2, tport(9));
+    assert_true(tnode_wait(&a, has_error, "timed out after 100 ms", 3000));
+    struct raft_msg m = {.type = RAFT_MSG_HEARTBEAT, .to = 2, .from = 1};
+    assert_int_equal(peer_transport_send(a.pt, &m), -ENOTCONN);
+    tnode_stop(&a, false);
+    close(lfd);
+    assert_int_equal(fd_count(), fds);
+}
+
+static void on_closed(void *arg) {
+    *(int *)arg = 1;
+}
+
+/* A transport can also run on the caller's loop (the server's io loop): the
+ * same exchange, and close finishes through the loop with its callback. */
+static void test_on_callers_loop(void **state) {
+    (void)state;
+    int fds = fd_count();
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct util_err err = {0};
+    peer_transport_t *pt;
+    char url[64], dir[] = "/tmp/quoin-peer-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", tport(4));
+    assert_int_equal(peer_transport_new(&loop, NULL, &pt, &err), 0);
+    assert_int_equal(peer_transport_listen(pt, url, &err), 0);
+    struct peer_config cfg = {.cluster_id = CLUSTER, .member_id = 5, .snap_dir = dir};
+    assert_int_equal(peer_transport_start(pt, &cfg, &err), 0);
+    struct tnode b = {0};
+    tnode_start(&b, CLUSTER, 2, tport(1), NULL);
+    tnode_know(&b, 5, tport(4));
+    const char *burl[1];
+    char bu[64];
+    snprintf(bu, sizeof(bu), "http://127.0.0.1:%d", tport(1));
+    burl[0] = bu;
+    assert_int_equal(peer_transport_set_peer(pt, 2, burl, 1), 0);
+    struct peer_stats st = {0};
+    for (int i = 0; i < 500 && !st.connected; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        peer_transport_stats(pt, 2, &st);
+        msleep(5);
+    }
+    assert_true(st.connected);
+    assert_true(tnode_connected(&b, 5, 5000));
+    struct raft_msg m = {.type = RAFT_MSG_VOTE, .to = 5, .from = 2, .term = 9};
+    assert_int_equal(peer_transport_send(b.pt, &m), 0);
+    struct peer_event *ev = NULL;
+    for (int i = 0; i < 500 && !ev; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (peer_transport_recv_batch(pt, &ev, 1) == 0)
+            msleep(5);
+    }
+    assert_non_null(ev);
+    assert_int_equal(ev->msg.term, 9);
+    peer_event_free(ev);
+    int closed = 0;
+    peer_transport_close(pt, on_closed, &closed);
+    while (!closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    tnode_stop(&b, false);
+    rmdir(dir);
+    assert_int_equal(fd_count(), fds);
+}
+
 int main(void) {
     /* libuv opens process-wide descriptors with the first loop; open them
      * before any test takes its descriptor baseline. */
@@ -426,6 +550,9 @@ int main(void) {
         cmocka_unit_test(test_backpressure_never_reading_peer),
         cmocka_unit_test(test_cluster_id_mismatch),
         cmocka_unit_test(test_unstarted_refuses),
+        cmocka_unit_test(test_inbox_bound),
+        cmocka_unit_test(test_handshake_timeout),
+        cmocka_unit_test(test_on_callers_loop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
