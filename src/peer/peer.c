@@ -4,6 +4,8 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +32,8 @@ struct peer_wreq {
 };
 
 #define WRITE_BATCH 64
+#define PEER_USER_TIMEOUT_MS 15000
+#define PEER_KEEPALIVE_S 10
 
 static void dial(peer_transport_t *pt, struct peer_remote *r);
 static void schedule_redial(peer_transport_t *pt, struct peer_remote *r);
@@ -38,6 +42,19 @@ static void handle_closed_cb(uv_handle_t *h);
 static void maybe_free_peer(peer_transport_t *pt, struct peer_remote *r);
 
 /* ---- inbox ---- */
+
+/* Appends b; pt->mu held. Returns whether the inbox was empty (notify). */
+static bool inbox_append_locked(peer_transport_t *pt, struct peer_box *b) {
+    bool was_empty = pt->in_head == NULL;
+    if (pt->in_tail)
+        pt->in_tail->next = b;
+    else
+        pt->in_head = b;
+    pt->in_tail = b;
+    pt->in_msgs++;
+    pt->in_bytes += b->size;
+    return was_empty;
+}
 
 void peer_inbox_push(peer_transport_t *pt, struct peer_box *b) {
     bool snap = b->ev.type == PEER_EV_MSG && b->ev.msg.type == RAFT_MSG_SNAP;
@@ -55,14 +72,7 @@ void peer_inbox_push(peer_transport_t *pt, struct peer_box *b) {
         free(b);
         return;
     }
-    bool was_empty = pt->in_head == NULL;
-    if (pt->in_tail)
-        pt->in_tail->next = b;
-    else
-        pt->in_head = b;
-    pt->in_tail = b;
-    pt->in_msgs++;
-    pt->in_bytes += b->size;
+    bool was_empty = inbox_append_locked(pt, b);
     pthread_mutex_unlock(&pt->mu);
     if (was_empty && pt->cfg.notify)
         pt->cfg.notify(pt->cfg.notify_arg);
@@ -94,15 +104,7 @@ static bool report_unreachable_locked(peer_transport_t *pt, struct peer_remote *
     if (!b)
         return false;
     r->unreachable_pending = true;
-    bool was_empty = pt->in_head == NULL;
-    if (pt->in_tail)
-        pt->in_tail->next = b;
-    else
-        pt->in_head = b;
-    pt->in_tail = b;
-    pt->in_msgs++;
-    pt->in_bytes += b->size;
-    return was_empty;
+    return inbox_append_locked(pt, b);
 }
 
 size_t peer_transport_recv_batch(peer_transport_t *pt, struct peer_event **out, size_t max) {
@@ -464,10 +466,20 @@ static void flush(peer_transport_t *pt, struct peer_remote *r) {
         on_stream_written(&r->wreq, rc);
 }
 
+#define READ_ROOM (64u << 10)
+
+/* Reads go straight into the connection's buffer, sized at once for a frame
+ * whose header has arrived, so a large frame is not built by many reallocs. */
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     struct peer_conn *c = h->data;
     (void)suggested;
-    size_t want = c->rbuf.len + (64u << 10);
+    size_t want = c->rbuf.len + READ_ROOM;
+    if (c->rbuf.len >= PEER_FRAME_HDR) {
+        const uint8_t *p = (const uint8_t *)c->rbuf.data;
+        size_t flen = (size_t)p[4] << 24 | (size_t)p[5] << 16 | (size_t)p[6] << 8 | p[7];
+        if (flen <= PEER_MAX_FRAME && PEER_FRAME_HDR + flen > want)
+            want = PEER_FRAME_HDR + flen;
+    }
     if (c->rbuf.cap < want) {
         char *p = realloc(c->rbuf.data, want);
         if (!p) {
@@ -557,7 +569,7 @@ static int on_hello_ack(struct peer_conn *c, const uint8_t *p, size_t len) {
         return -1;
     }
     uint64_t cid = peer_get_u64(p + 1), member = peer_get_u64(p + 9);
-    if (p[0] != PEER_ACK_OK) {
+    if (p[0] != PEER_ACK_OK || cid != pt->cfg.cluster_id || member != c->remote_id) {
         int tl = (int)(len - 17);
         char msg[UTIL_ERR_MAX];
         snprintf(msg, sizeof(msg),
@@ -660,6 +672,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     memmove(c->rbuf.data, c->rbuf.data + off, c->rbuf.len - off);
     c->rbuf.len -= off;
+    /* One large frame must not pin its buffer for the connection's life. */
+    if (c->rbuf.cap > 16 * READ_ROOM && c->rbuf.len <= READ_ROOM) {
+        char *p = realloc(c->rbuf.data, READ_ROOM);
+        if (p) {
+            c->rbuf.data = p;
+            c->rbuf.cap = READ_ROOM;
+        }
+    }
 }
 
 static int send_hello(struct peer_conn *c) {
@@ -675,6 +695,14 @@ static void on_connect(uv_connect_t *req, int status) {
     struct peer_conn *c = req->data;
     peer_transport_t *pt = c->pt;
     if (status == 0 && c->state != PEER_CONN_CLOSING) {
+        /* Unacknowledged data (a peer that vanished without a FIN, or stopped
+         * reading) fails the connection after this long instead of the
+         * kernel's ~15 minutes, so the stream gets redialled. */
+        uv_os_fd_t fd;
+        unsigned ms = PEER_USER_TIMEOUT_MS;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+        uv_tcp_keepalive(&c->tcp, 1, PEER_KEEPALIVE_S);
         status = send_hello(c);
         if (status == 0)
             status = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -902,6 +930,8 @@ static void on_connection(uv_stream_t *ls, int status) {
         peer_conn_close(c);
         return;
     }
+    /* Keepalive probes find connections whose other end vanished. */
+    uv_tcp_keepalive(&c->tcp, 1, PEER_KEEPALIVE_S);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
         peer_conn_close(c);
 }
