@@ -2,6 +2,8 @@
  * per peer with its bounded queue and redial backoff, incoming streams and the
  * inbox the raft thread drains. Snapshot connections are in snap.c. */
 #include <assert.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -1008,11 +1010,29 @@ static void *run_loop(void *arg) {
     return NULL;
 }
 
+/* Removes what a transfer cut short by a crash left in dir. */
+static int remove_partials(const char *dir, struct util_err *err) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return util_errorf(err, -errno, "open snapshot directory %s: %s", dir, strerror(errno));
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "snap-", 5) == 0 && n > 8 && !strcmp(e->d_name + n - 8, ".partial"))
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+    return 0;
+}
+
 int peer_transport_start(peer_transport_t *pt, const struct peer_config *cfg,
                          struct util_err *err) {
     if (pt->started || cfg->member_id == 0 || !cfg->snap_dir || !cfg->snap_dir[0])
         return util_errorf(err, -EINVAL,
                            "peer transport: needs a member id and a snapshot directory");
+    int rc = remove_partials(cfg->snap_dir, err);
+    if (rc != 0)
+        return rc;
     char *dir = strdup(cfg->snap_dir);
     if (!dir)
         return util_errorf(err, -ENOMEM, "out of memory");
@@ -1032,7 +1052,7 @@ int peer_transport_start(peer_transport_t *pt, const struct peer_config *cfg,
     pt->started = true;
     pthread_mutex_unlock(&pt->mu);
     if (pt->own_thread) {
-        int rc = pthread_create(&pt->thread, NULL, run_loop, pt);
+        rc = pthread_create(&pt->thread, NULL, run_loop, pt);
         if (rc != 0) {
             pt->started = false;
             return util_errorf(err, -rc, "peer transport: cannot start its thread: %s",

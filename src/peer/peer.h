@@ -9,7 +9,8 @@
  *   - peer_transport_new(NULL, ...) gives the transport its own loop, run by a
  *     thread that peer_transport_start creates ("the transport thread");
  *   - peer_transport_new(loop, ...) runs it on the caller's loop instead
- *     (start, listen and close are then called on that loop's thread).
+ *     (start, listen and close are then called on that loop's thread, and
+ *     the process must ignore SIGPIPE: the own thread blocks it itself).
  * The raft loop thread never touches a socket: peer_transport_send serialises
  * the message into the peer's queue and returns; received messages, "peer
  * unreachable" reports and snapshot outcomes wait in a bounded inbox that the
@@ -105,8 +106,10 @@ int peer_transport_new(uv_loop_t *loop, log_t *lg, peer_transport_t **out, struc
  * its cluster has no peers). */
 int peer_transport_listen(peer_transport_t *pt, const char *url, struct util_err *err);
 
-/* Gives the transport its identity and starts it (cfg is copied). Returns 0,
- * -EINVAL (member_id 0, no snap_dir, already started), -ENOMEM, or a pthread
+/* Gives the transport its identity and starts it (cfg is copied). Files
+ * "snap-*.partial" in cfg->snap_dir (transfers cut short by a crash) are
+ * removed. Returns 0, -EINVAL (member_id 0, no snap_dir, already started),
+ * -ENOENT or another errno (snap_dir cannot be read), -ENOMEM, or a pthread
  * or libuv code, with err filled. */
 int peer_transport_start(peer_transport_t *pt, const struct peer_config *cfg, struct util_err *err);
 
@@ -182,7 +185,9 @@ int peer_transport_stats(peer_transport_t *pt, uint64_t id, struct peer_stats *s
 /* Closes every socket, drops what is queued, stops the transport thread (own
  * loop: joins it, then cb runs on the calling thread; caller's loop: cb runs
  * on it once libuv has released the handles), frees pt and the inbox, then
- * calls cb(arg) (which may be NULL). Received snapshot files are left. */
+ * calls cb(arg) (which may be NULL). Received snapshot files are left. No
+ * other call on pt may run concurrently with or after this one: stop the
+ * raft thread first. */
 void peer_transport_close(peer_transport_t *pt, void (*cb)(void *arg), void *arg);
 
 #ifdef QUOIN_TESTING

@@ -200,6 +200,29 @@ static void test_snapshot_unknown_peer(void **state) {
     assert_int_equal(fd_count(), fds);
 }
 
+/* A transfer cut short by a crash leaves a .partial file; the next start
+ * removes it and leaves delivered snapshots alone. */
+static void test_partial_files_removed_at_start(void **state) {
+    (void)state;
+    struct tnode a = {0};
+    tnode_start(&a, CLUSTER, 1, tport(20), NULL);
+    tnode_stop(&a, true);
+    char partial[128], kept[128];
+    snprintf(partial, sizeof(partial), "%s/snap-0000000000000003-00000000000001f4-abcdef.partial",
+             a.dir);
+    snprintf(kept, sizeof(kept), "%s/snap-0000000000000003-00000000000001f4-abcdef", a.dir);
+    int fd = open(partial, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    fd = open(kept, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    tnode_start(&a, CLUSTER, 1, tport(20), NULL);
+    assert_int_equal(access(partial, F_OK), -1);
+    assert_int_equal(access(kept, F_OK), 0);
+    tnode_stop(&a, false);
+}
+
 int main(void) {
     /* libuv opens process-wide descriptors with its first loop; open them
      * before any test takes its descriptor baseline. */
@@ -210,6 +233,7 @@ int main(void) {
         cmocka_unit_test(test_snapshot_transfer),
         cmocka_unit_test(test_snapshot_corruption_detected),
         cmocka_unit_test(test_snapshot_unknown_peer),
+        cmocka_unit_test(test_partial_files_removed_at_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
