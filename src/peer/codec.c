@@ -2,6 +2,7 @@
  * the frame header every peer frame starts with. */
 #include <assert.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,11 @@ uint64_t peer_get_u64(const uint8_t *p) {
     for (int i = 0; i < 8; i++)
         v = v << 8 | p[i];
     return v;
+}
+
+size_t peer_vtext(char *buf, const char *fmt, va_list ap) {
+    int n = vsnprintf(buf, UTIL_ERR_MAX, fmt, ap);
+    return n < 0 ? 0 : n >= UTIL_ERR_MAX ? UTIL_ERR_MAX - 1 : (size_t)n;
 }
 
 void peer_frame_header(uint8_t *p, uint8_t type, uint32_t len) {

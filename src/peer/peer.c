@@ -501,19 +501,18 @@ static void refuse(struct peer_conn *c, uint8_t status, const char *fmt, ...) {
     uint8_t ack[17 + UTIL_ERR_MAX];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf((char *)ack + 17, UTIL_ERR_MAX, fmt, ap);
+    size_t n = peer_vtext((char *)ack + 17, fmt, ap);
     va_end(ap);
-    n = n < 0 ? 0 : n >= UTIL_ERR_MAX ? UTIL_ERR_MAX - 1 : n;
     ack[0] = status;
     peer_put_u64(ack + 1, pt->cfg.cluster_id);
     peer_put_u64(ack + 9, pt->cfg.member_id);
     pthread_mutex_lock(&pt->mu);
     pt->refused++;
-    memcpy(pt->last_refusal, ack + 17, (size_t)n + 1);
+    memcpy(pt->last_refusal, ack + 17, n + 1);
     pthread_mutex_unlock(&pt->mu);
     LOG_WARN(pt->lg, "refused a peer connection", LOG_STR("error", (char *)ack + 17),
              LOG_STR("address", c->addr));
-    if (peer_conn_send(c, PEER_F_HELLO_ACK, ack, 17 + (size_t)n, true, NULL) != 0)
+    if (peer_conn_send(c, PEER_F_HELLO_ACK, ack, 17 + n, true, NULL) != 0)
         peer_conn_close(c);
 }
 

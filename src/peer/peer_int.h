@@ -6,6 +6,7 @@
 
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdarg.h>
 
 #include "peer/peer.h"
 
@@ -170,6 +171,9 @@ struct peer_transport {
 void peer_put_u64(uint8_t *p, uint64_t v);
 uint64_t peer_get_u64(const uint8_t *p);
 void peer_frame_header(uint8_t *p, uint8_t type, uint32_t len);
+/* Formats a refusal's text into buf (UTIL_ERR_MAX bytes); returns its length
+ * without the NUL, truncated to fit. */
+size_t peer_vtext(char *buf, const char *fmt, va_list ap);
 /* Encodes m as a frame of the given type (PEER_F_MSG or PEER_F_SNAP_BEGIN).
  * Returns 0, -EINVAL (too large) or -ENOMEM. */
 int peer_msg_encode(const struct raft_msg *m, uint8_t type, struct peer_frame **out);

@@ -185,9 +185,8 @@ static int recv_fail(struct peer_conn *c, const char *fmt, ...) {
     uint8_t ack[1 + UTIL_ERR_MAX];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf((char *)ack + 1, UTIL_ERR_MAX, fmt, ap);
+    size_t n = peer_vtext((char *)ack + 1, fmt, ap);
     va_end(ap);
-    n = n < 0 ? 0 : n >= UTIL_ERR_MAX ? UTIL_ERR_MAX - 1 : n;
     ack[0] = PEER_ACK_FAILED;
     LOG_WARN(c->pt->lg, "failed to receive database snapshot",
              LOG_UINT("remote-peer-id", c->remote_id), LOG_STR("error", (char *)ack + 1));
@@ -195,7 +194,7 @@ static int recv_fail(struct peer_conn *c, const char *fmt, ...) {
         recv_free(c->sr, true);
         c->sr = NULL;
     }
-    if (peer_conn_send(c, PEER_F_SNAP_ACK, ack, 1 + (size_t)n, true, NULL) != 0)
+    if (peer_conn_send(c, PEER_F_SNAP_ACK, ack, 1 + n, true, NULL) != 0)
         peer_conn_close(c);
     return -1;
 }
