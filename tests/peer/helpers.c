@@ -1,7 +1,10 @@
 /* Fixture of the peer tests (see helpers.h). */
 #include "helpers.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +17,43 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#define PORTS_PER_PROGRAM 50
+
+static bool port_free(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
+void tport_pick(void) {
+    unsigned slots = 10000 / PORTS_PER_PROGRAM;
+    unsigned first = ((unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL)) % slots;
+    for (unsigned i = 0; i < slots; i++) {
+        int base = 20000 + (int)((first + i) % slots) * PORTS_PER_PROGRAM;
+        bool all = true;
+        for (int k = 0; k < PORTS_PER_PROGRAM && all; k++)
+            all = port_free(base + k);
+        if (all) {
+            char v[16];
+            snprintf(v, sizeof(v), "%d", base);
+            setenv("QUOIN_PEER_TEST_PORT", v, 1);
+            return;
+        }
+    }
+    fail_msg("no free range of %d ports in 20000-29999", PORTS_PER_PROGRAM);
+}
+
 int tport(int k) {
-    return 20000 + (int)((unsigned)getpid() * 53u % 199u) * 50 + k;
+    const char *v = getenv("QUOIN_PEER_TEST_PORT");
+    assert_non_null(v);
+    assert_true(k < PORTS_PER_PROGRAM);
+    return atoi(v) + k;
 }
 
 void msleep(int ms) {

@@ -22,8 +22,10 @@ struct tnode {
     size_t n_evs, cap_evs;
 };
 
-/* A base port in 20000-29999 chosen by process id, so that concurrent test
- * programs rarely collide; ports base .. base+49 are this program's. */
+/* Picks, once from main(), a range of 50 ports in 20000-29999 that are free
+ * now (starting from a slot chosen by process id and time, so concurrent test
+ * programs rarely race for the same one); tport(k) is its k-th port. */
+void tport_pick(void);
 int tport(int k);
 
 /* Starts a transport listening on 127.0.0.1:port (asserts). cfg may be NULL

@@ -271,6 +271,7 @@ int main(void) {
     uv_loop_t warm;
     uv_loop_init(&warm);
     uv_loop_close(&warm);
+    tport_pick();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_snapshot_transfer),
         cmocka_unit_test(test_snapshot_corruption_detected),
