@@ -180,9 +180,11 @@ int peer_msg_decode(const uint8_t *p, size_t len, const char *snap_path, uint64_
         s->meta.term = meta->term;
         if (cs) {
             s->meta.conf.n_voters = (uint32_t)cs->n_voters;
-            memcpy(s->meta.conf.voters, cs->voters, cs->n_voters * sizeof(uint64_t));
             s->meta.conf.n_learners = (uint32_t)cs->n_learners;
-            memcpy(s->meta.conf.learners, cs->learners, cs->n_learners * sizeof(uint64_t));
+            for (size_t i = 0; i < cs->n_voters; i++)
+                s->meta.conf.voters[i] = cs->voters[i];
+            for (size_t i = 0; i < cs->n_learners; i++)
+                s->meta.conf.learners[i] = cs->learners[i];
         }
         s->len = snap_len;
         m->snapshot = s;
