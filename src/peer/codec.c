@@ -186,7 +186,6 @@ int peer_msg_decode(const uint8_t *p, size_t len, const char *snap_path, uint64_
             for (size_t i = 0; i < cs->n_learners; i++)
                 s->meta.conf.learners[i] = cs->learners[i];
         }
-        s->len = snap_len;
         m->snapshot = s;
     }
     if (pm->n_entries) {
@@ -207,8 +206,12 @@ int peer_msg_decode(const uint8_t *p, size_t len, const char *snap_path, uint64_
         m->n_entries = pm->n_entries;
     }
     if (meta && snap_path) {
+        struct raft_snapshot *s = (struct raft_snapshot *)m->snapshot;
         strcpy((char *)cur, snap_path);
         ev->snap_path = (const char *)cur;
+        ev->snap_size = snap_len;
+        s->data = cur;
+        s->len = strlen(snap_path);
     }
     raftpb__message__free_unpacked(pm, NULL);
     *out = b;

@@ -40,7 +40,8 @@
  *   2. When cfg.notify fires (or on every loop turn), outside a Ready, drain
  *      peer_transport_recv_batch and for each event:
  *        PEER_EV_MSG          raft_step(r, &ev->msg)   (RAFT_MSG_SNAP: the
- *                             data is the file ev->snap_path, see below)
+ *                             snapshot's data is the path of the received
+ *                             file, see struct peer_event)
  *        PEER_EV_UNREACHABLE  raft_report_unreachable(r, ev->peer)
  *        PEER_EV_SNAP_STATUS  raft_report_snapshot(r, ev->peer, ev->failed)
  *      then peer_event_free(ev).
@@ -154,10 +155,14 @@ struct peer_event {
     uint64_t peer; /* the sender (MSG), or the member the report is about */
     bool failed;   /* SNAP_STATUS */
     struct raft_msg msg;
-    /* RAFT_MSG_SNAP only: the received, verified snapshot data, msg.snapshot
-     * ->len bytes, fsynced (msg.snapshot->data is NULL). The file is the
-     * caller's: rename it into place or unlink it. */
+    /* RAFT_MSG_SNAP only: the file holding the received, verified, fsynced
+     * snapshot data (snap_size bytes). The file is the caller's: rename it
+     * into place or unlink it. Raft treats snapshot data as opaque bytes and
+     * copies them, so msg.snapshot->data/len are the path itself (NUL not
+     * counted): raft_step(&ev->msg) works as is, and the Ready that installs
+     * the snapshot hands the path back in rd.snapshot->data. */
     const char *snap_path;
+    uint64_t snap_size;
 };
 
 /* Moves up to max events from the inbox into out, oldest first; returns how

@@ -178,7 +178,8 @@ size_t peer_vtext(char *buf, const char *fmt, va_list ap);
  * Returns 0, -EINVAL (too large) or -ENOMEM. */
 int peer_msg_encode(const struct raft_msg *m, uint8_t type, struct peer_frame **out);
 /* Decodes a raftpb.Message into a fresh inbox entry; snap_path (may be NULL)
- * and snap_len fill a MsgSnap's data. Returns 0, -EINVAL or -ENOMEM. */
+ * and snap_len describe a MsgSnap's received file (see struct peer_event).
+ * Returns 0, -EINVAL or -ENOMEM. */
 int peer_msg_decode(const uint8_t *p, size_t len, const char *snap_path, uint64_t snap_len,
                     struct peer_box **out);
 

@@ -114,8 +114,9 @@ static void test_snapshot_transfer(void **state) {
     assert_int_equal(ev->msg.term, 3);
     const struct raft_snapshot *rs = ev->msg.snapshot;
     assert_non_null(rs);
-    assert_null(rs->data);
-    assert_int_equal(rs->len, SNAP_SIZE);
+    assert_int_equal(ev->snap_size, SNAP_SIZE);
+    assert_int_equal(rs->len, strlen(ev->snap_path));
+    assert_memory_equal(rs->data, ev->snap_path, rs->len);
     assert_int_equal(rs->meta.index, 500);
     assert_int_equal(rs->meta.term, 3);
     assert_int_equal(rs->meta.conf.n_voters, 3);
