@@ -282,11 +282,13 @@ int peer_transport_stats(peer_transport_t *pt, uint64_t id, struct peer_stats *s
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&pt->mu);
     int rc = id ? -ENOENT : 0;
+    bool all = true, any = false;
     for (struct peer_remote *r = pt->peers; r; r = r->next) {
         if (r->removed || (id && r->id != id))
             continue;
         rc = 0;
-        st->connected = r->connected;
+        any = true;
+        all = all && r->connected;
         st->queued_msgs += r->q_msgs;
         st->queued_bytes += r->q_bytes;
         st->sent_msgs += r->sent;
@@ -295,6 +297,7 @@ int peer_transport_stats(peer_transport_t *pt, uint64_t id, struct peer_stats *s
         if (id)
             memcpy(st->last_error, r->last_error, sizeof(st->last_error));
     }
+    st->connected = any && all;
     if (!id)
         memcpy(st->last_error, pt->last_refusal, sizeof(st->last_error));
     pthread_mutex_unlock(&pt->mu);

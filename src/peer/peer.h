@@ -173,7 +173,7 @@ void peer_event_free(struct peer_event *ev);
 
 /* Counters, for metrics and tests. */
 struct peer_stats {
-    bool connected;     /* outgoing connection up */
+    bool connected;     /* outgoing stream up (id 0: to every peer) */
     size_t queued_msgs; /* waiting or being written */
     size_t queued_bytes;
     uint64_t sent_msgs;            /* handed to the kernel */
