@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <stdarg.h>
@@ -538,6 +539,104 @@ static void test_on_callers_loop(void **state) {
     assert_int_equal(fd_count(), fds);
 }
 
+static int raw_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
+/* Reads until the transport closes the connection; returns the bytes read
+ * before that (a refusal or an acknowledgement), or -1 on timeout. */
+static ssize_t read_until_closed(int fd, uint8_t *buf, size_t cap) {
+    size_t got = 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + got, cap - got);
+        if (r == 0 || (r < 0 && errno == ECONNRESET))
+            return (ssize_t)got;
+        if (r < 0)
+            return -1;
+        got += (size_t)r;
+        if (got == cap)
+            got = 0;
+    }
+}
+
+static void put_hello(uint8_t *f, uint64_t cluster, uint64_t from, uint64_t to) {
+    const uint8_t hdr[8] = {'q', 'r', 1, 1, 0, 0, 0, 25};
+    memcpy(f, hdr, 8);
+    for (int i = 0; i < 8; i++) {
+        f[8 + i] = (uint8_t)(cluster >> (56 - 8 * i));
+        f[16 + i] = (uint8_t)(from >> (56 - 8 * i));
+        f[24 + i] = (uint8_t)(to >> (56 - 8 * i));
+    }
+    f[32] = 0;
+}
+
+/* Whatever arrives on the peer port — another protocol, a truncated or
+ * oversized frame, a message that is not protobuf, a frame out of turn — the
+ * transport closes that connection and goes on serving real members. */
+static void test_garbage_input(void **state) {
+    (void)state;
+    int fds = fd_count();
+    struct tnode a = {0}, b = {0};
+    tnode_start(&a, CLUSTER, 1, tport(0), NULL);
+    tnode_know(&a, 2, tport(1));
+    uint8_t buf[4096];
+
+    int fd = raw_connect(tport(0));
+    const char http[] = "GET /raft/stream/message/1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(write(fd, http, sizeof(http) - 1), (ssize_t)sizeof(http) - 1);
+    assert_int_equal(read_until_closed(fd, buf, sizeof(buf)), 0);
+    close(fd);
+
+    uint8_t hello[33];
+    put_hello(hello, CLUSTER, 2, 1);
+    const uint8_t short_hello[8 + 3] = {'q', 'r', 1, 1, 0, 0, 0, 3, 1, 2, 3};
+    const uint8_t huge[8] = {'q', 'r', 1, 3, 0x7f, 0xff, 0xff, 0xff};
+    const uint8_t not_pb[8 + 4] = {'q', 'r', 1, 3, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff};
+    const uint8_t local_type[8 + 2] = {'q', 'r', 1, 3, 0, 0, 0, 2, 0x08, 0x00}; /* MsgHup */
+    const uint8_t out_of_turn[8 + 1] = {'q', 'r', 1, 7, 0, 0, 0, 1, 0};
+    struct {
+        const uint8_t *frame;
+        size_t len;
+        bool after_hello;
+    } cases[] = {
+        {short_hello, sizeof(short_hello), false},
+        {huge, sizeof(huge), true},
+        {not_pb, sizeof(not_pb), true},
+        {local_type, sizeof(local_type), true},
+        {out_of_turn, sizeof(out_of_turn), true},
+        {hello, sizeof(hello), true},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fd = raw_connect(tport(0));
+        if (cases[i].after_hello)
+            assert_int_equal(write(fd, hello, sizeof(hello)), (ssize_t)sizeof(hello));
+        assert_int_equal(write(fd, cases[i].frame, cases[i].len), (ssize_t)cases[i].len);
+        ssize_t n = read_until_closed(fd, buf, sizeof(buf));
+        /* A HELLO_ACK (8 + 17 bytes) when the handshake was sound, else nothing. */
+        assert_int_equal(n, cases[i].after_hello ? 25 : 0);
+        close(fd);
+    }
+
+    tnode_start(&b, CLUSTER, 2, tport(1), NULL);
+    tnode_know(&b, 1, tport(0));
+    assert_true(tnode_connected(&b, 1, 5000));
+    struct raft_msg m = {.type = RAFT_MSG_HEARTBEAT, .to = 1, .from = 2, .term = 4};
+    assert_int_equal(peer_transport_send(b.pt, &m), 0);
+    size_t want = 1;
+    assert_true(tnode_wait(&a, has_msgs, &want, 5000));
+    assert_int_equal(a.evs[0]->msg.term, 4);
+    tnode_stop(&a, false);
+    tnode_stop(&b, false);
+    assert_int_equal(fd_count(), fds);
+}
+
 int main(void) {
     /* libuv opens process-wide descriptors with the first loop; open them
      * before any test takes its descriptor baseline. */
@@ -556,6 +655,7 @@ int main(void) {
         cmocka_unit_test(test_inbox_bound),
         cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_on_callers_loop),
+        cmocka_unit_test(test_garbage_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
