@@ -98,13 +98,22 @@ static void on_chunk_written(uv_write_t *req, int status) {
         read_next(ss);
 }
 
+static void send_chunk(struct peer_snap_send *ss, ssize_t n);
+
+/* The request is counted until the very end: on a caller's loop, the last
+ * count released while closing frees the transport. */
 static void on_chunk_read(uv_fs_t *req) {
     struct peer_snap_send *ss = req->data;
     peer_transport_t *pt = ss->pt;
     ssize_t n = req->result;
     uv_fs_req_cleanup(req);
     ss->reading = false;
+    send_chunk(ss, n);
     peer_fs_done(pt);
+}
+
+/* Sends what a read returned: a chunk, or the end of the stream. */
+static void send_chunk(struct peer_snap_send *ss, ssize_t n) {
     if (!ss->conn) {
         send_finish(ss, true, "connection closed");
         return;
@@ -128,6 +137,7 @@ static void on_chunk_read(uv_fs_t *req) {
         return;
     }
 #ifdef QUOIN_TESTING
+    peer_transport_t *pt = ss->pt;
     pthread_mutex_lock(&pt->mu);
     if (pt->corrupt_at >= ss->sent && pt->corrupt_at - ss->sent < (uint64_t)n) {
         data[pt->corrupt_at - ss->sent] ^= 0x5a;
@@ -178,6 +188,18 @@ static void recv_free(struct peer_snap_recv *sr, bool discard) {
     free(sr);
 }
 
+/* Lets go of c's incoming snapshot: freed (and its file removed) now, or by
+ * the fsync in flight when it returns. */
+static void recv_detach(struct peer_conn *c) {
+    struct peer_snap_recv *sr = c->sr;
+    if (!sr)
+        return;
+    c->sr = NULL;
+    sr->conn = NULL;
+    if (!sr->syncing)
+        recv_free(sr, true);
+}
+
 /* Refuses the snapshot: the sender learns why, the partial file goes. */
 static int recv_fail(struct peer_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -190,10 +212,7 @@ static int recv_fail(struct peer_conn *c, const char *fmt, ...) {
     ack[0] = PEER_ACK_FAILED;
     LOG_WARN(c->pt->lg, "failed to receive database snapshot",
              LOG_UINT("remote-peer-id", c->remote_id), LOG_STR("error", (char *)ack + 1));
-    if (c->sr) {
-        recv_free(c->sr, true);
-        c->sr = NULL;
-    }
+    recv_detach(c);
     if (peer_conn_send(c, PEER_F_SNAP_ACK, ack, 1 + n, true, NULL) != 0)
         peer_conn_close(c);
     return -1;
@@ -373,11 +392,5 @@ void peer_snap_on_close(struct peer_conn *c) {
         ss->conn = NULL;
         send_finish(ss, true, "connection closed before the receiver confirmed the snapshot");
     }
-    if (c->sr) {
-        struct peer_snap_recv *sr = c->sr;
-        c->sr = NULL;
-        sr->conn = NULL;
-        if (!sr->syncing)
-            recv_free(sr, true);
-    }
+    recv_detach(c);
 }
