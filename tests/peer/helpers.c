@@ -223,3 +223,19 @@ bool tnode_connected(struct tnode *a, uint64_t b, int timeout_ms) {
     struct conn_arg arg = {b};
     return tnode_wait(a, is_connected, &arg, timeout_ms);
 }
+
+struct error_arg {
+    uint64_t id;
+    const char *text;
+};
+
+static bool has_peer_error(struct tnode *n, void *arg) {
+    const struct error_arg *e = arg;
+    struct peer_stats st;
+    return peer_transport_stats(n->pt, e->id, &st) == 0 && strstr(st.last_error, e->text);
+}
+
+bool tnode_peer_error(struct tnode *n, uint64_t id, const char *text, int timeout_ms) {
+    struct error_arg arg = {id, text};
+    return tnode_wait(n, has_peer_error, &arg, timeout_ms);
+}

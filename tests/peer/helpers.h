@@ -46,6 +46,10 @@ size_t tnode_count(const struct tnode *n, enum peer_event_type type, int msg_typ
 /* Waits until a's stream to b is up. */
 bool tnode_connected(struct tnode *a, uint64_t b, int timeout_ms);
 
+/* Waits until n's stats for member id (0: the transport's own refusals)
+ * carry an error containing text. */
+bool tnode_peer_error(struct tnode *n, uint64_t id, const char *text, int timeout_ms);
+
 /* Open descriptors of this process. */
 int fd_count(void);
 /* Sleeps ms milliseconds. */

@@ -192,11 +192,10 @@ static void test_redial_after_restart(void **state) {
     assert_int_equal(peer_transport_send(nodes[0].pt, &m), -ENOTCONN);
     /* Reports are coalesced: one "unreachable" waits at a time. */
     assert_int_equal(peer_transport_send(nodes[0].pt, &m), -ENOTCONN);
-    msleep(300); /* several redials fail meanwhile */
+    assert_true(tnode_peer_error(&nodes[0], 2, "connect: connection refused", 5000));
     struct peer_stats st;
     assert_int_equal(peer_transport_stats(nodes[0].pt, 2, &st), 0);
     assert_false(st.connected);
-    assert_non_null(strstr(st.last_error, "connect: connection refused"));
 
     tnode_start(&nodes[1], CLUSTER, 2, tport(1), NULL);
     tnode_know(&nodes[1], 1, tport(0));
@@ -231,11 +230,10 @@ static void test_membership_updates(void **state) {
     assert_int_equal(peer_transport_send(a.pt, &m), -ENOENT);
     /* b's stream to a is refused from now on. */
     assert_true(tnode_wait(&b, has_unreachable, NULL, 5000));
-    msleep(100);
+    assert_true(tnode_peer_error(&b, 1, "sender not found", 5000));
     struct peer_stats st;
     assert_int_equal(peer_transport_stats(b.pt, 1, &st), 0);
     assert_false(st.connected);
-    assert_non_null(strstr(st.last_error, "sender not found"));
     const uint64_t self = 1;
     assert_int_equal(peer_transport_set_peer(a.pt, self, (const char *const[]){"http://x:1"}, 1),
                      -EINVAL);
@@ -336,12 +334,6 @@ static void test_backpressure_never_reading_peer(void **state) {
     assert_int_equal(fd_count(), fds);
 }
 
-static bool has_refusal(struct tnode *n, void *arg) {
-    struct peer_stats st;
-    peer_transport_stats(n->pt, 0, &st);
-    return strstr(st.last_error, (const char *)arg) != NULL;
-}
-
 /* Members of different clusters refuse each other on both sides, each side
  * naming both cluster ids; a dial to the wrong member id is refused too. */
 static void test_cluster_id_mismatch(void **state) {
@@ -352,15 +344,15 @@ static void test_cluster_id_mismatch(void **state) {
     tnode_start(&b, 0xbbb2, 2, tport(1), NULL);
     tnode_know(&a, 2, tport(1));
     tnode_know(&b, 1, tport(0));
-    assert_true(tnode_wait(&a, has_refusal, "request cluster ID mismatch", 5000));
-    assert_true(tnode_wait(&b, has_refusal, "request cluster ID mismatch", 5000));
+    assert_true(tnode_peer_error(&a, 0, "request cluster ID mismatch", 5000));
+    assert_true(tnode_peer_error(&b, 0, "request cluster ID mismatch", 5000));
     struct peer_stats st;
     peer_transport_stats(a.pt, 0, &st);
     assert_non_null(strstr(st.last_error, "aaa1"));
     assert_non_null(strstr(st.last_error, "bbb2"));
-    msleep(50);
     for (int side = 0; side < 2; side++) {
         struct tnode *n = side ? &b : &a;
+        assert_true(tnode_peer_error(n, side ? 1 : 2, "cluster ID mismatch", 5000));
         assert_int_equal(peer_transport_stats(n->pt, side ? 1 : 2, &st), 0);
         assert_false(st.connected);
         assert_non_null(strstr(st.last_error, "cluster ID mismatch"));
@@ -377,10 +369,10 @@ static void test_cluster_id_mismatch(void **state) {
     tnode_start(&c, 0xaaa1, 3, tport(2), NULL);
     tnode_know(&b, 3, tport(2));
     tnode_know(&c, 9, tport(1));
-    assert_true(tnode_wait(&b, has_refusal, "to field mismatch", 5000));
+    assert_true(tnode_peer_error(&b, 0, "to field mismatch", 5000));
     peer_transport_stats(b.pt, 0, &st);
     assert_non_null(strstr(st.last_error, "asked for 9"));
-    msleep(50);
+    assert_true(tnode_peer_error(&c, 9, "to field mismatch", 5000));
     assert_int_equal(peer_transport_stats(c.pt, 9, &st), 0);
     assert_false(st.connected);
     assert_non_null(strstr(st.last_error, "to field mismatch"));
@@ -437,7 +429,13 @@ static void test_inbox_bound(void **state) {
         msleep(10);
     }
     assert_int_equal(st.sent_msgs, 100);
-    msleep(100);
+    for (int i = 0; i < 500; i++) {
+        assert_int_equal(peer_transport_stats(b.pt, 1, &st), 0);
+        if (st.received_msgs == 100)
+            break;
+        msleep(10);
+    }
+    assert_int_equal(st.received_msgs, 100);
     struct peer_event *evs[200];
     size_t n = peer_transport_recv_batch(b.pt, evs, 200);
     assert_int_equal(n, 10);
@@ -448,11 +446,6 @@ static void test_inbox_bound(void **state) {
     tnode_stop(&a, false);
     tnode_stop(&b, false);
     assert_int_equal(fd_count(), fds);
-}
-
-static bool has_error(struct tnode *n, void *arg) {
-    struct peer_stats st;
-    return peer_transport_stats(n->pt, 2, &st) == 0 && strstr(st.last_error, (const char *)arg);
 }
 
 /* A peer address that accepts connections but never answers does not hold
@@ -472,7 +465,7 @@ static void test_handshake_timeout(void **state) {
         .handshake_timeout_ms = 100, .backoff_min_ms = 20, .backoff_max_ms = 50};
     tnode_start(&a, CLUSTER, 1, tport(0), &cfg);
     tnode_know(&a, 2, tport(9));
-    assert_true(tnode_wait(&a, has_error, "timed out after 100 ms", 3000));
+    assert_true(tnode_peer_error(&a, 2, "timed out after 100 ms", 3000));
     struct raft_msg m = {.type = RAFT_MSG_HEARTBEAT, .to = 2, .from = 1};
     assert_int_equal(peer_transport_send(a.pt, &m), -ENOTCONN);
     tnode_stop(&a, false);

@@ -254,7 +254,8 @@ static void test_close_during_transfer(void **state) {
         msleep(5);
         if (round == 0) {
             tnode_stop(&a, false);
-            msleep(200);
+            for (int i = 0; i < 500 && partial_entries(b.dir) > 0; i++)
+                msleep(10);
             assert_int_equal(partial_entries(b.dir), 0);
             tnode_stop(&b, false);
         } else {
