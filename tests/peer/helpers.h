@@ -50,8 +50,14 @@ bool tnode_connected(struct tnode *a, uint64_t b, int timeout_ms);
  * carry an error containing text. */
 bool tnode_peer_error(struct tnode *n, uint64_t id, const char *text, int timeout_ms);
 
+/* Entries of directory path (dot files aside) whose name contains part
+ * (NULL: all). */
+size_t dir_count(const char *path, const char *part);
 /* Open descriptors of this process. */
 int fd_count(void);
+/* What every test program's main() does first: opens libuv's process-wide
+ * descriptors (so that descriptor baselines are stable) and picks ports. */
+void tmain_setup(void);
 /* Sleeps ms milliseconds. */
 void msleep(int ms);
 

@@ -631,12 +631,7 @@ static void test_garbage_input(void **state) {
 }
 
 int main(void) {
-    /* libuv opens process-wide descriptors with the first loop; open them
-     * before any test takes its descriptor baseline. */
-    uv_loop_t warm;
-    uv_loop_init(&warm);
-    uv_loop_close(&warm);
-    tport_pick();
+    tmain_setup();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_type_with_entries),
         cmocka_unit_test(test_order_per_peer),

@@ -309,11 +309,7 @@ static void test_snapshot_catch_up(void **state) {
 }
 
 int main(void) {
-    /* libuv opens process-wide descriptors with its first loop. */
-    uv_loop_t warm;
-    uv_loop_init(&warm);
-    uv_loop_close(&warm);
-    tport_pick();
+    tmain_setup();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replication_over_tcp),
         cmocka_unit_test(test_snapshot_catch_up),

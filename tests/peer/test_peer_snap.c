@@ -1,7 +1,6 @@
 /* Snapshot streaming tests: a few MiB cross between two transports and land
  * verified in the receiver's directory; a byte flipped in transit is caught,
  * the partial file removed and the sender told; descriptors come back. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -51,17 +50,6 @@ static int snap_file(size_t len, uint8_t **data) {
     assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
     *data = d;
     return fd;
-}
-
-static size_t dir_entries(const char *path) {
-    DIR *d = opendir(path);
-    assert_non_null(d);
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
 }
 
 static void pair(struct tnode *a, struct tnode *b) {
@@ -135,7 +123,7 @@ static void test_snapshot_transfer(void **state) {
     close(rfd);
     free(back);
     free(data);
-    assert_int_equal(dir_entries(b.dir), 1);
+    assert_int_equal(dir_count(b.dir, NULL), 1);
     assert_int_equal(tnode_count(&b, PEER_EV_MSG, RAFT_MSG_HEARTBEAT), 1);
     tnode_stop(&a, false);
     tnode_stop(&b, false);
@@ -161,7 +149,7 @@ static void test_snapshot_corruption_detected(void **state) {
     assert_int_equal(a.evs[0]->peer, 2);
     msleep(100);
     assert_false(tnode_wait(&b, has_snap_msg, NULL, 100));
-    assert_int_equal(dir_entries(b.dir), 0);
+    assert_int_equal(dir_count(b.dir, NULL), 0);
     tnode_clear(&a);
     free(data);
 
@@ -224,17 +212,6 @@ static void test_partial_files_removed_at_start(void **state) {
     tnode_stop(&a, false);
 }
 
-static size_t partial_entries(const char *path) {
-    DIR *d = opendir(path);
-    assert_non_null(d);
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += strstr(e->d_name, ".partial") != NULL;
-    closedir(d);
-    return n;
-}
-
 /* Closing either side in the middle of transfers leaks nothing (ASan),
  * leaves no partial file and no descriptor. */
 static void test_close_during_transfer(void **state) {
@@ -254,9 +231,9 @@ static void test_close_during_transfer(void **state) {
         msleep(5);
         if (round == 0) {
             tnode_stop(&a, false);
-            for (int i = 0; i < 500 && partial_entries(b.dir) > 0; i++)
+            for (int i = 0; i < 500 && dir_count(b.dir, ".partial") > 0; i++)
                 msleep(10);
-            assert_int_equal(partial_entries(b.dir), 0);
+            assert_int_equal(dir_count(b.dir, ".partial"), 0);
             tnode_stop(&b, false);
         } else {
             tnode_stop(&b, false);
@@ -268,12 +245,7 @@ static void test_close_during_transfer(void **state) {
 }
 
 int main(void) {
-    /* libuv opens process-wide descriptors with its first loop; open them
-     * before any test takes its descriptor baseline. */
-    uv_loop_t warm;
-    uv_loop_init(&warm);
-    uv_loop_close(&warm);
-    tport_pick();
+    tmain_setup();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_snapshot_transfer),
         cmocka_unit_test(test_snapshot_corruption_detected),
