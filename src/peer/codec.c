@@ -2,6 +2,7 @@
  * the frame header every peer frame starts with. */
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,11 @@ uint64_t peer_get_u64(const uint8_t *p) {
     for (int i = 0; i < 8; i++)
         v = v << 8 | p[i];
     return v;
+}
+
+const char *peer_hex(uint64_t id, char *buf) {
+    snprintf(buf, 17, "%" PRIx64, id);
+    return buf;
 }
 
 size_t peer_vtext(char *buf, const char *fmt, va_list ap) {

@@ -70,7 +70,7 @@ void peer_inbox_push(peer_transport_t *pt, struct peer_box *b) {
         (pt->in_msgs >= pt->cfg.max_inbox_msgs ||
          pt->in_bytes + b->size > pt->cfg.max_inbox_bytes)) {
         pthread_mutex_unlock(&pt->mu);
-        LOG_DEBUG(pt->lg, "dropped a peer message: inbox full", LOG_UINT("from", b->ev.peer));
+        LOG_DEBUG(pt->lg, "dropped a peer message: inbox full", PEER_LOG_ID("from", b->ev.peer));
         free(b);
         return;
     }
@@ -347,7 +347,7 @@ static void on_conn_closed(uv_handle_t *h) {
         pthread_mutex_unlock(&pt->mu);
         if (was && !closing)
             LOG_WARN(pt->lg, "lost TCP streaming connection with remote peer",
-                     LOG_UINT("remote-peer-id", r->id));
+                     PEER_LOG_ID("remote-peer-id", r->id));
         if (notify && pt->cfg.notify)
             pt->cfg.notify(pt->cfg.notify_arg);
         if (removed)
@@ -582,7 +582,7 @@ static int on_hello_ack(struct peer_conn *c, const uint8_t *p, size_t len) {
                  c->remote_id, member, cid, pt->cfg.member_id, pt->cfg.cluster_id, tl,
                  (const char *)p + 17);
         LOG_ERROR(pt->lg, "peer refused the connection", LOG_STR("error", msg),
-                  LOG_UINT("remote-peer-id", c->remote_id));
+                  PEER_LOG_ID("remote-peer-id", c->remote_id));
         if (c->remote)
             set_error(pt, c->remote, "%s", msg);
         peer_conn_close(c);
@@ -601,7 +601,7 @@ static int on_hello_ack(struct peer_conn *c, const uint8_t *p, size_t len) {
     r->backoff_ms = pt->cfg.backoff_min_ms;
     uv_timer_stop(&r->timer);
     LOG_INFO(pt->lg, "established TCP streaming connection with remote peer",
-             LOG_UINT("remote-peer-id", r->id));
+             PEER_LOG_ID("remote-peer-id", r->id));
     flush(pt, r);
     return 0;
 }
@@ -617,7 +617,7 @@ static int on_stream_msg(struct peer_conn *c, const uint8_t *p, size_t len) {
     }
     if (rc == -EINVAL) {
         LOG_WARN(pt->lg, "closing a peer stream: malformed message",
-                 LOG_UINT("remote-peer-id", c->remote_id));
+                 PEER_LOG_ID("remote-peer-id", c->remote_id));
         peer_conn_close(c);
         return -1;
     }

@@ -167,7 +167,12 @@ struct peer_transport {
 #endif
 };
 
+/* A member id in a log line, as etcd writes it (hex); the buffer lives as
+ * long as the enclosing block. */
+#define PEER_LOG_ID(k, id) LOG_STR((k), peer_hex((id), (char[17]){0}))
+
 /* codec.c */
+const char *peer_hex(uint64_t id, char *buf);
 void peer_put_u64(uint8_t *p, uint64_t v);
 uint64_t peer_get_u64(const uint8_t *p);
 void peer_frame_header(uint8_t *p, uint8_t type, uint32_t len);

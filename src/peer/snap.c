@@ -55,10 +55,10 @@ static void send_finish(struct peer_snap_send *ss, bool failed, const char *why)
     if (!ss->done) {
         ss->done = true;
         if (failed)
-            LOG_WARN(pt->lg, "failed to send database snapshot", LOG_UINT("remote-peer-id", ss->to),
-                     LOG_STR("error", why));
+            LOG_WARN(pt->lg, "failed to send database snapshot",
+                     PEER_LOG_ID("remote-peer-id", ss->to), LOG_STR("error", why));
         else
-            LOG_INFO(pt->lg, "sent database snapshot", LOG_UINT("remote-peer-id", ss->to),
+            LOG_INFO(pt->lg, "sent database snapshot", PEER_LOG_ID("remote-peer-id", ss->to),
                      LOG_UINT("bytes", ss->sent));
         peer_report_snapshot(pt, ss->to, failed);
     }
@@ -211,7 +211,7 @@ static int recv_fail(struct peer_conn *c, const char *fmt, ...) {
     va_end(ap);
     ack[0] = PEER_ACK_FAILED;
     LOG_WARN(c->pt->lg, "failed to receive database snapshot",
-             LOG_UINT("remote-peer-id", c->remote_id), LOG_STR("error", (char *)ack + 1));
+             PEER_LOG_ID("remote-peer-id", c->remote_id), LOG_STR("error", (char *)ack + 1));
     recv_detach(c);
     if (peer_conn_send(c, PEER_F_SNAP_ACK, ack, 1 + n, true, NULL) != 0)
         peer_conn_close(c);
@@ -318,7 +318,7 @@ static void on_synced(uv_fs_t *req) {
     if (peer_msg_decode(sr->begin, sr->begin_len, final, sr->got, &b) != 0)
         goto oom;
     LOG_INFO(pt->lg, "received and saved database snapshot",
-             LOG_UINT("remote-peer-id", c->remote_id), LOG_STR("path", final),
+             PEER_LOG_ID("remote-peer-id", c->remote_id), LOG_STR("path", final),
              LOG_UINT("bytes", sr->got));
     recv_free(sr, false);
     c->sr = NULL;

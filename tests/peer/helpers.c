@@ -122,7 +122,9 @@ void tnode_start(struct tnode *n, uint64_t cluster, uint64_t id, int port,
     struct util_err err = {0};
     char url[64];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", port);
-    assert_int_equal(peer_transport_new(NULL, NULL, &n->pt, &err), 0);
+    const char *out = getenv("QUOIN_PEER_TEST_LOG");
+    assert_int_equal(log_open(LOG_LEVEL_DEBUG, out ? out : "/dev/null", &n->lg, &err), 0);
+    assert_int_equal(peer_transport_new(NULL, n->lg, &n->pt, &err), 0);
     int rc = peer_transport_listen(n->pt, url, &err);
     if (rc != 0)
         fail_msg("listen %s: %s", url, err.msg);
@@ -156,6 +158,8 @@ static void rm_dir(const char *path) {
 void tnode_stop(struct tnode *n, bool keep_dir) {
     peer_transport_close(n->pt, NULL, NULL);
     n->pt = NULL;
+    log_close(n->lg);
+    n->lg = NULL;
     tnode_clear(n);
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->cv);

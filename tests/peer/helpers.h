@@ -12,6 +12,7 @@
 
 struct tnode {
     peer_transport_t *pt;
+    log_t *lg; /* debug level, to $QUOIN_PEER_TEST_LOG or /dev/null: every log line runs */
     uint64_t cluster, id;
     int port;
     char dir[64]; /* snapshot directory, removed by tnode_stop */
