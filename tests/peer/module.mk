@@ -14,3 +14,15 @@ tsan-peer:
 	    $(shell pkg-config --libs libuv libprotobuf-c openssl) -lcmocka -lpthread -lm || exit 1; \
 	  TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/peer/tsan.supp" ./build/tsan/$$t || exit 1; \
 	done
+
+# Peer transport benchmark: `make bench-peer` (never part of `make test`).
+# Release build, niced; BENCH_PEER_PORT is the first of the two ports it uses.
+BENCH_PEER_PORT ?= 23790
+.PHONY: bench-peer
+bench-peer:
+	@$(MAKE) --no-print-directory MODE=release build/tests/peer/bench_peer
+	nice ./build/tests/peer/bench_peer $(BENCH_PEER_PORT)
+
+build/tests/peer/bench_peer: build/obj/tests/peer/bench_peer.o build/libquoin-core.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
