@@ -58,19 +58,15 @@ static bool inbox_append_locked(peer_transport_t *pt, struct peer_box *b) {
     return was_empty;
 }
 
+/* Whether the inbox has reached its bound; pt->mu held. */
+static bool inbox_full_locked(const peer_transport_t *pt) {
+    return pt->in_msgs >= pt->cfg.max_inbox_msgs || pt->in_bytes >= pt->cfg.max_inbox_bytes;
+}
+
 void peer_inbox_push(peer_transport_t *pt, struct peer_box *b) {
-    bool snap = b->ev.type == PEER_EV_MSG && b->ev.msg.type == RAFT_MSG_SNAP;
     pthread_mutex_lock(&pt->mu);
     if (pt->closing) {
         pthread_mutex_unlock(&pt->mu);
-        free(b);
-        return;
-    }
-    if (b->ev.type == PEER_EV_MSG && !snap &&
-        (pt->in_msgs >= pt->cfg.max_inbox_msgs ||
-         pt->in_bytes + b->size > pt->cfg.max_inbox_bytes)) {
-        pthread_mutex_unlock(&pt->mu);
-        LOG_DEBUG(pt->lg, "dropped a peer message: inbox full", PEER_LOG_ID("from", b->ev.peer));
         free(b);
         return;
     }
@@ -111,6 +107,7 @@ static bool report_unreachable_locked(peer_transport_t *pt, struct peer_remote *
 
 size_t peer_transport_recv_batch(peer_transport_t *pt, struct peer_event **out, size_t max) {
     size_t n = 0;
+    bool resume = false;
     pthread_mutex_lock(&pt->mu);
     while (n < max && pt->in_head) {
         struct peer_box *b = pt->in_head;
@@ -127,7 +124,16 @@ size_t peer_transport_recv_batch(peer_transport_t *pt, struct peer_event **out, 
         b->next = NULL;
         out[n++] = &b->ev;
     }
+    /* Reading resumes once the raft thread has caught up by half, so that
+     * paused streams do not flap around the bound. */
+    if (pt->in_paused && pt->in_msgs <= pt->cfg.max_inbox_msgs / 2 &&
+        pt->in_bytes <= pt->cfg.max_inbox_bytes / 2) {
+        pt->in_paused = false;
+        resume = true;
+    }
     pthread_mutex_unlock(&pt->mu);
+    if (resume)
+        uv_async_send(&pt->wake);
     return n;
 }
 
@@ -676,6 +682,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     memmove(c->rbuf.data, c->rbuf.data + off, c->rbuf.len - off);
     c->rbuf.len -= off;
+    /* A full inbox stops reading from the streams: TCP then pushes back to
+     * the senders' bounded queues instead of messages being lost here. */
+    if (!c->outgoing && c->kind == PEER_KIND_STREAM) {
+        pthread_mutex_lock(&c->pt->mu);
+        bool full = inbox_full_locked(c->pt);
+        if (full)
+            c->pt->in_paused = true;
+        pthread_mutex_unlock(&c->pt->mu);
+        if (full && uv_read_stop((uv_stream_t *)&c->tcp) == 0)
+            c->paused = true;
+    }
     /* One large frame must not pin its buffer for the connection's life. */
     if (c->rbuf.cap > 16 * READ_ROOM && c->rbuf.len <= READ_ROOM) {
         char *p = realloc(c->rbuf.data, READ_ROOM);
@@ -896,14 +913,22 @@ static void on_wake(uv_async_t *a) {
         }
         r = next;
     }
+    pthread_mutex_lock(&pt->mu);
+    bool paused = pt->in_paused;
+    pthread_mutex_unlock(&pt->mu);
     for (struct peer_conn *c = pt->conns; c; c = c->next) {
         if (c->outgoing || c->state != PEER_CONN_OPEN)
             continue;
         pthread_mutex_lock(&pt->mu);
         bool known = peer_find(pt, c->remote_id) != NULL;
         pthread_mutex_unlock(&pt->mu);
-        if (!known)
+        if (!known) {
             peer_conn_close(c);
+        } else if (c->paused && !paused) {
+            c->paused = false;
+            if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+                peer_conn_close(c);
+        }
     }
     while (snaps) {
         struct peer_snap_send *next = snaps->next;

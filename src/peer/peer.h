@@ -52,9 +52,11 @@
  * connected, or its queue holds cfg.max_queue_msgs messages or
  * cfg.max_queue_bytes bytes (counted until the kernel took them); Raft
  * retransmits. A disconnected peer is redialled with exponential backoff and
- * jitter. The inbox drops received messages past its own bounds (snapshot
- * messages and reports are never dropped; reports are at most one pending
- * "unreachable" per peer and one outcome per snapshot sent).
+ * jitter. A full inbox stops the transport reading from its peers (TCP flow
+ * control then fills the senders' queues, whose sends fail as above) until
+ * the raft thread has drained it by half; it overshoots its bound by at most
+ * what one read of each stream held (64 KiB, or one large frame). Reports are
+ * at most one pending "unreachable" per peer and one outcome per snapshot.
  *
  * ERRORS: 0 or a negative errno-style code, as listed per function.
  */
@@ -78,9 +80,11 @@ struct peer_config {
     /* Directory where received snapshots are written (must exist, same file
      * system as where the server keeps them, so it can rename them). */
     const char *snap_dir;
-    size_t max_queue_msgs;   /* per peer; 0: 4096 */
-    size_t max_queue_bytes;  /* per peer; 0: 64 MiB */
-    size_t max_inbox_msgs;   /* received messages not yet drained; 0: 8192 */
+    size_t max_queue_msgs;  /* per peer; 0: 4096 */
+    size_t max_queue_bytes; /* per peer; 0: 64 MiB */
+    /* Received and not yet drained: at this bound the transport stops
+     * reading its streams until the inbox is half empty again. */
+    size_t max_inbox_msgs;   /* 0: 8192 */
     size_t max_inbox_bytes;  /* 0: 128 MiB */
     unsigned backoff_min_ms; /* first redial delay; 0: 100 */
     unsigned backoff_max_ms; /* cap of the doubling delay; 0: 5000 */

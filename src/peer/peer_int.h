@@ -125,6 +125,7 @@ struct peer_conn {
     struct peer_snap_recv *sr;  /* incoming snapshot */
     char addr[UTIL_ADDR_MAX];
     struct util_buf rbuf;
+    bool paused; /* reading stopped: the inbox is full */
 };
 
 /* An inbox entry: the public event first, so peer_event_free can free it. */
@@ -160,6 +161,7 @@ struct peer_transport {
     struct peer_snap_send *snap_pending;
     struct peer_box *in_head, *in_tail;
     size_t in_msgs, in_bytes;
+    bool in_paused; /* streams stopped reading until the inbox drains by half */
     uint64_t refused;
     char last_refusal[UTIL_ERR_MAX];
 #ifdef QUOIN_TESTING
