@@ -181,7 +181,7 @@ struct peer_stats {
     size_t queued_msgs; /* waiting or being written */
     size_t queued_bytes;
     uint64_t sent_msgs;            /* handed to the kernel */
-    uint64_t dropped_msgs;         /* refused by peer_transport_send */
+    uint64_t dropped_msgs;         /* refused by send, or lost with a broken stream */
     uint64_t received_msgs;        /* delivered to the inbox */
     char last_error[UTIL_ERR_MAX]; /* why the last dial or handshake failed */
 };
