@@ -4,6 +4,7 @@
  * the member cannot start or fails; 2 for a bad command line, environment or
  * config file (as etcd's flag parsing does). */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -14,6 +15,9 @@
 extern char **environ;
 
 int main(int argc, char **argv) {
+    /* A write to a socket the peer has closed must fail with EPIPE, not kill
+     * the member. */
+    signal(SIGPIPE, SIG_IGN);
     struct config *cfg = NULL;
     struct util_err err = {0};
     int rc = config_parse(argc, argv, environ, &cfg, &err);
