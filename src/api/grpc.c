@@ -333,6 +333,9 @@ static void note_drained(api_call_t *call, size_t n) {
         call->method->on_writable(call, call->method->arg);
 }
 
+/* nghttp2 wants the next DATA frame of a call: says how much, and leaves the
+ * copying to send_data (NO_COPY), which puts the bytes straight into the
+ * connection's output, saving nghttp2's own copy. */
 static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *user) {
     api_call_t *call = src->ptr;
@@ -340,10 +343,33 @@ static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
     size_t n = avail < length ? avail : length;
     (void)s;
     (void)sid;
+    (void)buf;
     (void)user;
-    if (n)
-        memcpy(buf, call->out.data + call->out_off, n);
-    call->out_off += n;
+    if (n == 0 && !call->status_set) {
+        call->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (n == avail && call->status_set) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (submit_trailers(call, false) != 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (n > 0)
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    return (ssize_t)n;
+}
+
+/* Writes a DATA frame data_read sized: its header, then the call's bytes. */
+static int send_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd, size_t length,
+                     nghttp2_data_source *src, void *user) {
+    struct api_conn *c = user;
+    api_call_t *call = src->ptr;
+    (void)s;
+    assert(c->sink && f->data.padlen == 0 && length <= call->out.len - call->out_off);
+    if (util_buf_append(c->sink, framehd, 9) != 0 ||
+        util_buf_append(c->sink, call->out.data + call->out_off, length) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    call->out_off += length;
     if (call->out_off == call->out.len) {
         /* Drained: a long-lived stream does not keep a big burst's buffer. */
         if (call->out.cap > STREAM_BUF_KEEP)
@@ -354,19 +380,8 @@ static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
         call->out.len -= call->out_off;
         call->out_off = 0;
     }
-    if (n > 0)
-        note_drained(call, n);
-    if (call->out.len == 0) {
-        if (call->status_set) {
-            *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            if (submit_trailers(call, false) != 0)
-                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        } else if (n == 0) {
-            call->deferred = true;
-            return NGHTTP2_ERR_DEFERRED;
-        }
-    }
-    return (ssize_t)n;
+    note_drained(call, length);
+    return 0;
 }
 
 /* Hands what the call has (response headers, messages, status) to nghttp2. */
@@ -1005,6 +1020,7 @@ int api_h2_start(struct api_conn *c) {
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
     rc = nghttp2_session_server_new2(&c->h2, cb, c, opt);
     if (rc != 0)
         goto err;
@@ -1037,22 +1053,30 @@ void api_h2_flush(struct api_conn *c) {
     struct util_buf b = {0};
     if (c->closing)
         return;
+    c->sink = &b; /* where send_data puts DATA frames, in order with the rest */
     while (c->out_pending + b.len < c->srv->cfg.max_conn_output_bytes) {
         const uint8_t *d;
+        size_t before = b.len;
         ssize_t n = nghttp2_session_mem_send(c->h2, &d);
+        if (n == 0 && b.len > before)
+            continue; /* a DATA frame went through send_data: there may be more */
         if (n < 0 || (n > 0 && util_buf_append(&b, d, (size_t)n) != 0)) {
+            c->sink = NULL;
             util_buf_free(&b);
             api_conn_close(c);
             return;
         }
         if (n == 0 || b.len >= H2_WRITE_CHUNK) {
-            if (b.len && api_conn_write_take(c, b.data, b.len) != 0)
+            if (b.len && api_conn_write_take(c, b.data, b.len) != 0) {
+                c->sink = NULL;
                 return;
+            }
             b = (struct util_buf){0};
             if (n == 0)
                 break;
         }
     }
+    c->sink = NULL;
     if (b.len && api_conn_write_take(c, b.data, b.len) != 0)
         return;
     if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) {

@@ -59,8 +59,9 @@ struct api_conn {
     api_call_t *calls;           /* HTTP/2: calls whose stream is open */
     struct api_conn *flush_next; /* HTTP/2: in the server's list of connections to flush */
     bool flush_queued;
-    SSL *ssl;      /* https: the TLS session (NULL for http) */
-    char *peer_cn; /* https: common name of the verified client certificate, or NULL */
+    struct util_buf *sink; /* HTTP/2: the output being gathered during api_h2_flush */
+    SSL *ssl;              /* https: the TLS session (NULL for http) */
+    char *peer_cn;         /* https: common name of the verified client certificate, or NULL */
 };
 
 struct api_server {
