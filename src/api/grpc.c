@@ -57,6 +57,7 @@ struct api_call {
     struct util_buf in; /* request bytes not yet a whole message */
     bool got_message;
     bool handler_owns;
+    bool zombie; /* over, but a queued wakeup still points here: it frees the call */
     bool cancel_fired;
     bool status_set; /* the status the client will get is decided */
     int status_code;
@@ -224,7 +225,12 @@ static void on_timer_closed(uv_handle_t *h) {
 static void call_maybe_free(api_call_t *call) {
     if (call->conn || call->handler_owns)
         return;
-    assert(!call->wake.queued);
+    /* A handler's finish can be queued again while an earlier wakeup is
+     * already processing it; that queued wakeup frees the call instead. */
+    if (api_wake_queued(call->srv, &call->wake)) {
+        call->zombie = true;
+        return;
+    }
     api_server_t *srv = call->srv;
     if (srv->observer && call->path && call->started_ns) {
         /* A gateway call's status is in fin_code; a stream's in status_code;
@@ -598,6 +604,7 @@ static void gateway_call_run(api_call_t *call) {
         return;
     int code = call->pending_err ? API_GRPC_RESOURCE_EXHAUSTED : call->fin_code;
     const char *msg = call->pending_err ? "out of memory" : call->fin_msg;
+    api_http1_on_gone(call->http, NULL, NULL); /* the request outlives the call */
     if (m->server_streaming) {
         api_gateway_stream_end(call->http, call->http_streamed, code, msg);
     } else {
@@ -688,6 +695,11 @@ static void call_run(struct api_wake *w) {
     int code = 0;
     char *msg = NULL;
 
+    if (call->zombie) {
+        call->zombie = false;
+        call_maybe_free(call);
+        return;
+    }
     if (call->http) {
         gateway_call_run(call);
         return;
@@ -968,7 +980,9 @@ static void on_end_stream(api_call_t *call) {
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user) {
     api_call_t *call = stream_call(s, f->hd.stream_id);
-    (void)user;
+    struct api_conn *c = user;
+    if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR)
+        LOG_DEBUG(c->srv->lg, "client sent GOAWAY", LOG_UINT("code", f->goaway.error_code));
     if (!call)
         return 0;
     if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST)
@@ -987,6 +1001,16 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *user)
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
         !nghttp2_session_get_stream_remote_close(s, f->hd.stream_id))
         nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+/* A frame nghttp2 refused: a protocol error from the client. */
+static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int error, void *user) {
+    struct api_conn *c = user;
+    LOG_DEBUG(c->srv->lg, "invalid HTTP/2 frame from a client", LOG_INT("type", f->hd.type),
+              LOG_INT("stream", f->hd.stream_id),
+              LOG_INT("last_stream", nghttp2_session_get_last_proc_stream_id(s)),
+              LOG_STR("error", nghttp2_strerror(error)));
     return 0;
 }
 
@@ -1021,6 +1045,8 @@ int api_h2_start(struct api_conn *c) {
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+    c->h2_preface_left = 24; /* the client preface goes to nghttp2 unparsed */
     rc = nghttp2_session_server_new2(&c->h2, cb, c, opt);
     if (rc != 0)
         goto err;
@@ -1037,13 +1063,72 @@ err:
     return rc == 0 ? 0 : -ENOMEM;
 }
 
+/* Hands bytes to nghttp2; returns 0 or nghttp2's error. */
+static int h2_feed(struct api_conn *c, const uint8_t *p, size_t n) {
+    if (n == 0 || c->closing)
+        return 0;
+    ssize_t r = nghttp2_session_mem_recv(c->h2, p, n);
+    return r < 0 ? (int)r : 0;
+}
+
+/* Reads a frame header: RST_STREAM for a stream the client never opened is
+ * dropped here. grpc-go ignores those, and grpc's C core sends them when it
+ * cancels a call whose headers it had not sent yet; nghttp2 would take them
+ * as a connection error (RFC 9113 6.4) and end every call on the connection. */
+static bool h2_frame_dropped(struct api_conn *c, const uint8_t *hd) {
+    uint32_t sid = get_be32(hd + 5) & 0x7fffffff;
+    c->h2_payload_left = (size_t)hd[0] << 16 | (size_t)hd[1] << 8 | hd[2];
+    if (hd[3] == NGHTTP2_HEADERS && (sid & 1) && sid > c->h2_max_stream)
+        c->h2_max_stream = sid;
+    c->h2_dropping = hd[3] == NGHTTP2_RST_STREAM && (sid & 1) && sid > c->h2_max_stream;
+    return c->h2_dropping;
+}
+
 void api_h2_process(struct api_conn *c, const char *data, size_t len) {
-    ssize_t n = nghttp2_session_mem_recv(c->h2, (const uint8_t *)data, len);
+    const uint8_t *p = (const uint8_t *)data;
+    size_t i = 0, run = 0; /* bytes [run, i) are fed to nghttp2 as they are */
+    int rc = 0;
+    while (rc == 0 && i < len) {
+        if (c->h2_preface_left) {
+            size_t k = len - i < c->h2_preface_left ? len - i : c->h2_preface_left;
+            c->h2_preface_left -= k;
+            i += k;
+        } else if (c->h2_payload_left) {
+            size_t k = len - i < c->h2_payload_left ? len - i : c->h2_payload_left;
+            if (c->h2_dropping) {
+                rc = h2_feed(c, p + run, i - run);
+                run = i + k;
+            }
+            c->h2_payload_left -= k;
+            i += k;
+        } else if (c->h2_hdr_len == 0 && len - i >= 9) {
+            if (h2_frame_dropped(c, p + i)) {
+                rc = h2_feed(c, p + run, i - run);
+                run = i + 9;
+            }
+            i += 9;
+        } else {
+            /* A header split across reads: kept aside until whole. */
+            size_t k = 9 - c->h2_hdr_len < len - i ? 9 - c->h2_hdr_len : len - i;
+            rc = h2_feed(c, p + run, i - run);
+            memcpy(c->h2_hdr + c->h2_hdr_len, p + i, k);
+            c->h2_hdr_len += k;
+            i += k;
+            run = i;
+            if (rc == 0 && c->h2_hdr_len == 9) {
+                c->h2_hdr_len = 0;
+                if (!h2_frame_dropped(c, c->h2_hdr))
+                    rc = h2_feed(c, c->h2_hdr, 9);
+            }
+        }
+    }
+    if (rc == 0)
+        rc = h2_feed(c, p + run, len - run);
     if (c->closing)
         return;
-    if (n < 0) {
+    if (rc < 0) {
         LOG_DEBUG(c->srv->lg, "closing an HTTP/2 connection",
-                  LOG_STR("error", nghttp2_strerror((int)n)));
+                  LOG_STR("error", nghttp2_strerror(rc)));
         nghttp2_session_terminate_session(c->h2, NGHTTP2_PROTOCOL_ERROR);
     }
     api_h2_flush(c);
@@ -1061,6 +1146,8 @@ void api_h2_flush(struct api_conn *c) {
         if (n == 0 && b.len > before)
             continue; /* a DATA frame went through send_data: there may be more */
         if (n < 0 || (n > 0 && util_buf_append(&b, d, (size_t)n) != 0)) {
+            LOG_DEBUG(c->srv->lg, "closing an HTTP/2 connection",
+                      LOG_STR("error", n < 0 ? nghttp2_strerror((int)n) : "out of memory"));
             c->sink = NULL;
             util_buf_free(&b);
             api_conn_close(c);
@@ -1080,6 +1167,7 @@ void api_h2_flush(struct api_conn *c) {
     if (b.len && api_conn_write_take(c, b.data, b.len) != 0)
         return;
     if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) {
+        LOG_DEBUG(c->srv->lg, "HTTP/2 session over (GOAWAY sent or received)");
         api_conn_end(c);
         return;
     }

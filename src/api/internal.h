@@ -60,8 +60,15 @@ struct api_conn {
     struct api_conn *flush_next; /* HTTP/2: in the server's list of connections to flush */
     bool flush_queued;
     struct util_buf *sink; /* HTTP/2: the output being gathered during api_h2_flush */
-    SSL *ssl;              /* https: the TLS session (NULL for http) */
-    char *peer_cn;         /* https: common name of the verified client certificate, or NULL */
+    /* HTTP/2 input framing, followed to drop RST_STREAM for idle streams. */
+    size_t h2_preface_left;
+    size_t h2_payload_left;
+    uint8_t h2_hdr[9];
+    size_t h2_hdr_len;
+    bool h2_dropping;
+    uint32_t h2_max_stream;
+    SSL *ssl;      /* https: the TLS session (NULL for http) */
+    char *peer_cn; /* https: common name of the verified client certificate, or NULL */
 };
 
 struct api_server {
@@ -95,6 +102,9 @@ struct api_server {
 
 /* Any thread: queues w (unless queued already) and wakes the loop. */
 void api_wake_post(api_server_t *srv, struct api_wake *w);
+
+/* Whether w waits in the queue (it may have been posted again while running). */
+bool api_wake_queued(api_server_t *srv, struct api_wake *w);
 
 /* Loop thread: a handler request was answered and run; lets a closing server finish. */
 void api_server_release(api_server_t *srv);

@@ -51,6 +51,13 @@ void api_wake_post(api_server_t *srv, struct api_wake *w) {
     pthread_mutex_unlock(&srv->wake_mu);
 }
 
+bool api_wake_queued(api_server_t *srv, struct api_wake *w) {
+    pthread_mutex_lock(&srv->wake_mu);
+    bool queued = w->queued;
+    pthread_mutex_unlock(&srv->wake_mu);
+    return queued;
+}
+
 static void server_maybe_finish(api_server_t *srv);
 
 /* Runs what handlers posted, then flushes the connections they answered on. */
@@ -60,11 +67,15 @@ static void wake_drain(api_server_t *srv) {
     srv->wake_head = NULL;
     srv->wake_tail = &srv->wake_head;
     srv->draining_soon = false;
-    for (struct api_wake *i = w; i; i = i->next)
-        i->queued = false;
     pthread_mutex_unlock(&srv->wake_mu);
     while (w) {
+        /* An item stays marked queued until its turn: posted again meanwhile,
+         * it is not relinked (which would cut this list), and its run sees
+         * what the new post added. */
+        pthread_mutex_lock(&srv->wake_mu);
         struct api_wake *next = w->next;
+        w->queued = false;
+        pthread_mutex_unlock(&srv->wake_mu);
         w->run(w);
         w = next;
     }
@@ -168,6 +179,9 @@ static void conn_read(struct api_conn *c, ssize_t nread) {
             api_conn_end(c);
             return;
         }
+        if (nread != UV_EOF)
+            LOG_DEBUG(c->srv->lg, "client connection read failed",
+                      LOG_STR("error", uv_strerror((int)nread)));
         api_conn_close(c);
         return;
     }
@@ -296,6 +310,8 @@ static void on_written(uv_write_t *req, int status) {
     if (c->closing)
         return;
     if (status < 0) {
+        LOG_DEBUG(c->srv->lg, "client connection write failed",
+                  LOG_STR("error", uv_strerror(status)));
         api_conn_close(c);
         return;
     }
