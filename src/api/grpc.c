@@ -1046,6 +1046,10 @@ int api_h2_start(struct api_conn *c) {
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+    /* grpc-go validates requests loosely and its clients rely on it: over a
+     * unix socket the :authority is the socket's path, which nghttp2's strict
+     * HTTP checks refuse. The gRPC checks that matter are made in call_start. */
+    nghttp2_option_set_no_http_messaging(opt, 1);
     c->h2_preface_left = 24; /* the client preface goes to nghttp2 unparsed */
     rc = nghttp2_session_server_new2(&c->h2, cb, c, opt);
     if (rc != 0)

@@ -33,16 +33,25 @@ struct api_route {
     void *arg;
 };
 
-struct api_listener {
+/* A stream handle: TCP, or a unix socket (unix:// URLs). */
+union api_handle {
+    uv_handle_t handle;
+    uv_stream_t stream;
     uv_tcp_t tcp;
+    uv_pipe_t pipe;
+};
+
+struct api_listener {
+    union api_handle h;
     api_server_t *srv;
     struct api_listener *next;
     bool tls;
-    char addr[64]; /* "127.0.0.1:2379" as the logs show it */
+    bool unix_socket;
+    char addr[256]; /* "127.0.0.1:2379" (or a socket path) as the logs show it */
 };
 
 struct api_conn {
-    uv_tcp_t tcp;
+    union api_handle h;
     api_server_t *srv;
     struct api_conn *prev, *next; /* the server's connection list */
     enum api_proto proto;

@@ -224,12 +224,12 @@ void api_conn_set_reading(struct api_conn *c, bool on) {
     if (c->closing || c->reading == on)
         return;
     if (on) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
             api_conn_close(c);
             return;
         }
     } else {
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        uv_read_stop(&c->h.stream);
     }
     c->reading = on;
 }
@@ -265,7 +265,7 @@ void api_conn_close(struct api_conn *c) {
         c->srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    uv_close(&c->h.handle, on_conn_closed);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
@@ -278,7 +278,7 @@ static void conn_linger(struct api_conn *c) {
     if (c->ssl && api_tls_shutdown(c) != 0)
         return; /* the connection is closing */
     uv_shutdown_t *req = malloc(sizeof(*req));
-    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    if (!req || uv_shutdown(req, &c->h.stream, on_shutdown) != 0) {
         free(req);
         api_conn_close(c);
         return;
@@ -349,7 +349,7 @@ int api_conn_write_raw(struct api_conn *c, char *data, size_t len) {
     w->len = len;
     w->data = data;
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
-    rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    rc = uv_write(&w->req, &c->h.stream, &b, 1, on_written);
     if (rc != 0)
         goto err;
     c->out_pending += len;
@@ -383,24 +383,28 @@ static void on_connection(uv_stream_t *ls, int status) {
     if (!c)
         return; /* the pending connection stays in the backlog until memory frees */
     c->srv = srv;
-    if (uv_tcp_init(srv->loop, &c->tcp) != 0) {
+    int rc =
+        l->unix_socket ? uv_pipe_init(srv->loop, &c->h.pipe, 0) : uv_tcp_init(srv->loop, &c->h.tcp);
+    if (rc != 0) {
         free(c);
         return;
     }
-    c->tcp.data = c;
+    c->h.handle.data = c;
     srv->open_handles++;
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept(ls, &c->h.stream) != 0) {
         api_conn_close(c);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
-    /* As Go's listeners do (15 s): a client that vanished without a FIN
-     * (power loss, a dropped NAT entry) is found and its watches freed. */
-    uv_tcp_keepalive(&c->tcp, 1, 15);
+    if (!l->unix_socket) {
+        uv_tcp_nodelay(&c->h.tcp, 1);
+        /* As Go's listeners do (15 s): a client that vanished without a FIN
+         * (power loss, a dropped NAT entry) is found and its watches freed. */
+        uv_tcp_keepalive(&c->h.tcp, 1, 15);
+    }
     if (l->tls && api_tls_conn_start(c) != 0) {
         api_conn_close(c);
         return;
@@ -510,6 +514,59 @@ static void on_listener_closed(uv_handle_t *h) {
     api_server_handle_closed(srv);
 }
 
+/* Ends a listen: on failure the error as Go words it ("listen tcp
+ * 127.0.0.1:2379: bind: address already in use") and the handle closed; on
+ * success the listener kept and the address logged. */
+static int listen_done(api_server_t *srv, struct api_listener *l, int rc, struct util_err *err) {
+    if (rc != 0) {
+        char why[128];
+        go_errstr(rc, why, sizeof(why));
+        util_errorf(err, rc, "listen %s %s: bind: %s", l->unix_socket ? "unix" : "tcp", l->addr,
+                    why);
+        uv_close(&l->h.handle, on_listener_closed);
+        return rc;
+    }
+    l->next = srv->listeners;
+    srv->listeners = l;
+    if (l->tls)
+        LOG_INFO(srv->lg, "serving client traffic securely", LOG_STR("address", l->addr));
+    else
+        LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
+                 LOG_STR("address", l->addr));
+    return 0;
+}
+
+/* Listens on a unix socket: unix://path (etcd takes what follows the scheme
+ * as the path, "localhost:2379" included). A stale socket file from an earlier
+ * run is removed first, as etcd does. */
+static int listen_unix(api_server_t *srv, const char *url, const char *path, bool tls,
+                       struct util_err *err) {
+    struct api_listener *l;
+    int rc;
+    if (!*path || strlen(path) >= sizeof(l->addr))
+        return util_errorf(err, -EINVAL, "client URL %s: bad socket path", url);
+    l = calloc(1, sizeof(*l));
+    if (!l)
+        return util_errorf(err, -ENOMEM, "out of memory");
+    l->srv = srv;
+    l->tls = tls;
+    l->unix_socket = true;
+    snprintf(l->addr, sizeof(l->addr), "%s", path);
+    rc = uv_pipe_init(srv->loop, &l->h.pipe, 0);
+    if (rc != 0) {
+        util_errorf(err, rc, "listen unix %s: %s", path, uv_strerror(rc));
+        free(l);
+        return rc;
+    }
+    l->h.handle.data = l;
+    srv->open_handles++;
+    unlink(path);
+    rc = uv_pipe_bind(&l->h.pipe, path);
+    if (rc == 0)
+        rc = uv_listen(&l->h.stream, 511, on_connection);
+    return listen_done(srv, l, rc, err);
+}
+
 int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) {
     char host[256], port[8];
     struct sockaddr_storage ss;
@@ -517,14 +574,15 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     const char *hp;
     int rc;
 
-    bool tls = strncmp(url, "https://", 8) == 0;
-    if (strncmp(url, "unix://", 7) == 0 || strncmp(url, "unixs://", 8) == 0)
-        return util_errorf(err, -ENOTSUP, "client URL %s: unix sockets not supported yet", url);
+    bool unix_socket = strncmp(url, "unix://", 7) == 0 || strncmp(url, "unixs://", 8) == 0;
+    bool tls = strncmp(url, "https://", 8) == 0 || strncmp(url, "unixs://", 8) == 0;
     if (tls && !srv->tls_ctx)
         return util_errorf(err, -EINVAL,
                            "TLS key/cert (--cert-file, --key-file) must be provided for client "
                            "url %s with HTTPS scheme",
                            url);
+    if (unix_socket)
+        return listen_unix(srv, url, url + (tls ? 8 : 7), tls, err);
     if (!tls && strncmp(url, "http://", 7) != 0)
         return util_errorf(err, -EINVAL, "URL scheme must be http, https, unix or unixs: %s", url);
     hp = url + (tls ? 8 : 7);
@@ -549,40 +607,32 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     l->srv = srv;
     l->tls = tls;
     format_addr(&ss, l->addr, sizeof(l->addr));
-    rc = uv_tcp_init(srv->loop, &l->tcp);
+    rc = uv_tcp_init(srv->loop, &l->h.tcp);
     if (rc != 0) {
         util_errorf(err, rc, "listen tcp %s: %s", l->addr, uv_strerror(rc));
         free(l);
         return rc;
     }
-    l->tcp.data = l;
+    l->h.handle.data = l;
     srv->open_handles++;
     /* libuv may defer a bind error to listen(); both are reported as bind errors,
      * the only step Go names. */
-    const char *step = "bind";
-    rc = srv->cfg.reuse_port ? open_reuseport(&l->tcp, ss.ss_family) : 0;
+    bool at_listen = false;
+    rc = srv->cfg.reuse_port ? open_reuseport(&l->h.tcp, ss.ss_family) : 0;
     if (rc == 0)
-        rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+        rc = uv_tcp_bind(&l->h.tcp, (const struct sockaddr *)&ss, 0);
     if (rc == 0) {
-        rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
-        if (rc != 0 && rc != UV_EADDRINUSE && rc != UV_EACCES && rc != UV_EADDRNOTAVAIL)
-            step = "listen";
+        rc = uv_listen(&l->h.stream, 511, on_connection);
+        at_listen = rc != 0 && rc != UV_EADDRINUSE && rc != UV_EACCES && rc != UV_EADDRNOTAVAIL;
     }
-    if (rc != 0) {
+    if (at_listen) {
         char why[128];
         go_errstr(rc, why, sizeof(why));
-        util_errorf(err, rc, "listen tcp %s: %s: %s", l->addr, step, why);
-        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+        util_errorf(err, rc, "listen tcp %s: listen: %s", l->addr, why);
+        uv_close(&l->h.handle, on_listener_closed);
         return rc;
     }
-    l->next = srv->listeners;
-    srv->listeners = l;
-    if (tls)
-        LOG_INFO(srv->lg, "serving client traffic securely", LOG_STR("address", l->addr));
-    else
-        LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
-                 LOG_STR("address", l->addr));
-    return 0;
+    return listen_done(srv, l, rc, err);
 }
 
 /* ---- lifetime ---- */
@@ -666,7 +716,7 @@ void api_server_close(api_server_t *srv, api_close_cb cb, void *arg) {
     while (srv->listeners) {
         struct api_listener *l = srv->listeners;
         srv->listeners = l->next;
-        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+        uv_close(&l->h.handle, on_listener_closed);
     }
     while (srv->conns)
         api_conn_close(srv->conns);

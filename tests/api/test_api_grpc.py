@@ -412,3 +412,21 @@ def test_reset_of_an_unopened_stream_is_ignored(fake):
         fs = frames(out)
         assert not any(t == 7 for t, _, _, _ in fs), "the connection was ended (GOAWAY)"
         assert {sid for t, f, sid, _ in fs if t == 1 and f & 1} == {1, 3}
+
+
+def test_etcdctl_over_a_unix_socket(tmp_path):
+    sock = tmp_path / "client.sock"
+    proc = subprocess.Popen([FAKE, "--listen", f"unix://{sock}", "--lifetime", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"listening"
+        env = dict(os.environ, ETCDCTL_API="3")
+        ctl = ["etcdctl", "--endpoints", f"unix://{sock}", "--command-timeout", "10s"]
+        assert subprocess.run(ctl + ["put", "u", "v"], capture_output=True, env=env,
+                              timeout=60).stdout == b"OK\n"
+        assert subprocess.run(ctl + ["get", "u"], capture_output=True, env=env,
+                              timeout=60).stdout == b"u\nv\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr.read().decode()
