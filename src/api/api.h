@@ -86,11 +86,13 @@ int api_server_new(uv_loop_t *loop, log_t *lg, const struct api_config *cfg, api
 /* Starts accepting on an etcd-style client URL: "http://127.0.0.1:2379",
  * "https://127.0.0.1:2379" (TLS, after api_server_set_tls),
  * "http://localhost:2379" (the first address the name resolves to, IPv4 first,
- * as Go's net.Listen), "http://[::1]:2379", "http://:2379" (every interface).
+ * as Go's net.Listen), "http://[::1]:2379", "http://:2379" (every interface),
+ * "unix:///run/quoin.sock" or "unixs://..." (a unix socket, as etcd takes what
+ * follows the scheme as the path; a stale socket file is replaced).
  * Returns 0;
  *   -EINVAL        the URL is malformed (err says how);
- *   -ENOTSUP       unix:// URLs ("... not supported yet");
- *   -EINVAL        an https:// URL before api_server_set_tls, with etcd's words;
+ *   -EINVAL        an https:// or unixs:// URL before api_server_set_tls, with
+ *                  etcd's words;
  *   -EADDRINUSE, -EACCES, -EADDRNOTAVAIL, ...  the bind or listen failed, with
  *                  err worded as etcd reports it:
  *                  "listen tcp 127.0.0.1:2379: bind: address already in use". */

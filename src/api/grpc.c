@@ -57,6 +57,7 @@ struct api_call {
     struct util_buf in; /* request bytes not yet a whole message */
     bool got_message;
     bool handler_owns;
+    bool zombie; /* over, but a queued wakeup still points here: it frees the call */
     bool cancel_fired;
     bool status_set; /* the status the client will get is decided */
     int status_code;
@@ -224,14 +225,12 @@ static void on_timer_closed(uv_handle_t *h) {
 static void call_maybe_free(api_call_t *call) {
     if (call->conn || call->handler_owns)
         return;
-    /* Posted again by another thread while this run went on (a send, then the
-     * finish this run already took): that wake still points at the call and
-     * frees it when it runs. */
-    pthread_mutex_lock(&call->srv->wake_mu);
-    bool queued = call->wake.queued;
-    pthread_mutex_unlock(&call->srv->wake_mu);
-    if (queued)
+    /* A handler's finish can be queued again while an earlier wakeup is
+     * already processing it; that queued wakeup frees the call instead. */
+    if (api_wake_queued(call->srv, &call->wake)) {
+        call->zombie = true;
         return;
+    }
     api_server_t *srv = call->srv;
     if (srv->observer && call->path && call->started_ns) {
         /* A gateway call's status is in fin_code; a stream's in status_code;
@@ -340,6 +339,9 @@ static void note_drained(api_call_t *call, size_t n) {
         call->method->on_writable(call, call->method->arg);
 }
 
+/* nghttp2 wants the next DATA frame of a call: says how much, and leaves the
+ * copying to send_data (NO_COPY), which puts the bytes straight into the
+ * connection's output, saving nghttp2's own copy. */
 static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *user) {
     api_call_t *call = src->ptr;
@@ -347,10 +349,33 @@ static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
     size_t n = avail < length ? avail : length;
     (void)s;
     (void)sid;
+    (void)buf;
     (void)user;
-    if (n)
-        memcpy(buf, call->out.data + call->out_off, n);
-    call->out_off += n;
+    if (n == 0 && !call->status_set) {
+        call->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (n == avail && call->status_set) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (submit_trailers(call, false) != 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (n > 0)
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    return (ssize_t)n;
+}
+
+/* Writes a DATA frame data_read sized: its header, then the call's bytes. */
+static int send_data(nghttp2_session *s, nghttp2_frame *f, const uint8_t *framehd, size_t length,
+                     nghttp2_data_source *src, void *user) {
+    struct api_conn *c = user;
+    api_call_t *call = src->ptr;
+    (void)s;
+    assert(c->sink && f->data.padlen == 0 && length <= call->out.len - call->out_off);
+    if (util_buf_append(c->sink, framehd, 9) != 0 ||
+        util_buf_append(c->sink, call->out.data + call->out_off, length) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    call->out_off += length;
     if (call->out_off == call->out.len) {
         /* Drained: a long-lived stream does not keep a big burst's buffer. */
         if (call->out.cap > STREAM_BUF_KEEP)
@@ -361,19 +386,8 @@ static ssize_t data_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
         call->out.len -= call->out_off;
         call->out_off = 0;
     }
-    if (n > 0)
-        note_drained(call, n);
-    if (call->out.len == 0) {
-        if (call->status_set) {
-            *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            if (submit_trailers(call, false) != 0)
-                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        } else if (n == 0) {
-            call->deferred = true;
-            return NGHTTP2_ERR_DEFERRED;
-        }
-    }
-    return (ssize_t)n;
+    note_drained(call, length);
+    return 0;
 }
 
 /* Hands what the call has (response headers, messages, status) to nghttp2. */
@@ -590,6 +604,7 @@ static void gateway_call_run(api_call_t *call) {
         return;
     int code = call->pending_err ? API_GRPC_RESOURCE_EXHAUSTED : call->fin_code;
     const char *msg = call->pending_err ? "out of memory" : call->fin_msg;
+    api_http1_on_gone(call->http, NULL, NULL); /* the request outlives the call */
     if (m->server_streaming) {
         api_gateway_stream_end(call->http, call->http_streamed, code, msg);
     } else {
@@ -680,6 +695,11 @@ static void call_run(struct api_wake *w) {
     int code = 0;
     char *msg = NULL;
 
+    if (call->zombie) {
+        call->zombie = false;
+        call_maybe_free(call);
+        return;
+    }
     if (call->http) {
         gateway_call_run(call);
         return;
@@ -960,7 +980,9 @@ static void on_end_stream(api_call_t *call) {
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user) {
     api_call_t *call = stream_call(s, f->hd.stream_id);
-    (void)user;
+    struct api_conn *c = user;
+    if (f->hd.type == NGHTTP2_GOAWAY && f->goaway.error_code != NGHTTP2_NO_ERROR)
+        LOG_DEBUG(c->srv->lg, "client sent GOAWAY", LOG_UINT("code", f->goaway.error_code));
     if (!call)
         return 0;
     if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST)
@@ -979,6 +1001,16 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *user)
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
         !nghttp2_session_get_stream_remote_close(s, f->hd.stream_id))
         nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+/* A frame nghttp2 refused: a protocol error from the client. */
+static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int error, void *user) {
+    struct api_conn *c = user;
+    LOG_DEBUG(c->srv->lg, "invalid HTTP/2 frame from a client", LOG_INT("type", f->hd.type),
+              LOG_INT("stream", f->hd.stream_id),
+              LOG_INT("last_stream", nghttp2_session_get_last_proc_stream_id(s)),
+              LOG_STR("error", nghttp2_strerror(error)));
     return 0;
 }
 
@@ -1012,6 +1044,13 @@ int api_h2_start(struct api_conn *c) {
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+    /* grpc-go validates requests loosely and its clients rely on it: over a
+     * unix socket the :authority is the socket's path, which nghttp2's strict
+     * HTTP checks refuse. The gRPC checks that matter are made in call_start. */
+    nghttp2_option_set_no_http_messaging(opt, 1);
+    c->h2_preface_left = 24; /* the client preface goes to nghttp2 unparsed */
     rc = nghttp2_session_server_new2(&c->h2, cb, c, opt);
     if (rc != 0)
         goto err;
@@ -1028,13 +1067,72 @@ err:
     return rc == 0 ? 0 : -ENOMEM;
 }
 
+/* Hands bytes to nghttp2; returns 0 or nghttp2's error. */
+static int h2_feed(struct api_conn *c, const uint8_t *p, size_t n) {
+    if (n == 0 || c->closing)
+        return 0;
+    ssize_t r = nghttp2_session_mem_recv(c->h2, p, n);
+    return r < 0 ? (int)r : 0;
+}
+
+/* Reads a frame header: RST_STREAM for a stream the client never opened is
+ * dropped here. grpc-go ignores those, and grpc's C core sends them when it
+ * cancels a call whose headers it had not sent yet; nghttp2 would take them
+ * as a connection error (RFC 9113 6.4) and end every call on the connection. */
+static bool h2_frame_dropped(struct api_conn *c, const uint8_t *hd) {
+    uint32_t sid = get_be32(hd + 5) & 0x7fffffff;
+    c->h2_payload_left = (size_t)hd[0] << 16 | (size_t)hd[1] << 8 | hd[2];
+    if (hd[3] == NGHTTP2_HEADERS && (sid & 1) && sid > c->h2_max_stream)
+        c->h2_max_stream = sid;
+    c->h2_dropping = hd[3] == NGHTTP2_RST_STREAM && (sid & 1) && sid > c->h2_max_stream;
+    return c->h2_dropping;
+}
+
 void api_h2_process(struct api_conn *c, const char *data, size_t len) {
-    ssize_t n = nghttp2_session_mem_recv(c->h2, (const uint8_t *)data, len);
+    const uint8_t *p = (const uint8_t *)data;
+    size_t i = 0, run = 0; /* bytes [run, i) are fed to nghttp2 as they are */
+    int rc = 0;
+    while (rc == 0 && i < len) {
+        if (c->h2_preface_left) {
+            size_t k = len - i < c->h2_preface_left ? len - i : c->h2_preface_left;
+            c->h2_preface_left -= k;
+            i += k;
+        } else if (c->h2_payload_left) {
+            size_t k = len - i < c->h2_payload_left ? len - i : c->h2_payload_left;
+            if (c->h2_dropping) {
+                rc = h2_feed(c, p + run, i - run);
+                run = i + k;
+            }
+            c->h2_payload_left -= k;
+            i += k;
+        } else if (c->h2_hdr_len == 0 && len - i >= 9) {
+            if (h2_frame_dropped(c, p + i)) {
+                rc = h2_feed(c, p + run, i - run);
+                run = i + 9;
+            }
+            i += 9;
+        } else {
+            /* A header split across reads: kept aside until whole. */
+            size_t k = 9 - c->h2_hdr_len < len - i ? 9 - c->h2_hdr_len : len - i;
+            rc = h2_feed(c, p + run, i - run);
+            memcpy(c->h2_hdr + c->h2_hdr_len, p + i, k);
+            c->h2_hdr_len += k;
+            i += k;
+            run = i;
+            if (rc == 0 && c->h2_hdr_len == 9) {
+                c->h2_hdr_len = 0;
+                if (!h2_frame_dropped(c, c->h2_hdr))
+                    rc = h2_feed(c, c->h2_hdr, 9);
+            }
+        }
+    }
+    if (rc == 0)
+        rc = h2_feed(c, p + run, len - run);
     if (c->closing)
         return;
-    if (n < 0) {
+    if (rc < 0) {
         LOG_DEBUG(c->srv->lg, "closing an HTTP/2 connection",
-                  LOG_STR("error", nghttp2_strerror((int)n)));
+                  LOG_STR("error", nghttp2_strerror(rc)));
         nghttp2_session_terminate_session(c->h2, NGHTTP2_PROTOCOL_ERROR);
     }
     api_h2_flush(c);
@@ -1044,25 +1142,36 @@ void api_h2_flush(struct api_conn *c) {
     struct util_buf b = {0};
     if (c->closing)
         return;
+    c->sink = &b; /* where send_data puts DATA frames, in order with the rest */
     while (c->out_pending + b.len < c->srv->cfg.max_conn_output_bytes) {
         const uint8_t *d;
+        size_t before = b.len;
         ssize_t n = nghttp2_session_mem_send(c->h2, &d);
+        if (n == 0 && b.len > before)
+            continue; /* a DATA frame went through send_data: there may be more */
         if (n < 0 || (n > 0 && util_buf_append(&b, d, (size_t)n) != 0)) {
+            LOG_DEBUG(c->srv->lg, "closing an HTTP/2 connection",
+                      LOG_STR("error", n < 0 ? nghttp2_strerror((int)n) : "out of memory"));
+            c->sink = NULL;
             util_buf_free(&b);
             api_conn_close(c);
             return;
         }
         if (n == 0 || b.len >= H2_WRITE_CHUNK) {
-            if (b.len && api_conn_write_take(c, b.data, b.len) != 0)
+            if (b.len && api_conn_write_take(c, b.data, b.len) != 0) {
+                c->sink = NULL;
                 return;
+            }
             b = (struct util_buf){0};
             if (n == 0)
                 break;
         }
     }
+    c->sink = NULL;
     if (b.len && api_conn_write_take(c, b.data, b.len) != 0)
         return;
     if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) {
+        LOG_DEBUG(c->srv->lg, "HTTP/2 session over (GOAWAY sent or received)");
         api_conn_end(c);
         return;
     }

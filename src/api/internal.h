@@ -33,16 +33,25 @@ struct api_route {
     void *arg;
 };
 
-struct api_listener {
+/* A stream handle: TCP, or a unix socket (unix:// URLs). */
+union api_handle {
+    uv_handle_t handle;
+    uv_stream_t stream;
     uv_tcp_t tcp;
+    uv_pipe_t pipe;
+};
+
+struct api_listener {
+    union api_handle h;
     api_server_t *srv;
     struct api_listener *next;
     bool tls;
-    char addr[UTIL_ADDR_MAX]; /* "127.0.0.1:2379" as the logs show it */
+    bool unix_socket;
+    char addr[256]; /* "127.0.0.1:2379" (or a socket path) as the logs show it */
 };
 
 struct api_conn {
-    uv_tcp_t tcp;
+    union api_handle h;
     api_server_t *srv;
     struct api_conn *prev, *next; /* the server's connection list */
     enum api_proto proto;
@@ -59,6 +68,14 @@ struct api_conn {
     api_call_t *calls;           /* HTTP/2: calls whose stream is open */
     struct api_conn *flush_next; /* HTTP/2: in the server's list of connections to flush */
     bool flush_queued;
+    struct util_buf *sink; /* HTTP/2: the output being gathered during api_h2_flush */
+    /* HTTP/2 input framing, followed to drop RST_STREAM for idle streams. */
+    size_t h2_preface_left;
+    size_t h2_payload_left;
+    uint8_t h2_hdr[9];
+    size_t h2_hdr_len;
+    bool h2_dropping;
+    uint32_t h2_max_stream;
     SSL *ssl;      /* https: the TLS session (NULL for http) */
     char *peer_cn; /* https: common name of the verified client certificate, or NULL */
 };
@@ -94,6 +111,9 @@ struct api_server {
 
 /* Any thread: queues w (unless queued already) and wakes the loop. */
 void api_wake_post(api_server_t *srv, struct api_wake *w);
+
+/* Whether w waits in the queue (it may have been posted again while running). */
+bool api_wake_queued(api_server_t *srv, struct api_wake *w);
 
 /* Loop thread: a handler request was answered and run; lets a closing server finish. */
 void api_server_release(api_server_t *srv);

@@ -51,6 +51,13 @@ void api_wake_post(api_server_t *srv, struct api_wake *w) {
     pthread_mutex_unlock(&srv->wake_mu);
 }
 
+bool api_wake_queued(api_server_t *srv, struct api_wake *w) {
+    pthread_mutex_lock(&srv->wake_mu);
+    bool queued = w->queued;
+    pthread_mutex_unlock(&srv->wake_mu);
+    return queued;
+}
+
 static void server_maybe_finish(api_server_t *srv);
 
 /* Runs what handlers posted, then flushes the connections they answered on. */
@@ -61,11 +68,10 @@ static void wake_drain(api_server_t *srv) {
     srv->wake_tail = &srv->wake_head;
     srv->draining_soon = false;
     pthread_mutex_unlock(&srv->wake_mu);
-    /* Each item is marked unqueued only just before it runs: a post made while
-     * earlier items run (a callback finishing another call) then finds it still
-     * queued and leaves this list alone, instead of moving it to the next list
-     * and cutting this one short. */
     while (w) {
+        /* An item stays marked queued until its turn: posted again meanwhile,
+         * it is not relinked (which would cut this list), and its run sees
+         * what the new post added. */
         pthread_mutex_lock(&srv->wake_mu);
         struct api_wake *next = w->next;
         w->queued = false;
@@ -173,6 +179,9 @@ static void conn_read(struct api_conn *c, ssize_t nread) {
             api_conn_end(c);
             return;
         }
+        if (nread != UV_EOF)
+            LOG_DEBUG(c->srv->lg, "client connection read failed",
+                      LOG_STR("error", uv_strerror((int)nread)));
         api_conn_close(c);
         return;
     }
@@ -215,12 +224,12 @@ void api_conn_set_reading(struct api_conn *c, bool on) {
     if (c->closing || c->reading == on)
         return;
     if (on) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        if (uv_read_start(&c->h.stream, on_alloc, on_read) != 0) {
             api_conn_close(c);
             return;
         }
     } else {
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        uv_read_stop(&c->h.stream);
     }
     c->reading = on;
 }
@@ -256,7 +265,7 @@ void api_conn_close(struct api_conn *c) {
         c->srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    uv_close(&c->h.handle, on_conn_closed);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
@@ -269,7 +278,7 @@ static void conn_linger(struct api_conn *c) {
     if (c->ssl && api_tls_shutdown(c) != 0)
         return; /* the connection is closing */
     uv_shutdown_t *req = malloc(sizeof(*req));
-    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    if (!req || uv_shutdown(req, &c->h.stream, on_shutdown) != 0) {
         free(req);
         api_conn_close(c);
         return;
@@ -301,6 +310,8 @@ static void on_written(uv_write_t *req, int status) {
     if (c->closing)
         return;
     if (status < 0) {
+        LOG_DEBUG(c->srv->lg, "client connection write failed",
+                  LOG_STR("error", uv_strerror(status)));
         api_conn_close(c);
         return;
     }
@@ -338,7 +349,7 @@ int api_conn_write_raw(struct api_conn *c, char *data, size_t len) {
     w->len = len;
     w->data = data;
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
-    rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    rc = uv_write(&w->req, &c->h.stream, &b, 1, on_written);
     if (rc != 0)
         goto err;
     c->out_pending += len;
@@ -372,24 +383,28 @@ static void on_connection(uv_stream_t *ls, int status) {
     if (!c)
         return; /* the pending connection stays in the backlog until memory frees */
     c->srv = srv;
-    if (uv_tcp_init(srv->loop, &c->tcp) != 0) {
+    int rc =
+        l->unix_socket ? uv_pipe_init(srv->loop, &c->h.pipe, 0) : uv_tcp_init(srv->loop, &c->h.tcp);
+    if (rc != 0) {
         free(c);
         return;
     }
-    c->tcp.data = c;
+    c->h.handle.data = c;
     srv->open_handles++;
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
     srv->conns = c;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept(ls, &c->h.stream) != 0) {
         api_conn_close(c);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
-    /* As Go's listeners do (15 s): a client that vanished without a FIN
-     * (power loss, a dropped NAT entry) is found and its watches freed. */
-    uv_tcp_keepalive(&c->tcp, 1, 15);
+    if (!l->unix_socket) {
+        uv_tcp_nodelay(&c->h.tcp, 1);
+        /* As Go's listeners do (15 s): a client that vanished without a FIN
+         * (power loss, a dropped NAT entry) is found and its watches freed. */
+        uv_tcp_keepalive(&c->h.tcp, 1, 15);
+    }
     if (l->tls && api_tls_conn_start(c) != 0) {
         api_conn_close(c);
         return;
@@ -399,11 +414,10 @@ static void on_connection(uv_stream_t *ls, int status) {
 
 /* ---- listening ---- */
 
-static void on_listener_closed(uv_handle_t *h) {
-    struct api_listener *l = h->data;
-    api_server_t *srv = l->srv;
-    free(l);
-    api_server_handle_closed(srv);
+/* Go's spelling of a system error: strerror's text with a lower-case first letter. */
+static void go_errstr(int uverr, char *out, size_t n) {
+    snprintf(out, n, "%s", strerror(-uverr));
+    out[0] = (char)tolower((unsigned char)out[0]);
 }
 
 /* A socket with SO_REUSEPORT for the handle, so the servers of several io
@@ -424,13 +438,76 @@ static int open_reuseport(uv_tcp_t *tcp, int family) {
     return rc;
 }
 
+static void on_listener_closed(uv_handle_t *h) {
+    struct api_listener *l = h->data;
+    api_server_t *srv = l->srv;
+    free(l);
+    api_server_handle_closed(srv);
+}
+
+/* Ends a listen: on failure the error as Go words it ("listen tcp
+ * 127.0.0.1:2379: bind: address already in use") and the handle closed; on
+ * success the listener kept and the address logged. */
+static int listen_done(api_server_t *srv, struct api_listener *l, int rc, struct util_err *err) {
+    if (rc != 0) {
+        char why[128];
+        go_errstr(rc, why, sizeof(why));
+        util_errorf(err, rc, "listen %s %s: bind: %s", l->unix_socket ? "unix" : "tcp", l->addr,
+                    why);
+        uv_close(&l->h.handle, on_listener_closed);
+        return rc;
+    }
+    l->next = srv->listeners;
+    srv->listeners = l;
+    if (l->tls)
+        LOG_INFO(srv->lg, "serving client traffic securely", LOG_STR("address", l->addr));
+    else
+        LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
+                 LOG_STR("address", l->addr));
+    return 0;
+}
+
+/* Listens on a unix socket: unix://path (etcd takes what follows the scheme
+ * as the path, "localhost:2379" included). A stale socket file from an earlier
+ * run is removed first, as etcd does. */
+static int listen_unix(api_server_t *srv, const char *url, const char *path, bool tls,
+                       struct util_err *err) {
+    struct api_listener *l;
+    int rc;
+    if (!*path || strlen(path) >= sizeof(l->addr))
+        return util_errorf(err, -EINVAL, "client URL %s: bad socket path", url);
+    l = calloc(1, sizeof(*l));
+    if (!l)
+        return util_errorf(err, -ENOMEM, "out of memory");
+    l->srv = srv;
+    l->tls = tls;
+    l->unix_socket = true;
+    snprintf(l->addr, sizeof(l->addr), "%s", path);
+    rc = uv_pipe_init(srv->loop, &l->h.pipe, 0);
+    if (rc != 0) {
+        util_errorf(err, rc, "listen unix %s: %s", path, uv_strerror(rc));
+        free(l);
+        return rc;
+    }
+    l->h.handle.data = l;
+    srv->open_handles++;
+    unlink(path);
+    rc = uv_pipe_bind(&l->h.pipe, path);
+    if (rc == 0)
+        rc = uv_listen(&l->h.stream, 511, on_connection);
+    return listen_done(srv, l, rc, err);
+}
+
 int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) {
-    bool tls = strncmp(url, "https://", 8) == 0;
+    bool unix_socket = strncmp(url, "unix://", 7) == 0 || strncmp(url, "unixs://", 8) == 0;
+    bool tls = strncmp(url, "https://", 8) == 0 || strncmp(url, "unixs://", 8) == 0;
     if (tls && !srv->tls_ctx)
         return util_errorf(err, -EINVAL,
                            "TLS key/cert (--cert-file, --key-file) must be provided for client "
                            "url %s with HTTPS scheme",
                            url);
+    if (unix_socket)
+        return listen_unix(srv, url, url + (tls ? 8 : 7), tls, err);
     struct sockaddr_storage ss;
     char addr[UTIL_ADDR_MAX];
     int rc = util_listen_addr(url, &ss, addr, sizeof(addr), err);
@@ -442,31 +519,24 @@ int api_server_listen(api_server_t *srv, const char *url, struct util_err *err) 
     l->srv = srv;
     l->tls = tls;
     snprintf(l->addr, sizeof(l->addr), "%s", addr);
-    rc = uv_tcp_init(srv->loop, &l->tcp);
+    rc = uv_tcp_init(srv->loop, &l->h.tcp);
     if (rc != 0) {
         util_errorf(err, rc, "listen tcp %s: %s", l->addr, uv_strerror(rc));
         free(l);
         return rc;
     }
-    l->tcp.data = l;
+    l->h.handle.data = l;
     srv->open_handles++;
-    rc = srv->cfg.reuse_port ? open_reuseport(&l->tcp, ss.ss_family) : 0;
+    rc = srv->cfg.reuse_port ? open_reuseport(&l->h.tcp, ss.ss_family) : 0;
     if (rc != 0)
         util_errorf(err, rc, "listen tcp %s: %s", l->addr, uv_strerror(rc));
     else
-        rc = util_tcp_listen(&l->tcp, &ss, l->addr, on_connection, err);
+        rc = util_tcp_listen(&l->h.tcp, &ss, l->addr, on_connection, err);
     if (rc != 0) {
-        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+        uv_close(&l->h.handle, on_listener_closed);
         return rc;
     }
-    l->next = srv->listeners;
-    srv->listeners = l;
-    if (tls)
-        LOG_INFO(srv->lg, "serving client traffic securely", LOG_STR("address", l->addr));
-    else
-        LOG_INFO(srv->lg, "serving client traffic insecurely; this is strongly discouraged!",
-                 LOG_STR("address", l->addr));
-    return 0;
+    return listen_done(srv, l, 0, err);
 }
 
 /* ---- lifetime ---- */
@@ -550,7 +620,7 @@ void api_server_close(api_server_t *srv, api_close_cb cb, void *arg) {
     while (srv->listeners) {
         struct api_listener *l = srv->listeners;
         srv->listeners = l->next;
-        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+        uv_close(&l->h.handle, on_listener_closed);
     }
     while (srv->conns)
         api_conn_close(srv->conns);

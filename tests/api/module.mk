@@ -19,3 +19,10 @@ $(API_BENCH): $(B)/obj/tests/api/bench_grpc.o $(B)/obj/tests/api/harness.o \
 .PHONY: bench-api
 bench-api: $(API_BENCH)
 	./$(API_BENCH)
+
+# soak-api: many clients against the sanitizer build of the test double for a
+# minute (numbers and failures only; never in `make test`).
+.PHONY: soak-api
+soak-api:
+	@$(MAKE) --no-print-directory MODE=san build-san/tests/api/fake_api_server
+	/usr/bin/python3 tests/api/soak_api.py $(or $(SOAK_SECONDS),60)

@@ -380,3 +380,53 @@ def test_mutated_input_never_hurts_the_server(fake):
     c.put("after", "fuzz")
     assert c.get("after")[0] == b"fuzz"
     c.close()
+
+
+def test_reset_of_an_unopened_stream_is_ignored(fake):
+    """grpc's C core may reset a stream it never opened (a call cancelled
+    before its headers left); grpc-go ignores that, and so must we, instead of
+    ending every call on the connection. Sent whole and byte by byte."""
+    msg = b"\x00\x00\x00\x00\x00"
+    data = (PREFACE + frame(4, 0, 0, b"") + frame(3, 0, 7, b"\x00\x00\x00\x08") +
+            frame(1, 4, 1, grpc_headers(b"/quointest.Test/Stats")) + frame(0, 1, 1, msg) +
+            frame(3, 0, 9, b"\x00\x00\x00\x08") +
+            frame(1, 4, 3, grpc_headers(b"/quointest.Test/Stats")) + frame(0, 1, 3, msg))
+    for chunk in (len(data), 1):
+        s = socket.create_connection(("127.0.0.1", fake.port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(data), chunk):
+            s.sendall(data[i:i + chunk])
+            if chunk == 1:
+                time.sleep(0.0005)
+        s.settimeout(3)
+        out = b""
+        try:
+            while sum(1 for t, f, sid, _ in frames(out) if t == 1 and f & 1) < 2:
+                d = s.recv(65536)
+                if not d:
+                    break
+                out += d
+        except socket.timeout:
+            pass
+        s.close()
+        fs = frames(out)
+        assert not any(t == 7 for t, _, _, _ in fs), "the connection was ended (GOAWAY)"
+        assert {sid for t, f, sid, _ in fs if t == 1 and f & 1} == {1, 3}
+
+
+def test_etcdctl_over_a_unix_socket(tmp_path):
+    sock = tmp_path / "client.sock"
+    proc = subprocess.Popen([FAKE, "--listen", f"unix://{sock}", "--lifetime", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"listening"
+        env = dict(os.environ, ETCDCTL_API="3")
+        ctl = ["etcdctl", "--endpoints", f"unix://{sock}", "--command-timeout", "10s"]
+        assert subprocess.run(ctl + ["put", "u", "v"], capture_output=True, env=env,
+                              timeout=60).stdout == b"OK\n"
+        assert subprocess.run(ctl + ["get", "u"], capture_output=True, env=env,
+                              timeout=60).stdout == b"u\nv\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr.read().decode()

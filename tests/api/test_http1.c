@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -405,8 +406,8 @@ static void port_in_use_is_reported_like_etcd(void **state) {
     assert_int_equal(api_server_listen(srv, "https://127.0.0.1:2379", &err), -EINVAL);
     assert_string_equal(err.msg, "TLS key/cert (--cert-file, --key-file) must be provided for "
                                  "client url https://127.0.0.1:2379 with HTTPS scheme");
-    assert_int_equal(api_server_listen(srv, "unix://x:1", &err), -ENOTSUP);
-    assert_non_null(strstr(err.msg, "not supported yet"));
+    assert_int_equal(api_server_listen(srv, "unixs://x:1", &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "TLS key/cert (--cert-file, --key-file) must be provided"));
     assert_int_equal(api_server_listen(srv, "http://127.0.0.1", &err), -EINVAL);
     assert_non_null(strstr(err.msg, "missing port in address"));
     assert_int_equal(api_server_listen(srv, "ftp://127.0.0.1:1", &err), -EINVAL);
@@ -432,6 +433,37 @@ static void ipv6_loopback_serves(void **state) {
     expect_response(fd, "HTTP/1.1 200 OK\r\n");
     close(fd);
     harness_stop(&h);
+}
+
+/* unix:// URLs: the socket file (a stale one from an earlier run is
+ * replaced) serves like a TCP port. */
+static void unix_socket_serves(void **state) {
+    (void)state;
+    char dir[] = "/tmp/quoin-api-test-XXXXXX", path[64], url[96];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/client.sock", dir);
+    FILE *stale = fopen(path, "w");
+    assert_non_null(stale);
+    fclose(stale);
+    struct harness h;
+    struct util_err err;
+    memset(&h, 0, sizeof(h));
+    assert_int_equal(uv_loop_init(&h.loop), 0);
+    assert_int_equal(api_server_new(&h.loop, NULL, NULL, &h.srv, &err), 0);
+    snprintf(url, sizeof(url), "unix://%s", path);
+    assert_int_equal(api_server_listen(h.srv, url, &err), 0);
+    harness_run(&h);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    const char req[] = "GET /version HTTP/1.1\r\nHost: x\r\n\r\n";
+    harness_send(fd, req, sizeof(req) - 1);
+    expect_response(fd, "HTTP/1.1 200 OK\r\n");
+    close(fd);
+    harness_stop(&h);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* Closing the server with clients connected, mid-request, closes everything. */
@@ -525,6 +557,7 @@ int main(void) {
         cmocka_unit_test(client_gone_before_answer),
         cmocka_unit_test(port_in_use_is_reported_like_etcd),
         cmocka_unit_test(ipv6_loopback_serves),
+        cmocka_unit_test(unix_socket_serves),
         cmocka_unit_test(close_with_clients_connected),
         cmocka_unit_test(two_loops_share_a_port),
         cmocka_unit_test(connect_and_drop_leaves_no_descriptors),

@@ -17,7 +17,7 @@
  *
  *   fake_api_server --listen http(s)://127.0.0.1:PORT [--max-request-bytes N]
  *                   [--lifetime SECONDS] [--cert-file F --key-file F
- *                   [--trusted-ca-file F] [--client-cert-auth]]
+ *                   [--trusted-ca-file F] [--client-cert-auth]] [--log-level L]
  *
  * Prints "listening" on stdout when ready; exits 3 when the port is taken,
  * 0 after SIGTERM/SIGINT or when its lifetime (default 600 s) ends. */
@@ -271,7 +271,8 @@ static void apply_delete(struct fake *f, api_call_t *call, Etcdserverpb__DeleteR
         free(f->kv[i].key.data);
         free(f->kv[i].value.data);
     }
-    memmove(&f->kv[first], &f->kv[last], (f->n - last) * sizeof(*f->kv));
+    if (last > first)
+        memmove(&f->kv[first], &f->kv[last], (f->n - last) * sizeof(*f->kv));
     f->n -= last - first;
     header(&h, f->revision);
     resp.header = &h;
@@ -641,6 +642,7 @@ int main(int argc, char **argv) {
     const char *url = NULL;
     long lifetime = 600;
     struct api_tls_config tls = {0};
+    log_t *lg = NULL;
     api_config_default(&cfg);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--client-cert-auth") == 0) {
@@ -649,7 +651,12 @@ int main(int argc, char **argv) {
         }
         if (i + 1 == argc)
             break;
-        if (strcmp(argv[i], "--cert-file") == 0)
+        if (strcmp(argv[i], "--log-level") == 0) {
+            enum log_level level;
+            if (log_parse_level(argv[++i], &level) != 0 ||
+                log_open(level, "stderr", &lg, &err) != 0)
+                return 2;
+        } else if (strcmp(argv[i], "--cert-file") == 0)
             tls.cert_file = argv[++i];
         else if (strcmp(argv[i], "--key-file") == 0)
             tls.key_file = argv[++i];
@@ -671,7 +678,7 @@ int main(int argc, char **argv) {
     pthread_mutex_init(&f.mu, NULL);
     pthread_cond_init(&f.cond, NULL);
     uv_loop_init(&f.loop);
-    if (api_server_new(&f.loop, NULL, &cfg, &f.srv, &err) != 0 || register_all(&f) != 0) {
+    if (api_server_new(&f.loop, lg, &cfg, &f.srv, &err) != 0 || register_all(&f) != 0) {
         fprintf(stderr, "fake_api_server: setup failed\n");
         return 1;
     }
@@ -715,5 +722,6 @@ int main(int argc, char **argv) {
         free(f.kv[i].value.data);
     }
     free(f.kv);
+    log_close(lg);
     return rc == 0 ? 0 : 1;
 }
