@@ -270,6 +270,29 @@ static void zeroed_hole_truncates(void **state) {
     seg1_free(&f);
 }
 
+/* A whole page of zeros inside the log (written back after the pages that
+ * follow it, then a crash) cuts the log where it starts, though valid records
+ * follow. */
+static void zeroed_page_truncates(void **state) {
+    (void)state;
+    char *dir = make_log(200, 65536), path[512];
+    char **names;
+    size_t nseg = walt_segments(dir, &names);
+    assert_int_equal(nseg, 1);
+    walt_path(path, sizeof(path), dir, names[0]);
+    walt_free_names(names, nseg);
+    uint64_t offs[MAXREC + 1];
+    assert_int_equal(walt_record_offsets(path, offs, MAXREC), 200);
+    assert_true(offs[200] > 3 * 4096);
+    uint8_t zeros[4096] = {0};
+    walt_write_at(path, 8192, zeros, sizeof(zeros));
+    uint64_t kept = 0;
+    while (offs[kept + 1] <= 8192)
+        kept++;
+    expect_entries(dir, 65536, kept, NULL);
+    walt_rmdir(dir);
+}
+
 static void damaged_header_refused(void **state) {
     (void)state;
     struct seg1 f;
@@ -332,6 +355,7 @@ int main(void) {
         cmocka_unit_test(flip_in_earlier_segment_refused),
         cmocka_unit_test(last_call_is_atomic),
         cmocka_unit_test(zeroed_hole_truncates),
+        cmocka_unit_test(zeroed_page_truncates),
         cmocka_unit_test(damaged_header_refused),
         cmocka_unit_test(missing_segments_refused),
         cmocka_unit_test(unfinished_segment_removed),
