@@ -358,6 +358,8 @@ static int fill_recovery(struct wal *w, const struct replay *rp, struct wal_reco
 static int repair_last(struct wal *w, struct segfile *s, size_t end, int cut,
                        struct util_err *err) {
     int rc;
+    if (!cut && s->size >= w->segment_size)
+        return 0; /* a clean tail, already preallocated: the usual open */
     if (cut && ftruncate(s->fd, (off_t)end) < 0)
         return util_errorf(err, -errno, "wal: cannot truncate %s/%s: %s", w->dir, s->name,
                            strerror(errno));
