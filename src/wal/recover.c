@@ -354,18 +354,22 @@ static int fill_recovery(struct wal *w, const struct replay *rp, struct wal_reco
 }
 
 /* Cuts the last segment at the end of its valid records and preallocates it
- * again, so stale bytes after that point can never be read as records. */
+ * again, so stale bytes after that point can never be read as records. Then
+ * syncs it even when nothing changed: a process that died before its last
+ * fdatasync left records that only the page cache holds, and the caller is
+ * about to treat everything recovered as stable. */
 static int repair_last(struct wal *w, struct segfile *s, size_t end, int cut,
                        struct util_err *err) {
-    int rc;
-    if (!cut && s->size >= w->segment_size)
-        return 0; /* a clean tail, already preallocated: the usual open */
+    int rc = 0;
     if (cut && ftruncate(s->fd, (off_t)end) < 0)
         return util_errorf(err, -errno, "wal: cannot truncate %s/%s: %s", w->dir, s->name,
                            strerror(errno));
-    if ((rc = wal_io_fallocate(w, s->fd, w->segment_size)) < 0 || (rc = wal_io_fsync(w, s->fd)) < 0)
-        return util_errorf(err, rc, "wal: cannot prepare %s/%s for writing: %s", w->dir, s->name,
+    if ((cut || s->size < w->segment_size) &&
+        (rc = wal_io_fallocate(w, s->fd, w->segment_size)) < 0)
+        return util_errorf(err, rc, "wal: cannot preallocate %s/%s: %s", w->dir, s->name,
                            strerror(-rc));
+    if ((rc = wal_io_fsync(w, s->fd)) < 0)
+        return util_errorf(err, rc, "wal: cannot sync %s/%s: %s", w->dir, s->name, strerror(-rc));
     return 0;
 }
 
