@@ -175,16 +175,6 @@ static int apply(struct replay *rp, const struct wal_rec *r, const char **why) {
     return 0;
 }
 
-/* The first offset after `from` (on the record alignment) where a valid record
- * starts, or 0 if there is none. */
-static size_t valid_record_after(const uint8_t *p, size_t size, size_t from) {
-    struct wal_rec r;
-    for (size_t off = from + WAL_REC_ALIGN; off + WAL_REC_HDR <= size; off += WAL_REC_ALIGN)
-        if (wal_rec_decode(p + off, size - off, &r) == NULL)
-            return off;
-    return 0;
-}
-
 #define ZERO_CHUNK 4096
 
 static int all_zero(const uint8_t *p, size_t from, size_t to) {
@@ -196,6 +186,25 @@ static int all_zero(const uint8_t *p, size_t from, size_t to) {
         from += n;
     }
     return 1;
+}
+
+/* The first offset after `from` (on the record alignment) where a valid record
+ * starts, or 0 if there is none. Whole pages of zeros (the rest of a
+ * preallocated segment) are skipped a page at a time. */
+static size_t valid_record_after(const uint8_t *p, size_t size, size_t from) {
+    struct wal_rec r;
+    size_t off = from + WAL_REC_ALIGN;
+    while (off + WAL_REC_HDR <= size) {
+        if (off % ZERO_CHUNK == 0 && off + ZERO_CHUNK <= size &&
+            all_zero(p, off, off + ZERO_CHUNK)) {
+            off += ZERO_CHUNK;
+            continue;
+        }
+        if (wal_rec_decode(p + off, size - off, &r) == NULL)
+            return off;
+        off += WAL_REC_ALIGN;
+    }
+    return 0;
 }
 
 /* Whether [from, to) holds a whole 4 KiB page of zeros: a page the kernel never
@@ -345,16 +354,22 @@ static int fill_recovery(struct wal *w, const struct replay *rp, struct wal_reco
 }
 
 /* Cuts the last segment at the end of its valid records and preallocates it
- * again, so stale bytes after that point can never be read as records. */
+ * again, so stale bytes after that point can never be read as records. Then
+ * syncs it even when nothing changed: a process that died before its last
+ * fdatasync left records that only the page cache holds, and the caller is
+ * about to treat everything recovered as stable. */
 static int repair_last(struct wal *w, struct segfile *s, size_t end, int cut,
                        struct util_err *err) {
-    int rc;
+    int rc = 0;
     if (cut && ftruncate(s->fd, (off_t)end) < 0)
         return util_errorf(err, -errno, "wal: cannot truncate %s/%s: %s", w->dir, s->name,
                            strerror(errno));
-    if ((rc = wal_io_fallocate(w, s->fd, w->segment_size)) < 0 || (rc = wal_io_fsync(w, s->fd)) < 0)
-        return util_errorf(err, rc, "wal: cannot prepare %s/%s for writing: %s", w->dir, s->name,
+    if ((cut || s->size < w->segment_size) &&
+        (rc = wal_io_fallocate(w, s->fd, w->segment_size)) < 0)
+        return util_errorf(err, rc, "wal: cannot preallocate %s/%s: %s", w->dir, s->name,
                            strerror(-rc));
+    if ((rc = wal_io_fsync(w, s->fd)) < 0)
+        return util_errorf(err, rc, "wal: cannot sync %s/%s: %s", w->dir, s->name, strerror(-rc));
     return 0;
 }
 

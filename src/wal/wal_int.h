@@ -54,7 +54,8 @@ struct wal_logstate {
     uint64_t last_term; /* its term */
 };
 
-/* Whether n entries starting at first may follow the log (0 or -EINVAL). */
+/* Whether entries starting at index `first` may follow the log, and whether a
+ * snapshot marker may (0 or -EINVAL); then what each does to it. */
 int wal_ls_check_entries(const struct wal_logstate *ls, uint64_t first);
 int wal_ls_check_snapshot(const struct wal_logstate *ls, const struct wal_snapshot *snap,
                           uint32_t mode);

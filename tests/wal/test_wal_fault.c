@@ -78,7 +78,7 @@ static void expect_model(const char *dir, const struct model *m) {
  * the spare's, which costs nothing but a slower roll: the workload may then
  * succeed. */
 static int run_one(enum wal_fault_op op, enum wal_fault_kind kind, unsigned nth, int spare) {
-    char *dir = walt_tmpdir();
+    char *dir = walt_tmpdir_mem();
     struct wal_options o = base;
     o.no_spare = !spare;
     o.fault = (struct wal_fault){.op = op, .nth = nth, .kind = kind};
@@ -150,7 +150,7 @@ static const struct fault_case cases[] = {
  * open still recovers the log. */
 static void repair_fault(void **state) {
     (void)state;
-    char *dir = walt_tmpdir();
+    char *dir = walt_tmpdir_mem();
     struct wal_recovery rec;
     wal_t *w;
     struct model m = {0};

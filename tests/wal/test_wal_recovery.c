@@ -19,9 +19,12 @@
 
 #define MAXREC 512
 
+/* Small segments, so restoring a damaged file is cheap. */
+static const struct wal_options seg64k = {.segment_size = 65536};
+
 /* A log of entries 1..n (term 1), one call each, in segments of seg_size. */
 static char *make_log(uint64_t n, uint64_t seg_size) {
-    char *dir = walt_tmpdir();
+    char *dir = walt_tmpdir_mem();
     struct wal_options o = {.segment_size = seg_size};
     struct wal_recovery rec;
     wal_t *w = walt_open(dir, &o, &rec);
@@ -154,10 +157,10 @@ static void repair_is_logged_and_clean(void **state) {
     unlink(logpath);
 
     struct wal_recovery rec;
-    wal_t *w = walt_open(f.dir, NULL, &rec);
+    wal_t *w = walt_open(f.dir, &seg64k, &rec);
     struct wal_entry e = {.index = 20, .term = 2};
     assert_int_equal(wal_append(w, &e, 1, NULL, NULL), 0);
-    walt_reopen(&w, f.dir, NULL, &rec);
+    walt_reopen(&w, f.dir, &seg64k, &rec);
     assert_int_equal(rec.n_entries, 20);
     assert_int_equal(rec.entries[19].term, 2);
     assert_int_equal(rec.entries[19].len, 0);
@@ -221,10 +224,10 @@ static void last_call_is_atomic(void **state) {
     (void)state;
     char *dir = make_log(19, 65536), path[512];
     struct wal_recovery rec;
-    wal_t *w = walt_open(dir, NULL, &rec);
+    wal_t *w = walt_open(dir, &seg64k, &rec);
     struct wal_hard_state hs = {.term = 1, .vote = 1, .commit = 22};
     walt_append(w, 20, 3, 1, &hs);
-    walt_reopen(&w, dir, NULL, &rec);
+    walt_reopen(&w, dir, &seg64k, &rec);
     assert_int_equal(rec.n_entries, 22);
     wal_recovery_free(&rec);
     assert_int_equal(wal_close(w), 0);
@@ -250,7 +253,7 @@ static void last_call_is_atomic(void **state) {
     walt_flip_bit(path, offs[20] + 30, 5);
     expect_refusal(dir, strrchr(path, '/') + 1, offs[20], "not a torn write");
     walt_write_file(path, orig, size);
-    w = walt_open(dir, NULL, &rec);
+    w = walt_open(dir, &seg64k, &rec);
     assert_int_equal(rec.n_entries, 22);
     assert_int_equal(rec.hard_state.commit, 22);
     free(orig);
@@ -268,6 +271,29 @@ static void zeroed_hole_truncates(void **state) {
     walt_write_at(f.path, f.offs[14], zeros, sizeof(zeros));
     expect_entries(f.dir, 65536, 14, NULL);
     seg1_free(&f);
+}
+
+/* A whole page of zeros inside the log (written back after the pages that
+ * follow it, then a crash) cuts the log where it starts, though valid records
+ * follow. */
+static void zeroed_page_truncates(void **state) {
+    (void)state;
+    char *dir = make_log(200, 65536), path[512];
+    char **names;
+    size_t nseg = walt_segments(dir, &names);
+    assert_int_equal(nseg, 1);
+    walt_path(path, sizeof(path), dir, names[0]);
+    walt_free_names(names, nseg);
+    uint64_t offs[MAXREC + 1];
+    assert_int_equal(walt_record_offsets(path, offs, MAXREC), 200);
+    assert_true(offs[200] > 3 * 4096);
+    uint8_t zeros[4096] = {0};
+    walt_write_at(path, 8192, zeros, sizeof(zeros));
+    uint64_t kept = 0;
+    while (offs[kept + 1] <= 8192)
+        kept++;
+    expect_entries(dir, 65536, kept, NULL);
+    walt_rmdir(dir);
 }
 
 static void damaged_header_refused(void **state) {
@@ -332,6 +358,7 @@ int main(void) {
         cmocka_unit_test(flip_in_earlier_segment_refused),
         cmocka_unit_test(last_call_is_atomic),
         cmocka_unit_test(zeroed_hole_truncates),
+        cmocka_unit_test(zeroed_page_truncates),
         cmocka_unit_test(damaged_header_refused),
         cmocka_unit_test(missing_segments_refused),
         cmocka_unit_test(unfinished_segment_removed),

@@ -18,13 +18,22 @@
 
 #include "wal/wal_int.h"
 
-char *walt_tmpdir(void) {
-    char tmpl[] = "/tmp/quoin-wal-test-XXXXXX";
+static char *tmpdir_in(const char *base) {
+    char tmpl[64];
+    snprintf(tmpl, sizeof(tmpl), "%s/quoin-wal-test-XXXXXX", base);
     char *d = mkdtemp(tmpl);
     assert_non_null(d);
     char *s = strdup(d);
     assert_non_null(s);
     return s;
+}
+
+char *walt_tmpdir(void) {
+    return tmpdir_in("/tmp");
+}
+
+char *walt_tmpdir_mem(void) {
+    return tmpdir_in(access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
 }
 
 void walt_rmdir(char *dir) {

@@ -13,6 +13,9 @@
 
 /* Makes an empty directory under /tmp; the caller frees the string. */
 char *walt_tmpdir(void);
+/* The same under /dev/shm when there is one: for tests that open logs by the
+ * hundred and check recovery logic, not the disk (fsync costs nothing there). */
+char *walt_tmpdir_mem(void);
 /* Removes a directory made by walt_tmpdir and everything in it, then frees it. */
 void walt_rmdir(char *dir);
 
