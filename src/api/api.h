@@ -254,6 +254,15 @@ void api_server_set_call_observer(api_server_t *srv, api_call_observer observer,
  * api_call_finish; -ENOMEM. */
 int api_call_send(api_call_t *call, const ProtobufCMessage *msg);
 
+/* The bytes of gRPC's message prefix (compressed flag, 4-byte length). */
+#define API_GRPC_PREFIX_LEN 5
+
+/* As api_call_send_raw, without a copy: b holds API_GRPC_PREFIX_LEN bytes of
+ * room, then the encoded message. When nothing is queued before it, the
+ * buffer itself is queued and b is left with an empty buffer (free it as
+ * usual); otherwise it is copied. Any thread. Returns as api_call_send. */
+int api_call_send_owned(api_call_t *call, struct util_buf *b);
+
 /* As api_call_send, with an already-encoded message. */
 int api_call_send_raw(api_call_t *call, const void *data, size_t len);
 

@@ -21,7 +21,7 @@
 
 #include "api/internal.h"
 
-#define GRPC_PREFIX_LEN 5
+#define GRPC_PREFIX_LEN API_GRPC_PREFIX_LEN
 #define H2_STREAM_WINDOW (1 << 20)
 #define H2_CONN_WINDOW (16 << 20)
 /* Output of the session gathered into one socket write. */
@@ -507,6 +507,30 @@ int api_call_send(api_call_t *call, const ProtobufCMessage *msg) {
 
 int api_call_send_raw(api_call_t *call, const void *data, size_t len) {
     return call_queue(call, NULL, data, len);
+}
+
+int api_call_send_owned(api_call_t *call, struct util_buf *b) {
+    if (b->len < API_GRPC_PREFIX_LEN || b->len - API_GRPC_PREFIX_LEN > UINT32_MAX)
+        return -EINVAL;
+    size_t total = b->len;
+    b->data[0] = 0;
+    put_be32((uint8_t *)b->data + 1, (uint32_t)(total - API_GRPC_PREFIX_LEN));
+    pthread_mutex_lock(&call->mu);
+    int rc = send_check(call, total);
+    if (rc == 0 && call->pending.len == 0) {
+        /* Nothing waits before it: the caller's buffer becomes the queue. */
+        struct util_buf empty = call->pending;
+        call->pending = *b;
+        *b = empty;
+    } else if (rc == 0) {
+        rc = util_buf_append(&call->pending, b->data, total);
+    }
+    if (rc == 0) {
+        call->queued += total;
+        api_wake_post(call->srv, &call->wake);
+    }
+    pthread_mutex_unlock(&call->mu);
+    return rc;
 }
 
 int api_call_finish(api_call_t *call, enum api_grpc_code code, const char *message) {

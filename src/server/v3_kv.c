@@ -561,8 +561,16 @@ static void do_range(struct server *s, api_call_t *call, const Etcdserverpb__Ran
     }
     mvcc_read_t *rd = NULL;
     mvcc_range_it_t *it = NULL;
+    /* One buffer, the response itself: room for the gRPC prefix, the header
+     * (its revision is the snapshot's), then every key as LMDB hands it out. */
+    static const char room[API_GRPC_PREFIX_LEN] = {0};
     struct util_buf b = {0};
-    if ((rc = mvcc_read_begin(s->db, &rd)) != 0 || (rc = mvcc_range_open(rd, &req, &it)) != 0)
+    if ((rc = mvcc_read_begin(s->db, &rd)) != 0 || (rc = mvcc_range_open(rd, &req, &it)) != 0 ||
+        (rc = util_buf_append(&b, room, sizeof(room))) != 0)
+        goto out;
+    struct pbw_header h;
+    v3_header(s, mvcc_read_revision(rd), &h);
+    if ((rc = pbw_header(&b, 1, &h)) != 0)
         goto out;
     struct mvcc_kv kv;
     while ((rc = mvcc_range_next(it, &kv)) == 1)
@@ -573,13 +581,8 @@ static void do_range(struct server *s, api_call_t *call, const Etcdserverpb__Ran
     int64_t count, revision;
     bool more;
     mvcc_range_summary(it, &count, &more, &revision);
-    struct pbw_header h;
-    v3_header(s, revision, &h);
-    struct util_buf head = {0};
-    if ((rc = pbw_header(&head, 1, &h)) == 0 && (rc = pbw_bool(&b, 3, more)) == 0 &&
-        (rc = pbw_int(&b, 4, count)) == 0 && (rc = util_buf_append(&head, b.data, b.len)) == 0)
-        rc = api_call_send_raw(call, head.data, head.len);
-    util_buf_free(&head);
+    if ((rc = pbw_bool(&b, 3, more)) == 0 && (rc = pbw_int(&b, 4, count)) == 0)
+        rc = api_call_send_owned(call, &b);
 out:
     mvcc_range_close(it);
     mvcc_read_end(rd);
