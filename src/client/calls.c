@@ -203,6 +203,8 @@ static const ProtobufCMessageDescriptor *answer_type(enum cl_kind kind) {
         return &etcdserverpb__lease_revoke_response__descriptor;
     case CL_LEASE_TTL:
         return &etcdserverpb__lease_time_to_live_response__descriptor;
+    case CL_LEASE_KEEPALIVE_ONCE:
+        return &etcdserverpb__lease_keep_alive_response__descriptor;
     case CL_STATUS:
         return &etcdserverpb__status_response__descriptor;
     case CL_MEMBERS:
@@ -256,6 +258,13 @@ int cl_decode(enum cl_kind kind, const uint8_t *p, size_t n, quoin_resp_t **out)
     case CL_LEASE_TTL:
         rc = fill_lease_ttl(pv, r, (void *)m);
         break;
+    case CL_LEASE_KEEPALIVE_ONCE: {
+        Etcdserverpb__LeaseKeepAliveResponse *ka = (void *)m;
+        cl_fill_header(&r->header, ka->header);
+        r->lease_id = ka->id;
+        r->ttl = ka->ttl;
+        break;
+    }
     case CL_STATUS: {
         Etcdserverpb__StatusResponse *s = (void *)m;
         cl_fill_header(&r->header, s->header);
@@ -645,6 +654,28 @@ int quoin_lease_ttl(quoin_client_t *c, int64_t id, int keys, int deadline_ms, qu
                     quoin_error_t *err) {
     int rc = 0;
     struct cl_call *k = make_ttl(c, id, keys, deadline_ms, &rc);
+    return go_sync(c, k, rc, resp, err);
+}
+
+/* One refresh on a stream of its own: the request, then end of stream. */
+static struct cl_call *make_ka_once(quoin_client_t *c, int64_t id, int deadline_ms, int *rc) {
+    Etcdserverpb__LeaseKeepAliveRequest m = ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
+    m.id = id;
+    return call_with(c, CL_LEASE_KEEPALIVE_ONCE, P_LEASE "LeaseKeepAlive", deadline_ms, &m.base,
+                     rc);
+}
+
+int quoin_lease_keepalive_once_async(quoin_client_t *c, int64_t id, int deadline_ms, quoin_cb cb,
+                                     void *arg) {
+    int rc = 0;
+    struct cl_call *k = make_ka_once(c, id, deadline_ms, &rc);
+    return go_async(k, rc, cb, arg);
+}
+
+int quoin_lease_keepalive_once(quoin_client_t *c, int64_t id, int deadline_ms, quoin_resp_t **resp,
+                               quoin_error_t *err) {
+    int rc = 0;
+    struct cl_call *k = make_ka_once(c, id, deadline_ms, &rc);
     return go_sync(c, k, rc, resp, err);
 }
 

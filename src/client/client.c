@@ -98,8 +98,9 @@ struct cl_call *cl_call_new(quoin_client_t *c, enum cl_kind kind, const char *pa
     k->kind = kind;
     k->path = path;
     k->grpc_status = -1;
-    k->retry_after_send =
-        kind == CL_RANGE || kind == CL_LEASE_TTL || kind == CL_STATUS || kind == CL_MEMBERS;
+    k->retry_after_send = kind == CL_RANGE || kind == CL_LEASE_TTL ||
+                          kind == CL_LEASE_KEEPALIVE_ONCE || kind == CL_STATUS ||
+                          kind == CL_MEMBERS;
     if (deadline_ms >= 0) {
         int ms = deadline_ms > 0 ? deadline_ms : c->opts.default_deadline_ms;
         k->deadline_ns = util_now_mono_ns() + (uint64_t)ms * MS_NS;
@@ -626,14 +627,20 @@ static int has_work(const quoin_client_t *c) {
     return c->waiting || c->streams || (c->conn && c->conn->calls);
 }
 
-/* Keeps the loop alive (on_loop clients) only while there is work. */
+/* Keeps the loop alive (on_loop clients) only while there is work: the tick
+ * and the connection are unreferenced when idle. */
 static void update_ref(quoin_client_t *c) {
-    if (c->closing)
+    int busy = has_work(c);
+    if (c->closing || c->threaded)
         return;
-    if (has_work(c))
+    if (busy)
         uv_ref((uv_handle_t *)&c->tick);
     else
         uv_unref((uv_handle_t *)&c->tick);
+    if (c->conn && busy)
+        uv_ref((uv_handle_t *)&c->conn->tcp);
+    else if (c->conn)
+        uv_unref((uv_handle_t *)&c->conn->tcp);
 }
 
 static void client_kick(quoin_client_t *c) {

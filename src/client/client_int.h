@@ -29,6 +29,7 @@ enum cl_kind {
     CL_LEASE_GRANT,
     CL_LEASE_REVOKE,
     CL_LEASE_TTL,
+    CL_LEASE_KEEPALIVE_ONCE,
     CL_STATUS,
     CL_MEMBERS,
     CL_STREAM, /* a watch or keep-alive stream: messages go to on_msg */

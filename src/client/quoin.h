@@ -237,6 +237,9 @@ int quoin_lease_grant(quoin_client_t *c, int64_t ttl, int64_t id, int deadline_m
 int quoin_lease_revoke(quoin_client_t *c, int64_t id, int deadline_ms, quoin_error_t *err);
 int quoin_lease_ttl(quoin_client_t *c, int64_t id, int keys, int deadline_ms, quoin_resp_t **resp,
                     quoin_error_t *err);
+/* Refreshes a lease once; resp->ttl is its new TTL, 0 or less if it is gone. */
+int quoin_lease_keepalive_once(quoin_client_t *c, int64_t id, int deadline_ms, quoin_resp_t **resp,
+                               quoin_error_t *err);
 int quoin_status(quoin_client_t *c, int deadline_ms, quoin_resp_t **resp, quoin_error_t *err);
 int quoin_member_list(quoin_client_t *c, int deadline_ms, quoin_resp_t **resp, quoin_error_t *err);
 
@@ -257,6 +260,8 @@ int quoin_lease_revoke_async(quoin_client_t *c, int64_t id, int deadline_ms, quo
                              void *arg);
 int quoin_lease_ttl_async(quoin_client_t *c, int64_t id, int keys, int deadline_ms, quoin_cb cb,
                           void *arg);
+int quoin_lease_keepalive_once_async(quoin_client_t *c, int64_t id, int deadline_ms, quoin_cb cb,
+                                     void *arg);
 int quoin_status_async(quoin_client_t *c, int deadline_ms, quoin_cb cb, void *arg);
 int quoin_member_list_async(quoin_client_t *c, int deadline_ms, quoin_cb cb, void *arg);
 

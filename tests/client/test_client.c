@@ -210,7 +210,14 @@ static void test_lease(void **state) {
     assert_int_equal(r->lease_key_lens[0], 7);
     assert_memory_equal(r->lease_keys[0], "lease/k", 7);
     quoin_resp_free(r);
+    assert_int_equal(quoin_lease_keepalive_once(f->c, id, 0, &r, &e), 0);
+    assert_true(r->lease_id == id);
+    assert_int_equal(r->ttl, 60);
+    quoin_resp_free(r);
     assert_int_equal(quoin_lease_revoke(f->c, id, 0, &e), 0);
+    assert_int_equal(quoin_lease_keepalive_once(f->c, id, 0, &r, &e), 0);
+    assert_true(r->ttl <= 0);
+    quoin_resp_free(r);
     assert_int_equal(quoin_get(f->c, "lease/k", 0, &r, &e), 0);
     assert_int_equal(r->n_kvs, 0);
     quoin_resp_free(r);
