@@ -42,3 +42,12 @@ install-client: libquoin
 	ln -sf libquoin.so.0 $(DESTDIR)$(PREFIX)/lib/libquoin.so
 	install -m 644 src/client/quoin.h $(DESTDIR)$(PREFIX)/include/quoin/quoin.h
 	install -m 644 $(B)/quoin.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/quoin.pc
+
+# Examples (examples/*.c): each a program linked with the core library, built
+# with `all` so that their tests (tests/client/test_examples.py) find them.
+EXAMPLE_BINS := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
+all: $(EXAMPLE_BINS)
+
+$(B)/examples/%: $(B)/obj/examples/%.o $(B)/libquoin-core.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

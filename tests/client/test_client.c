@@ -269,6 +269,53 @@ static void test_bad_args(void **state) {
     assert_string_equal(e.message, "etcdserver: key is not provided");
 }
 
+/* ---- blocking calls from several threads on one client ---- */
+
+struct thread_arg {
+    quoin_client_t *c;
+    int id;
+    int bad;
+};
+
+static void *thread_main(void *p) {
+    struct thread_arg *t = p;
+    for (int i = 0; i < 50; i++) {
+        char k[32], v[32];
+        quoin_resp_t *r = NULL;
+        snprintf(k, sizeof k, "thr/%d/%d", t->id, i);
+        snprintf(v, sizeof v, "v%d.%d", t->id, i);
+        if (quoin_put(t->c, k, v, 0, 0, NULL) != 0 || quoin_get(t->c, k, 0, &r, NULL) != 0 ||
+            r->n_kvs != 1 || !kv_is(&r->kvs[0], k, v))
+            t->bad++;
+        quoin_resp_free(r);
+    }
+    return NULL;
+}
+
+static void test_threads(void **state) {
+    struct fixture *f = *state;
+    pthread_t th[4];
+    struct thread_arg args[4];
+    quoin_resp_t *r = NULL;
+    for (int i = 0; i < 4; i++) {
+        args[i] = (struct thread_arg){.c = f->c, .id = i};
+        assert_int_equal(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].bad, 0);
+    }
+    quoin_op_t all = {.type = QUOIN_OP_RANGE,
+                      .key = "thr/",
+                      .key_len = 4,
+                      .range_end = "thr0",
+                      .range_end_len = 4,
+                      .count_only = 1};
+    assert_int_equal(quoin_do(f->c, &all, 0, &r, NULL), 0);
+    assert_int_equal(r->count, 200);
+    quoin_resp_free(r);
+}
+
 /* ---- asynchronous use on the caller's loop ---- */
 
 struct async_state {
@@ -561,10 +608,11 @@ static void test_failover(void **state) {
 #define CLIENT_TESTS                                                                               \
     cmocka_unit_test(test_kv), cmocka_unit_test(test_txn), cmocka_unit_test(test_compact),         \
         cmocka_unit_test(test_lease), cmocka_unit_test(test_status_members),                       \
-        cmocka_unit_test(test_bad_args), cmocka_unit_test(test_async_on_loop),                     \
-        cmocka_unit_test(test_deadline), cmocka_unit_test(test_free_cancels),                      \
-        cmocka_unit_test(test_watch_restart), cmocka_unit_test(test_watch_compacted),              \
-        cmocka_unit_test(test_keepalive_restart), cmocka_unit_test(test_failover)
+        cmocka_unit_test(test_bad_args), cmocka_unit_test(test_threads),                           \
+        cmocka_unit_test(test_async_on_loop), cmocka_unit_test(test_deadline),                     \
+        cmocka_unit_test(test_free_cancels), cmocka_unit_test(test_watch_restart),                 \
+        cmocka_unit_test(test_watch_compacted), cmocka_unit_test(test_keepalive_restart),          \
+        cmocka_unit_test(test_failover)
 
 int main(void) {
     const struct CMUnitTest tests[] = {CLIENT_TESTS};
