@@ -435,10 +435,13 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
         cl_error(&e, k->grpc_status, "%s", k->grpc_message);
     if (e.code == QUOIN_UNAVAILABLE && k->kind != CL_STREAM && c->n_eps > 1 && !c->closing &&
         !deadline_passed(k, util_now_mono_ns())) {
-        /* the member cannot serve (no leader): try the next endpoint */
+        /* the member cannot serve (no leader): try the next endpoint, after
+         * a pause so that a cluster without a leader is not hammered */
         list_add(&c->waiting, k);
-        if (c->conn == conn)
+        if (c->conn == conn) {
+            c->reconnect_at_ns = util_now_mono_ns() + BACKOFF_NS;
             conn_kill(conn);
+        }
         return 0;
     }
     if (e.code == 0 && k->kind != CL_STREAM) {

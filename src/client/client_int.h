@@ -96,7 +96,8 @@ struct quoin_client {
 /* A long-lived stream (watch or keep-alive) that re-opens its call after a
  * reconnect. */
 struct cl_stream {
-    struct cl_job job;
+    struct cl_job job_add; /* each hand-off has its own job: both may be queued */
+    struct cl_job job_stop;
     quoin_client_t *c;
     struct cl_stream *prev, *next;
     struct cl_call *call; /* the open stream, or NULL while waiting to re-open */

@@ -7,6 +7,7 @@
  * neither loses nor repeats events. Stopped streams are freed by the tick, in a
  * pass that runs no callback, so a callback may stop any stream. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -207,7 +208,7 @@ static void watch_destroy(struct cl_stream *s) {
 }
 
 static void add_job(struct cl_job *j) {
-    struct cl_stream *s = (struct cl_stream *)j;
+    struct cl_stream *s = (struct cl_stream *)((char *)j - offsetof(struct cl_stream, job_add));
     cl_stream_add(s->c, s);
 }
 
@@ -215,13 +216,13 @@ static void post_add(quoin_client_t *c, struct cl_stream *s) {
     if (cl_on_loop_thread(c)) {
         cl_stream_add(c, s);
     } else {
-        s->job.fn = add_job;
-        cl_post(c, &s->job);
+        s->job_add.fn = add_job;
+        cl_post(c, &s->job_add);
     }
 }
 
 static void stop_job(struct cl_job *j) {
-    struct cl_stream *s = (struct cl_stream *)j;
+    struct cl_stream *s = (struct cl_stream *)((char *)j - offsetof(struct cl_stream, job_stop));
     s->released = 1;
     if (!s->stopped)
         stream_stop(s);
@@ -230,10 +231,10 @@ static void stop_job(struct cl_job *j) {
 /* Stops a stream and releases its handle, from any thread; the tick frees it. */
 static void post_stop(struct cl_stream *s) {
     if (cl_on_loop_thread(s->c)) {
-        stop_job(&s->job);
+        stop_job(&s->job_stop);
     } else {
-        s->job.fn = stop_job;
-        cl_post(s->c, &s->job);
+        s->job_stop.fn = stop_job;
+        cl_post(s->c, &s->job_stop);
     }
 }
 
@@ -282,7 +283,8 @@ int quoin_watch(quoin_client_t *c, const void *key, size_t key_len,
 
 /* The final callback runs on the loop thread when the stop is handled. */
 static void watch_cancel_job(struct cl_job *j) {
-    struct quoin_watch *w = (struct quoin_watch *)j;
+    struct quoin_watch *w =
+        (struct quoin_watch *)((char *)j - offsetof(struct cl_stream, job_stop));
     quoin_error_t e;
     w->s.released = 1;
     cl_error(&e, QUOIN_CANCELLED, "watch canceled");
@@ -293,10 +295,10 @@ void quoin_watch_cancel(quoin_watch_t *w) {
     if (!w)
         return;
     if (cl_on_loop_thread(w->s.c)) {
-        watch_cancel_job(&w->s.job);
+        watch_cancel_job(&w->s.job_stop);
     } else {
-        w->s.job.fn = watch_cancel_job;
-        cl_post(w->s.c, &w->s.job);
+        w->s.job_stop.fn = watch_cancel_job;
+        cl_post(w->s.c, &w->s.job_stop);
     }
 }
 

@@ -549,6 +549,25 @@ static void test_watch_compacted(void **state) {
     pthread_mutex_destroy(&w.mu);
 }
 
+/* A watch cancelled at once, before the client's thread has even made it,
+ * still ends with exactly one Cancelled callback. */
+static void test_watch_cancel_at_once(void **state) {
+    struct fixture *f = *state;
+    struct watch_state w = {.n = 0};
+    quoin_watch_t *h;
+    pthread_mutex_init(&w.mu, NULL);
+    assert_int_equal(quoin_watch(f->c, "wq", 2, NULL, watch_cb, &w, &h), 0);
+    quoin_watch_cancel(h);
+    for (int i = 0; i < 100 && !w.ended; i++)
+        usleep(10000);
+    assert_true(w.ended);
+    assert_int_equal(w.end_code, QUOIN_CANCELLED);
+    put_retry(f->c, "wq", "v");
+    usleep(100000);
+    assert_int_equal(w.n, 0);
+    pthread_mutex_destroy(&w.mu);
+}
+
 /* ---- keep-alive across a restart ---- */
 
 static void test_keepalive_restart(void **state) {
@@ -611,8 +630,8 @@ static void test_failover(void **state) {
         cmocka_unit_test(test_bad_args), cmocka_unit_test(test_threads),                           \
         cmocka_unit_test(test_async_on_loop), cmocka_unit_test(test_deadline),                     \
         cmocka_unit_test(test_free_cancels), cmocka_unit_test(test_watch_restart),                 \
-        cmocka_unit_test(test_watch_compacted), cmocka_unit_test(test_keepalive_restart),          \
-        cmocka_unit_test(test_failover)
+        cmocka_unit_test(test_watch_compacted), cmocka_unit_test(test_watch_cancel_at_once),       \
+        cmocka_unit_test(test_keepalive_restart), cmocka_unit_test(test_failover)
 
 int main(void) {
     const struct CMUnitTest tests[] = {CLIENT_TESTS};
