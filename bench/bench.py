@@ -5,7 +5,7 @@ Starts one etcd and one quoin member with the same flags, data directories
 under one temporary directory (same disk), then runs every quoin-bench workload
 against each server in turn, alternating which goes first. Prints a table of
 quoin/etcd ratios and writes it, with the machine's description, to
-bench/results/<date>.md. Servers are stopped by PID.
+bench/results/<date>.md (BENCH_OUT overrides the path). Servers are stopped by PID.
 
 Environment: BENCH_KEYS (keys loaded for the data-size and restart rows,
 default 300000), BENCH_SCALE (multiplies request counts, default 1)."""
@@ -112,6 +112,14 @@ class Server:
             fields = f.read().rsplit(")", 1)[1].split()
         return int(fields[21]) * PAGE / 1e6  # rss in pages
 
+    def anon_mb(self):
+        """Anonymous memory only: LMDB's and bbolt's mapped files are left out."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1e3
+        return 0.0
+
     def disk_mb(self):
         total = 0
         for d, _, files in os.walk(self.dir):
@@ -159,7 +167,8 @@ def main():
            "One member each, same flags, data directories on the same disk; both run during the whole "
            "benchmark, workloads alternate between them. Clustering is not in quoin yet, so there is no "
            "3-member run. Latencies in ms; ratio = quoin / etcd (throughput: higher is better for quoin; "
-           "latency, memory, CPU, disk, start time: lower is better).", ""]
+           "latency, memory, CPU, disk, start time: lower is better). watch-latency: ops/s is puts/s at a fixed "
+           "rate; latencies are put-to-event delays over every watcher.", ""]
     try:
         first = {}
         for k in ("etcd", "quoin"):
@@ -177,10 +186,13 @@ def main():
         cpu = {k: servers[k].cpu_seconds() - cpu0[k] for k in servers}
         rss = {k: servers[k].rss_mb() for k in servers}
         # data size after KEYS keys of 256 bytes, then time to first answer on that database
+        fill = {}
         for k in servers:
-            run_bench(servers[k], ["--conns", "4", "--clients", "128", "--key-space", str(KEYS), "--sequential",
-                                   "--total", str(KEYS), "--prefix", "f", "--key-size", "16", "put"])
+            fill[k] = run_bench(servers[k], ["--conns", "4", "--clients", "128", "--key-space", str(KEYS),
+                                             "--sequential", "--total", str(KEYS), "--prefix", "f", "--key-size",
+                                             "16", "put"])["ops_per_sec"]
         rss_full = {k: servers[k].rss_mb() for k in servers}
+        anon_full = {k: servers[k].anon_mb() for k in servers}
         disk = {k: servers[k].disk_mb() for k in servers}
         restart = {}
         for k in servers:
@@ -207,7 +219,9 @@ def main():
     out += ["", "| server | etcd | quoin | ratio |", "|---|---|---|---|"]
     for label, d, fmt in (("CPU seconds over the workloads", cpu, "%.1f"),
                           ("RSS after the workloads (MB)", rss, "%.1f"),
+                          ("loading %d keys, 128 clients (puts/s)" % KEYS, fill, "%.0f"),
                           ("RSS after %d keys (MB)" % KEYS, rss_full, "%.1f"),
+                          ("of which anonymous (MB)", anon_full, "%.1f"),
                           ("data on disk after %d keys of 256 B (MB)" % KEYS, disk, "%.1f"),
                           ("start to first answer, empty (s)", first, "%.2f"),
                           ("start to first answer, %d keys (s)" % KEYS, restart, "%.2f"),
@@ -217,7 +231,8 @@ def main():
     print()
     print(text)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    path = os.path.join(ROOT, "bench", "results", datetime.date.today().isoformat() + ".md")
+    path = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "bench", "results",
+                                                       datetime.date.today().isoformat() + ".md")
     with open(path, "w") as f:
         f.write(text)
     print("written to", path)
