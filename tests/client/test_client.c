@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "client/quoin.h"
+#include "noleader.h"
 #include "srv.h"
 #include "util/util.h"
 
@@ -624,6 +625,29 @@ static void test_failover(void **state) {
     assert_int_equal(srv_restart(&f->srv), 0);
 }
 
+/* A member that answers "etcdserver: no leader": with one endpoint the caller
+ * gets etcd's error; with a second endpoint the call moves on and succeeds. */
+static void test_no_leader_failover(void **state) {
+    struct fixture *f = *state;
+    struct noleader nl;
+    quoin_client_t *c;
+    quoin_error_t e;
+    char eps[160];
+    assert_int_equal(noleader_start(&nl), 0);
+    assert_int_equal(quoin_client_new(nl.endpoint, NULL, &c), 0);
+    assert_int_equal(quoin_put(c, "nl/k", "v", 0, 2000, &e), -EIO);
+    assert_int_equal(e.code, QUOIN_UNAVAILABLE);
+    assert_string_equal(e.message, "etcdserver: no leader");
+    quoin_client_free(c);
+    snprintf(eps, sizeof eps, "%s,%s", nl.endpoint, f->srv.endpoint);
+    assert_int_equal(quoin_client_new(eps, NULL, &c), 0);
+    assert_int_equal(quoin_put(c, "nl/k", "v", 0, 3000, &e), 0);
+    assert_string_equal(quoin_client_endpoint(c), f->srv.endpoint);
+    assert_int_equal(atomic_load(&nl.puts), 2);
+    quoin_client_free(c);
+    noleader_stop(&nl);
+}
+
 #define CLIENT_TESTS                                                                               \
     cmocka_unit_test(test_kv), cmocka_unit_test(test_txn), cmocka_unit_test(test_compact),         \
         cmocka_unit_test(test_lease), cmocka_unit_test(test_status_members),                       \
@@ -631,7 +655,8 @@ static void test_failover(void **state) {
         cmocka_unit_test(test_async_on_loop), cmocka_unit_test(test_deadline),                     \
         cmocka_unit_test(test_free_cancels), cmocka_unit_test(test_watch_restart),                 \
         cmocka_unit_test(test_watch_compacted), cmocka_unit_test(test_watch_cancel_at_once),       \
-        cmocka_unit_test(test_keepalive_restart), cmocka_unit_test(test_failover)
+        cmocka_unit_test(test_keepalive_restart), cmocka_unit_test(test_failover),                 \
+        cmocka_unit_test(test_no_leader_failover)
 
 int main(void) {
     const struct CMUnitTest tests[] = {CLIENT_TESTS};
