@@ -490,7 +490,8 @@ static void conn_kill(struct cl_conn *conn) {
         return;
     if (c->conn == conn) {
         c->conn = NULL;
-        c->cur = (c->cur + 1) % c->n_eps;
+        /* atomic: quoin_client_endpoint reads it from other threads */
+        __atomic_store_n(&c->cur, (c->cur + 1) % c->n_eps, __ATOMIC_RELAXED);
         if (conn->state == CONN_DIALING && ++c->failed_row >= c->n_eps) {
             c->failed_row = 0;
             c->reconnect_at_ns = util_now_mono_ns() + BACKOFF_NS;
@@ -862,7 +863,7 @@ err:
 }
 
 const char *quoin_client_endpoint(const quoin_client_t *c) {
-    return c->eps[c->cur].text;
+    return c->eps[__atomic_load_n(&c->cur, __ATOMIC_RELAXED)].text;
 }
 
 static void handle_closed(uv_handle_t *h) {

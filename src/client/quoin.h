@@ -296,8 +296,9 @@ typedef struct quoin_watch_options {
 int quoin_watch(quoin_client_t *c, const void *key, size_t key_len,
                 const quoin_watch_options_t *opts, quoin_watch_cb cb, void *arg,
                 quoin_watch_t **out);
-/* Stops and frees the watch; cb runs a last time with code 1 (Cancelled) on the
- * loop thread. From the loop thread (on_loop clients) or any thread. */
+/* Stops and frees the watch, from any thread, exactly once per watch (also
+ * after the server ended it). Unless the watch had already ended, cb runs a
+ * last time with code 1 (Cancelled) on the loop thread. */
 void quoin_watch_cancel(quoin_watch_t *w);
 
 /* ---- keep-alive ---- */
@@ -311,7 +312,8 @@ typedef void (*quoin_keepalive_cb)(void *arg, int64_t lease_id, int64_t ttl);
  * every 500 ms), across reconnects. cb may be NULL. Any thread. */
 int quoin_keepalive(quoin_client_t *c, int64_t id, quoin_keepalive_cb cb, void *arg,
                     quoin_keepalive_t **out);
-/* Stops the keep-alive and frees it (the lease then expires by itself). */
+/* Stops the keep-alive and frees it (the lease then expires by itself); also
+ * needed after the lease is gone. Any thread, once per keep-alive. */
 void quoin_keepalive_stop(quoin_keepalive_t *k);
 
 #endif

@@ -463,16 +463,34 @@ static void watch_cb(void *arg, const quoin_header_t *h, const quoin_event_t *ev
     pthread_mutex_unlock(&w->mu);
 }
 
+static int events_seen(struct watch_state *w) {
+    pthread_mutex_lock(&w->mu);
+    int n = w->n;
+    pthread_mutex_unlock(&w->mu);
+    return n;
+}
+
 static int wait_events(struct watch_state *w, int n, int ms) {
     for (int i = 0; i < ms / 10; i++) {
-        pthread_mutex_lock(&w->mu);
-        int got = w->n;
-        pthread_mutex_unlock(&w->mu);
+        int got = events_seen(w);
         if (got >= n)
             return got;
         usleep(10000);
     }
-    return w->n;
+    return events_seen(w);
+}
+
+/* Waits up to ms for the watch's final callback; returns its code, or -1. */
+static int wait_end(struct watch_state *w, int ms) {
+    for (int i = 0; i <= ms / 10; i++) {
+        pthread_mutex_lock(&w->mu);
+        int ended = w->ended, code = w->end_code;
+        pthread_mutex_unlock(&w->mu);
+        if (ended)
+            return code;
+        usleep(10000);
+    }
+    return -1;
 }
 
 /* Puts until one succeeds (the server may still be starting). */
@@ -518,10 +536,7 @@ static void test_watch_restart(void **state) {
     }
     pthread_mutex_unlock(&w.mu);
     quoin_watch_cancel(h);
-    for (int i = 0; i < 100 && !w.ended; i++)
-        usleep(10000);
-    assert_true(w.ended);
-    assert_int_equal(w.end_code, QUOIN_CANCELLED);
+    assert_int_equal(wait_end(&w, 1000), QUOIN_CANCELLED);
     pthread_mutex_destroy(&w.mu);
 }
 
@@ -541,10 +556,7 @@ static void test_watch_compacted(void **state) {
     assert_int_equal(quoin_compact(f->c, rev, 0, 0, &e), 0);
     quoin_watch_options_t o = {.start_revision = rev - 1};
     assert_int_equal(quoin_watch(f->c, "wc/k", 4, &o, watch_cb, &w, &h), 0);
-    for (int i = 0; i < 300 && !w.ended; i++)
-        usleep(10000);
-    assert_true(w.ended);
-    assert_int_equal(w.end_code, QUOIN_OUT_OF_RANGE);
+    assert_int_equal(wait_end(&w, 3000), QUOIN_OUT_OF_RANGE);
     quoin_watch_cancel(h);
     usleep(50000);
     pthread_mutex_destroy(&w.mu);
@@ -559,13 +571,10 @@ static void test_watch_cancel_at_once(void **state) {
     pthread_mutex_init(&w.mu, NULL);
     assert_int_equal(quoin_watch(f->c, "wq", 2, NULL, watch_cb, &w, &h), 0);
     quoin_watch_cancel(h);
-    for (int i = 0; i < 100 && !w.ended; i++)
-        usleep(10000);
-    assert_true(w.ended);
-    assert_int_equal(w.end_code, QUOIN_CANCELLED);
+    assert_int_equal(wait_end(&w, 1000), QUOIN_CANCELLED);
     put_retry(f->c, "wq", "v");
     usleep(100000);
-    assert_int_equal(w.n, 0);
+    assert_int_equal(events_seen(&w), 0);
     pthread_mutex_destroy(&w.mu);
 }
 
