@@ -357,7 +357,7 @@ static void report(struct bench *b) {
     if (b->cf.json) {
         printf("{\"workload\":\"%s\",\"conns\":%d,\"clients\":%d,\"ops\":%" PRIu64
                ",\"errors\":%" PRIu64 ",\"seconds\":%.3f,\"ops_per_sec\":%.1f,\"latency_ms\":{"
-                                      "\"mean\":%.3f,\"p50\":%.3f,\"p90\":%.3f,"
+               "\"mean\":%.3f,\"p50\":%.3f,\"p90\":%.3f,"
                "\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}",
                b->cf.wname, b->cf.conns, b->cf.clients, n, b->errors, secs, ops,
                b->h.total ? b->h.sum / (double)b->h.total / ms : 0,

@@ -304,7 +304,11 @@ static void send_call(struct cl_conn *conn, struct cl_call *k) {
     if (k->deadline_ns) {
         uint64_t now = util_now_mono_ns();
         uint64_t ms = k->deadline_ns > now ? (k->deadline_ns - now) / MS_NS : 0;
-        snprintf(timeout, sizeof timeout, "%llum", (unsigned long long)(ms ? ms : 1));
+        /* gRPC allows at most 8 digits: long deadlines go in seconds */
+        if (ms > 99999999)
+            snprintf(timeout, sizeof timeout, "%lluS", (unsigned long long)(ms / 1000));
+        else
+            snprintf(timeout, sizeof timeout, "%llum", (unsigned long long)(ms ? ms : 1));
         nva[6].valuelen = strlen(timeout);
         nn = 7;
     }

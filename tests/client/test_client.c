@@ -404,6 +404,9 @@ static void test_deadline(void **state) {
      * fired deadline on the same client still works */
     assert_int_equal(quoin_get(f->c, "k", 2000, &r, &e), 0);
     quoin_resp_free(r);
+    /* a deadline too long for 8 digits of milliseconds is still valid gRPC */
+    assert_int_equal(quoin_get(f->c, "k", 200000000, &r, &e), 0);
+    quoin_resp_free(r);
 }
 
 static void record_cb(void *arg, quoin_resp_t *resp, const quoin_error_t *err) {
