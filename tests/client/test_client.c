@@ -60,6 +60,21 @@ static int kv_is(const quoin_kv_t *kv, const char *key, const char *value) {
            (!value || (kv->value_len == strlen(value) && !memcmp(kv->value, value, kv->value_len)));
 }
 
+/* An op on NUL-terminated strings; end and value may be NULL. */
+static quoin_op_t op_of(enum quoin_op_type type, const char *key, const char *end,
+                        const char *value) {
+    quoin_op_t op = {.type = type, .key = key, .key_len = strlen(key)};
+    if (end) {
+        op.range_end = end;
+        op.range_end_len = strlen(end);
+    }
+    if (value) {
+        op.value = value;
+        op.value_len = strlen(value);
+    }
+    return op;
+}
+
 static void test_kv(void **state) {
     struct fixture *f = *state;
     quoin_error_t e;
@@ -76,12 +91,8 @@ static void test_kv(void **state) {
     quoin_resp_free(r);
 
     /* prefix range with a limit, then count only, then serializable */
-    quoin_op_t op = {.type = QUOIN_OP_RANGE,
-                     .key = "kv/",
-                     .key_len = 3,
-                     .range_end = "kv0",
-                     .range_end_len = 3,
-                     .limit = 2};
+    quoin_op_t op = op_of(QUOIN_OP_RANGE, "kv/", "kv0", NULL);
+    op.limit = 2;
     assert_int_equal(quoin_do(f->c, &op, 0, &r, &e), 0);
     assert_int_equal(r->n_kvs, 2);
     assert_true(r->more);
@@ -97,12 +108,8 @@ static void test_kv(void **state) {
     quoin_resp_free(r);
 
     /* overwrite with prev_kv, read the old revision */
-    quoin_op_t put = {.type = QUOIN_OP_PUT,
-                      .key = "kv/b",
-                      .key_len = 4,
-                      .value = "22",
-                      .value_len = 2,
-                      .prev_kv = 1};
+    quoin_op_t put = op_of(QUOIN_OP_PUT, "kv/b", NULL, "22");
+    put.prev_kv = 1;
     assert_int_equal(quoin_do(f->c, &put, 0, &r, &e), 0);
     assert_int_equal(r->n_kvs, 1);
     assert_true(kv_is(&r->kvs[0], "kv/b", "2"));
@@ -116,12 +123,8 @@ static void test_kv(void **state) {
     assert_int_equal(deleted, 1);
     assert_int_equal(quoin_delete(f->c, "kv/a", &deleted, 0, &e), 0);
     assert_int_equal(deleted, 0);
-    quoin_op_t del = {.type = QUOIN_OP_DELETE,
-                      .key = "kv/",
-                      .key_len = 3,
-                      .range_end = "kv0",
-                      .range_end_len = 3,
-                      .prev_kv = 1};
+    quoin_op_t del = op_of(QUOIN_OP_DELETE, "kv/", "kv0", NULL);
+    del.prev_kv = 1;
     assert_int_equal(quoin_do(f->c, &del, 0, &r, &e), 0);
     assert_int_equal(r->deleted, 2);
     assert_int_equal(r->n_kvs, 2);
