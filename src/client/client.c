@@ -33,6 +33,8 @@ struct cl_conn {
     uint64_t dial_deadline_ns;
     struct cl_call *calls;
     size_t ep;
+    int goaway; /* on the client's draining list */
+    struct cl_conn *next_drain;
 };
 
 struct cl_write {
@@ -403,6 +405,22 @@ static int on_data(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t
     return 0;
 }
 
+/* A GOAWAY: the calls already on this connection finish there; new calls
+ * open a new connection. */
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
+    struct cl_conn *conn = ud;
+    quoin_client_t *c = conn->c;
+    (void)s;
+    if (f->hd.type != NGHTTP2_GOAWAY || conn->goaway || conn->state != CONN_READY)
+        return 0;
+    conn->goaway = 1;
+    conn->next_drain = c->draining;
+    c->draining = conn;
+    if (c->conn == conn)
+        c->conn = NULL;
+    return 0;
+}
+
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
     (void)ud;
     if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) &&
@@ -430,6 +448,13 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
     k->conn = NULL;
     if (k->done) {
         cl_call_free(k);
+        return 0;
+    }
+    if (code == NGHTTP2_REFUSED_STREAM && k->kind != CL_STREAM && !c->closing &&
+        !deadline_passed(k, util_now_mono_ns())) {
+        /* never processed (the server is going away): send it again */
+        list_add(&c->waiting, k);
+        client_kick(c);
         return 0;
     }
     if (k->grpc_status < 0)
@@ -480,6 +505,12 @@ static void conn_teardown(struct cl_conn *conn) {
             cl_finish(k, NULL, &e);
             cl_call_free(k);
         }
+    }
+    if (conn->goaway) {
+        struct cl_conn **p = &c->draining;
+        while (*p != conn)
+            p = &(*p)->next_drain;
+        *p = conn->next_drain;
     }
     if (conn->h2)
         nghttp2_session_del(conn->h2);
@@ -580,6 +611,7 @@ static void on_connect(uv_connect_t *req, int status) {
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     status = nghttp2_session_client_new(&conn->h2, cbs, conn);
     nghttp2_session_callbacks_del(cbs);
     if (status != 0)
@@ -689,16 +721,21 @@ void cl_call_cancel(struct cl_call *k) {
     }
 }
 
+static struct cl_call *first_expired(struct cl_call *k, uint64_t now) {
+    while (k && (k->done || !deadline_passed(k, now)))
+        k = k->next;
+    return k;
+}
+
 /* Answers every call past its deadline. The lists are scanned afresh after
  * each answer: the caller's callback may add calls or lose the connection. */
 static void expire(quoin_client_t *c, uint64_t now) {
     for (;;) {
-        struct cl_call *k = c->waiting;
-        while (k && (k->done || !deadline_passed(k, now)))
-            k = k->next;
+        struct cl_call *k = first_expired(c->waiting, now);
         if (!k && c->conn)
-            for (k = c->conn->calls; k && (k->done || !deadline_passed(k, now)); k = k->next)
-                ;
+            k = first_expired(c->conn->calls, now);
+        for (struct cl_conn *d = c->draining; !k && d; d = d->next_drain)
+            k = first_expired(d->calls, now);
         if (!k)
             return;
         quoin_error_t e;
@@ -892,6 +929,10 @@ static void client_close(quoin_client_t *c) {
     }
     if (c->conn)
         conn_kill(c->conn);
+    for (struct cl_conn *d = c->draining, *next; d; d = next) {
+        next = d->next_drain;
+        conn_kill(d); /* unlinks d, now or once nghttp2 is done with it */
+    }
     uv_close((uv_handle_t *)&c->async, handle_closed);
     uv_close((uv_handle_t *)&c->tick, handle_closed);
 }

@@ -89,6 +89,7 @@ struct quoin_client {
     uint64_t reconnect_at_ns;
     quoin_options_t opts;
     struct cl_conn *conn;
+    struct cl_conn *draining;  /* sent GOAWAY: old calls finish there, new ones go elsewhere */
     struct cl_call *waiting;   /* calls waiting for a connection */
     struct cl_stream *streams; /* watches and keep-alives */
 };

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -667,6 +668,61 @@ static void test_keepalive_restart(void **state) {
     assert_int_equal(quoin_lease_revoke(f->c, id, 0, &e), 0);
 }
 
+/* ---- calls in flight while the server restarts ---- */
+
+struct load {
+    quoin_client_t *c;
+    atomic_int stop;
+    int reads, read_errors, writes, write_unavailable, write_other;
+    quoin_error_t last;
+};
+
+static void *load_main(void *p) {
+    struct load *l = p;
+    while (!atomic_load(&l->stop)) {
+        quoin_resp_t *r = NULL;
+        quoin_error_t e;
+        if (quoin_get(l->c, "load/k", 8000, &r, &e) == 0)
+            l->reads++;
+        else
+            l->read_errors++, l->last = e;
+        quoin_resp_free(r);
+        int rc = quoin_put(l->c, "load/k", "v", 0, 8000, &e);
+        l->writes++;
+        if (rc != 0 && e.code == QUOIN_UNAVAILABLE)
+            l->write_unavailable++;
+        else if (rc != 0)
+            l->write_other++, l->last = e;
+    }
+    return NULL;
+}
+
+/* Reads ride through a restart (sent again on the new connection); a write
+ * that may have been applied is reported Unavailable, never anything else. */
+static void test_restart_under_load(void **state) {
+    struct fixture *f = *state;
+    struct load l[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        l[i] = (struct load){.c = f->c};
+        atomic_init(&l[i].stop, 0);
+        assert_int_equal(pthread_create(&th[i], NULL, load_main, &l[i]), 0);
+    }
+    usleep(300000);
+    srv_stop(&f->srv, 0);
+    assert_int_equal(srv_restart(&f->srv), 0);
+    usleep(300000);
+    for (int i = 0; i < 4; i++) {
+        atomic_store(&l[i].stop, 1);
+        pthread_join(th[i], NULL);
+        if (l[i].read_errors || l[i].write_other)
+            print_message("last error: %d %s\n", l[i].last.code, l[i].last.message);
+        assert_int_equal(l[i].read_errors, 0);
+        assert_int_equal(l[i].write_other, 0);
+        assert_true(l[i].reads > 0 && l[i].writes > l[i].write_unavailable);
+    }
+}
+
 /* ---- failover to a second endpoint (two independent single members:
  * clustering does not exist yet, so this tests the connection only) ---- */
 
@@ -719,8 +775,8 @@ static void test_no_leader_failover(void **state) {
         cmocka_unit_test(test_async_on_loop), cmocka_unit_test(test_deadline),                     \
         cmocka_unit_test(test_free_cancels), cmocka_unit_test(test_watch_restart),                 \
         cmocka_unit_test(test_watch_compacted), cmocka_unit_test(test_watch_cancel_at_once),       \
-        cmocka_unit_test(test_keepalive_restart), cmocka_unit_test(test_failover),                 \
-        cmocka_unit_test(test_no_leader_failover)
+        cmocka_unit_test(test_keepalive_restart), cmocka_unit_test(test_restart_under_load),       \
+        cmocka_unit_test(test_failover), cmocka_unit_test(test_no_leader_failover)
 
 int main(void) {
     const struct CMUnitTest tests[] = {CLIENT_TESTS};
