@@ -179,6 +179,8 @@ out:
     return rc;
 }
 
+/* SIGTERM and SIGINT are blocked in every thread (main blocks them before the
+ * client's thread starts): this one takes them with sigwait. */
 static int do_register(quoin_client_t *c, int ttl, const char *key, const char *value) {
     quoin_resp_t *r = NULL;
     quoin_keepalive_t *ka;
@@ -188,7 +190,6 @@ static int do_register(quoin_client_t *c, int ttl, const char *key, const char *
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
     if (quoin_lease_grant(c, ttl, 0, 0, &r, &e) < 0)
         goto err;
     quoin_op_t put = {.type = QUOIN_OP_PUT,
@@ -237,6 +238,13 @@ int main(int argc, char **argv) {
         default:
             goto usage;
         }
+    }
+    if (!strcmp(argv[1], "register")) {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &set, NULL); /* inherited by the client's thread */
     }
     if (quoin_client_new(endpoints, NULL, &c) < 0) {
         fprintf(stderr, "service-watch: bad endpoints %s\n", endpoints);

@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -521,6 +522,7 @@ static int parse(int argc, char **argv, struct conf *cf) {
 int main(int argc, char **argv) {
     struct bench *b = calloc(1, sizeof *b);
     int rc = 1;
+    signal(SIGPIPE, SIG_IGN); /* the clients run on this thread's loop */
     if (!b || parse(argc, argv, &b->cf) < 0) {
         usage(stderr);
         free(b);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <nghttp2/nghttp2.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -867,8 +868,15 @@ err:
     return rc;
 }
 
+/* The client's own thread. A write to a connection the server has closed
+ * raises SIGPIPE in the writing thread; blocked here, it stays pending on this
+ * thread only and the write fails with EPIPE, so the host process lives. */
 static void loop_main(void *arg) {
     quoin_client_t *c = arg;
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL);
     uv_run(c->loop, UV_RUN_DEFAULT);
 }
 

@@ -23,7 +23,10 @@
  *     are handed over with a uv_async_t), and callbacks run on the loop thread.
  *     A blocking call on such a client, or a blocking call made from a client's
  *     own loop thread (inside a callback), returns -EDEADLK. The client keeps
- *     the loop alive only while it has calls, watches or keep-alives.
+ *     the loop alive only while it has calls, watches or keep-alives. As with
+ *     any libuv socket, the loop's thread must ignore or block SIGPIPE (a
+ *     server closing a connection mid-write raises it); the client's own
+ *     thread (quoin_client_new) blocks it itself.
  *   quoin_client_free() must not run concurrently with any other call on the
  *   same client (on_loop clients: call it from the loop thread).
  *

@@ -1,6 +1,7 @@
 /* A member without a leader (see noleader.h). */
 #include "noleader.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -24,6 +25,10 @@ static void on_stop(uv_async_t *a) {
 
 static void *run(void *arg) {
     struct noleader *n = arg;
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL); /* a client leaving mid-write */
     uv_run(&n->loop, UV_RUN_DEFAULT);
     return NULL;
 }
