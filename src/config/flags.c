@@ -21,7 +21,7 @@ static const struct flag_def defs[] = {
     {"name",                             FLAG_STR,      "default",                  NULL, true},
     {"data-dir",                         FLAG_STR,      "",                         NULL, true},
     {"wal-dir",                          FLAG_STR,      "",                         NULL, false},
-    {"snapshot-count",                   FLAG_UINT,     "100000",                   NULL, false},
+    {"snapshot-count",                   FLAG_UINT,     "100000",                   NULL, true},
     {"heartbeat-interval",               FLAG_UINT,     "100",                      NULL, true},
     {"election-timeout",                 FLAG_UINT,     "1000",                     NULL, true},
     {"initial-election-tick-advance",    FLAG_BOOL,     "true",                     NULL, false},

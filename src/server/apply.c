@@ -158,7 +158,7 @@ static struct queued_entry *apply_batch(server_apply_t *a, struct queued_entry *
     if (rc != 0)
         mvcc_batch_abort(b);
     if (began && a->hooks.batch_end)
-        a->hooks.batch_end(a->hooks.arg, rc == 0);
+        a->hooks.batch_end(a->hooks.arg, rc == 0, index);
     if (rc != 0) {
         LOG_ERROR(a->lg, "cannot apply committed entries to the key space; stopping the member",
                   LOG_STR("error", mvcc_strerror(rc)), LOG_UINT("index", index));

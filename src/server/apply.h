@@ -41,8 +41,9 @@ struct apply_hooks {
     void *arg;
     apply_entry_fn entry;
     void (*batch_begin)(void *arg, mvcc_batch_t *b);
-    /* After the commit (committed true) or the abort of the batch. */
-    void (*batch_end)(void *arg, bool committed);
+    /* After the commit (committed true, `index` now applied) or the abort of
+     * the batch. */
+    void (*batch_end)(void *arg, bool committed, uint64_t index);
 };
 
 /* Starts the apply thread over db. applied is the index already in db. */

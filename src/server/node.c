@@ -15,6 +15,10 @@
  * ("etcdserver: too many requests"); quoin keeps the same bound. */
 #define NODE_MAX_APPLY_GAP 5000
 
+/* Entries kept in memory behind a checkpoint, for members that lag (etcd's
+ * snapshotCatchUpEntries). */
+#define NODE_LOG_MARGIN 5000
+
 struct node_item {
     uint8_t *data; /* a proposal's bytes, or NULL for a read request */
     uint32_t len;
@@ -46,6 +50,8 @@ struct server_node {
     uint32_t *prop_len;
 
     _Atomic uint64_t leader, term, commit, last_index;
+    _Atomic uint64_t checkpoint_req; /* index the state machine synced; 0: none */
+    uint64_t release_at;             /* WAL segments to release once durable */
     uint64_t id;
     bool was_leader;
 };
@@ -194,8 +200,51 @@ static void drain_ready(server_node_t *n) {
 }
 
 /* Takes everything queued and feeds it to raft: proposals in one batch. */
+/* The state machine is on disk up to `index`: the log before it is only
+ * needed by members that lag. The in-memory log keeps NODE_LOG_MARGIN entries
+ * behind it for them and forgets the rest; the WAL records a snapshot marker
+ * and, once that is durable, releases the segments it covers. */
+static void checkpoint(server_node_t *n, uint64_t index) {
+    uint64_t term;
+    struct raft_conf_state cs;
+    if (raft_log_term(n->raft, index, &term) != 0)
+        return; /* already compacted past it */
+    raft_conf_state(n->raft, &cs);
+    if (raft_memstore_create_snapshot(n->ms, index, &cs, NULL, 0) != 0)
+        return;
+    if (index > NODE_LOG_MARGIN)
+        raft_memstore_compact(n->ms, index - NODE_LOG_MARGIN);
+    struct wal_snapshot snap = {.index = index, .term = term};
+    if (wal_save_snapshot(n->wal, &snap, WAL_SNAPSHOT_KEEP_LOG, NULL) == 0)
+        n->release_at = index;
+    LOG_DEBUG(n->lg, "checkpointed the raft log", LOG_UINT("index", index),
+              LOG_UINT("first-kept", index > NODE_LOG_MARGIN ? index - NODE_LOG_MARGIN + 1 : 1));
+}
+
+/* Releases the WAL segments a durable snapshot marker covers. */
+static void maybe_release(server_node_t *n) {
+    if (!n->release_at)
+        return;
+    struct wal_durable d;
+    wal_durable(n->wal, &d);
+    if (d.snapshot_index >= n->release_at) {
+        wal_release_to(n->wal, n->release_at);
+        n->release_at = 0;
+    }
+}
+
+int server_node_checkpoint(server_node_t *n, uint64_t index) {
+    atomic_store(&n->checkpoint_req, index);
+    uv_async_send(&n->wake);
+    return 0;
+}
+
 static void on_wake(uv_async_t *a) {
     server_node_t *n = a->data;
+    uint64_t cp = atomic_exchange(&n->checkpoint_req, 0);
+    if (cp)
+        checkpoint(n, cp);
+    maybe_release(n);
     pthread_mutex_lock(&n->mu);
     size_t count = n->n_queued;
     memcpy(n->batch, n->queue, count * sizeof(*n->batch));
@@ -235,6 +284,7 @@ static void on_wake(uv_async_t *a) {
 
 static void on_tick(uv_timer_t *t) {
     server_node_t *n = t->data;
+    maybe_release(n);
     raft_tick(n->raft);
     drain_ready(n);
 }
@@ -257,6 +307,17 @@ static int load_wal(server_node_t *n, const struct node_config *cfg, struct util
     for (size_t i = 0; i < cfg->n_voters && i < RAFT_MAX_MEMBERS; i++)
         cs.voters[i] = cfg->voters[i];
     raft_memstore_bootstrap(n->ms, &cs);
+    /* A log that starts after a snapshot marker: the state machine holds
+     * everything up to it (it was synced before the marker was written). */
+    if (rec.snapshot.index) {
+        struct raft_snapshot snap = {
+            .meta = {.index = rec.snapshot.index, .term = rec.snapshot.term, .conf = cs}};
+        if ((rc = raft_memstore_apply_snapshot(n->ms, &snap)) != 0) {
+            wal_recovery_free(&rec);
+            return util_errorf(err, rc, "cannot load the snapshot marker at index %llu",
+                               (unsigned long long)rec.snapshot.index);
+        }
+    }
     struct raft_hard_state hs = {
         .term = rec.hard_state.term, .vote = rec.hard_state.vote, .commit = rec.hard_state.commit};
     /* A new member starts in term 1, as etcd's bootstrap does, so its first
@@ -362,7 +423,11 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     if (cfg->n_voters == 1 && cfg->voters[0] == cfg->id)
         raft_campaign(n->raft);
     publish_status(n);
+    /* Set before the thread starts: its first Ready may already reach the
+     * apply thread, whose hooks use the handle. */
+    *out = n;
     if ((rc = pthread_create(&n->thread, NULL, node_main, n)) != 0) {
+        *out = NULL;
         util_errorf(err, -rc, "cannot start the raft thread: %s", strerror(rc));
         rc = -rc;
         uv_close((uv_handle_t *)&n->tick, NULL);
@@ -371,7 +436,6 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
         uv_loop_close(&n->loop);
         goto err;
     }
-    *out = n;
     return 0;
 err:
     node_free(n);

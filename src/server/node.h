@@ -72,6 +72,12 @@ int server_node_propose(server_node_t *n, const void *data, size_t len);
  * answer comes through cb->read_ready or cb->read_failed. */
 int server_node_read_index(server_node_t *n, uint64_t context);
 
+/* The state machine is durable on disk up to `index` (the key space was
+ * synced after applying it): the raft loop records a snapshot there, keeps a
+ * margin of entries for lagging members, frees the older ones and releases
+ * the WAL segments the snapshot covers. Any thread; returns 0. */
+int server_node_checkpoint(server_node_t *n, uint64_t index);
+
 /* Raft's view, refreshed after every Ready. Any thread. */
 struct node_status {
     uint64_t id;

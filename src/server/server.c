@@ -200,13 +200,27 @@ int v3_applied_hand_over(struct server *s, struct v3_applied *a, int rc, struct 
 
 /* After a batch: leases follow what was applied, watchers get its events.
  * Apply thread, before the batch's waiters are answered. */
-static void batch_end_hook(void *arg, bool committed) {
+static void batch_end_hook(void *arg, bool committed, uint64_t index) {
     struct server *s = arg;
     lease_batch_end(s->lease_batch, committed, util_now_mono_ns());
     s->lease_batch = NULL;
     if (committed)
         v3_watch_publish(s);
     s->n_batch_applied = 0;
+    /* Every --snapshot-count applied entries, the key space is synced (it
+     * commits without syncing: the WAL is the durability source) so that the
+     * raft log and the WAL before it can go. */
+    uint64_t every = s->cfg->snapshot_count ? s->cfg->snapshot_count : 100000;
+    if (committed && index >= s->last_checkpoint + every) {
+        int rc = mvcc_sync(s->db);
+        if (rc == 0) {
+            server_node_checkpoint(s->node, index);
+            s->last_checkpoint = index;
+        } else {
+            LOG_WARN(s->lg, "cannot sync the key space; the log is kept",
+                     LOG_STR("error", mvcc_strerror(rc)));
+        }
+    }
 }
 
 /* etcd's default --experimental-watch-progress-notify-interval (10 minutes),
@@ -263,6 +277,7 @@ static int start_core(struct server *s, struct util_err *err) {
                                 .entry = v3_apply_entry,
                                 .batch_begin = lease_batch_begin_hook,
                                 .batch_end = batch_end_hook};
+    s->last_checkpoint = applied;
     if ((rc = server_apply_start(s->db, applied, &hooks, s->lg, &s->apply, err)) != 0)
         return rc;
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));

@@ -79,6 +79,7 @@ struct server {
      * published to watchers once it commits. */
     struct v3_applied **batch_applied;
     size_t n_batch_applied, cap_batch_applied;
+    uint64_t last_checkpoint; /* apply thread: index of the last key-space sync */
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */

@@ -5,6 +5,7 @@ import threading
 import time
 
 import etcd3
+import pytest
 
 
 def writer(port, wid, acked, stop):
@@ -29,8 +30,9 @@ def writer(port, wid, acked, stop):
         i += 1
 
 
-def test_sigkill_under_load_loses_no_acknowledged_write(servers):
-    s = servers().start()
+@pytest.mark.parametrize("extra", [[], ["--snapshot-count", "50"]], ids=["plain", "checkpoints"])
+def test_sigkill_under_load_loses_no_acknowledged_write(servers, extra):
+    s = servers(extra=extra).start()
     acked, stop = [], threading.Event()
     threads = [threading.Thread(target=writer, args=(s.client_port, w, acked, stop))
                for w in range(8)]
