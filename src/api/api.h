@@ -242,8 +242,11 @@ int api_server_register(api_server_t *srv, const struct api_grpc_method *m);
 /* Told on the loop thread of every gRPC call (gateway calls included) once
  * it is over: its path as the client sent it (unknown methods too), its gRPC
  * status (CANCELLED when the client left first) and how long it took from its
- * request headers. What a /metrics layer counts (etcd's grpc_server_handled_total). */
-typedef void (*api_call_observer)(const char *path, int code, uint64_t duration_ns, void *arg);
+ * request headers, and what the handler kept with api_call_set_data (its
+ * answer has left by then: handlers count what they still hold in flight).
+ * What a /metrics layer counts (etcd's grpc_server_handled_total). */
+typedef void (*api_call_observer)(const char *path, int code, uint64_t duration_ns, void *call_data,
+                                  void *arg);
 void api_server_set_call_observer(api_server_t *srv, api_call_observer observer, void *arg);
 
 /* Queues one response message (packed now, so msg may be freed on return).

@@ -238,7 +238,8 @@ static void call_maybe_free(api_call_t *call) {
         int code = call->status_set     ? call->status_code
                    : call->finish_taken ? call->fin_code
                                         : API_GRPC_CANCELLED;
-        srv->observer(call->path, code, util_now_mono_ns() - call->started_ns, srv->observer_arg);
+        srv->observer(call->path, code, util_now_mono_ns() - call->started_ns, call->user,
+                      srv->observer_arg);
     }
     if (call->timer) {
         uv_timer_stop(call->timer);

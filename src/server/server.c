@@ -127,6 +127,8 @@ static int listen_all(struct server *s, struct util_err *err) {
     acfg.max_request_bytes = (size_t)cfg->max_request_bytes;
     int rc = api_server_new(&s->loop, s->lg, &acfg, &s->api, err);
     if (rc == 0)
+        api_server_set_call_observer(s->api, v3_call_over, s);
+    if (rc == 0)
         rc = v3_kv_register(s, err);
     if (rc == 0)
         rc = v3_maintenance_register(s, err);

@@ -80,6 +80,7 @@ struct server {
     struct v3_applied **batch_applied;
     size_t n_batch_applied, cap_batch_applied;
     uint64_t last_checkpoint; /* apply thread: index of the last key-space sync */
+    int big_ranges;           /* io loop: big range answers not yet sent */
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */
@@ -117,6 +118,12 @@ enum v3_entry_kind {
 #define V3_ETOOLARGE (-30005)
 #define V3_ELEASENOTFOUND (-30006)
 #define V3_ESORT (-30007)
+#define V3_ETOOMANYRANGES (-30008) /* answered as "etcdserver: too many requests" */
+
+/* Ranges whose answer passes V3_BIG_RANGE_BYTES hold one of V3_MAX_BIG_RANGES
+ * slots until the answer has left (v3_call_over). */
+#define V3_BIG_RANGE_BYTES (8u << 20)
+#define V3_MAX_BIG_RANGES 4
 
 /* What the apply thread hands to a waiting write, after its batch committed. */
 struct v3_applied {
@@ -201,6 +208,9 @@ void v3_watch_sync(void *arg);
 void v3_watch_tick(struct server *s, bool progress);
 #define V3_ENTRY_FORMAT 1
 #define V3_ENTRY_HEADER 10
+
+/* The api's call observer: frees the big-range slot of a finished call. io loop. */
+void v3_call_over(const char *path, int code, uint64_t duration_ns, void *call_data, void *arg);
 
 /* Registers n gRPC methods on the member's client server. */
 int v3_register(struct server *s, const struct api_grpc_method *m, size_t n, struct util_err *err);

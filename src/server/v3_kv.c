@@ -573,11 +573,27 @@ static void do_range(struct server *s, api_call_t *call, const Etcdserverpb__Ran
     if ((rc = pbw_header(&b, 1, &h)) != 0)
         goto out;
     struct mvcc_kv kv;
-    while ((rc = mvcc_range_next(it, &kv)) == 1)
+    bool big = false;
+    while ((rc = mvcc_range_next(it, &kv)) == 1) {
         if ((rc = pbw_kv(&b, 2, &kv, req.keys_only)) != 0)
             break;
-    if (rc != 0)
+        /* A big answer takes one of a few slots until it has left, so many
+         * clients asking for huge ranges at once cannot hold unbounded
+         * memory: past the slots, etcd's "too many requests". */
+        if (!big && b.len > V3_BIG_RANGE_BYTES) {
+            if (s->big_ranges >= V3_MAX_BIG_RANGES) {
+                rc = -EAGAIN;
+                break;
+            }
+            big = true;
+            s->big_ranges++;
+            api_call_set_data(call, &s->big_ranges);
+        }
+    }
+    if (rc != 0) {
+        rc = rc == -EAGAIN ? V3_ETOOMANYRANGES : rc;
         goto out;
+    }
     int64_t count, revision;
     bool more;
     mvcc_range_summary(it, &count, &more, &revision);
@@ -590,7 +606,16 @@ out:
     if (rc == 0 || rc == -EAGAIN)
         api_call_finish(call, API_GRPC_OK, NULL);
     else
-        v3_fail(call, rc);
+        v3_fail(call, rc == V3_ETOOMANYRANGES ? -EAGAIN : rc);
+}
+
+void v3_call_over(const char *path, int code, uint64_t duration_ns, void *call_data, void *arg) {
+    (void)path;
+    (void)code;
+    (void)duration_ns;
+    struct server *s = arg;
+    if (call_data == &s->big_ranges)
+        s->big_ranges--;
 }
 
 struct pending_read {

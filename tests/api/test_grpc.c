@@ -32,7 +32,8 @@ struct seen {
 };
 
 /* Notes "path=code;" for every finished call. */
-static void observe(const char *path, int code, uint64_t duration_ns, void *arg) {
+static void observe(const char *path, int code, uint64_t duration_ns, void *call_data, void *arg) {
+    (void)call_data;
     struct seen *s = arg;
     char one[128];
     (void)duration_ns;

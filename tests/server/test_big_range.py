@@ -19,3 +19,28 @@ def test_range_over_fifty_thousand_keys(servers):
     resp = c.kvstub.Range(req, timeout=60)
     assert len(resp.kvs) == 10 and resp.more and resp.count == n
     c.close()
+
+
+def test_big_answers_free_their_slot(servers):
+    """Ten answers over the big-range threshold (8 MiB) one after another all
+    succeed: each slot comes back when its answer has left."""
+    import grpc
+    from etcd3 import etcdrpc
+
+    s = servers().start()
+    c = etcd3.client(host="127.0.0.1", port=s.client_port, timeout=60)
+    value = "x" * 200
+    for base in range(0, 50000, 128):
+        c.transaction(compare=[], success=[c.transactions.put("/huge/%06d" % i, value)
+                                           for i in range(base, min(50000, base + 128))],
+                      failure=[])
+    c.close()
+    opts = [("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel("127.0.0.1:%d" % s.client_port, options=opts) as ch:
+        rng = ch.unary_unary("/etcdserverpb.KV/Range",
+                             request_serializer=etcdrpc.RangeRequest.SerializeToString,
+                             response_deserializer=etcdrpc.RangeResponse.FromString)
+        for _ in range(10):
+            resp = rng(etcdrpc.RangeRequest(key=b"/huge/", range_end=b"/huge0"), timeout=60)
+            assert resp.count == 50000 and len(resp.kvs) == 50000
+            assert resp.ByteSize() > 8 << 20
