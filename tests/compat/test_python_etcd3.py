@@ -83,3 +83,14 @@ def test_expired_lease_deletes_its_keys(client):
     while time.time() < deadline and client.get("/ephemeral")[0] is not None:
         time.sleep(0.2)
     assert client.get("/ephemeral") == (None, None)
+
+
+def test_maintenance_hash_follows_the_key_space(client):
+    from etcd3 import etcdrpc
+    hash1 = client.maintenancestub.Hash(etcdrpc.HashRequest(), timeout=10).hash
+    assert client.maintenancestub.Hash(etcdrpc.HashRequest(), timeout=10).hash == hash1
+    client.put("/hash/a", "1")
+    hash2 = client.maintenancestub.Hash(etcdrpc.HashRequest(), timeout=10).hash
+    assert hash2 != hash1
+    kv = client.maintenancestub.HashKV(etcdrpc.HashKVRequest(), timeout=10)
+    assert kv.hash == hash2
