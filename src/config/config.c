@@ -860,11 +860,6 @@ static int check_supported(const struct config *cfg, const struct raw *r, struct
                            " (leave it at its default '%s')",
                            d->name, r->val[i], d->def);
     }
-    if (cfg->n_initial_cluster > 1)
-        return util_errorf(err, -ENOTSUP,
-                           "--initial-cluster with %zu members: clusters of more than one member "
-                           "are not supported yet by quoin " UTIL_QUOIN_VERSION,
-                           cfg->n_initial_cluster);
     for (size_t i = 0; i < cfg->listen_client_urls.n; i++)
         if (strcmp(cfg->listen_client_urls.v[i].scheme, "http") != 0)
             return util_errorf(
@@ -922,6 +917,12 @@ int config_parse(int argc, char **argv, char **envp, struct config **out, struct
         (rc = cross_check(cfg, &r, err)) != 0 || (rc = check_supported(cfg, &r, err)) != 0)
         goto err;
     const struct config_member *self = config_find_member(cfg, cfg->name);
+    for (size_t i = 0; i < cfg->n_initial_cluster; i++)
+        if (member_id(&cfg->initial_cluster[i], cfg->initial_cluster_token,
+                      &cfg->initial_cluster[i].id) != 0) {
+            rc = util_errorf(err, -ENOMEM, "out of memory parsing flags");
+            goto err;
+        }
     if (member_id(self, cfg->initial_cluster_token, &cfg->member_id) != 0 ||
         cluster_id(cfg, &cfg->cluster_id) != 0) {
         rc = util_errorf(err, -ENOMEM, "out of memory parsing flags");

@@ -42,6 +42,7 @@ struct config_urls {
 struct config_member {
     char *name;
     struct config_urls peer_urls;
+    uint64_t id; /* as etcd derives it from the peer URLs and the token */
 };
 
 /* What main() should do after parsing. */

@@ -54,6 +54,9 @@ struct server_node {
     uint64_t release_at;             /* WAL segments to release once durable */
     uint64_t id;
     bool was_leader;
+    peer_transport_t *peer;
+    struct peer_event *events[256];
+    uint64_t pending_snap_fail; /* a member a snapshot could not be sent to */
 };
 
 static void fail_items(server_node_t *n, struct node_item *items, size_t count, int code) {
@@ -179,8 +182,15 @@ static void drain_ready(server_node_t *n) {
                       LOG_STR("error", raft_strerror(rc)));
             abort();
         }
-        /* A single member has no peers; messages to others appear only in
-         * clusters, which the peer transport will carry. */
+        /* Messages leave once what they promise is durable (persist above
+         * waited for the fdatasync). Snapshots are not streamed yet: a member
+         * that needs one is reported as failed and probed again later. */
+        for (size_t i = 0; n->peer && i < rd.n_msgs; i++) {
+            if (rd.msgs[i].type == RAFT_MSG_SNAP)
+                n->pending_snap_fail = rd.msgs[i].to;
+            else
+                peer_transport_send(n->peer, &rd.msgs[i]);
+        }
         if (rd.n_committed && n->cb.committed)
             n->cb.committed(n->cb.arg, rd.committed, rd.n_committed);
         for (size_t i = 0; i < rd.n_reads; i++)
@@ -239,8 +249,34 @@ int server_node_checkpoint(server_node_t *n, uint64_t index) {
     return 0;
 }
 
+/* Feeds what the other members sent to raft. Raft loop, outside a Ready. */
+static void take_peer_events(server_node_t *n) {
+    if (!n->peer)
+        return;
+    if (n->pending_snap_fail) {
+        raft_report_snapshot(n->raft, n->pending_snap_fail, true);
+        n->pending_snap_fail = 0;
+    }
+    size_t got;
+    size_t max = sizeof(n->events) / sizeof(n->events[0]);
+    do {
+        got = peer_transport_recv_batch(n->peer, n->events, max);
+        for (size_t i = 0; i < got; i++) {
+            struct peer_event *ev = n->events[i];
+            if (ev->type == PEER_EV_MSG && ev->msg.type != RAFT_MSG_SNAP)
+                raft_step(n->raft, &ev->msg);
+            else if (ev->type == PEER_EV_UNREACHABLE)
+                raft_report_unreachable(n->raft, ev->peer);
+            else if (ev->type == PEER_EV_SNAP_STATUS)
+                raft_report_snapshot(n->raft, ev->peer, ev->failed);
+            peer_event_free(ev);
+        }
+    } while (got == max);
+}
+
 static void on_wake(uv_async_t *a) {
     server_node_t *n = a->data;
+    take_peer_events(n);
     uint64_t cp = atomic_exchange(&n->checkpoint_req, 0);
     if (cp)
         checkpoint(n, cp);
@@ -285,8 +321,15 @@ static void on_wake(uv_async_t *a) {
 static void on_tick(uv_timer_t *t) {
     server_node_t *n = t->data;
     maybe_release(n);
+    take_peer_events(n);
     raft_tick(n->raft);
     drain_ready(n);
+}
+
+/* The peer transport has something for the raft loop. Any thread. */
+static void wake_node(void *arg) {
+    server_node_t *n = arg;
+    uv_async_send(&n->wake);
 }
 
 static void *node_main(void *arg) {
@@ -419,6 +462,14 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     uv_async_init(&n->loop, &n->wake, on_wake);
     n->tick.data = n->wake.data = n;
     uv_timer_start(&n->tick, on_tick, cfg->heartbeat_ms, cfg->heartbeat_ms);
+    if (cfg->peer) {
+        struct peer_config pcfg = *cfg->peer_cfg;
+        pcfg.notify = wake_node;
+        pcfg.notify_arg = n;
+        if ((rc = peer_transport_start(cfg->peer, &pcfg, err)) != 0)
+            goto err_loop;
+        n->peer = cfg->peer;
+    }
     /* A lone voter need not wait an election timeout for itself. */
     if (cfg->n_voters == 1 && cfg->voters[0] == cfg->id)
         raft_campaign(n->raft);
@@ -430,13 +481,14 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
         *out = NULL;
         util_errorf(err, -rc, "cannot start the raft thread: %s", strerror(rc));
         rc = -rc;
-        uv_close((uv_handle_t *)&n->tick, NULL);
-        uv_close((uv_handle_t *)&n->wake, NULL);
-        uv_run(&n->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&n->loop);
-        goto err;
+        goto err_loop;
     }
     return 0;
+err_loop:
+    uv_close((uv_handle_t *)&n->tick, NULL);
+    uv_close((uv_handle_t *)&n->wake, NULL);
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&n->loop);
 err:
     node_free(n);
     return rc;
@@ -454,5 +506,13 @@ void server_node_stop(server_node_t *n) {
     /* Anything queued after the loop took its last batch. */
     fail_items(n, n->queue, n->n_queued, -ESHUTDOWN);
     n->n_queued = 0;
-    node_free(n);
+    int rc = wal_close(n->wal);
+    n->wal = NULL;
+    if (rc != 0)
+        LOG_ERROR(n->lg, "closing the WAL failed", LOG_STR("error", strerror(-rc)));
+}
+
+void server_node_free(server_node_t *n) {
+    if (n)
+        node_free(n);
 }

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "log/log.h"
+#include "peer/peer.h"
 #include "raft/raft.h"
 #include "util/util.h"
 
@@ -55,6 +56,11 @@ struct node_config {
     const char *wal_dir;
     uint64_t applied;  /* last index the state machine has applied */
     size_t max_queued; /* proposals + reads waiting for the loop; 0: 8192 */
+    /* Other members: a transport with its own thread (peer_transport_new with
+     * no loop, listening already), started here so its deliveries wake the
+     * raft loop. NULL for a member alone. */
+    peer_transport_t *peer;
+    const struct peer_config *peer_cfg; /* notify is set here */
 };
 
 /* Recovers the WAL in cfg->wal_dir (creating it for a new member), builds the
@@ -89,7 +95,9 @@ struct node_status {
 };
 void server_node_status(server_node_t *n, struct node_status *st);
 
-/* Stops the thread, fails what is queued, closes the WAL and frees n. */
+/* Stops the thread, fails what is queued and closes the WAL. server_node_status
+ * still answers (the last state) until server_node_free. */
 void server_node_stop(server_node_t *n);
+void server_node_free(server_node_t *n);
 
 #endif

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "server/v3.h"
 
@@ -96,11 +97,12 @@ static void server_stop(struct server *s) {
     s->stopping = 1;
     if (s->api)
         api_server_close(s->api, NULL, NULL);
+    s->api = NULL;
+    server_node_stop(s->node);
+    /* The raft loop is gone: nothing calls into the transport any more. */
     if (s->peer)
         peer_transport_close(s->peer, NULL, NULL);
-    s->api = NULL;
     s->peer = NULL;
-    server_node_stop(s->node);
     server_apply_stop(s->apply);
     s->apply = NULL;
     server_wait_free(s->writes);
@@ -140,10 +142,6 @@ static int listen_all(struct server *s, struct util_err *err) {
         v3_health_register(s);
     if (rc == 0)
         rc = v3_watch_register(s, err);
-    if (rc == 0)
-        rc = peer_transport_new(&s->loop, s->lg, &s->peer, err);
-    for (size_t i = 0; rc == 0 && i < cfg->listen_peer_urls.n; i++)
-        rc = peer_transport_listen(s->peer, cfg->listen_peer_urls.v[i].text, err);
     for (size_t i = 0; rc == 0 && i < cfg->listen_client_urls.n; i++)
         rc = api_server_listen(s->api, cfg->listen_client_urls.v[i].text, err);
     return rc;
@@ -282,11 +280,39 @@ static int start_core(struct server *s, struct util_err *err) {
     s->last_checkpoint = applied;
     if ((rc = server_apply_start(s->db, applied, &hooks, s->lg, &s->apply, err)) != 0)
         return rc;
+    /* The other members: the peer transport runs on a thread of its own and
+     * delivers to the raft loop; a member alone has no peers but still binds
+     * its peer URLs (a taken port is reported at start, as etcd does). */
+    if ((rc = peer_transport_new(NULL, s->lg, &s->peer, err)) != 0)
+        return rc;
+    for (size_t i = 0; i < cfg->listen_peer_urls.n; i++)
+        if ((rc = peer_transport_listen(s->peer, cfg->listen_peer_urls.v[i].text, err)) != 0)
+            return rc;
+    uint64_t voters[RAFT_MAX_MEMBERS];
+    size_t n_voters = 0;
+    for (size_t i = 0; i < cfg->n_initial_cluster && n_voters < RAFT_MAX_MEMBERS; i++) {
+        const struct config_member *m = &cfg->initial_cluster[i];
+        voters[n_voters++] = m->id;
+        if (m->id == s->member_id)
+            continue;
+        const char *urls[16];
+        size_t nu = 0;
+        for (size_t k = 0; k < m->peer_urls.n && nu < 16; k++)
+            urls[nu++] = m->peer_urls.v[k].text;
+        if ((rc = peer_transport_set_peer(s->peer, m->id, urls, nu)) != 0)
+            return util_errorf(err, rc, "cannot add member %s to the peer transport", m->name);
+    }
+    char snap_dir[4096];
+    snprintf(snap_dir, sizeof(snap_dir), "%s/snap", server_datadir_path(s->dd));
+    mkdir(snap_dir, 0700);
+    struct peer_config pcfg = {
+        .cluster_id = s->cluster_id, .member_id = s->member_id, .snap_dir = snap_dir};
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));
-    uint64_t voters[1] = {s->member_id};
     struct node_config ncfg = {.id = s->member_id,
                                .voters = voters,
-                               .n_voters = 1,
+                               .n_voters = n_voters,
+                               .peer = n_voters > 1 ? s->peer : NULL,
+                               .peer_cfg = &pcfg,
                                .heartbeat_ms = cfg->heartbeat_ms,
                                .election_ms = cfg->election_ms,
                                .wal_dir = path,
@@ -350,6 +376,7 @@ int server_run(const struct config *cfg, log_t *lg, struct util_err *err) {
     if (closed != 0)
         LOG_WARN(lg, "event loop closed with handles still open", LOG_INT("code", closed));
 out:
+    server_node_free(s->node);
     watch_hub_destroy(s->watch);
     lease_close(s->leases);
     mvcc_close(s->db);

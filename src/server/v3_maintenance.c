@@ -104,6 +104,9 @@ static void on_defragment(api_call_t *call, ProtobufCMessage *msg, const uint8_t
     api_call_reply(call, &r.base);
 }
 
+/* The members of --initial-cluster. Other members' client URLs are not known
+ * yet (etcd learns them when each member publishes its attributes through
+ * raft), so only this member's are listed. */
 static void on_member_list(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
                            void *arg) {
     (void)data;
@@ -111,36 +114,49 @@ static void on_member_list(api_call_t *call, ProtobufCMessage *msg, const uint8_
     struct server *s = arg;
     protobuf_c_message_free_unpacked(msg, NULL);
     const struct config *cfg = s->cfg;
-    char **peer = calloc(cfg->initial_advertise_peer_urls.n + 1, sizeof(*peer));
-    char **client = calloc(cfg->advertise_client_urls.n + 1, sizeof(*client));
-    if (!peer || !client) {
-        free(peer);
-        free(client);
+    size_t n = cfg->n_initial_cluster, n_urls = 0;
+    for (size_t i = 0; i < n; i++)
+        n_urls += cfg->initial_cluster[i].peer_urls.n;
+    Etcdserverpb__Member *members = calloc(n ? n : 1, sizeof(*members));
+    Etcdserverpb__Member **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    char **urls = calloc(n_urls + cfg->advertise_client_urls.n + 1, sizeof(*urls));
+    if (!members || !ptrs || !urls) {
+        free(members);
+        free(ptrs);
+        free(urls);
         v3_fail(call, -ENOMEM);
         return;
     }
-    for (size_t i = 0; i < cfg->initial_advertise_peer_urls.n; i++)
-        peer[i] = cfg->initial_advertise_peer_urls.v[i].text;
-    for (size_t i = 0; i < cfg->advertise_client_urls.n; i++)
-        client[i] = cfg->advertise_client_urls.v[i].text;
-    Etcdserverpb__Member m = ETCDSERVERPB__MEMBER__INIT;
-    m.id = s->member_id;
-    m.name = cfg->name;
-    m.n_peerurls = cfg->initial_advertise_peer_urls.n;
-    m.peerurls = peer;
-    m.n_clienturls = cfg->advertise_client_urls.n;
-    m.clienturls = client;
-    Etcdserverpb__Member *members[1] = {&m};
+    char **next = urls;
+    for (size_t i = 0; i < n; i++) {
+        const struct config_member *cm = &cfg->initial_cluster[i];
+        Etcdserverpb__Member *m = &members[i];
+        etcdserverpb__member__init(m);
+        m->id = cm->id;
+        m->name = cm->name;
+        m->peerurls = next;
+        m->n_peerurls = cm->peer_urls.n;
+        for (size_t k = 0; k < cm->peer_urls.n; k++)
+            *next++ = cm->peer_urls.v[k].text;
+        if (cm->id == s->member_id) {
+            m->clienturls = next;
+            m->n_clienturls = cfg->advertise_client_urls.n;
+            for (size_t k = 0; k < cfg->advertise_client_urls.n; k++)
+                *next++ = cfg->advertise_client_urls.v[k].text;
+        }
+        ptrs[i] = m;
+    }
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     v3_header_msg(s, 0, &h);
     h.revision = 0; /* etcd leaves the revision out of cluster responses */
     Etcdserverpb__MemberListResponse r = ETCDSERVERPB__MEMBER_LIST_RESPONSE__INIT;
     r.header = &h;
-    r.n_members = 1;
-    r.members = members;
+    r.n_members = n;
+    r.members = ptrs;
     api_call_reply(call, &r.base);
-    free(peer);
-    free(client);
+    free(members);
+    free(ptrs);
+    free(urls);
 }
 
 /* ---- Snapshot ----------------------------------------------------------------

@@ -236,8 +236,6 @@ static void unsupported_flags_are_refused_unless_default(void **state) {
     bad(ARGV("--enable-v2"), no_env, -ENOTSUP, "--enable-v2=true: not supported yet");
     bad(ARGV("--logger=capnslog"), no_env, -ENOTSUP, "not supported yet");
     bad(ARGV("--max-snapshots=9"), no_env, -ENOTSUP, "--max-snapshots=9: not supported yet");
-    bad(ARGV("--initial-cluster", "default=http://127.0.0.1:2380,b=http://127.0.0.1:2480"), no_env,
-        -ENOTSUP, "clusters of more than one member are not supported yet");
     /* Spelled-out defaults are what service files do: accepted. */
     char **argv = ARGV("--enable-v2=false", "--heartbeat-interval", "100", "--logger", "zap",
                        "--max-txn-ops=128");
