@@ -41,6 +41,7 @@ struct server_node {
     struct node_item *queue;
     size_t n_queued, max_queued;
     bool stopping;
+    bool wake_closed; /* under mu: the wakeup handle is closed or closing */
 
     /* Scratch space reused across Readies, so the hot path does not allocate. */
     struct wal_entry *wal_ents;
@@ -57,7 +58,20 @@ struct server_node {
     peer_transport_t *peer;
     struct peer_event *events[256];
     uint64_t pending_snap_fail; /* a member a snapshot could not be sent to */
+    _Atomic int hand_over;      /* asked to pass leadership on before stopping */
+    uint64_t voters[RAFT_MAX_MEMBERS];
+    size_t n_voters;
 };
+
+/* Wakes the raft loop, unless it has closed its wakeup handle (stopping):
+ * libuv aborts on a send to a closed handle, and the peer transport's thread
+ * and the apply thread may still call in while the member stops. Any thread. */
+static void wake(server_node_t *n) {
+    pthread_mutex_lock(&n->mu);
+    if (!n->wake_closed)
+        uv_async_send(&n->wake);
+    pthread_mutex_unlock(&n->mu);
+}
 
 static void fail_items(server_node_t *n, struct node_item *items, size_t count, int code) {
     for (size_t i = 0; i < count; i++) {
@@ -82,7 +96,7 @@ static int enqueue(server_node_t *n, struct node_item it) {
         n->queue[n->n_queued++] = it;
     pthread_mutex_unlock(&n->mu);
     if (rc == 0)
-        uv_async_send(&n->wake);
+        wake(n);
     return rc;
 }
 
@@ -245,7 +259,7 @@ static void maybe_release(server_node_t *n) {
 
 int server_node_checkpoint(server_node_t *n, uint64_t index) {
     atomic_store(&n->checkpoint_req, index);
-    uv_async_send(&n->wake);
+    wake(n);
     return 0;
 }
 
@@ -274,9 +288,35 @@ static void take_peer_events(server_node_t *n) {
     } while (got == max);
 }
 
+/* Asks raft to hand leadership to another voter: the first that raft accepts
+ * (it refuses one that lags). Raft loop. */
+static void hand_over(server_node_t *n) {
+    struct raft_status st;
+    raft_status(n->raft, &st);
+    if (st.role != RAFT_LEADER)
+        return;
+    for (size_t i = 0; i < n->n_voters; i++) {
+        if (n->voters[i] == n->id)
+            continue;
+        if (raft_transfer_leadership(n->raft, n->voters[i]) == 0) {
+            LOG_INFO(n->lg, "handing leadership over before stopping",
+                     LOG_UINT("to", n->voters[i]));
+            return;
+        }
+    }
+}
+
+int server_node_hand_over(server_node_t *n) {
+    atomic_store(&n->hand_over, 1);
+    wake(n);
+    return 0;
+}
+
 static void on_wake(uv_async_t *a) {
     server_node_t *n = a->data;
     take_peer_events(n);
+    if (atomic_exchange(&n->hand_over, 0))
+        hand_over(n);
     uint64_t cp = atomic_exchange(&n->checkpoint_req, 0);
     if (cp)
         checkpoint(n, cp);
@@ -286,6 +326,8 @@ static void on_wake(uv_async_t *a) {
     memcpy(n->batch, n->queue, count * sizeof(*n->batch));
     n->n_queued = 0;
     bool stopping = n->stopping;
+    if (stopping)
+        n->wake_closed = true; /* closed below, under no other sender */
     pthread_mutex_unlock(&n->mu);
     if (stopping) {
         fail_items(n, n->batch, count, -ESHUTDOWN);
@@ -328,8 +370,7 @@ static void on_tick(uv_timer_t *t) {
 
 /* The peer transport has something for the raft loop. Any thread. */
 static void wake_node(void *arg) {
-    server_node_t *n = arg;
-    uv_async_send(&n->wake);
+    wake(arg);
 }
 
 static void *node_main(void *arg) {
@@ -420,6 +461,8 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     n->cb = *cb;
     n->id = cfg->id;
     n->heartbeat_ms = cfg->heartbeat_ms;
+    for (size_t i = 0; i < cfg->n_voters && i < RAFT_MAX_MEMBERS; i++)
+        n->voters[n->n_voters++] = cfg->voters[i];
     n->max_queued = cfg->max_queued ? cfg->max_queued : 8192;
     pthread_mutex_init(&n->mu, NULL);
     n->queue = calloc(n->max_queued, sizeof(*n->queue));

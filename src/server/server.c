@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "server/v3.h"
 
@@ -87,6 +88,30 @@ static void on_handle_closed(uv_handle_t *h) {
     (void)h;
 }
 
+/* A leader of other members passes leadership on before it stops, so the
+ * cluster does not wait an election timeout for a new one (as etcd does on
+ * SIGTERM). Waits at most one election timeout. io loop, at shutdown. */
+static void hand_over_leadership(struct server *s) {
+    struct node_status st;
+    if (!s->node || s->cfg->n_initial_cluster < 2)
+        return;
+    server_node_status(s->node, &st);
+    if (!st.is_leader)
+        return;
+    server_node_hand_over(s->node);
+    uint64_t deadline = util_now_mono_ns() + (uint64_t)s->cfg->election_ms * 1000000u;
+    struct timespec nap = {.tv_sec = 0, .tv_nsec = 10000000};
+    while (util_now_mono_ns() < deadline) {
+        server_node_status(s->node, &st);
+        if (st.leader && !st.is_leader) {
+            LOG_INFO(s->lg, "leadership handed over", LOG_UINT("leader", st.leader));
+            return;
+        }
+        nanosleep(&nap, NULL);
+    }
+    LOG_WARN(s->lg, "no member took over leadership in time; stopping anyway");
+}
+
 /* Stops in the order that loses nothing: no new clients; the raft loop stops
  * taking proposals (queued ones are answered "server stopped"); the apply
  * thread applies what was committed; waiters still pending are answered; the
@@ -98,6 +123,7 @@ static void server_stop(struct server *s) {
     if (s->api)
         api_server_close(s->api, NULL, NULL);
     s->api = NULL;
+    hand_over_leadership(s);
     server_node_stop(s->node);
     /* The raft loop is gone: nothing calls into the transport any more. */
     if (s->peer)

@@ -121,3 +121,20 @@ def test_three_members_survive_the_leader_being_killed(tmp_path):
     finally:
         for s in members:
             s.stop(signal.SIGKILL)
+
+
+def test_sigterm_on_the_leader_hands_leadership_over(tmp_path):
+    members = make_cluster(tmp_path)
+    try:
+        leader, term = wait_leader(members)
+        assert ctl(["127.0.0.1:%d" % leader.client_port], "put", "k", "v").returncode == 0
+        assert leader.stop(signal.SIGTERM) == 0
+        assert "leadership handed over" in leader.logs()
+        survivors = [s for s in members if s is not leader]
+        new_leader, new_term = wait_leader(survivors, timeout=5)
+        assert new_term > term
+        eps = ["127.0.0.1:%d" % s.client_port for s in survivors]
+        assert ctl(eps, "get", "k", "--print-value-only").stdout == "v\n"
+    finally:
+        for s in members:
+            s.stop(signal.SIGKILL)
