@@ -165,8 +165,7 @@ def main():
     out = ["# quoin vs etcd 3.4, %s" % datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "",
            "Machine: " + machine(), "",
            "One member each, same flags, data directories on the same disk; both run during the whole "
-           "benchmark, workloads alternate between them. Clustering is not in quoin yet, so there is no "
-           "3-member run. Latencies in ms; ratio = quoin / etcd (throughput: higher is better for quoin; "
+           "benchmark, workloads alternate between them. make bench has no 3-member run yet. Latencies in ms; ratio = quoin / etcd (throughput: higher is better for quoin; "
            "latency, memory, CPU, disk, start time: lower is better). watch-latency: ops/s is puts/s at a fixed "
            "rate; latencies are put-to-event delays over every watcher.", ""]
     try:

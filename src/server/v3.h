@@ -172,8 +172,9 @@ void v3_compaction_answer_when_done(struct v3_compaction *c, api_call_t *call);
 void v3_compaction_resume(struct server *s);
 void v3_autocompact_tick(struct server *s);
 
-/* Answers OK with a response that is only a header. Any thread. */
-void v3_answer_header_only(struct server *s, api_call_t *call);
+/* Answers OK with a response that is only a header at `revision` (0: the
+ * current one). Any thread. */
+void v3_answer_header_only(struct server *s, api_call_t *call, int64_t revision);
 
 /* Alarms: the "alarm" LMDB database (opened at start-up, capped mode restored),
  * the Alarm method, the apply of an alarm entry, and raising NOSPACE when a

@@ -18,9 +18,9 @@ struct v3_compaction {
     api_call_t *call; /* answered once done; NULL: nobody waits */
 };
 
-void v3_answer_header_only(struct server *s, api_call_t *call) {
+void v3_answer_header_only(struct server *s, api_call_t *call, int64_t revision) {
     struct pbw_header h;
-    v3_header(s, 0, &h);
+    v3_header(s, revision, &h);
     struct util_buf b = {0};
     if (pbw_header(&b, 1, &h) == 0)
         api_call_send_raw(call, b.data, b.len);
@@ -40,7 +40,7 @@ static void compaction_after(uv_work_t *req, int status) {
     (void)status;
     struct v3_compaction *c = req->data;
     if (c->call)
-        v3_answer_header_only(c->s, c->call);
+        v3_answer_header_only(c->s, c->call, 0);
     free(c);
 }
 

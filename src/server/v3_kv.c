@@ -351,7 +351,7 @@ static void on_write_done(void *ctx, void *result) {
         if (a->physical && a->compaction)
             v3_compaction_answer_when_done(a->compaction, w->call);
         else
-            v3_answer_header_only(w->s, w->call);
+            v3_answer_header_only(w->s, w->call, 0);
     } else {
         struct pbw_header h;
         v3_header(w->s, a->res->resp.revision, &h);

@@ -116,20 +116,14 @@ static void on_grant(api_call_t *call, ProtobufCMessage *msg, const uint8_t *dat
     free(payload);
 }
 
-static void answer_header(struct server *s, api_call_t *call, struct v3_applied *a) {
-    struct pbw_header h;
-    v3_header(s, a->res ? a->res->resp.revision : 0, &h);
-    struct util_buf b = {0};
-    if (pbw_header(&b, 1, &h) == 0)
-        api_call_send_raw(call, b.data, b.len);
-    api_call_finish(call, API_GRPC_OK, NULL);
-    util_buf_free(&b);
+static void answer_revoke(struct server *s, api_call_t *call, struct v3_applied *a) {
+    v3_answer_header_only(s, call, a->res ? a->res->resp.revision : 0);
 }
 
 static void on_revoke(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
                       void *arg) {
     protobuf_c_message_free_unpacked(msg, NULL);
-    v3_propose(arg, call, V3_ENTRY_LEASE_REVOKE, data, len, answer_header);
+    v3_propose(arg, call, V3_ENTRY_LEASE_REVOKE, data, len, answer_revoke);
 }
 
 /* ---- KeepAlive ---------------------------------------------------------------
