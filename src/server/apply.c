@@ -138,7 +138,7 @@ static struct queued_entry *apply_batch(server_apply_t *a, struct queued_entry *
     while (rc == 0 && list && n < APPLY_MAX_BATCH) {
         struct queued_entry *q = list;
         a->dones[n] = (struct apply_done){0};
-        if (q->e.type == RAFT_ENTRY_NORMAL && q->e.len > 0)
+        if (q->e.len > 0)
             rc = a->hooks.entry(a->hooks.arg, b, &q->e, &a->dones[n]);
         if (rc != 0)
             break;

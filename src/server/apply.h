@@ -28,7 +28,7 @@ struct apply_done {
     void *ctx;
 };
 
-/* Applies one committed normal entry inside batch b. Returns 0 (the entry's
+/* Applies one committed entry (normal or conf change) inside batch b. Returns 0 (the entry's
  * own failures — a compare, a missing key — are answers, not errors), or a
  * negative code that breaks the batch: the member stops (LMDB cannot take the
  * write, so continuing would diverge from the other members). */

@@ -25,7 +25,8 @@ struct server_datadir {
 /* What a quoin data directory may hold: the marker, the lock, and the folders
  * the storage layers create. */
 static int is_ours(const char *name) {
-    static const char *const names[] = {MARKER_NAME, LOCK_NAME, "wal", "db", "db-lock", "snap"};
+    static const char *const names[] = {MARKER_NAME, LOCK_NAME, "wal",      "db",
+                                        "db-lock",   "snap",    "identity", "identity.tmp"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(name, names[i]) == 0)
             return 1;

@@ -19,10 +19,25 @@
  * snapshotCatchUpEntries). */
 #define NODE_LOG_MARGIN 5000
 
+/* Configurations remembered with the index of the conf change that made
+ * them, so a checkpoint records the configuration as of its own index. */
+#define NODE_CONF_HISTORY 16
+
+/* raft_conf_change_encode's bytes before the context: type, node id. */
+#define NODE_CC_HEADER 9
+
 struct node_item {
     uint8_t *data; /* a proposal's bytes, or NULL for a read request */
     uint32_t len;
     uint64_t context; /* read requests */
+    bool conf;        /* data is an encoded raft_conf_change */
+};
+
+/* A committed conf change, copied out of a Ready to apply after advance. */
+struct node_conf_entry {
+    uint64_t index;
+    uint8_t *data;
+    uint32_t len;
 };
 
 struct server_node {
@@ -59,8 +74,17 @@ struct server_node {
     struct peer_event *events[256];
     uint64_t pending_snap_fail; /* a member a snapshot could not be sent to */
     _Atomic int hand_over;      /* asked to pass leadership on before stopping */
-    uint64_t voters[RAFT_MAX_MEMBERS];
-    size_t n_voters;
+    _Atomic uint32_t n_voters;
+    /* Raft thread: configurations after recent conf changes, oldest first;
+     * conf_base is the one before the oldest. */
+    struct {
+        uint64_t index;
+        struct raft_conf_state cs;
+    } confs[NODE_CONF_HISTORY];
+    size_t n_confs;
+    struct raft_conf_state conf_base;
+    struct node_conf_entry *ccs; /* scratch: conf changes of one Ready */
+    size_t n_ccs, cap_ccs;
 };
 
 /* Wakes the raft loop, unless it has closed its wakeup handle (stopping):
@@ -76,8 +100,11 @@ static void wake(server_node_t *n) {
 static void fail_items(server_node_t *n, struct node_item *items, size_t count, int code) {
     for (size_t i = 0; i < count; i++) {
         if (items[i].data) {
-            if (n->cb.propose_failed)
-                n->cb.propose_failed(n->cb.arg, items[i].data, items[i].len, code);
+            /* A conf change is reported by its context, which carries the
+             * caller's request as a proposal's data does. */
+            size_t skip = items[i].conf ? NODE_CC_HEADER : 0;
+            if (n->cb.propose_failed && items[i].len >= skip)
+                n->cb.propose_failed(n->cb.arg, items[i].data + skip, items[i].len - skip, code);
             free(items[i].data);
         } else if (n->cb.read_failed) {
             n->cb.read_failed(n->cb.arg, items[i].context, code);
@@ -115,6 +142,18 @@ int server_node_propose(server_node_t *n, const void *data, size_t len) {
     return rc;
 }
 
+int server_node_propose_conf_change(server_node_t *n, const struct raft_conf_change *cc) {
+    size_t len = raft_conf_change_encode(cc, NULL);
+    struct node_item it = {.data = malloc(len), .len = (uint32_t)len, .conf = true};
+    if (!it.data)
+        return -ENOMEM;
+    raft_conf_change_encode(cc, it.data);
+    int rc = enqueue(n, it);
+    if (rc != 0)
+        free(it.data);
+    return rc;
+}
+
 int server_node_read_index(server_node_t *n, uint64_t context) {
     return enqueue(n, (struct node_item){.context = context});
 }
@@ -126,6 +165,7 @@ void server_node_status(server_node_t *n, struct node_status *st) {
     st->commit = atomic_load(&n->commit);
     st->last_index = atomic_load(&n->last_index);
     st->is_leader = st->leader == n->id;
+    st->n_voters = atomic_load(&n->n_voters);
 }
 
 static void publish_status(server_node_t *n) {
@@ -135,6 +175,75 @@ static void publish_status(server_node_t *n) {
     atomic_store(&n->term, st.term);
     atomic_store(&n->commit, st.commit);
     atomic_store(&n->last_index, st.last_index);
+    struct raft_conf_state cs;
+    raft_conf_state(n->raft, &cs);
+    atomic_store(&n->n_voters, cs.n_voters);
+}
+
+/* Keeps the committed conf changes of a Ready (its memory is raft's until
+ * advance), to apply them once it is advanced. */
+static int keep_conf_changes(server_node_t *n, const struct raft_ready *rd) {
+    n->n_ccs = 0;
+    for (size_t i = 0; i < rd->n_committed; i++) {
+        const struct raft_entry *e = &rd->committed[i];
+        if (e->type != RAFT_ENTRY_CONF_CHANGE)
+            continue;
+        if (n->n_ccs == n->cap_ccs) {
+            size_t cap = n->cap_ccs ? n->cap_ccs * 2 : 4;
+            struct node_conf_entry *p = realloc(n->ccs, cap * sizeof(*p));
+            if (!p)
+                return -ENOMEM;
+            n->ccs = p;
+            n->cap_ccs = cap;
+        }
+        struct node_conf_entry *c = &n->ccs[n->n_ccs];
+        if (!(c->data = malloc(e->len ? e->len : 1)))
+            return -ENOMEM;
+        memcpy(c->data, e->data, e->len);
+        c->len = e->len;
+        c->index = e->index;
+        n->n_ccs++;
+    }
+    return 0;
+}
+
+/* Remembers the configuration that the change at `index` made. */
+static void remember_conf(server_node_t *n, uint64_t index, const struct raft_conf_state *cs) {
+    if (n->n_confs == NODE_CONF_HISTORY) {
+        n->conf_base = n->confs[0].cs;
+        memmove(&n->confs[0], &n->confs[1], (NODE_CONF_HISTORY - 1) * sizeof(n->confs[0]));
+        n->n_confs--;
+    }
+    n->confs[n->n_confs].index = index;
+    n->confs[n->n_confs].cs = *cs;
+    n->n_confs++;
+}
+
+/* The configuration as of log index `index`. */
+static void conf_at(const server_node_t *n, uint64_t index, struct raft_conf_state *cs) {
+    *cs = n->conf_base;
+    for (size_t i = 0; i < n->n_confs && n->confs[i].index <= index; i++)
+        *cs = n->confs[i].cs;
+}
+
+/* Applies the conf changes kept from the Ready just advanced, in order, each
+ * unless the caller refuses it. Raft thread, outside a Ready. */
+static void apply_conf_changes(server_node_t *n) {
+    for (size_t i = 0; i < n->n_ccs; i++) {
+        struct node_conf_entry *c = &n->ccs[i];
+        struct raft_conf_change cc;
+        if (raft_conf_change_decode(c->data, c->len, &cc) == 0 &&
+            (!n->cb.conf_change || n->cb.conf_change(n->cb.arg, &cc, c->index))) {
+            struct raft_conf_state cs = {0};
+            if (raft_apply_conf_change(n->raft, &cc, &cs) == 0)
+                remember_conf(n, c->index, &cs);
+            LOG_INFO(n->lg, "applied a membership change", LOG_UINT("index", c->index),
+                     LOG_INT("type", cc.type), LOG_UINT("member", cc.node_id),
+                     LOG_UINT("voters", cs.n_voters), LOG_UINT("learners", cs.n_learners));
+        }
+        free(c->data);
+    }
+    n->n_ccs = 0;
 }
 
 /* Persists one Ready: entries into the in-memory log raft reads from and into
@@ -191,6 +300,8 @@ static void drain_ready(server_node_t *n) {
         if (raft_ready(n->raft, &rd) != 0)
             return; /* out of memory: retried on the next tick */
         int rc = persist(n, &rd);
+        if (rc == 0)
+            rc = keep_conf_changes(n, &rd);
         if (rc != 0) {
             LOG_ERROR(n->lg, "cannot persist the raft log; stopping the member",
                       LOG_STR("error", raft_strerror(rc)));
@@ -219,6 +330,7 @@ static void drain_ready(server_node_t *n) {
             n->was_leader = leader;
         }
         raft_advance(n->raft, &rd);
+        apply_conf_changes(n);
         publish_status(n);
     }
 }
@@ -233,7 +345,7 @@ static void checkpoint(server_node_t *n, uint64_t index) {
     struct raft_conf_state cs;
     if (raft_log_term(n->raft, index, &term) != 0)
         return; /* already compacted past it */
-    raft_conf_state(n->raft, &cs);
+    conf_at(n, index, &cs);
     if (raft_memstore_create_snapshot(n->ms, index, &cs, NULL, 0) != 0)
         return;
     if (index > NODE_LOG_MARGIN)
@@ -292,18 +404,55 @@ static void take_peer_events(server_node_t *n) {
  * (it refuses one that lags). Raft loop. */
 static void hand_over(server_node_t *n) {
     struct raft_status st;
+    struct raft_conf_state cs;
     raft_status(n->raft, &st);
     if (st.role != RAFT_LEADER)
         return;
-    for (size_t i = 0; i < n->n_voters; i++) {
-        if (n->voters[i] == n->id)
+    raft_conf_state(n->raft, &cs);
+    for (size_t i = 0; i < cs.n_voters; i++) {
+        if (cs.voters[i] == n->id)
             continue;
-        if (raft_transfer_leadership(n->raft, n->voters[i]) == 0) {
+        if (raft_transfer_leadership(n->raft, cs.voters[i]) == 0) {
             LOG_INFO(n->lg, "handing leadership over before stopping",
-                     LOG_UINT("to", n->voters[i]));
+                     LOG_UINT("to", cs.voters[i]));
             return;
         }
     }
+}
+
+/* A promotion goes ahead only when the learner has 90% of the leader's log
+ * (etcd's isLearnerReady), checked where the leader's view of it lives. */
+static int check_promotion(server_node_t *n, const struct raft_conf_change *cc) {
+    struct raft_conf_state cs;
+    raft_conf_state(n->raft, &cs);
+    bool learner = false;
+    for (size_t i = 0; i < cs.n_learners; i++)
+        learner |= cs.learners[i] == cc->node_id;
+    if (cc->type != RAFT_CC_ADD_NODE || !learner)
+        return 0;
+    uint64_t mine, theirs;
+    int rc = raft_progress_match(n->raft, n->id, &mine);
+    if (rc == RAFT_ENOLEADER)
+        return NODE_ENOTLEADER;
+    if (rc == 0)
+        rc = raft_progress_match(n->raft, cc->node_id, &theirs);
+    if (rc != 0)
+        return rc;
+    return (double)theirs < (double)mine * 0.9 ? NODE_ELEARNERNOTREADY : 0;
+}
+
+/* Hands a queued conf change to raft, or reports why it cannot go. */
+static void propose_conf(server_node_t *n, struct node_item *it) {
+    struct raft_conf_change cc;
+    int rc = raft_conf_change_decode(it->data, it->len, &cc);
+    if (rc == 0)
+        rc = check_promotion(n, &cc);
+    if (rc == 0)
+        rc = raft_propose_conf_change(n->raft, &cc);
+    if (rc != 0)
+        fail_items(n, it, 1, rc);
+    else
+        free(it->data);
 }
 
 int server_node_hand_over(server_node_t *n) {
@@ -344,13 +493,17 @@ static void on_wake(uv_async_t *a) {
                 fail_items(n, &n->batch[i], 1, rc);
             continue;
         }
+        if (n->batch[i].conf) {
+            propose_conf(n, &n->batch[i]);
+            continue;
+        }
         n->prop_data[np] = n->batch[i].data;
         n->prop_len[np] = n->batch[i].len;
         np++;
     }
     int rc = np ? raft_propose(n->raft, n->prop_data, n->prop_len, np) : 0;
     for (size_t i = 0; i < count; i++) {
-        if (!n->batch[i].data)
+        if (!n->batch[i].data || n->batch[i].conf)
             continue;
         if (rc != 0)
             fail_items(n, &n->batch[i], 1, rc);
@@ -387,9 +540,8 @@ static int load_wal(server_node_t *n, const struct node_config *cfg, struct util
     int rc = wal_open(cfg->wal_dir, &wopts, &n->wal, &rec, err);
     if (rc != 0)
         return rc;
-    struct raft_conf_state cs = {.n_voters = (uint32_t)cfg->n_voters};
-    for (size_t i = 0; i < cfg->n_voters && i < RAFT_MAX_MEMBERS; i++)
-        cs.voters[i] = cfg->voters[i];
+    struct raft_conf_state cs = *cfg->conf;
+    n->conf_base = cs;
     raft_memstore_bootstrap(n->ms, &cs);
     /* A log that starts after a snapshot marker: the state machine holds
      * everything up to it (it was synced before the marker was written). */
@@ -447,6 +599,9 @@ static void node_free(server_node_t *n) {
     free(n->batch);
     free(n->prop_data);
     free(n->prop_len);
+    for (size_t i = 0; i < n->n_ccs; i++)
+        free(n->ccs[i].data);
+    free(n->ccs);
     pthread_mutex_destroy(&n->mu);
     free(n);
 }
@@ -461,8 +616,6 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     n->cb = *cb;
     n->id = cfg->id;
     n->heartbeat_ms = cfg->heartbeat_ms;
-    for (size_t i = 0; i < cfg->n_voters && i < RAFT_MAX_MEMBERS; i++)
-        n->voters[n->n_voters++] = cfg->voters[i];
     n->max_queued = cfg->max_queued ? cfg->max_queued : 8192;
     pthread_mutex_init(&n->mu, NULL);
     n->queue = calloc(n->max_queued, sizeof(*n->queue));
@@ -514,7 +667,7 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
         n->peer = cfg->peer;
     }
     /* A lone voter need not wait an election timeout for itself. */
-    if (cfg->n_voters == 1 && cfg->voters[0] == cfg->id)
+    if (cfg->conf->n_voters == 1 && cfg->conf->voters[0] == cfg->id)
         raft_campaign(n->raft);
     publish_status(n);
     /* Set before the thread starts: its first Ready may already reach the

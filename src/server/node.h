@@ -45,12 +45,24 @@ struct node_callbacks {
     uint64_t (*applied)(void *arg);
     /* This member became leader (true) or stopped being it (false). */
     void (*role_changed)(void *arg, bool leader);
+    /* A committed conf change at `index`, before raft applies it: returns
+     * whether raft applies it (false: the change is refused and raft's
+     * configuration stays as it is). The caller checks the change against its
+     * member set exactly as its apply thread does, so both agree. Raft
+     * thread; cc->context is valid only during the call. May be NULL (every
+     * change is applied). */
+    bool (*conf_change)(void *arg, const struct raft_conf_change *cc, uint64_t index);
 };
 
+/* Why a conf change proposal failed before reaching raft (propose_failed). */
+#define NODE_ENOTLEADER (-10101)       /* a promotion is only checked on the leader */
+#define NODE_ELEARNERNOTREADY (-10102) /* the learner's log is < 90% of the leader's */
+
 struct node_config {
-    uint64_t id;      /* this member's id, nonzero */
-    uint64_t *voters; /* the initial configuration (bootstrap only) */
-    size_t n_voters;
+    uint64_t id; /* this member's id, nonzero */
+    /* The configuration as of `applied` (the member store's): raft starts
+     * from it, whatever the log's snapshot marker says. */
+    const struct raft_conf_state *conf;
     unsigned heartbeat_ms; /* one tick */
     unsigned election_ms;  /* election timeout, a multiple of ticks */
     const char *wal_dir;
@@ -78,6 +90,14 @@ int server_node_propose(server_node_t *n, const void *data, size_t len);
  * answer comes through cb->read_ready or cb->read_failed. */
 int server_node_read_index(server_node_t *n, uint64_t context);
 
+/* Queues a membership change (cc and its context copied). Any thread.
+ * Returns as server_node_propose. Later failures come through
+ * cb->propose_failed with the change's context as data: a RAFT_E* code,
+ * NODE_ENOTLEADER or NODE_ELEARNERNOTREADY (a promotion, RAFT_CC_ADD_NODE of
+ * a learner, is refused unless this member leads and the learner has 90% of
+ * its log, as etcd's). */
+int server_node_propose_conf_change(server_node_t *n, const struct raft_conf_change *cc);
+
 /* The state machine is durable on disk up to `index` (the key space was
  * synced after applying it): the raft loop records a snapshot there, keeps a
  * margin of entries for lagging members, frees the older ones and releases
@@ -97,6 +117,7 @@ struct node_status {
     uint64_t commit;
     uint64_t last_index;
     bool is_leader;
+    uint32_t n_voters; /* in the configuration this member applied */
 };
 void server_node_status(server_node_t *n, struct node_status *st);
 
