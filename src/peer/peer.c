@@ -179,6 +179,9 @@ int peer_transport_set_peer(peer_transport_t *pt, uint64_t id, const char *const
         }
     }
     pthread_mutex_lock(&pt->mu);
+    for (size_t i = 0; i < sizeof(pt->removed_ids) / sizeof(pt->removed_ids[0]); i++)
+        if (pt->removed_ids[i] == id)
+            pt->removed_ids[i] = 0; /* known again */
     struct peer_remote *r = peer_find(pt, id);
     if (!r) {
         if (!(r = calloc(1, sizeof(*r)))) {

@@ -46,6 +46,7 @@
 #define MEMBERS_ENOTSTARTED (-40005)      /* "... not enough started members" */
 #define MEMBERS_ENOTLEARNER (-40006)      /* "etcdserver: can only promote a learner member" */
 #define MEMBERS_ETOOMANYLEARNERS (-40007) /* "etcdserver: too many learner members in cluster" */
+#define MEMBERS_EUNHEALTHY (-40008)       /* "etcdserver: unhealthy cluster" */
 
 /* etcd 3.4 allows one learner at a time. */
 #define MEMBERS_MAX_LEARNERS 1

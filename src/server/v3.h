@@ -188,6 +188,14 @@ bool v3_cluster_conf_change(void *arg, const struct raft_conf_change *cc, uint64
 int v3_cluster_members_answer(void *arg, struct util_buf *out);
 bool v3_cluster_tick(struct server *s);
 
+/* After a snapshot replaced the key space (and with it the member store):
+ * the raft thread's member set is read again from the store, the transport
+ * is given the members it holds and forgets the others, and cs (may be NULL)
+ * gets the store's configuration — the one as of the snapshot's applied
+ * index. Raft thread, outside a Ready. Returns 0 or an error (the old set is
+ * kept). */
+int v3_cluster_reload(struct server *s, struct raft_conf_state *cs);
+
 /* Applies a lease entry inside the current batch. Apply thread. */
 int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const uint8_t *p,
                    size_t len, struct apply_done *done);

@@ -87,6 +87,18 @@ static void answer_members(struct server *s, api_call_t *call, enum answer_kind 
         v3_fail(call, rc);
         return;
     }
+    /* This member knows its own attributes before its publish is applied
+     * (etcd serves clients only once it published). */
+    char *own[16];
+    for (size_t i = 0; i < set.n; i++) {
+        Etcdserverpb__Member *p = &pb.v[i];
+        if (p->id != s->member_id || p->n_clienturls)
+            continue;
+        p->name = s->cfg->name;
+        for (size_t k = 0; k < s->cfg->advertise_client_urls.n && k < 16; k++)
+            own[p->n_clienturls++] = s->cfg->advertise_client_urls.v[k].text;
+        p->clienturls = own;
+    }
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     cluster_header(s, &h);
     union {
@@ -200,21 +212,38 @@ static int new_member_id(char *const *urls, size_t n, uint64_t *id) {
     return rc;
 }
 
-/* Whether a voter counts as started for etcd's --strict-reconfig-check:
- * it published its attributes and, unless it is this member, the transport
- * reaches it. */
-static bool started(struct server *s, const struct member *m) {
-    if (!m->name[0])
-        return false;
-    if (m->id == s->member_id)
-        return true;
+/* Whether this member's transport reaches member m (itself: yes). */
+static bool reached(struct server *s, const struct member *m) {
     struct peer_stats st;
-    return peer_transport_stats(s->peer, m->id, &st) == 0 && st.connected;
+    return m->id == s->member_id ||
+           (peer_transport_stats(s->peer, m->id, &st) == 0 && st.connected);
 }
 
-/* etcd's IsReadyToAddVotingMember / IsReadyToRemoveVotingMember /
- * IsReadyToPromoteMember: the voters started after the change must make a
- * quorum of the voters after it (counting a promoted learner as started). */
+/* etcd's check that the change keeps the active quorum: an added member
+ * needs every voter reached; a removed voter that is reached must leave a
+ * quorum of reached voters behind. */
+static int check_healthy(struct server *s, const struct member_set *set, enum members_op op,
+                         uint64_t id) {
+    size_t voters = 0, active = 0;
+    for (size_t i = 0; i < set->n; i++) {
+        if (set->v[i].learner)
+            continue;
+        voters++;
+        active += reached(s, &set->v[i]);
+    }
+    if (op == MEMBERS_OP_ADD)
+        return active == voters ? 0 : MEMBERS_EUNHEALTHY;
+    const struct member *m = members_find(set, id);
+    if (op != MEMBERS_OP_REMOVE || !m || m->learner || !reached(s, m))
+        return 0;
+    return active - 1 >= 1 + (voters - 1) / 2 ? 0 : MEMBERS_EUNHEALTHY;
+}
+
+/* etcd's --strict-reconfig-check (IsReadyToAddVotingMember,
+ * IsReadyToRemoveVotingMember, IsReadyToPromoteMember): the voters that
+ * have started — published their name — after the change must make a
+ * quorum of the voters after it (a promoted learner counted as started);
+ * then the active quorum must hold (check_healthy). */
 static int check_started(struct server *s, const struct member_set *set, enum members_op op,
                          uint64_t id, bool learner) {
     size_t voters = 0, up = 0;
@@ -223,25 +252,22 @@ static int check_started(struct server *s, const struct member_set *set, enum me
         if (m->learner || (op == MEMBERS_OP_REMOVE && m->id == id))
             continue;
         voters++;
-        up += started(s, m);
+        up += m->name[0] != 0;
     }
+    bool quorum = true;
     if (op == MEMBERS_OP_REMOVE) {
         const struct member *m = members_find(set, id);
-        if (m && m->learner)
-            return 0;
-    } else if (op == MEMBERS_OP_ADD) {
-        if (learner)
-            return 0;
-        if (voters == 1 && up == 1)
-            return 0; /* a second member for a cluster of one (etcd allows it) */
-        voters++;
+        quorum = (m && m->learner) || up >= voters / 2 + 1;
+    } else if (op == MEMBERS_OP_ADD && !learner) {
+        /* A second member for a cluster of one is allowed (etcd's case of
+         * restoring a cluster's data). */
+        quorum = (voters == 1 && up == 1) || up >= (voters + 1) / 2 + 1;
     } else if (op == MEMBERS_OP_PROMOTE) {
-        voters++;
-        up++;
-    } else {
-        return 0;
+        quorum = up + 1 >= (voters + 1) / 2 + 1;
     }
-    return up >= voters / 2 + 1 ? 0 : MEMBERS_ENOTSTARTED;
+    if (!quorum)
+        return MEMBERS_ENOTSTARTED;
+    return check_healthy(s, set, op, id);
 }
 
 /* Checks a change against the store as this member has applied it, then
@@ -255,9 +281,9 @@ static void propose_change(struct server *s, api_call_t *call, enum members_op o
         v3_fail(call, rc);
         return;
     }
-    rc = members_check(&set, op, id, m);
+    rc = check_started(s, &set, op, id, m && m->learner);
     if (rc == 0)
-        rc = check_started(s, &set, op, id, m && m->learner);
+        rc = members_check(&set, op, id, m);
     members_free(&set);
     struct util_buf b = {0};
     uint8_t o = (uint8_t)op;
@@ -513,6 +539,40 @@ bool v3_cluster_conf_change(void *arg, const struct raft_conf_change *cc, uint64
     return true;
 }
 
+/* Gives the transport every member of set but this one. */
+static int set_peers(struct server *s, const struct member_set *set, struct util_err *err) {
+    for (size_t i = 0; i < set->n; i++) {
+        const struct member *m = &set->v[i];
+        if (m->id == s->member_id || !m->n_peer_urls)
+            continue;
+        int rc = peer_transport_set_peer(s->peer, m->id, (const char *const *)m->peer_urls,
+                                         m->n_peer_urls);
+        if (rc != 0)
+            return util_errorf(err, rc, "cannot add member %" PRIx64 " to the peer transport",
+                               m->id);
+    }
+    return 0;
+}
+
+int v3_cluster_reload(struct server *s, struct raft_conf_state *cs) {
+    struct member_set set;
+    uint64_t cid;
+    int rc = members_store_read(s->db, s->members_dbi, &set, &cid, NULL);
+    if (rc != 0)
+        return rc;
+    for (size_t i = 0; i < s->raft_members.n; i++) {
+        uint64_t id = s->raft_members.v[i].id;
+        if (id != s->member_id && !members_find(&set, id))
+            peer_transport_remove_peer(s->peer, id);
+    }
+    rc = set_peers(s, &set, NULL);
+    members_free(&s->raft_members);
+    s->raft_members = set;
+    if (cs)
+        members_conf_state(&set, cs);
+    return rc;
+}
+
 /* ---- publishing ---- */
 
 /* The publish entry was applied, failed, or was given up on. Any thread. */
@@ -728,21 +788,6 @@ static int join(struct server *s, struct member_set *boot, struct member_set *cu
     s->cluster_id = cid;
     LOG_INFO(s->lg, "joining an existing cluster", LOG_UINT("member-id", self),
              LOG_UINT("cluster-id", cid), LOG_UINT("members", current->n));
-    return 0;
-}
-
-/* Gives the transport every member of set but this one. */
-static int set_peers(struct server *s, const struct member_set *set, struct util_err *err) {
-    for (size_t i = 0; i < set->n; i++) {
-        const struct member *m = &set->v[i];
-        if (m->id == s->member_id || !m->n_peer_urls)
-            continue;
-        int rc = peer_transport_set_peer(s->peer, m->id, (const char *const *)m->peer_urls,
-                                         m->n_peer_urls);
-        if (rc != 0)
-            return util_errorf(err, rc, "cannot add member %" PRIx64 " to the peer transport",
-                               m->id);
-    }
     return 0;
 }
 

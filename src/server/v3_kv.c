@@ -101,6 +101,9 @@ void v3_fail(api_call_t *call, int code) {
     case MEMBERS_ETOOMANYLEARNERS:
         g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: too many learner members in cluster";
         break;
+    case MEMBERS_EUNHEALTHY:
+        g = API_GRPC_UNAVAILABLE, msg = "etcdserver: unhealthy cluster";
+        break;
     case NODE_ENOTLEADER:
         g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: not leader";
         break;

@@ -228,12 +228,14 @@ static void test_membership_updates(void **state) {
     assert_int_equal(peer_transport_remove_peer(a.pt, 2), -ENOENT);
     struct raft_msg m = {.type = RAFT_MSG_HEARTBEAT, .to = 2, .from = 1};
     assert_int_equal(peer_transport_send(a.pt, &m), -ENOENT);
-    /* b's stream to a is refused from now on. */
+    /* b's stream to a is refused from now on, and b is told it was removed. */
     assert_true(tnode_wait(&b, has_unreachable, NULL, 5000));
-    assert_true(tnode_peer_error(&b, 1, "sender not found", 5000));
+    assert_true(tnode_peer_error(&b, 1, "permanently removed from the cluster", 5000));
     struct peer_stats st;
     assert_int_equal(peer_transport_stats(b.pt, 1, &st), 0);
     assert_false(st.connected);
+    assert_int_equal(peer_transport_stats(b.pt, 0, &st), 0);
+    assert_true(st.removed);
     const uint64_t self = 1;
     assert_int_equal(peer_transport_set_peer(a.pt, self, (const char *const[]){"http://x:1"}, 1),
                      -EINVAL);
