@@ -160,6 +160,13 @@ def test_replace_a_member_under_writes(tmp_path):
         r = ctl([ep(leader)], "member", "add", "n4", "--peer-urls=http://127.0.0.1:%d" % free_port())
         assert r.returncode != 0
         assert "etcdserver: unhealthy cluster" in r.stderr
+
+        # n3 restarts from its data directory (its identity and the store,
+        # not the flags) and catches up.
+        n3.start()
+        c = etcd3.client(host="127.0.0.1", port=leader.client_port, timeout=10)
+        rev = c.put("/after-restart", "y").header.revision
+        wait_for("equal HashKV after n3's restart", same_hash)
     finally:
         stop_all(ms + extra)
 
@@ -290,3 +297,28 @@ def test_members_that_do_not_belong_are_refused(tmp_path):
             z.stop(signal.SIGKILL)
     finally:
         stop_all([m0])
+
+
+def test_removing_the_leader(tmp_path):
+    ms = make_cluster(tmp_path)
+    try:
+        leader, term = wait_leader(ms)
+        listed = wait_for("every member published", lambda: published(leader, 3))
+        lid = "%x" % next(m["ID"] for m in listed
+                          if m["name"] == leader.args[leader.args.index("--name") + 1])
+        r = ctl([ep(leader)], "member", "remove", lid)
+        assert r.returncode == 0, r.stderr
+        leader.proc.wait(10)
+        assert "the member has been permanently removed from the cluster" in leader.logs()
+        rest = [s for s in ms if s is not leader]
+        wait_leader(rest)
+        c = etcd3.client(host="127.0.0.1", port=rest[0].client_port, timeout=10)
+        c.put("k", "v")
+        assert sorted("%x" % m["ID"] for m in members(rest[1])) == sorted(
+            "%x" % m["ID"] for m in listed if "%x" % m["ID"] != lid)
+        # It cannot come back: its own removal is in its store.
+        leader.start(wait=False)
+        assert leader.proc.wait(20) != 0
+        assert "permanently removed" in leader.logs().splitlines()[-1]
+    finally:
+        stop_all(ms)
