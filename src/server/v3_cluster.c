@@ -712,11 +712,13 @@ static void describe(const struct member_set *set, struct util_buf *b) {
  * that the local list matches it (etcd's ValidateClusterAndAssignIDs), and
  * takes this member's id and the cluster id from it. Fills *boot with the
  * set the cluster was bootstrapped with and *current with its members. */
-static int join(struct server *s, struct member_set *boot, struct member_set *current,
-                struct util_err *err) {
+/* Asks the members of --initial-cluster, in turn, for the cluster id, its
+ * members and its bootstrap set (the first that answers). */
+static int fetch_cluster(struct server *s, uint64_t *cid, struct member_set *boot,
+                         struct member_set *current, struct util_err *err) {
     const struct config *cfg = s->cfg;
     struct util_buf ans = {0};
-    uint64_t cid = 0, from = 0;
+    uint64_t from = 0;
     int rc = -ENOENT;
     for (size_t i = 0; i < cfg->n_initial_cluster && rc != 0; i++) {
         const struct config_member *cm = &cfg->initial_cluster[i];
@@ -725,7 +727,7 @@ static int join(struct server *s, struct member_set *boot, struct member_set *cu
         for (size_t k = 0; k < cm->peer_urls.n && rc != 0; k++) {
             struct util_err e = {0};
             ans.len = 0;
-            rc = peer_fetch_members(cm->peer_urls.v[k].text, JOIN_FETCH_MS, &cid, &from, &ans, &e);
+            rc = peer_fetch_members(cm->peer_urls.v[k].text, JOIN_FETCH_MS, cid, &from, &ans, &e);
             if (rc != 0)
                 LOG_WARN(s->lg, "cannot get the cluster's members from a peer",
                          LOG_STR("error", e.msg));
@@ -744,13 +746,23 @@ static int join(struct server *s, struct member_set *boot, struct member_set *cu
         first = first << 8 | p[i];
     *boot = *current = (struct member_set){0};
     rc = n >= 4 && first <= n - 4 ? members_decode_set(p + 4, first, current) : -EINVAL;
-    if (rc == 0 && (rc = members_decode_set(p + 4 + first, n - 4 - first, boot)) != 0)
-        members_free(current);
+    if (rc == 0)
+        rc = members_decode_set(p + 4 + first, n - 4 - first, boot);
     util_buf_free(&ans);
     if (rc != 0) {
         members_free(current);
         return util_errorf(err, -EPROTO, "the member list a peer sent cannot be read");
     }
+    return 0;
+}
+
+static int join(struct server *s, struct member_set *boot, struct member_set *current,
+                struct util_err *err) {
+    const struct config *cfg = s->cfg;
+    uint64_t cid = 0;
+    int rc = fetch_cluster(s, &cid, boot, current, err);
+    if (rc != 0)
+        return rc;
     /* etcd's ValidateClusterAndAssignIDs, in etcd's words. */
     struct util_buf d = {0};
     describe(current, &d);
@@ -831,6 +843,18 @@ int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_er
         return util_errorf(err, rc, "cannot read the member store: %s", mvcc_strerror(rc));
     }
     members_conf_state(&set, cs);
+    /* A member that joined but stopped before replaying its own addition
+     * needs today's members to reach the leader (best effort). */
+    if (!members_find(&set, s->member_id) && current.n == 0) {
+        struct member_set boot;
+        struct util_err e = {0};
+        uint64_t theirs = 0;
+        if (fetch_cluster(s, &theirs, &boot, &current, &e) == 0) {
+            members_free(&boot);
+            if (theirs != s->cluster_id)
+                members_free(&current);
+        }
+    }
     uint64_t *gone = NULL;
     size_t n_gone = 0;
     mvcc_read_t *rd;

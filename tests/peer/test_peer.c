@@ -636,6 +636,35 @@ static void test_garbage_input(void **state) {
     assert_int_equal(fd_count(), fds);
 }
 
+/* The members request of a member joining: answered with cfg.members'
+ * bytes and the answering member's ids, whatever cluster the asker is in;
+ * nothing listening, or not a quoin peer, is an error. */
+static int members_blob(void *arg, struct util_buf *out) {
+    return util_buf_append(out, arg, strlen(arg));
+}
+
+static void test_members_request(void **state) {
+    (void)state;
+    struct tnode a = {0};
+    struct peer_config cfg = {.members = members_blob, .members_arg = "the member list"};
+    tnode_start(&a, CLUSTER, 5, tport(0), &cfg);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", tport(0));
+    struct util_buf out = {0};
+    struct util_err err = {0};
+    uint64_t cid = 0, mid = 0;
+    assert_int_equal(peer_fetch_members(url, 2000, &cid, &mid, &out, &err), 0);
+    assert_int_equal(cid, CLUSTER);
+    assert_int_equal(mid, 5);
+    assert_int_equal(out.len, strlen("the member list"));
+    assert_memory_equal(out.data, "the member list", out.len);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", tport(9));
+    assert_int_not_equal(peer_fetch_members(url, 500, &cid, &mid, &out, &err), 0);
+    assert_non_null(strstr(err.msg, "cannot reach"));
+    util_buf_free(&out);
+    tnode_stop(&a, false);
+}
+
 int main(void) {
     tmain_setup();
     const struct CMUnitTest tests[] = {
@@ -643,6 +672,7 @@ int main(void) {
         cmocka_unit_test(test_order_per_peer),
         cmocka_unit_test(test_redial_after_restart),
         cmocka_unit_test(test_membership_updates),
+        cmocka_unit_test(test_members_request),
         cmocka_unit_test(test_backpressure_never_reading_peer),
         cmocka_unit_test(test_cluster_id_mismatch),
         cmocka_unit_test(test_unstarted_refuses),
