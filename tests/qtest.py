@@ -106,6 +106,37 @@ class Server:
         return self.proc.returncode
 
 
+class Writers:
+    """n threads putting /w/<thread>/<i> through etcd3 clients to the given
+    servers in turn, until stop(); `acked` lists the keys acknowledged."""
+
+    def __init__(self, servers, n=4):
+        import threading
+        self.acked, self.stopping = [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(servers[w % len(servers)], w))
+                        for w in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, s, w):
+        import etcd3
+        c = etcd3.client(host="127.0.0.1", port=s.client_port, timeout=3)
+        i = 0
+        while not self.stopping.is_set():
+            try:
+                c.put("/w/%d/%d" % (w, i), str(i))
+                self.acked.append("/w/%d/%d" % (w, i))
+                i += 1
+            except Exception:
+                time.sleep(0.05)
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(30)
+        return self.acked
+
+
 def run_quoin(args, env=None, timeout=20, cwd=None):
     """Runs quoin to completion (for commands expected to exit by themselves)."""
     return subprocess.run([quoin_bin()] + list(args), capture_output=True, text=True,
