@@ -204,6 +204,18 @@ const char *server_datadir_path(const server_datadir_t *dd) {
     return dd->path;
 }
 
+int server_open_temp(const char *dir) {
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/snap.XXXXXX", dir);
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(path);
+    return fd;
+}
+
 void server_datadir_close(server_datadir_t *dd) {
     if (!dd)
         return;

@@ -7,8 +7,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
+#include "server/snapshot.h"
 #include "wal/wal.h"
 
 /* etcd refuses proposals once the apply backlog passes this many entries
@@ -57,8 +59,15 @@ struct server_node {
     bool was_leader;
     peer_transport_t *peer;
     struct peer_event *events[256];
-    uint64_t pending_snap_fail; /* a member a snapshot could not be sent to */
-    _Atomic int hand_over;      /* asked to pass leadership on before stopping */
+    /* Members a snapshot could not be sent to, reported outside the Ready. */
+    uint64_t snap_fail[RAFT_MAX_MEMBERS];
+    size_t n_snap_fail;
+    node_snap_t *snap; /* NULL: snapshots are not sent */
+    char *snap_dir;
+    /* Files of MsgSnaps stepped in this turn: removed unless installed. */
+    char *received[8];
+    size_t n_received;
+    _Atomic int hand_over; /* asked to pass leadership on before stopping */
     uint64_t voters[RAFT_MAX_MEMBERS];
     size_t n_voters;
 };
@@ -137,6 +146,13 @@ static void publish_status(server_node_t *n) {
     atomic_store(&n->last_index, st.last_index);
 }
 
+/* The WAL's queue is full: waits for what is queued to become durable. */
+static int wait_wal_room(wal_t *w) {
+    struct wal_durable d;
+    wal_durable(w, &d);
+    return wal_wait(w, d.seq + 1);
+}
+
 /* Persists one Ready: entries into the in-memory log raft reads from and into
  * the WAL, then the hard state after them; waits for the fdatasync. */
 static int persist(server_node_t *n, const struct raft_ready *rd) {
@@ -168,19 +184,63 @@ static int persist(server_node_t *n, const struct raft_ready *rd) {
     if (!rd->n_entries && !hs)
         return 0;
     uint64_t seq;
-    for (;;) {
-        rc = wal_append(n->wal, n->wal_ents, rd->n_entries, hs, &seq);
-        if (rc != -EAGAIN)
-            break;
-        /* The WAL queue is full: wait for what is queued to become durable. */
-        struct wal_durable d;
-        wal_durable(n->wal, &d);
-        if ((rc = wal_wait(n->wal, d.seq + 1)) != 0)
+    while ((rc = wal_append(n->wal, n->wal_ents, rd->n_entries, hs, &seq)) == -EAGAIN)
+        if ((rc = wait_wal_room(n->wal)) != 0)
             return rc;
-    }
     if (rc != 0)
         return rc;
     return rd->must_sync || rd->n_entries ? wal_wait(n->wal, seq) : 0;
+}
+
+/* Installs the snapshot of a Ready (raft accepted a MsgSnap; its data is
+ * the path of the file the transport received, see peer.h): the file gets
+ * its durable name, then the WAL's marker (discarding the log it replaces:
+ * raft restores only a snapshot that conflicts with its log) is made
+ * durable, then the in-memory log restarts after it and the state machine
+ * is told to install the file. A failure is fatal, as in persist. */
+static int install_snapshot(server_node_t *n, const struct raft_snapshot *snap) {
+    char received[4096], kept[4096];
+    if (!n->snap_dir || !n->cb.snapshot_install || snap->len >= sizeof(received))
+        return -EINVAL;
+    memcpy(received, snap->data, snap->len);
+    received[snap->len] = '\0';
+    int rc = node_snap_keep(n->snap_dir, received, snap->meta.index, kept, sizeof(kept));
+    if (rc != 0)
+        return rc;
+    struct wal_snapshot ws = {.index = snap->meta.index, .term = snap->meta.term};
+    uint64_t seq;
+    while ((rc = wal_save_snapshot(n->wal, &ws, WAL_SNAPSHOT_DISCARD_LOG, &seq)) == -EAGAIN)
+        if ((rc = wait_wal_room(n->wal)) != 0)
+            return rc;
+    if (rc != 0 || (rc = wal_wait(n->wal, seq)) != 0)
+        return rc;
+    struct raft_snapshot meta = {.meta = snap->meta};
+    if ((rc = raft_memstore_apply_snapshot(n->ms, &meta)) != 0)
+        return rc;
+    n->release_at = snap->meta.index;
+    n->cb.snapshot_install(n->cb.arg, kept, snap->meta.index, snap->meta.term);
+    return 0;
+}
+
+/* Queues a failed snapshot report for `to` (once). */
+static void snap_failed(server_node_t *n, uint64_t to) {
+    for (size_t i = 0; i < n->n_snap_fail; i++)
+        if (n->snap_fail[i] == to)
+            return;
+    if (n->n_snap_fail < RAFT_MAX_MEMBERS)
+        n->snap_fail[n->n_snap_fail++] = to;
+}
+
+/* Removes the received snapshot files of this turn that raft did not take
+ * (stale, or it already had the entries): the installed one was renamed. */
+static void drop_received(server_node_t *n) {
+    for (size_t i = 0; i < n->n_received; i++) {
+        if (unlink(n->received[i]) == 0)
+            LOG_INFO(n->lg, "dropped a received snapshot raft did not need",
+                     LOG_STR("file", n->received[i]));
+        free(n->received[i]);
+    }
+    n->n_received = 0;
 }
 
 /* Runs every pending Ready to completion. A persistence failure is fatal for
@@ -190,20 +250,27 @@ static void drain_ready(server_node_t *n) {
         struct raft_ready rd;
         if (raft_ready(n->raft, &rd) != 0)
             return; /* out of memory: retried on the next tick */
-        int rc = persist(n, &rd);
+        int rc = rd.snapshot ? install_snapshot(n, rd.snapshot) : 0;
+        if (rc != 0) {
+            LOG_ERROR(n->lg, "cannot install the received snapshot; stopping the member",
+                      LOG_STR("error", raft_strerror(rc)));
+            abort();
+        }
+        rc = persist(n, &rd);
         if (rc != 0) {
             LOG_ERROR(n->lg, "cannot persist the raft log; stopping the member",
                       LOG_STR("error", raft_strerror(rc)));
             abort();
         }
         /* Messages leave once what they promise is durable (persist above
-         * waited for the fdatasync). Snapshots are not streamed yet: a member
-         * that needs one is reported as failed and probed again later. */
+         * waited for the fdatasync). A snapshot's data is made off this
+         * thread; one that cannot start is reported failed (raft probes the
+         * member again later). */
         for (size_t i = 0; n->peer && i < rd.n_msgs; i++) {
-            if (rd.msgs[i].type == RAFT_MSG_SNAP)
-                n->pending_snap_fail = rd.msgs[i].to;
-            else
+            if (rd.msgs[i].type != RAFT_MSG_SNAP)
                 peer_transport_send(n->peer, &rd.msgs[i]);
+            else if (!n->snap || node_snap_send(n->snap, &rd.msgs[i]) != 0)
+                snap_failed(n, rd.msgs[i].to);
         }
         if (rd.n_committed && n->cb.committed)
             n->cb.committed(n->cb.arg, rd.committed, rd.n_committed);
@@ -221,6 +288,7 @@ static void drain_ready(server_node_t *n) {
         raft_advance(n->raft, &rd);
         publish_status(n);
     }
+    drop_received(n);
 }
 
 /* Takes everything queued and feeds it to raft: proposals in one batch. */
@@ -263,26 +331,52 @@ int server_node_checkpoint(server_node_t *n, uint64_t index) {
     return 0;
 }
 
+/* A received snapshot: its message steps as is (the data is the file's
+ * path); the file is kept only if the next Ready installs it. */
+static void step_snapshot(server_node_t *n, const struct peer_event *ev) {
+    char *path = ev->snap_path ? strdup(ev->snap_path) : NULL;
+    if (!path || !n->cb.snapshot_install || n->n_received == sizeof(n->received) / sizeof(char *)) {
+        if (ev->snap_path)
+            unlink(ev->snap_path);
+        free(path);
+        return;
+    }
+    LOG_INFO(n->lg, "received a snapshot", LOG_UINT("from", ev->peer),
+             LOG_UINT("index", ev->msg.snapshot ? ev->msg.snapshot->meta.index : 0),
+             LOG_UINT("size", ev->snap_size));
+    n->received[n->n_received++] = path;
+    raft_step(n->raft, &ev->msg);
+}
+
+static void snap_status(server_node_t *n, const struct peer_event *ev) {
+    if (n->snap)
+        node_snap_done(n->snap, ev->peer);
+    LOG_INFO(n->lg, ev->failed ? "sending a snapshot failed" : "a snapshot was sent",
+             LOG_UINT("to", ev->peer));
+    raft_report_snapshot(n->raft, ev->peer, ev->failed);
+}
+
 /* Feeds what the other members sent to raft. Raft loop, outside a Ready. */
 static void take_peer_events(server_node_t *n) {
     if (!n->peer)
         return;
-    if (n->pending_snap_fail) {
-        raft_report_snapshot(n->raft, n->pending_snap_fail, true);
-        n->pending_snap_fail = 0;
-    }
+    for (size_t i = 0; i < n->n_snap_fail; i++)
+        raft_report_snapshot(n->raft, n->snap_fail[i], true);
+    n->n_snap_fail = 0;
     size_t got;
     size_t max = sizeof(n->events) / sizeof(n->events[0]);
     do {
         got = peer_transport_recv_batch(n->peer, n->events, max);
         for (size_t i = 0; i < got; i++) {
             struct peer_event *ev = n->events[i];
-            if (ev->type == PEER_EV_MSG && ev->msg.type != RAFT_MSG_SNAP)
+            if (ev->type == PEER_EV_MSG && ev->msg.type == RAFT_MSG_SNAP)
+                step_snapshot(n, ev);
+            else if (ev->type == PEER_EV_MSG)
                 raft_step(n->raft, &ev->msg);
             else if (ev->type == PEER_EV_UNREACHABLE)
                 raft_report_unreachable(n->raft, ev->peer);
             else if (ev->type == PEER_EV_SNAP_STATUS)
-                raft_report_snapshot(n->raft, ev->peer, ev->failed);
+                snap_status(n, ev);
             peer_event_free(ev);
         }
     } while (got == max);
@@ -330,6 +424,8 @@ static void on_wake(uv_async_t *a) {
         n->wake_closed = true; /* closed below, under no other sender */
     pthread_mutex_unlock(&n->mu);
     if (stopping) {
+        if (n->snap)
+            node_snap_stop(n->snap);
         fail_items(n, n->batch, count, -ESHUTDOWN);
         uv_timer_stop(&n->tick);
         uv_close((uv_handle_t *)&n->tick, NULL);
@@ -380,6 +476,26 @@ static void *node_main(void *arg) {
     return NULL;
 }
 
+/* A WAL marker past what the state machine applied is a received snapshot
+ * whose installation a crash interrupted: its kept file installs first.
+ * Every other leftover of the snapshot directory goes. */
+static int recover_snapshot(server_node_t *n, const struct wal_snapshot *ws, uint64_t applied,
+                            struct util_err *err) {
+    uint64_t keep = ws->index > applied ? ws->index : 0;
+    node_snap_clean(n->snap_dir, keep, n->lg);
+    if (!keep)
+        return 0;
+    char path[4096];
+    node_snap_path(n->snap_dir, keep, path, sizeof(path));
+    if (access(path, R_OK) != 0 || !n->cb.snapshot_install)
+        return util_errorf(err, -ENOENT,
+                           "the WAL holds a snapshot at index %llu that the key space (applied "
+                           "index %llu) lacks, and its file %s is missing",
+                           (unsigned long long)keep, (unsigned long long)applied, path);
+    n->cb.snapshot_install(n->cb.arg, path, ws->index, ws->term);
+    return 0;
+}
+
 /* Rebuilds the in-memory log from what the WAL recovered. */
 static int load_wal(server_node_t *n, const struct node_config *cfg, struct util_err *err) {
     struct wal_options wopts = {.log = n->lg};
@@ -428,6 +544,8 @@ static int load_wal(server_node_t *n, const struct node_config *cfg, struct util
             free(ents);
         }
     }
+    if (rc == 0 && n->snap_dir)
+        rc = recover_snapshot(n, &rec.snapshot, cfg->applied, err);
     LOG_INFO(n->lg, "recovered the write-ahead log", LOG_STR("dir", cfg->wal_dir),
              LOG_UINT("entries", rec.n_entries), LOG_UINT("term", hs.term),
              LOG_UINT("commit", hs.commit));
@@ -442,6 +560,10 @@ static void node_free(server_node_t *n) {
         LOG_ERROR(n->lg, "closing the WAL failed", LOG_STR("error", strerror(-rc)));
     raft_free(n->raft);
     raft_memstore_free(n->ms);
+    node_snap_free(n->snap);
+    free(n->snap_dir);
+    for (size_t i = 0; i < n->n_received; i++)
+        free(n->received[i]);
     free(n->wal_ents);
     free(n->queue);
     free(n->batch);
@@ -469,7 +591,10 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     n->batch = calloc(n->max_queued, sizeof(*n->batch));
     n->prop_data = calloc(n->max_queued, sizeof(*n->prop_data));
     n->prop_len = calloc(n->max_queued, sizeof(*n->prop_len));
-    if (!n->queue || !n->batch || !n->prop_data || !n->prop_len) {
+    if (cfg->snap_dir)
+        n->snap_dir = strdup(cfg->snap_dir);
+    if (!n->queue || !n->batch || !n->prop_data || !n->prop_len ||
+        (cfg->snap_dir && !n->snap_dir)) {
         rc = util_errorf(err, -ENOMEM, "out of memory");
         goto err;
     }
@@ -505,6 +630,19 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     uv_async_init(&n->loop, &n->wake, on_wake);
     n->tick.data = n->wake.data = n;
     uv_timer_start(&n->tick, on_tick, cfg->heartbeat_ms, cfg->heartbeat_ms);
+    if (cfg->peer && n->snap_dir && cb->snapshot_write) {
+        struct node_snap_config scfg = {.loop = &n->loop,
+                                        .raft = n->raft,
+                                        .peer = cfg->peer,
+                                        .dir = n->snap_dir,
+                                        .write = cb->snapshot_write,
+                                        .arg = cb->arg,
+                                        .lg = lg};
+        if ((rc = node_snap_new(&scfg, &n->snap)) != 0) {
+            util_errorf(err, rc, "out of memory");
+            goto err_loop;
+        }
+    }
     if (cfg->peer) {
         struct peer_config pcfg = *cfg->peer_cfg;
         pcfg.notify = wake_node;

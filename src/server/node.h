@@ -45,6 +45,20 @@ struct node_callbacks {
     uint64_t (*applied)(void *arg);
     /* This member became leader (true) or stopped being it (false). */
     void (*role_changed)(void *arg, bool leader);
+    /* Raft snapshots (docs/cluster.md, "Snapshots to lagging members"); both
+     * NULL: a member that needs one is reported as failed.
+     * snapshot_write: the state machine's data for a member that lags,
+     * written into fd on a thread of libuv's pool; a consistent copy whose
+     * applied index is at least the last index passed to
+     * server_node_checkpoint. Returns 0 or a negative code.
+     * snapshot_install: raft accepted a snapshot at `index`: `file` (durable,
+     * written by snapshot_write on the leader) must replace the state
+     * machine before any committed entry after it is applied; entries the
+     * copy already holds are to be skipped. Raft thread, in order with
+     * `committed`; also from server_node_start when a crash came between
+     * the WAL's marker and the installation. */
+    int (*snapshot_write)(void *arg, int fd);
+    void (*snapshot_install)(void *arg, const char *file, uint64_t index, uint64_t term);
 };
 
 struct node_config {
@@ -54,8 +68,9 @@ struct node_config {
     unsigned heartbeat_ms; /* one tick */
     unsigned election_ms;  /* election timeout, a multiple of ticks */
     const char *wal_dir;
-    uint64_t applied;  /* last index the state machine has applied */
-    size_t max_queued; /* proposals + reads waiting for the loop; 0: 8192 */
+    const char *snap_dir; /* received snapshots (the peer transport's snap_dir) */
+    uint64_t applied;     /* last index the state machine has applied */
+    size_t max_queued;    /* proposals + reads waiting for the loop; 0: 8192 */
     /* Other members: a transport with its own thread (peer_transport_new with
      * no loop, listening already), started here so its deliveries wake the
      * raft loop. NULL for a member alone. */

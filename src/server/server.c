@@ -302,7 +302,8 @@ static int start_core(struct server *s, struct util_err *err) {
     struct apply_hooks hooks = {.arg = s,
                                 .entry = v3_apply_entry,
                                 .batch_begin = lease_batch_begin_hook,
-                                .batch_end = batch_end_hook};
+                                .batch_end = batch_end_hook,
+                                .restored = v3_snapshot_restored};
     s->last_checkpoint = applied;
     if ((rc = server_apply_start(s->db, applied, &hooks, s->lg, &s->apply, err)) != 0)
         return rc;
@@ -342,6 +343,7 @@ static int start_core(struct server *s, struct util_err *err) {
                                .heartbeat_ms = cfg->heartbeat_ms,
                                .election_ms = cfg->election_ms,
                                .wal_dir = path,
+                               .snap_dir = snap_dir,
                                .applied = applied};
     struct node_callbacks cb = {.arg = s,
                                 .committed = on_committed,
@@ -349,7 +351,16 @@ static int start_core(struct server *s, struct util_err *err) {
                                 .role_changed = role_changed,
                                 .read_ready = v3_read_ready,
                                 .read_failed = v3_read_failed,
-                                .propose_failed = v3_propose_failed};
+                                .propose_failed = v3_propose_failed,
+                                .snapshot_write = v3_snapshot_write,
+                                .snapshot_install = v3_snapshot_install};
+#ifdef QUOIN_TESTING
+    /* Test builds: the first snapshot this member sends has one byte
+     * flipped at that offset (the transfer must fail and be retried). */
+    const char *corrupt = getenv("QUOIN_TEST_CORRUPT_SNAPSHOT_AT");
+    if (corrupt)
+        peer_transport_test_corrupt_snapshot(s->peer, strtoull(corrupt, NULL, 10));
+#endif
     return server_node_start(&ncfg, &cb, s->lg, &s->node, err);
 }
 

@@ -25,6 +25,10 @@ int server_datadir_open(const char *path, log_t *lg, server_datadir_t **out, str
 
 const char *server_datadir_path(const server_datadir_t *dd);
 
+/* Opens a file that disappears when closed, in dir (on the data's disk,
+ * never /tmp's size limits). Returns a descriptor or -1 with errno set. */
+int server_open_temp(const char *dir);
+
 /* Releases the lock and frees dd. NULL is a no-op. */
 void server_datadir_close(server_datadir_t *dd);
 

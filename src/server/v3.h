@@ -79,8 +79,9 @@ struct server {
      * published to watchers once it commits. */
     struct v3_applied **batch_applied;
     size_t n_batch_applied, cap_batch_applied;
-    uint64_t last_checkpoint; /* apply thread: index of the last key-space sync */
-    int big_ranges;           /* io loop: big range answers not yet sent */
+    uint64_t last_checkpoint;             /* apply thread: index of the last key-space sync */
+    int big_ranges;                       /* io loop: big range answers not yet sent */
+    _Atomic uint64_t snapshots_installed; /* raft snapshots installed since start */
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */
@@ -180,6 +181,10 @@ void v3_answer_header_only(struct server *s, api_call_t *call, int64_t revision)
  * the Alarm method, the apply of an alarm entry, and raising NOSPACE when a
  * write would pass the quota (once until it is disarmed). */
 int v3_alarm_open(struct server *s, struct util_err *err);
+/* Reads the stored alarms again (start-up, and after a raft snapshot replaced
+ * the store): capped mode and the NOSPACE flag follow them. Returns 0 or a
+ * store error. */
+int v3_alarm_reload(struct server *s);
 int v3_alarm_register(struct server *s, struct util_err *err);
 int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t *p, size_t len,
                    struct apply_done *done);
@@ -209,6 +214,18 @@ void v3_watch_sync(void *arg);
 void v3_watch_tick(struct server *s, bool progress);
 #define V3_ENTRY_FORMAT 1
 #define V3_ENTRY_HEADER 10
+
+/* Raft snapshots (v3_snapshot.c). v3_snapshot_write is the node's
+ * snapshot_write callback: the key space's consistent copy into fd (a worker
+ * thread). v3_snapshot_restored is the apply thread's restored hook: the
+ * store was replaced, so everything derived from it is reloaded — THE place
+ * where a layer keeping state derived from the store (alarms, watchers,
+ * compaction, members, ...) plugs in its reload. v3_snapshot_install is the
+ * node's snapshot_install callback: queues the installation behind the
+ * entries already handed to the apply thread. */
+int v3_snapshot_write(void *arg, int fd);
+void v3_snapshot_restored(void *arg, uint64_t index);
+void v3_snapshot_install(void *arg, const char *file, uint64_t index, uint64_t term);
 
 /* The api's call observer: frees the big-range slot of a finished call. io loop. */
 void v3_call_over(const char *path, int code, uint64_t duration_ns, void *call_data, void *arg);

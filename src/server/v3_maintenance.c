@@ -186,20 +186,6 @@ static void snapshot_free(struct snapshot *sn) {
     free(sn);
 }
 
-/* Opens a file that disappears when closed, in the data directory (same disk
- * as the database, never /tmp's size limits). */
-static int open_temp(const char *dir) {
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
-        return fd;
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/snap.XXXXXX", dir);
-    fd = mkostemp(path, O_CLOEXEC);
-    if (fd >= 0)
-        unlink(path);
-    return fd;
-}
-
 static void snapshot_copy(uv_work_t *req) {
     struct snapshot *sn = req->data;
     sn->copy_rc = mvcc_snapshot_to_fd(sn->s->db, sn->fd);
@@ -293,7 +279,7 @@ static void on_snapshot(api_call_t *call, ProtobufCMessage *msg, const uint8_t *
     }
     *sn = (struct snapshot){.s = s, .call = call, .fd = -1};
     sn->work.data = sn;
-    sn->fd = open_temp(server_datadir_path(s->dd));
+    sn->fd = server_open_temp(server_datadir_path(s->dd));
     sn->sha = EVP_MD_CTX_new();
     if (sn->fd < 0 || !sn->sha || !EVP_DigestInit_ex(sn->sha, EVP_sha256(), NULL) ||
         uv_queue_work(&s->loop, &sn->work, snapshot_copy, snapshot_copied) != 0) {

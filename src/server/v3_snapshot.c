@@ -1,0 +1,75 @@
+/* v3_snapshot: the server's side of raft snapshots. The raft loop (node.c,
+ * snapshot.c) moves files and messages; this file says what a snapshot's
+ * data is — a consistent copy of the whole LMDB store: key space, leases,
+ * alarms and every other layer's databases, with the applied index — and
+ * reloads what the member derives from the store once a copy replaced it.
+ * docs/cluster.md ("Snapshots to lagging members") tells the whole story. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/v3.h"
+
+int v3_snapshot_write(void *arg, int fd) {
+    struct server *s = arg;
+    return mvcc_snapshot_to_fd(s->db, fd);
+}
+
+void v3_snapshot_install(void *arg, const char *file, uint64_t index, uint64_t term) {
+    struct server *s = arg;
+    LOG_INFO(s->lg, "installing a raft snapshot", LOG_STR("file", file), LOG_UINT("index", index),
+             LOG_UINT("term", term));
+    if (server_apply_install(s->apply, file, index) != 0) {
+        LOG_ERROR(s->lg, "out of memory queueing a raft snapshot; stopping the member");
+        abort();
+    }
+}
+
+/* The copy was renamed into the data directory: make that rename durable
+ * before entries after the snapshot are applied on top of it. */
+static void sync_datadir(struct server *s) {
+    int fd = open(server_datadir_path(s->dd), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0)
+        LOG_WARN(s->lg, "cannot sync the data directory after installing a snapshot",
+                 LOG_STR("error", strerror(errno)));
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Everything derived from the store, reloaded after a snapshot replaced it.
+ * Apply thread, before any entry after the snapshot is applied. Layers that
+ * keep state derived from the store add their reload here (the member list
+ * of the member store, auth caches, ...). */
+void v3_snapshot_restored(void *arg, uint64_t index) {
+    struct server *s = arg;
+    sync_datadir(s);
+    s->last_checkpoint = index;
+    int rc = v3_alarm_reload(s);
+    if (rc != 0)
+        LOG_ERROR(s->lg, "cannot read the alarms of the installed snapshot",
+                  LOG_STR("error", mvcc_strerror(rc)));
+    /* Leases live in the store and are read through it; only a leader keeps
+     * expiry timers, which must follow the new lease table. A member that is
+     * sent a snapshot is a follower, so this is a safety net. */
+    if (lease_is_primary(s->leases)) {
+        lease_demote(s->leases);
+        if ((rc = lease_promote(s->leases, util_now_mono_ns(), util_now_wall_ns())) != 0)
+            LOG_ERROR(s->lg, "cannot reload lease expiry after a snapshot",
+                      LOG_STR("error", lease_strerror(rc)));
+    }
+    /* Watchers re-read from history from where each stood: the events
+     * between its position and the new revision come from the copy's
+     * history, and one whose position was compacted away is cancelled with
+     * the compacted revision, as etcd does. */
+    uint64_t idx, term;
+    int64_t rev = 0, compacted = 0;
+    mvcc_state(s->db, &idx, &term, &rev, &compacted);
+    watch_hub_restore(s->watch, rev);
+    /* A compaction the leader had not finished sweeping comes along. */
+    v3_compaction_resume(s);
+    atomic_fetch_add(&s->snapshots_installed, 1);
+    LOG_INFO(s->lg, "reloaded the member's state from a raft snapshot", LOG_UINT("applied", index),
+             LOG_INT("revision", rev), LOG_INT("compact-revision", compacted));
+}
