@@ -6,6 +6,8 @@
 #ifndef QUOIN_SERVER_H
 #define QUOIN_SERVER_H
 
+#include <stdbool.h>
+
 #include "config/config.h"
 #include "log/log.h"
 #include "util/util.h"
@@ -37,5 +39,18 @@ void server_datadir_close(server_datadir_t *dd);
  * the member cannot start (data directory refused or locked, a listen URL that
  * cannot be bound, ...). */
 int server_run(const struct config *cfg, log_t *lg, struct util_err *err);
+
+/* `quoin snapshot restore`: makes cfg->data_dir (which must not exist) the
+ * data directory of member cfg->name of a new cluster (cfg->initial_cluster,
+ * cfg->initial_cluster_token) from `file`, what `etcdctl snapshot save` wrote
+ * from a quoin member: the file's SHA-256 trailer is checked (unless
+ * skip_hash_check), every key, revision, lease and alarm is kept, the raft
+ * log starts afresh. The directory is built beside it and renamed into place
+ * at the end. Returns 0, or -EEXIST (data directory exists), -EBADMSG (the
+ * file is cut short, corrupt, or not a quoin snapshot: err says which and
+ * what to do), or a file-system errno; on failure nothing is left at
+ * cfg->data_dir. */
+int server_snapshot_restore(const char *file, const struct config *cfg, bool skip_hash_check,
+                            log_t *lg, struct util_err *err);
 
 #endif

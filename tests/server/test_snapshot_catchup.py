@@ -28,21 +28,36 @@ def etcdctl(members, *args):
                           capture_output=True, text=True, env=env, timeout=30)
 
 
-def start_members(tmp_path, extra, env):
+def make_members(tmp_path, extra=(), env=None, prefix="s", token="snap-test"):
+    """Three members of one new cluster, not started. Each has .name, and
+    .flags: the member flags `quoin snapshot restore` takes too."""
     ports = [free_port() for _ in range(3)]
-    initial = ",".join("s%d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(ports))
+    initial = ",".join("%s%d=http://127.0.0.1:%d" % (prefix, i, p) for i, p in enumerate(ports))
     members = []
     for i, port in enumerate(ports):
-        m = Server(tmp_path, name="s%d" % i, env=env,
-                   extra=["--initial-cluster-token", "snap-test"] + extra)
-        m.peer_port = port
+        m = Server(tmp_path, name="%s%d" % (prefix, i), env=env,
+                   extra=["--initial-cluster-token", token] + list(extra))
+        m.name, m.peer_port = "%s%d" % (prefix, i), port
         for flag in ("--listen-peer-urls", "--initial-advertise-peer-urls"):
             m.args[m.args.index(flag) + 1] = "http://127.0.0.1:%d" % port
         m.args[m.args.index("--initial-cluster") + 1] = initial
-        members.append(m.start(wait=False))
+        m.flags = ["--name", m.name, "--data-dir", m.data_dir, "--initial-cluster", initial,
+                   "--initial-cluster-token", token,
+                   "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % port]
+        members.append(m)
+    return members
+
+
+def start_all(members):
+    for m in members:
+        m.start(wait=False)
     for m in members:
         m.wait_ready()
     return members
+
+
+def start_members(tmp_path, extra, env):
+    return start_all(make_members(tmp_path, extra, env))
 
 
 def leader_of(members, timeout=10):
