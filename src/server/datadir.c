@@ -123,11 +123,7 @@ static int write_marker(const char *path, struct util_err *err) {
         unlink(tmp);
         return util_errorf(err, -saved, "cannot write %s: %s", name, strerror(saved));
     }
-    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    server_sync_dir(path);
     return 0;
 }
 
@@ -202,6 +198,15 @@ err:
 
 const char *server_datadir_path(const server_datadir_t *dd) {
     return dd->path;
+}
+
+int server_sync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
 }
 
 int server_open_temp(const char *dir) {

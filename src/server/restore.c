@@ -50,11 +50,7 @@ static void sync_parent(const char *path) {
         *slash = '\0';
     else
         snprintf(dir, sizeof(dir), ".");
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
+    server_sync_dir(dir);
 }
 
 static void hex(const uint8_t *p, size_t n, char *out) {

@@ -27,6 +27,10 @@ int server_datadir_open(const char *path, log_t *lg, server_datadir_t **out, str
 
 const char *server_datadir_path(const server_datadir_t *dd);
 
+/* fsyncs directory dir, making renames and new files in it durable.
+ * Returns 0 or a negative errno. */
+int server_sync_dir(const char *dir);
+
 /* Opens a file that disappears when closed, in dir (on the data's disk,
  * never /tmp's size limits). Returns a descriptor or -1 with errno set. */
 int server_open_temp(const char *dir);

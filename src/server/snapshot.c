@@ -147,20 +147,11 @@ void node_snap_path(const char *dir, uint64_t index, char *out, size_t n) {
     snprintf(out, n, "%s/%016" PRIx64 ".snap.db", dir, index);
 }
 
-static int sync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) == 0 ? 0 : -errno;
-    close(fd);
-    return rc;
-}
-
 int node_snap_keep(const char *dir, const char *received, uint64_t index, char *out, size_t n) {
     node_snap_path(dir, index, out, n);
     if (rename(received, out) != 0)
         return -errno;
-    return sync_dir(dir);
+    return server_sync_dir(dir);
 }
 
 /* Whether name is a kept snapshot; fills its index. */

@@ -4,8 +4,6 @@
  * alarms and every other layer's databases, with the applied index — and
  * reloads what the member derives from the store once a copy replaced it.
  * docs/cluster.md ("Snapshots to lagging members") tells the whole story. */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -36,12 +34,10 @@ void v3_snapshot_install(void *arg, const char *file, uint64_t index, uint64_t t
 /* The copy was renamed into the data directory: make that rename durable
  * before entries after the snapshot are applied on top of it. */
 static void sync_datadir(struct server *s) {
-    int fd = open(server_datadir_path(s->dd), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0)
+    int rc = server_sync_dir(server_datadir_path(s->dd));
+    if (rc != 0)
         LOG_WARN(s->lg, "cannot sync the data directory after installing a snapshot",
-                 LOG_STR("error", strerror(errno)));
-    if (fd >= 0)
-        close(fd);
+                 LOG_STR("error", strerror(-rc)));
 }
 
 /* Everything derived from the store, reloaded after a snapshot replaced it.
