@@ -335,7 +335,8 @@ int server_node_checkpoint(server_node_t *n, uint64_t index) {
  * path); the file is kept only if the next Ready installs it. */
 static void step_snapshot(server_node_t *n, const struct peer_event *ev) {
     char *path = ev->snap_path ? strdup(ev->snap_path) : NULL;
-    if (!path || !n->cb.snapshot_install || n->n_received == sizeof(n->received) / sizeof(char *)) {
+    if (!path || !n->snap_dir || !n->cb.snapshot_install ||
+        n->n_received == sizeof(n->received) / sizeof(char *)) {
         if (ev->snap_path)
             unlink(ev->snap_path);
         free(path);

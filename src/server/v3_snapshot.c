@@ -53,14 +53,11 @@ void v3_snapshot_restored(void *arg, uint64_t index) {
         LOG_ERROR(s->lg, "cannot read the alarms of the installed snapshot",
                   LOG_STR("error", mvcc_strerror(rc)));
     /* Leases live in the store and are read through it; only a leader keeps
-     * expiry timers, which must follow the new lease table. A member that is
-     * sent a snapshot is a follower, so this is a safety net. */
-    if (lease_is_primary(s->leases)) {
-        lease_demote(s->leases);
-        if ((rc = lease_promote(s->leases, util_now_mono_ns(), util_now_wall_ns())) != 0)
-            LOG_ERROR(s->lg, "cannot reload lease expiry after a snapshot",
-                      LOG_STR("error", lease_strerror(rc)));
-    }
+     * expiry timers, which must follow the new lease table (a member that
+     * was sent a snapshot may have won an election before installing it). */
+    if ((rc = lease_reload(s->leases, util_now_mono_ns(), util_now_wall_ns())) != 0)
+        LOG_ERROR(s->lg, "cannot reload lease expiry after a snapshot",
+                  LOG_STR("error", lease_strerror(rc)));
     /* Watchers re-read from history from where each stood: the events
      * between its position and the new revision come from the copy's
      * history, and one whose position was compacted away is cancelled with
