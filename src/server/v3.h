@@ -79,9 +79,8 @@ struct server {
      * published to watchers once it commits. */
     struct v3_applied **batch_applied;
     size_t n_batch_applied, cap_batch_applied;
-    uint64_t last_checkpoint;             /* apply thread: index of the last key-space sync */
-    int big_ranges;                       /* io loop: big range answers not yet sent */
-    _Atomic uint64_t snapshots_installed; /* raft snapshots installed since start */
+    uint64_t last_checkpoint; /* apply thread: index of the last key-space sync */
+    int big_ranges;           /* io loop: big range answers not yet sent */
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */

@@ -68,7 +68,6 @@ void v3_snapshot_restored(void *arg, uint64_t index) {
     watch_hub_restore(s->watch, rev);
     /* A compaction the leader had not finished sweeping comes along. */
     v3_compaction_resume(s);
-    atomic_fetch_add(&s->snapshots_installed, 1);
     LOG_INFO(s->lg, "reloaded the member's state from a raft snapshot", LOG_UINT("applied", index),
              LOG_INT("revision", rev), LOG_INT("compact-revision", compacted));
 }
