@@ -70,6 +70,11 @@ int quoin_snapshot_main(int argc, char **argv) {
             flags_done = true;
             continue;
         }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(USAGE, stdout);
+            code = 0;
+            goto out;
+        }
         const char *name = a + (a[1] == '-' ? 2 : 1);
         const char *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
