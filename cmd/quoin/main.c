@@ -40,7 +40,11 @@ int main(int argc, char **argv) {
         struct util_buf help = {0};
         rc = config_usage(&help);
         if (rc == 0)
-            fputs(help.data, stdout);
+            printf(
+                "%s\nSubcommand:\n  quoin snapshot restore FILE ...  a new member's data directory "
+                "from an etcdctl snapshot\n                                   (quoin snapshot "
+                "restore --help)\n",
+                help.data);
         util_buf_free(&help);
         config_free(cfg);
         return rc == 0 ? 0 : 1;
