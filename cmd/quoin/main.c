@@ -1,5 +1,7 @@
 /* quoin: the server. Reads etcd's flags, opens the logger, runs one member.
  *
+ * `quoin snapshot restore ...` is a subcommand of its own (snapshot.c).
+ *
  * Exit codes: 0 after a clean stop (SIGTERM/SIGINT) or --help/--version; 1 when
  * the member cannot start or fails; 2 for a bad command line, environment or
  * config file (as etcd's flag parsing does). */
@@ -11,6 +13,7 @@
 #include "config/config.h"
 #include "log/log.h"
 #include "server/server.h"
+#include "snapshot.h"
 
 extern char **environ;
 
@@ -18,6 +21,8 @@ int main(int argc, char **argv) {
     /* A write to a socket the peer has closed must fail with EPIPE, not kill
      * the member. */
     signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && strcmp(argv[1], "snapshot") == 0)
+        return quoin_snapshot_main(argc - 1, argv + 1);
     struct config *cfg = NULL;
     struct util_err err = {0};
     int rc = config_parse(argc, argv, environ, &cfg, &err);
@@ -35,7 +40,11 @@ int main(int argc, char **argv) {
         struct util_buf help = {0};
         rc = config_usage(&help);
         if (rc == 0)
-            fputs(help.data, stdout);
+            printf(
+                "%s\nSubcommand:\n  quoin snapshot restore FILE ...  a new member's data directory "
+                "from an etcdctl snapshot\n                                   (quoin snapshot "
+                "restore --help)\n",
+                help.data);
         util_buf_free(&help);
         config_free(cfg);
         return rc == 0 ? 0 : 1;

@@ -40,7 +40,7 @@ static const struct flag_def defs[] = {
     {"grpc-keepalive-timeout",           FLAG_DURATION, "20s",                      NULL, false},
     {"initial-advertise-peer-urls",      FLAG_URLS,     "http://127.0.0.1:2380",    NULL, true},
     {"initial-cluster",                  FLAG_STR,      "",                         NULL, true},
-    {"initial-cluster-state",            FLAG_CHOICE,   "new",                      states, false},
+    {"initial-cluster-state",            FLAG_CHOICE,   "new",                      states, true},
     {"initial-cluster-token",            FLAG_STR,      "etcd-cluster",             NULL, true},
     {"advertise-client-urls",            FLAG_URLS,     "http://127.0.0.1:2379",    NULL, true},
     {"discovery",                        FLAG_STR,      "",                         NULL, false},

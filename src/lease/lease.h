@@ -164,6 +164,13 @@ void lease_batch_end(lease_batch_t *lb, bool committed, uint64_t now_mono);
  * -ENOMEM / an LMDB error leaving the member a follower. Raft loop. */
 int lease_promote(lease_t *ls, uint64_t now_mono, uint64_t now_wall);
 
+/* The store was replaced (a raft snapshot installed): on the leader, the
+ * leader state is rebuilt from the new lease table as lease_promote does;
+ * on a follower nothing happens. Atomic with respect to lease_demote, so a
+ * concurrent demotion is never undone. Returns 0 or lease_promote's errors.
+ * Any thread. */
+int lease_reload(lease_t *ls, uint64_t now_mono, uint64_t now_wall);
+
 /* This member stopped being leader: leader state is dropped, nothing expires
  * here any more. Raft loop. */
 void lease_demote(lease_t *ls);

@@ -153,8 +153,8 @@ static int promote_one(void *arg, int64_t id, const struct lrec *r) {
     return schedule_checkpoint(ls, e, pr->now_mono);
 }
 
-int lease_promote(lease_t *ls, uint64_t now_mono, uint64_t now_wall) {
-    pthread_mutex_lock(&ls->mu);
+/* lease_promote's work, with ls->mu held. */
+static int promote_locked(lease_t *ls, uint64_t now_mono, uint64_t now_wall) {
     lprimary_clear(ls);
     ls->primary = false;
     mvcc_read_t *rd;
@@ -168,11 +168,24 @@ int lease_promote(lease_t *ls, uint64_t now_mono, uint64_t now_wall) {
         ls->primary = true;
     else
         lprimary_clear(ls);
-    pthread_mutex_unlock(&ls->mu);
     if (rc == 0)
         LOG_INFO(ls->lg, "lease: promoted to primary lessor", LOG_UINT("leases", pr.n));
     else
         LOG_ERROR(ls->lg, "lease: promotion failed", LOG_STR("error", lease_strerror(rc)));
+    return rc;
+}
+
+int lease_promote(lease_t *ls, uint64_t now_mono, uint64_t now_wall) {
+    pthread_mutex_lock(&ls->mu);
+    int rc = promote_locked(ls, now_mono, now_wall);
+    pthread_mutex_unlock(&ls->mu);
+    return rc;
+}
+
+int lease_reload(lease_t *ls, uint64_t now_mono, uint64_t now_wall) {
+    pthread_mutex_lock(&ls->mu);
+    int rc = ls->primary ? promote_locked(ls, now_mono, now_wall) : 0;
+    pthread_mutex_unlock(&ls->mu);
     return rc;
 }
 

@@ -479,6 +479,13 @@ int mvcc_txn_check_duplicates(const struct mvcc_txn_req *txn);
  * holds a batch. */
 int mvcc_snapshot_to_fd(mvcc_t *db, int fd);
 
+/* The applied index and term a copy made by mvcc_snapshot_to_fd holds, read
+ * back from the copy in fd (written from offset 0): the copy runs on a read
+ * snapshot of its own, so only the copy knows which index it stopped at.
+ * Returns 0, MVCC_ECORRUPT (not a store) or an LMDB-derived errno. Any
+ * thread. */
+int mvcc_snapshot_fd_state(int fd, uint64_t *applied_index, uint64_t *applied_term);
+
 /* ---- Lease index ------------------------------------------------------- */
 
 /* Called once per key; return 0 to go on, anything else to stop. */

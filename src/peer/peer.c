@@ -179,6 +179,9 @@ int peer_transport_set_peer(peer_transport_t *pt, uint64_t id, const char *const
         }
     }
     pthread_mutex_lock(&pt->mu);
+    for (size_t i = 0; i < sizeof(pt->removed_ids) / sizeof(pt->removed_ids[0]); i++)
+        if (pt->removed_ids[i] == id)
+            pt->removed_ids[i] = 0; /* known again */
     struct peer_remote *r = peer_find(pt, id);
     if (!r) {
         if (!(r = calloc(1, sizeof(*r)))) {
@@ -204,6 +207,8 @@ int peer_transport_set_peer(peer_transport_t *pt, uint64_t id, const char *const
 
 int peer_transport_remove_peer(peer_transport_t *pt, uint64_t id) {
     pthread_mutex_lock(&pt->mu);
+    size_t cap = sizeof(pt->removed_ids) / sizeof(pt->removed_ids[0]);
+    pt->removed_ids[pt->n_removed++ % cap] = id;
     struct peer_remote *r = peer_find(pt, id);
     if (r) {
         r->removed = true;
@@ -306,6 +311,7 @@ int peer_transport_stats(peer_transport_t *pt, uint64_t id, struct peer_stats *s
     st->connected = any && all;
     if (!id)
         memcpy(st->last_error, pt->last_refusal, sizeof(st->last_error));
+    st->removed = pt->removed_self;
     pthread_mutex_unlock(&pt->mu);
     return rc;
 }
@@ -525,13 +531,35 @@ static void refuse(struct peer_conn *c, uint8_t status, const char *fmt, ...) {
         peer_conn_close(c);
 }
 
+/* A member joining asked who the members are: the answer goes out and the
+ * connection closes once it is written. */
+static int answer_members(struct peer_conn *c) {
+    peer_transport_t *pt = c->pt;
+    struct util_buf b = {0};
+    uint8_t h[17] = {PEER_ACK_OK};
+    peer_put_u64(h + 1, pt->cfg.cluster_id);
+    peer_put_u64(h + 9, pt->cfg.member_id);
+    int rc = util_buf_append(&b, h, sizeof(h));
+    if (rc == 0 && pt->cfg.members)
+        rc = pt->cfg.members(pt->cfg.members_arg, &b);
+    if (rc != 0)
+        b.data[0] = PEER_ACK_FAILED, b.len = sizeof(h);
+    LOG_INFO(pt->lg, "sent the member list to a member joining", LOG_STR("address", c->addr));
+    if (peer_conn_send(c, PEER_F_HELLO_ACK, b.data, b.len, true, NULL) != 0)
+        peer_conn_close(c);
+    util_buf_free(&b);
+    return -1;
+}
+
 /* The receiving side of the handshake: etcd's checks, in etcd's words. */
 static int on_hello(struct peer_conn *c, const uint8_t *p, size_t len) {
     peer_transport_t *pt = c->pt;
-    if (len < 25 || p[24] > PEER_KIND_SNAP) {
+    if (len < 25 || p[24] > PEER_KIND_MEMBERS) {
         peer_conn_close(c);
         return -1;
     }
+    if (p[24] == PEER_KIND_MEMBERS)
+        return answer_members(c);
     uint64_t cid = peer_get_u64(p), from = peer_get_u64(p + 8), to = peer_get_u64(p + 16);
     if (cid != pt->cfg.cluster_id) {
         refuse(c, PEER_ACK_CLUSTER_MISMATCH,
@@ -548,8 +576,15 @@ static int on_hello(struct peer_conn *c, const uint8_t *p, size_t len) {
         return -1;
     }
     pthread_mutex_lock(&pt->mu);
-    bool known = peer_find(pt, from) != NULL;
+    bool known = peer_find(pt, from) != NULL, removed = false;
+    size_t cap = sizeof(pt->removed_ids) / sizeof(pt->removed_ids[0]);
+    for (size_t i = 0; i < pt->n_removed && i < cap; i++)
+        removed |= pt->removed_ids[i] == from;
     pthread_mutex_unlock(&pt->mu);
+    if (removed) {
+        refuse(c, PEER_ACK_REMOVED, "the member has been permanently removed from the cluster");
+        return -1;
+    }
     if (!known) {
         refuse(c, PEER_ACK_UNKNOWN_SENDER,
                "sender not found (remote peer %" PRIx64 " is not a member of cluster %" PRIx64
@@ -581,6 +616,11 @@ static int on_hello_ack(struct peer_conn *c, const uint8_t *p, size_t len) {
     uint64_t cid = peer_get_u64(p + 1), member = peer_get_u64(p + 9);
     if (p[0] != PEER_ACK_OK || cid != pt->cfg.cluster_id || member != c->remote_id) {
         int tl = (int)(len - 17);
+        if (p[0] == PEER_ACK_REMOVED && cid == pt->cfg.cluster_id) {
+            pthread_mutex_lock(&pt->mu);
+            pt->removed_self = true;
+            pthread_mutex_unlock(&pt->mu);
+        }
         char msg[UTIL_ERR_MAX];
         snprintf(msg, sizeof(msg),
                  "request sent was ignored by peer %" PRIx64 " (remote member %" PRIx64

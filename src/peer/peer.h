@@ -97,6 +97,12 @@ struct peer_config {
      * the transport. May be NULL (the caller polls). */
     void (*notify)(void *arg);
     void *notify_arg;
+    /* Appends the answer to a member joining that asks who the members are
+     * (peer_fetch_members): opaque bytes to the transport. Transport thread;
+     * returns 0 or a negative code (the asker is then told it failed). May
+     * be NULL (an empty answer). */
+    int (*members)(void *arg, struct util_buf *out);
+    void *members_arg;
 };
 
 /* Creates a transport. loop NULL: the transport gets its own loop and thread
@@ -125,7 +131,10 @@ int peer_transport_set_peer(peer_transport_t *pt, uint64_t id, const char *const
                             size_t n_urls);
 
 /* Forgets member id: its queue is dropped and its connections closed; its
- * incoming connections are refused from now on. Returns 0 or -ENOENT. */
+ * incoming connections are refused from now on, as a removed member's
+ * (etcd's "the member has been permanently removed from the cluster"; the
+ * refused member's stats then say `removed`). An id the transport does not
+ * know is remembered as removed too. Returns 0 or -ENOENT (not known). */
 int peer_transport_remove_peer(peer_transport_t *pt, uint64_t id);
 
 /* Queues m for m->to (serialised here; m's memory may change once this
@@ -184,6 +193,7 @@ struct peer_stats {
     uint64_t dropped_msgs;         /* refused by send, or lost with a broken stream */
     uint64_t received_msgs;        /* delivered to the inbox */
     char last_error[UTIL_ERR_MAX]; /* why the last dial or handshake failed */
+    bool removed;                  /* a peer refused this member: removed from the cluster */
 };
 
 /* Fills st for member id (id 0: totals over every peer, last_error being the
@@ -198,6 +208,15 @@ int peer_transport_stats(peer_transport_t *pt, uint64_t id, struct peer_stats *s
  * other call on pt may run concurrently with or after this one: stop the
  * raft thread first. */
 void peer_transport_close(peer_transport_t *pt, void (*cb)(void *arg), void *arg);
+
+/* Asks the member listening at peer URL `url` for what its cfg.members
+ * gives, before this member has a transport or a cluster id (a member
+ * joining an existing cluster). Blocking; any thread. Fills *cluster_id and
+ * *member_id with the answering member's and appends the answer to out.
+ * Returns 0, or -ETIMEDOUT, -ECONNREFUSED, -EPROTO (not a quoin peer, or it
+ * could not answer), -EINVAL (bad URL) or another errno, with err filled. */
+int peer_fetch_members(const char *url, unsigned timeout_ms, uint64_t *cluster_id,
+                       uint64_t *member_id, struct util_buf *out, struct util_err *err);
 
 #ifdef QUOIN_TESTING
 /* Flips one byte of the next snapshot sent, at offset `at` of its data, after

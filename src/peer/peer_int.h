@@ -30,7 +30,10 @@ enum peer_frame_type {
     PEER_F_SNAP_ACK = 7,   /* status u8 | text */
 };
 
-enum peer_conn_kind { PEER_KIND_STREAM = 0, PEER_KIND_SNAP = 1 };
+/* PEER_KIND_MEMBERS: a member joining asks for the cluster's members (it
+ * knows neither the cluster id nor its own id yet); the answer is a
+ * HELLO_ACK whose text is cfg.members' bytes, then the connection closes. */
+enum peer_conn_kind { PEER_KIND_STREAM = 0, PEER_KIND_SNAP = 1, PEER_KIND_MEMBERS = 2 };
 
 enum peer_ack_status {
     PEER_ACK_OK = 0,
@@ -38,6 +41,7 @@ enum peer_ack_status {
     PEER_ACK_TO_MISMATCH = 2,
     PEER_ACK_UNKNOWN_SENDER = 3,
     PEER_ACK_FAILED = 4,
+    PEER_ACK_REMOVED = 5, /* the sender was removed from the cluster */
 };
 
 /* An encoded frame waiting in a peer's queue. */
@@ -164,6 +168,11 @@ struct peer_transport {
     bool in_paused; /* streams stopped reading until the inbox drains by half */
     uint64_t refused;
     char last_refusal[UTIL_ERR_MAX];
+    /* Members removed (peer_transport_remove_peer): refused as such, so a
+     * removed member that missed its removal learns it; a ring. */
+    uint64_t removed_ids[64];
+    size_t n_removed;
+    bool removed_self; /* a peer refused this member as removed */
 #ifdef QUOIN_TESTING
     uint64_t corrupt_at; /* UINT64_MAX: none */
 #endif

@@ -931,7 +931,7 @@ static bool conf_change_valid(raft_t *r, const struct raft_conf_change *cc) {
     struct progress *p = pr_get(r, cc->node_id);
     bool nothing = (cc->type == RAFT_CC_ADD_NODE && p && !p->learner) ||
                    (cc->type == RAFT_CC_ADD_LEARNER && p) ||
-                   (cc->type == RAFT_CC_REMOVE_NODE && !p);
+                   ((cc->type == RAFT_CC_REMOVE_NODE || cc->type == RAFT_CC_UPDATE_NODE) && !p);
     bool last_voter = cc->type == RAFT_CC_REMOVE_NODE && p && !p->learner && n_voters(r) == 1;
     return cc->node_id != 0 && !nothing && !last_voter && (p || r->n_prs < RAFT_MAX_MEMBERS);
 }
@@ -1296,7 +1296,7 @@ int raft_conf_change_decode(const uint8_t *data, size_t len, struct raft_conf_ch
     memset(cc, 0, sizeof(*cc));
     cc->type = data[0];
     if (cc->type != RAFT_CC_ADD_NODE && cc->type != RAFT_CC_REMOVE_NODE &&
-        cc->type != RAFT_CC_ADD_LEARNER)
+        cc->type != RAFT_CC_UPDATE_NODE && cc->type != RAFT_CC_ADD_LEARNER)
         return -EINVAL;
     for (int i = 0; i < 8; i++)
         cc->node_id = (cc->node_id << 8) | data[1 + i];
@@ -1370,6 +1370,8 @@ int raft_apply_conf_change(raft_t *r, const struct raft_conf_change *cc,
     case RAFT_CC_REMOVE_NODE:
         if (p)
             pr_remove(r, cc->node_id);
+        break;
+    case RAFT_CC_UPDATE_NODE:
         break;
     default:
         rc = -EINVAL;
@@ -1665,6 +1667,17 @@ void raft_status(const raft_t *r, struct raft_status *st) {
                                .role = r->role,
                                .lead_transferee = r->lead_transferee,
                                .is_learner = self && self->learner};
+}
+
+int raft_progress_match(const raft_t *r, uint64_t id, uint64_t *match) {
+    if (r->role != RAFT_LEADER)
+        return RAFT_ENOLEADER;
+    for (unsigned i = 0; i < r->n_prs; i++)
+        if (r->prs[i].id == id) {
+            *match = r->prs[i].match;
+            return 0;
+        }
+    return -ENOENT;
 }
 
 int raft_log_term(const raft_t *r, uint64_t i, uint64_t *term) {

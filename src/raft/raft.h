@@ -306,6 +306,7 @@ int raft_propose(raft_t *r, const uint8_t *const *data, const uint32_t *len, siz
 enum raft_conf_change_type {
     RAFT_CC_ADD_NODE = 0, /* add a voter, or promote a learner */
     RAFT_CC_REMOVE_NODE = 1,
+    RAFT_CC_UPDATE_NODE = 2, /* no change to raft; carries the caller's data in order */
     RAFT_CC_ADD_LEARNER = 3,
 };
 struct raft_conf_change {
@@ -381,6 +382,11 @@ int raft_log_term(const raft_t *r, uint64_t i, uint64_t *term);
 
 /* Current configuration as this node has applied it. */
 void raft_conf_state(const raft_t *r, struct raft_conf_state *cs);
+
+/* On the leader: the highest index known replicated on member id (the
+ * leader's own: its last stable index). Returns 0, RAFT_ENOLEADER (this node
+ * does not lead) or -ENOENT (no such member). */
+int raft_progress_match(const raft_t *r, uint64_t id, uint64_t *match);
 
 #ifdef QUOIN_TESTING
 /* Fault switches that each break one rule, so tests can prove the simulator's

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* How many entries one LMDB write transaction takes at most: large batches
  * amortise the commit, small ones answer clients sooner. */
@@ -14,6 +15,7 @@
 
 struct queued_entry {
     struct raft_entry e; /* data owned */
+    char *install;       /* a snapshot to install instead (e.index: its index) */
     struct queued_entry *next;
 };
 
@@ -38,6 +40,18 @@ struct server_apply {
     struct apply_done *dones;
 };
 
+/* Appends the chain first..last to the queue and wakes the thread. */
+static void enqueue(server_apply_t *a, struct queued_entry *first, struct queued_entry *last) {
+    pthread_mutex_lock(&a->mu);
+    if (a->tail)
+        a->tail->next = first;
+    else
+        a->head = first;
+    a->tail = last;
+    pthread_cond_signal(&a->cond);
+    pthread_mutex_unlock(&a->mu);
+}
+
 int server_apply_push(server_apply_t *a, const struct raft_entry *ents, size_t n) {
     struct queued_entry *first = NULL, *last = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -56,6 +70,7 @@ int server_apply_push(server_apply_t *a, const struct raft_entry *ents, size_t n
         }
         q->e = ents[i];
         q->e.data = data;
+        q->install = NULL;
         if (data)
             memcpy(data, ents[i].data, ents[i].len);
         q->next = NULL;
@@ -65,16 +80,22 @@ int server_apply_push(server_apply_t *a, const struct raft_entry *ents, size_t n
             first = q;
         last = q;
     }
-    if (!first)
-        return 0;
-    pthread_mutex_lock(&a->mu);
-    if (a->tail)
-        a->tail->next = first;
-    else
-        a->head = first;
-    a->tail = last;
-    pthread_cond_signal(&a->cond);
-    pthread_mutex_unlock(&a->mu);
+    if (first)
+        enqueue(a, first, last);
+    return 0;
+}
+
+int server_apply_install(server_apply_t *a, const char *file, uint64_t index) {
+    struct queued_entry *q = calloc(1, sizeof(*q));
+    char *path = strdup(file);
+    if (!q || !path) {
+        free(q);
+        free(path);
+        return -ENOMEM;
+    }
+    q->e.index = index;
+    q->install = path;
+    enqueue(a, q, q);
     return 0;
 }
 
@@ -135,10 +156,10 @@ static struct queued_entry *apply_batch(server_apply_t *a, struct queued_entry *
         a->hooks.batch_begin(a->hooks.arg, b);
     size_t n = 0;
     uint64_t index = 0, term = 0;
-    while (rc == 0 && list && n < APPLY_MAX_BATCH) {
+    while (rc == 0 && list && !list->install && n < APPLY_MAX_BATCH) {
         struct queued_entry *q = list;
         a->dones[n] = (struct apply_done){0};
-        if (q->e.type == RAFT_ENTRY_NORMAL && q->e.len > 0)
+        if (q->e.len > 0)
             rc = a->hooks.entry(a->hooks.arg, b, &q->e, &a->dones[n]);
         if (rc != 0)
             break;
@@ -171,6 +192,53 @@ static struct queued_entry *apply_batch(server_apply_t *a, struct queued_entry *
     return list;
 }
 
+/* Replaces the store by the snapshot q names (see server_apply_install) and
+ * frees q. A failure here stops the member: raft already dropped the log the
+ * snapshot replaces, so there is no way back. */
+static void install(server_apply_t *a, struct queued_entry *q) {
+    struct util_err err = {0};
+    struct timespec nap = {.tv_sec = 0, .tv_nsec = 10000000};
+    int rc;
+    /* A defragmentation holds the store for a while: wait for it. */
+    while ((rc = mvcc_snapshot_install(a->db, q->install, &err)) == -EBUSY)
+        nanosleep(&nap, NULL);
+    uint64_t index = 0, term = 0;
+    if (rc == 0)
+        rc = mvcc_state(a->db, &index, &term, NULL, NULL);
+    if (rc != 0 || index < q->e.index) {
+        LOG_ERROR(a->lg, "cannot install the raft snapshot; stopping the member",
+                  LOG_STR("error", rc ? err.msg : "the copy is older than the snapshot"),
+                  LOG_STR("file", q->install), LOG_UINT("snapshot-index", q->e.index),
+                  LOG_UINT("copy-index", index));
+        abort();
+    }
+    LOG_INFO(a->lg, "installed a raft snapshot", LOG_UINT("snapshot-index", q->e.index),
+             LOG_UINT("applied-index", index));
+    atomic_store(&a->applied, index);
+    if (a->hooks.restored)
+        a->hooks.restored(a->hooks.arg, index);
+    free(q->install);
+    free(q);
+}
+
+/* Applies list in order: batches of entries, snapshot installations, and
+ * skips entries the store already holds (those a snapshot brought). */
+static void apply_list(server_apply_t *a, struct queued_entry *list) {
+    while (list) {
+        struct queued_entry *q = list;
+        if (q->install) {
+            list = q->next;
+            install(a, q);
+        } else if (q->e.index <= atomic_load(&a->applied)) {
+            list = q->next;
+            free(q->e.data);
+            free(q);
+        } else {
+            list = apply_batch(a, list);
+        }
+    }
+}
+
 static void *apply_main(void *arg) {
     server_apply_t *a = arg;
     pthread_mutex_lock(&a->mu);
@@ -181,8 +249,7 @@ static void *apply_main(void *arg) {
         a->head = a->tail = NULL;
         bool stopping = a->stopping;
         pthread_mutex_unlock(&a->mu);
-        while (list)
-            list = apply_batch(a, list);
+        apply_list(a, list);
         pthread_mutex_lock(&a->mu);
         struct read_waiter *ready =
             take_ready_waiters(a, atomic_load(&a->applied), stopping && !a->head);

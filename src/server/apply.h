@@ -28,7 +28,7 @@ struct apply_done {
     void *ctx;
 };
 
-/* Applies one committed normal entry inside batch b. Returns 0 (the entry's
+/* Applies one committed entry (normal or conf change) inside batch b. Returns 0 (the entry's
  * own failures — a compare, a missing key — are answers, not errors), or a
  * negative code that breaks the batch: the member stops (LMDB cannot take the
  * write, so continuing would diverge from the other members). */
@@ -44,6 +44,9 @@ struct apply_hooks {
     /* After the commit (committed true, `index` now applied) or the abort of
      * the batch. */
     void (*batch_end)(void *arg, bool committed, uint64_t index);
+    /* The store was replaced by a raft snapshot and now holds everything up
+     * to `index`: reload what other layers derive from it. May be NULL. */
+    void (*restored)(void *arg, uint64_t index);
 };
 
 /* Starts the apply thread over db. applied is the index already in db. */
@@ -52,6 +55,16 @@ int server_apply_start(mvcc_t *db, uint64_t applied, const struct apply_hooks *h
 
 /* Queues committed entries (copied). Raft thread. Returns 0 or -ENOMEM. */
 int server_apply_push(server_apply_t *a, const struct raft_entry *ents, size_t n);
+
+/* Queues the installation of a raft snapshot: once the entries queued
+ * before it are applied, the store is replaced by `file` (a copy written by
+ * mvcc_snapshot_to_fd, holding at least every entry up to `index`; it is
+ * renamed away), the applied index becomes the copy's, committed entries the
+ * copy already holds are skipped (etcd's consistent index), and
+ * hooks->restored runs. A copy that cannot be installed stops the member:
+ * raft has already moved past the log it replaces. Raft thread (or before
+ * it starts). Returns 0 or -ENOMEM. */
+int server_apply_install(server_apply_t *a, const char *file, uint64_t index);
 
 /* The last index whose batch has committed. Any thread. */
 uint64_t server_apply_applied(server_apply_t *a);

@@ -25,7 +25,8 @@ struct server_datadir {
 /* What a quoin data directory may hold: the marker, the lock, and the folders
  * the storage layers create. */
 static int is_ours(const char *name) {
-    static const char *const names[] = {MARKER_NAME, LOCK_NAME, "wal", "db", "db-lock", "snap"};
+    static const char *const names[] = {MARKER_NAME, LOCK_NAME, "wal",      "db",
+                                        "db-lock",   "snap",    "identity", "identity.tmp"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(name, names[i]) == 0)
             return 1;
@@ -123,11 +124,7 @@ static int write_marker(const char *path, struct util_err *err) {
         unlink(tmp);
         return util_errorf(err, -saved, "cannot write %s: %s", name, strerror(saved));
     }
-    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    server_sync_dir(path);
     return 0;
 }
 
@@ -202,6 +199,27 @@ err:
 
 const char *server_datadir_path(const server_datadir_t *dd) {
     return dd->path;
+}
+
+int server_sync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+int server_open_temp(const char *dir) {
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/snap.XXXXXX", dir);
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(path);
+    return fd;
 }
 
 void server_datadir_close(server_datadir_t *dd) {

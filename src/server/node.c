@@ -7,8 +7,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
+#include "server/snapshot.h"
 #include "wal/wal.h"
 
 /* etcd refuses proposals once the apply backlog passes this many entries
@@ -19,10 +21,25 @@
  * snapshotCatchUpEntries). */
 #define NODE_LOG_MARGIN 5000
 
+/* Configurations remembered with the index of the conf change that made
+ * them, so a checkpoint records the configuration as of its own index. */
+#define NODE_CONF_HISTORY 16
+
+/* raft_conf_change_encode's bytes before the context: type, node id. */
+#define NODE_CC_HEADER 9
+
 struct node_item {
     uint8_t *data; /* a proposal's bytes, or NULL for a read request */
     uint32_t len;
     uint64_t context; /* read requests */
+    bool conf;        /* data is an encoded raft_conf_change */
+};
+
+/* A committed conf change, copied out of a Ready to apply after advance. */
+struct node_conf_entry {
+    uint64_t index;
+    uint8_t *data;
+    uint32_t len;
 };
 
 struct server_node {
@@ -57,10 +74,26 @@ struct server_node {
     bool was_leader;
     peer_transport_t *peer;
     struct peer_event *events[256];
-    uint64_t pending_snap_fail; /* a member a snapshot could not be sent to */
-    _Atomic int hand_over;      /* asked to pass leadership on before stopping */
-    uint64_t voters[RAFT_MAX_MEMBERS];
-    size_t n_voters;
+    /* Members a snapshot could not be sent to, reported outside the Ready. */
+    uint64_t snap_fail[RAFT_MAX_MEMBERS];
+    size_t n_snap_fail;
+    node_snap_t *snap; /* NULL: snapshots are not sent */
+    char *snap_dir;
+    /* Files of MsgSnaps stepped in this turn: removed unless installed. */
+    char *received[8];
+    size_t n_received;
+    _Atomic int hand_over; /* asked to pass leadership on before stopping */
+    _Atomic uint32_t n_voters;
+    /* Raft thread: configurations after recent conf changes, oldest first;
+     * conf_base is the one before the oldest. */
+    struct {
+        uint64_t index;
+        struct raft_conf_state cs;
+    } confs[NODE_CONF_HISTORY];
+    size_t n_confs;
+    struct raft_conf_state conf_base;
+    struct node_conf_entry *ccs; /* scratch: conf changes of one Ready */
+    size_t n_ccs, cap_ccs;
 };
 
 /* Wakes the raft loop, unless it has closed its wakeup handle (stopping):
@@ -76,8 +109,11 @@ static void wake(server_node_t *n) {
 static void fail_items(server_node_t *n, struct node_item *items, size_t count, int code) {
     for (size_t i = 0; i < count; i++) {
         if (items[i].data) {
-            if (n->cb.propose_failed)
-                n->cb.propose_failed(n->cb.arg, items[i].data, items[i].len, code);
+            /* A conf change is reported by its context, which carries the
+             * caller's request as a proposal's data does. */
+            size_t skip = items[i].conf ? NODE_CC_HEADER : 0;
+            if (n->cb.propose_failed && items[i].len >= skip)
+                n->cb.propose_failed(n->cb.arg, items[i].data + skip, items[i].len - skip, code);
             free(items[i].data);
         } else if (n->cb.read_failed) {
             n->cb.read_failed(n->cb.arg, items[i].context, code);
@@ -115,6 +151,18 @@ int server_node_propose(server_node_t *n, const void *data, size_t len) {
     return rc;
 }
 
+int server_node_propose_conf_change(server_node_t *n, const struct raft_conf_change *cc) {
+    size_t len = raft_conf_change_encode(cc, NULL);
+    struct node_item it = {.data = malloc(len), .len = (uint32_t)len, .conf = true};
+    if (!it.data)
+        return -ENOMEM;
+    raft_conf_change_encode(cc, it.data);
+    int rc = enqueue(n, it);
+    if (rc != 0)
+        free(it.data);
+    return rc;
+}
+
 int server_node_read_index(server_node_t *n, uint64_t context) {
     return enqueue(n, (struct node_item){.context = context});
 }
@@ -126,6 +174,7 @@ void server_node_status(server_node_t *n, struct node_status *st) {
     st->commit = atomic_load(&n->commit);
     st->last_index = atomic_load(&n->last_index);
     st->is_leader = st->leader == n->id;
+    st->n_voters = atomic_load(&n->n_voters);
 }
 
 static void publish_status(server_node_t *n) {
@@ -135,6 +184,83 @@ static void publish_status(server_node_t *n) {
     atomic_store(&n->term, st.term);
     atomic_store(&n->commit, st.commit);
     atomic_store(&n->last_index, st.last_index);
+    struct raft_conf_state cs;
+    raft_conf_state(n->raft, &cs);
+    atomic_store(&n->n_voters, cs.n_voters);
+}
+
+/* Keeps the committed conf changes of a Ready (its memory is raft's until
+ * advance), to apply them once it is advanced. */
+static int keep_conf_changes(server_node_t *n, const struct raft_ready *rd) {
+    n->n_ccs = 0;
+    for (size_t i = 0; i < rd->n_committed; i++) {
+        const struct raft_entry *e = &rd->committed[i];
+        if (e->type != RAFT_ENTRY_CONF_CHANGE)
+            continue;
+        if (n->n_ccs == n->cap_ccs) {
+            size_t cap = n->cap_ccs ? n->cap_ccs * 2 : 4;
+            struct node_conf_entry *p = realloc(n->ccs, cap * sizeof(*p));
+            if (!p)
+                return -ENOMEM;
+            n->ccs = p;
+            n->cap_ccs = cap;
+        }
+        struct node_conf_entry *c = &n->ccs[n->n_ccs];
+        if (!(c->data = malloc(e->len ? e->len : 1)))
+            return -ENOMEM;
+        memcpy(c->data, e->data, e->len);
+        c->len = e->len;
+        c->index = e->index;
+        n->n_ccs++;
+    }
+    return 0;
+}
+
+/* Remembers the configuration that the change at `index` made. */
+static void remember_conf(server_node_t *n, uint64_t index, const struct raft_conf_state *cs) {
+    if (n->n_confs == NODE_CONF_HISTORY) {
+        n->conf_base = n->confs[0].cs;
+        memmove(&n->confs[0], &n->confs[1], (NODE_CONF_HISTORY - 1) * sizeof(n->confs[0]));
+        n->n_confs--;
+    }
+    n->confs[n->n_confs].index = index;
+    n->confs[n->n_confs].cs = *cs;
+    n->n_confs++;
+}
+
+/* The configuration as of log index `index`. */
+static void conf_at(void *arg, uint64_t index, struct raft_conf_state *cs) {
+    const server_node_t *n = arg;
+    *cs = n->conf_base;
+    for (size_t i = 0; i < n->n_confs && n->confs[i].index <= index; i++)
+        *cs = n->confs[i].cs;
+}
+
+/* Applies the conf changes kept from the Ready just advanced, in order, each
+ * unless the caller refuses it. Raft thread, outside a Ready. */
+static void apply_conf_changes(server_node_t *n) {
+    for (size_t i = 0; i < n->n_ccs; i++) {
+        struct node_conf_entry *c = &n->ccs[i];
+        struct raft_conf_change cc;
+        if (raft_conf_change_decode(c->data, c->len, &cc) == 0 &&
+            (!n->cb.conf_change || n->cb.conf_change(n->cb.arg, &cc, c->index))) {
+            struct raft_conf_state cs = {0};
+            if (raft_apply_conf_change(n->raft, &cc, &cs) == 0)
+                remember_conf(n, c->index, &cs);
+            LOG_INFO(n->lg, "applied a membership change", LOG_UINT("index", c->index),
+                     LOG_INT("type", cc.type), LOG_UINT("member", cc.node_id),
+                     LOG_UINT("voters", cs.n_voters), LOG_UINT("learners", cs.n_learners));
+        }
+        free(c->data);
+    }
+    n->n_ccs = 0;
+}
+
+/* The WAL's queue is full: waits for what is queued to become durable. */
+static int wait_wal_room(wal_t *w) {
+    struct wal_durable d;
+    wal_durable(w, &d);
+    return wal_wait(w, d.seq + 1);
 }
 
 /* Persists one Ready: entries into the in-memory log raft reads from and into
@@ -168,19 +294,71 @@ static int persist(server_node_t *n, const struct raft_ready *rd) {
     if (!rd->n_entries && !hs)
         return 0;
     uint64_t seq;
-    for (;;) {
-        rc = wal_append(n->wal, n->wal_ents, rd->n_entries, hs, &seq);
-        if (rc != -EAGAIN)
-            break;
-        /* The WAL queue is full: wait for what is queued to become durable. */
-        struct wal_durable d;
-        wal_durable(n->wal, &d);
-        if ((rc = wal_wait(n->wal, d.seq + 1)) != 0)
+    while ((rc = wal_append(n->wal, n->wal_ents, rd->n_entries, hs, &seq)) == -EAGAIN)
+        if ((rc = wait_wal_room(n->wal)) != 0)
             return rc;
-    }
     if (rc != 0)
         return rc;
     return rd->must_sync || rd->n_entries ? wal_wait(n->wal, seq) : 0;
+}
+
+/* Installs the snapshot of a Ready (raft accepted a MsgSnap; its data is
+ * the path of the file the transport received, see peer.h): the file gets
+ * its durable name, then the WAL's marker (discarding the log it replaces:
+ * raft restores only a snapshot that conflicts with its log) is made
+ * durable, then the in-memory log restarts after it and the state machine
+ * is told to install the file. A failure is fatal, as in persist. */
+static int install_snapshot(server_node_t *n, const struct raft_snapshot *snap) {
+    char received[4096], kept[4096];
+    if (!n->snap_dir || !n->cb.snapshot_install || snap->len >= sizeof(received))
+        return -EINVAL;
+    memcpy(received, snap->data, snap->len);
+    received[snap->len] = '\0';
+    int rc = node_snap_keep(n->snap_dir, received, snap->meta.index, kept, sizeof(kept));
+    if (rc != 0)
+        return rc;
+    struct wal_snapshot ws = {.index = snap->meta.index, .term = snap->meta.term};
+    uint64_t seq;
+    while ((rc = wal_save_snapshot(n->wal, &ws, WAL_SNAPSHOT_DISCARD_LOG, &seq)) == -EAGAIN)
+        if ((rc = wait_wal_room(n->wal)) != 0)
+            return rc;
+    if (rc != 0 || (rc = wal_wait(n->wal, seq)) != 0)
+        return rc;
+    struct raft_snapshot meta = {.meta = snap->meta};
+    if ((rc = raft_memstore_apply_snapshot(n->ms, &meta)) != 0)
+        return rc;
+    n->release_at = snap->meta.index;
+    n->conf_base = snap->meta.conf;
+    n->n_confs = 0;
+    struct raft_conf_state installed;
+    n->cb.snapshot_install(n->cb.arg, kept, snap->meta.index, snap->meta.term, &installed);
+    if (installed.n_voters != snap->meta.conf.n_voters ||
+        installed.n_learners != snap->meta.conf.n_learners)
+        LOG_WARN(n->lg, "the snapshot's configuration and its member set differ",
+                 LOG_UINT("index", snap->meta.index), LOG_UINT("voters", snap->meta.conf.n_voters),
+                 LOG_UINT("members", installed.n_voters));
+    return 0;
+}
+
+/* Queues a failed snapshot report for `to` (once). */
+static void snap_failed(server_node_t *n, uint64_t to) {
+    for (size_t i = 0; i < n->n_snap_fail; i++)
+        if (n->snap_fail[i] == to)
+            return;
+    if (n->n_snap_fail < RAFT_MAX_MEMBERS)
+        n->snap_fail[n->n_snap_fail++] = to;
+}
+
+/* Removes the received snapshot files of this turn that raft did not take
+ * (stale, or it already had the entries): the installed one was renamed. */
+static void drop_received(server_node_t *n) {
+    for (size_t i = 0; i < n->n_received; i++) {
+        if (unlink(n->received[i]) == 0)
+            LOG_INFO(n->lg, "dropped a received snapshot raft did not need",
+                     LOG_STR("file", n->received[i]));
+        free(n->received[i]);
+    }
+    n->n_received = 0;
 }
 
 /* Runs every pending Ready to completion. A persistence failure is fatal for
@@ -190,20 +368,29 @@ static void drain_ready(server_node_t *n) {
         struct raft_ready rd;
         if (raft_ready(n->raft, &rd) != 0)
             return; /* out of memory: retried on the next tick */
-        int rc = persist(n, &rd);
+        int rc = rd.snapshot ? install_snapshot(n, rd.snapshot) : 0;
+        if (rc != 0) {
+            LOG_ERROR(n->lg, "cannot install the received snapshot; stopping the member",
+                      LOG_STR("error", raft_strerror(rc)));
+            abort();
+        }
+        rc = persist(n, &rd);
+        if (rc == 0)
+            rc = keep_conf_changes(n, &rd);
         if (rc != 0) {
             LOG_ERROR(n->lg, "cannot persist the raft log; stopping the member",
                       LOG_STR("error", raft_strerror(rc)));
             abort();
         }
         /* Messages leave once what they promise is durable (persist above
-         * waited for the fdatasync). Snapshots are not streamed yet: a member
-         * that needs one is reported as failed and probed again later. */
+         * waited for the fdatasync). A snapshot's data is made off this
+         * thread; one that cannot start is reported failed (raft probes the
+         * member again later). */
         for (size_t i = 0; n->peer && i < rd.n_msgs; i++) {
-            if (rd.msgs[i].type == RAFT_MSG_SNAP)
-                n->pending_snap_fail = rd.msgs[i].to;
-            else
+            if (rd.msgs[i].type != RAFT_MSG_SNAP)
                 peer_transport_send(n->peer, &rd.msgs[i]);
+            else if (!n->snap || node_snap_send(n->snap, &rd.msgs[i]) != 0)
+                snap_failed(n, rd.msgs[i].to);
         }
         if (rd.n_committed && n->cb.committed)
             n->cb.committed(n->cb.arg, rd.committed, rd.n_committed);
@@ -219,8 +406,10 @@ static void drain_ready(server_node_t *n) {
             n->was_leader = leader;
         }
         raft_advance(n->raft, &rd);
+        apply_conf_changes(n);
         publish_status(n);
     }
+    drop_received(n);
 }
 
 /* Takes everything queued and feeds it to raft: proposals in one batch. */
@@ -233,7 +422,7 @@ static void checkpoint(server_node_t *n, uint64_t index) {
     struct raft_conf_state cs;
     if (raft_log_term(n->raft, index, &term) != 0)
         return; /* already compacted past it */
-    raft_conf_state(n->raft, &cs);
+    conf_at(n, index, &cs);
     if (raft_memstore_create_snapshot(n->ms, index, &cs, NULL, 0) != 0)
         return;
     if (index > NODE_LOG_MARGIN)
@@ -263,26 +452,53 @@ int server_node_checkpoint(server_node_t *n, uint64_t index) {
     return 0;
 }
 
+/* A received snapshot: its message steps as is (the data is the file's
+ * path); the file is kept only if the next Ready installs it. */
+static void step_snapshot(server_node_t *n, const struct peer_event *ev) {
+    char *path = ev->snap_path ? strdup(ev->snap_path) : NULL;
+    if (!path || !n->snap_dir || !n->cb.snapshot_install ||
+        n->n_received == sizeof(n->received) / sizeof(char *)) {
+        if (ev->snap_path)
+            unlink(ev->snap_path);
+        free(path);
+        return;
+    }
+    LOG_INFO(n->lg, "received a snapshot", LOG_UINT("from", ev->peer),
+             LOG_UINT("index", ev->msg.snapshot ? ev->msg.snapshot->meta.index : 0),
+             LOG_UINT("size", ev->snap_size));
+    n->received[n->n_received++] = path;
+    raft_step(n->raft, &ev->msg);
+}
+
+static void snap_status(server_node_t *n, const struct peer_event *ev) {
+    if (n->snap)
+        node_snap_done(n->snap, ev->peer);
+    LOG_INFO(n->lg, ev->failed ? "sending a snapshot failed" : "a snapshot was sent",
+             LOG_UINT("to", ev->peer));
+    raft_report_snapshot(n->raft, ev->peer, ev->failed);
+}
+
 /* Feeds what the other members sent to raft. Raft loop, outside a Ready. */
 static void take_peer_events(server_node_t *n) {
     if (!n->peer)
         return;
-    if (n->pending_snap_fail) {
-        raft_report_snapshot(n->raft, n->pending_snap_fail, true);
-        n->pending_snap_fail = 0;
-    }
+    for (size_t i = 0; i < n->n_snap_fail; i++)
+        raft_report_snapshot(n->raft, n->snap_fail[i], true);
+    n->n_snap_fail = 0;
     size_t got;
     size_t max = sizeof(n->events) / sizeof(n->events[0]);
     do {
         got = peer_transport_recv_batch(n->peer, n->events, max);
         for (size_t i = 0; i < got; i++) {
             struct peer_event *ev = n->events[i];
-            if (ev->type == PEER_EV_MSG && ev->msg.type != RAFT_MSG_SNAP)
+            if (ev->type == PEER_EV_MSG && ev->msg.type == RAFT_MSG_SNAP)
+                step_snapshot(n, ev);
+            else if (ev->type == PEER_EV_MSG)
                 raft_step(n->raft, &ev->msg);
             else if (ev->type == PEER_EV_UNREACHABLE)
                 raft_report_unreachable(n->raft, ev->peer);
             else if (ev->type == PEER_EV_SNAP_STATUS)
-                raft_report_snapshot(n->raft, ev->peer, ev->failed);
+                snap_status(n, ev);
             peer_event_free(ev);
         }
     } while (got == max);
@@ -292,18 +508,55 @@ static void take_peer_events(server_node_t *n) {
  * (it refuses one that lags). Raft loop. */
 static void hand_over(server_node_t *n) {
     struct raft_status st;
+    struct raft_conf_state cs;
     raft_status(n->raft, &st);
     if (st.role != RAFT_LEADER)
         return;
-    for (size_t i = 0; i < n->n_voters; i++) {
-        if (n->voters[i] == n->id)
+    raft_conf_state(n->raft, &cs);
+    for (size_t i = 0; i < cs.n_voters; i++) {
+        if (cs.voters[i] == n->id)
             continue;
-        if (raft_transfer_leadership(n->raft, n->voters[i]) == 0) {
+        if (raft_transfer_leadership(n->raft, cs.voters[i]) == 0) {
             LOG_INFO(n->lg, "handing leadership over before stopping",
-                     LOG_UINT("to", n->voters[i]));
+                     LOG_UINT("to", cs.voters[i]));
             return;
         }
     }
+}
+
+/* A promotion goes ahead only when the learner has 90% of the leader's log
+ * (etcd's isLearnerReady), checked where the leader's view of it lives. */
+static int check_promotion(server_node_t *n, const struct raft_conf_change *cc) {
+    struct raft_conf_state cs;
+    raft_conf_state(n->raft, &cs);
+    bool learner = false;
+    for (size_t i = 0; i < cs.n_learners; i++)
+        learner |= cs.learners[i] == cc->node_id;
+    if (cc->type != RAFT_CC_ADD_NODE || !learner)
+        return 0;
+    uint64_t mine, theirs;
+    int rc = raft_progress_match(n->raft, n->id, &mine);
+    if (rc == RAFT_ENOLEADER)
+        return NODE_ENOTLEADER;
+    if (rc == 0)
+        rc = raft_progress_match(n->raft, cc->node_id, &theirs);
+    if (rc != 0)
+        return rc;
+    return (double)theirs < (double)mine * 0.9 ? NODE_ELEARNERNOTREADY : 0;
+}
+
+/* Hands a queued conf change to raft, or reports why it cannot go. */
+static void propose_conf(server_node_t *n, struct node_item *it) {
+    struct raft_conf_change cc;
+    int rc = raft_conf_change_decode(it->data, it->len, &cc);
+    if (rc == 0)
+        rc = check_promotion(n, &cc);
+    if (rc == 0)
+        rc = raft_propose_conf_change(n->raft, &cc);
+    if (rc != 0)
+        fail_items(n, it, 1, rc);
+    else
+        free(it->data);
 }
 
 int server_node_hand_over(server_node_t *n) {
@@ -330,6 +583,8 @@ static void on_wake(uv_async_t *a) {
         n->wake_closed = true; /* closed below, under no other sender */
     pthread_mutex_unlock(&n->mu);
     if (stopping) {
+        if (n->snap)
+            node_snap_stop(n->snap);
         fail_items(n, n->batch, count, -ESHUTDOWN);
         uv_timer_stop(&n->tick);
         uv_close((uv_handle_t *)&n->tick, NULL);
@@ -344,13 +599,17 @@ static void on_wake(uv_async_t *a) {
                 fail_items(n, &n->batch[i], 1, rc);
             continue;
         }
+        if (n->batch[i].conf) {
+            propose_conf(n, &n->batch[i]);
+            continue;
+        }
         n->prop_data[np] = n->batch[i].data;
         n->prop_len[np] = n->batch[i].len;
         np++;
     }
     int rc = np ? raft_propose(n->raft, n->prop_data, n->prop_len, np) : 0;
     for (size_t i = 0; i < count; i++) {
-        if (!n->batch[i].data)
+        if (!n->batch[i].data || n->batch[i].conf)
             continue;
         if (rc != 0)
             fail_items(n, &n->batch[i], 1, rc);
@@ -380,6 +639,26 @@ static void *node_main(void *arg) {
     return NULL;
 }
 
+/* A WAL marker past what the state machine applied is a received snapshot
+ * whose installation a crash interrupted: its kept file installs first.
+ * Every other leftover of the snapshot directory goes. */
+static int recover_snapshot(server_node_t *n, const struct wal_snapshot *ws, uint64_t applied,
+                            struct raft_conf_state *cs, struct util_err *err) {
+    uint64_t keep = ws->index > applied ? ws->index : 0;
+    node_snap_clean(n->snap_dir, keep, n->lg);
+    if (!keep)
+        return 0;
+    char path[4096];
+    node_snap_path(n->snap_dir, keep, path, sizeof(path));
+    if (access(path, R_OK) != 0 || !n->cb.snapshot_install)
+        return util_errorf(err, -ENOENT,
+                           "the WAL holds a snapshot at index %llu that the key space (applied "
+                           "index %llu) lacks, and its file %s is missing",
+                           (unsigned long long)keep, (unsigned long long)applied, path);
+    n->cb.snapshot_install(n->cb.arg, path, ws->index, ws->term, cs);
+    return 0;
+}
+
 /* Rebuilds the in-memory log from what the WAL recovered. */
 static int load_wal(server_node_t *n, const struct node_config *cfg, struct util_err *err) {
     struct wal_options wopts = {.log = n->lg};
@@ -387,9 +666,14 @@ static int load_wal(server_node_t *n, const struct node_config *cfg, struct util
     int rc = wal_open(cfg->wal_dir, &wopts, &n->wal, &rec, err);
     if (rc != 0)
         return rc;
-    struct raft_conf_state cs = {.n_voters = (uint32_t)cfg->n_voters};
-    for (size_t i = 0; i < cfg->n_voters && i < RAFT_MAX_MEMBERS; i++)
-        cs.voters[i] = cfg->voters[i];
+    /* The configuration is the member store's, which an interrupted
+     * installation replaces first. */
+    struct raft_conf_state cs = *cfg->conf;
+    if (n->snap_dir && (rc = recover_snapshot(n, &rec.snapshot, cfg->applied, &cs, err)) != 0) {
+        wal_recovery_free(&rec);
+        return rc;
+    }
+    n->conf_base = cs;
     raft_memstore_bootstrap(n->ms, &cs);
     /* A log that starts after a snapshot marker: the state machine holds
      * everything up to it (it was synced before the marker was written). */
@@ -442,11 +726,18 @@ static void node_free(server_node_t *n) {
         LOG_ERROR(n->lg, "closing the WAL failed", LOG_STR("error", strerror(-rc)));
     raft_free(n->raft);
     raft_memstore_free(n->ms);
+    node_snap_free(n->snap);
+    free(n->snap_dir);
+    for (size_t i = 0; i < n->n_received; i++)
+        free(n->received[i]);
     free(n->wal_ents);
     free(n->queue);
     free(n->batch);
     free(n->prop_data);
     free(n->prop_len);
+    for (size_t i = 0; i < n->n_ccs; i++)
+        free(n->ccs[i].data);
+    free(n->ccs);
     pthread_mutex_destroy(&n->mu);
     free(n);
 }
@@ -461,15 +752,16 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     n->cb = *cb;
     n->id = cfg->id;
     n->heartbeat_ms = cfg->heartbeat_ms;
-    for (size_t i = 0; i < cfg->n_voters && i < RAFT_MAX_MEMBERS; i++)
-        n->voters[n->n_voters++] = cfg->voters[i];
     n->max_queued = cfg->max_queued ? cfg->max_queued : 8192;
     pthread_mutex_init(&n->mu, NULL);
     n->queue = calloc(n->max_queued, sizeof(*n->queue));
     n->batch = calloc(n->max_queued, sizeof(*n->batch));
     n->prop_data = calloc(n->max_queued, sizeof(*n->prop_data));
     n->prop_len = calloc(n->max_queued, sizeof(*n->prop_len));
-    if (!n->queue || !n->batch || !n->prop_data || !n->prop_len) {
+    if (cfg->snap_dir)
+        n->snap_dir = strdup(cfg->snap_dir);
+    if (!n->queue || !n->batch || !n->prop_data || !n->prop_len ||
+        (cfg->snap_dir && !n->snap_dir)) {
         rc = util_errorf(err, -ENOMEM, "out of memory");
         goto err;
     }
@@ -505,6 +797,21 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     uv_async_init(&n->loop, &n->wake, on_wake);
     n->tick.data = n->wake.data = n;
     uv_timer_start(&n->tick, on_tick, cfg->heartbeat_ms, cfg->heartbeat_ms);
+    if (cfg->peer && n->snap_dir && cb->snapshot_write) {
+        struct node_snap_config scfg = {.loop = &n->loop,
+                                        .raft = n->raft,
+                                        .peer = cfg->peer,
+                                        .dir = n->snap_dir,
+                                        .write = cb->snapshot_write,
+                                        .arg = cb->arg,
+                                        .conf_at = conf_at,
+                                        .conf_arg = n,
+                                        .lg = lg};
+        if ((rc = node_snap_new(&scfg, &n->snap)) != 0) {
+            util_errorf(err, rc, "out of memory");
+            goto err_loop;
+        }
+    }
     if (cfg->peer) {
         struct peer_config pcfg = *cfg->peer_cfg;
         pcfg.notify = wake_node;
@@ -514,7 +821,7 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
         n->peer = cfg->peer;
     }
     /* A lone voter need not wait an election timeout for itself. */
-    if (cfg->n_voters == 1 && cfg->voters[0] == cfg->id)
+    if (cfg->conf->n_voters == 1 && cfg->conf->voters[0] == cfg->id)
         raft_campaign(n->raft);
     publish_status(n);
     /* Set before the thread starts: its first Ready may already reach the

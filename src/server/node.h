@@ -45,17 +45,49 @@ struct node_callbacks {
     uint64_t (*applied)(void *arg);
     /* This member became leader (true) or stopped being it (false). */
     void (*role_changed)(void *arg, bool leader);
+    /* A committed conf change at `index`, before raft applies it: returns
+     * whether raft applies it (false: the change is refused and raft's
+     * configuration stays as it is). The caller checks the change against its
+     * member set exactly as its apply thread does, so both agree. Raft
+     * thread; cc->context is valid only during the call. May be NULL (every
+     * change is applied). */
+    bool (*conf_change)(void *arg, const struct raft_conf_change *cc, uint64_t index);
+    /* Raft snapshots (docs/cluster.md, "Snapshots to lagging members"); both
+     * NULL: a member that needs one is reported as failed.
+     * snapshot_write: the state machine's data for a member that lags,
+     * written into fd on a thread of libuv's pool; a consistent copy whose
+     * applied index is at least the last index passed to
+     * server_node_checkpoint. Fills the copy's applied index and its term:
+     * the snapshot sent says exactly that index, with the configuration as
+     * of it, so data, index and configuration agree. Returns 0 or a
+     * negative code.
+     * snapshot_install: raft accepted a snapshot at `index`: `file` (durable,
+     * written by snapshot_write on the leader) replaces the state machine
+     * before the call returns (the raft thread waits: later conf changes are
+     * checked against the member set the copy holds), and cs receives the
+     * configuration of the installed member set. Raft thread, in order with
+     * `committed`; also from server_node_start when a crash came between
+     * the WAL's marker and the installation. */
+    int (*snapshot_write)(void *arg, int fd, uint64_t *index, uint64_t *term);
+    void (*snapshot_install)(void *arg, const char *file, uint64_t index, uint64_t term,
+                             struct raft_conf_state *cs);
 };
 
+/* Why a conf change proposal failed before reaching raft (propose_failed). */
+#define NODE_ENOTLEADER (-10101)       /* a promotion is only checked on the leader */
+#define NODE_ELEARNERNOTREADY (-10102) /* the learner's log is < 90% of the leader's */
+
 struct node_config {
-    uint64_t id;      /* this member's id, nonzero */
-    uint64_t *voters; /* the initial configuration (bootstrap only) */
-    size_t n_voters;
+    uint64_t id; /* this member's id, nonzero */
+    /* The configuration as of `applied` (the member store's): raft starts
+     * from it, whatever the log's snapshot marker says. */
+    const struct raft_conf_state *conf;
     unsigned heartbeat_ms; /* one tick */
     unsigned election_ms;  /* election timeout, a multiple of ticks */
     const char *wal_dir;
-    uint64_t applied;  /* last index the state machine has applied */
-    size_t max_queued; /* proposals + reads waiting for the loop; 0: 8192 */
+    const char *snap_dir; /* received snapshots (the peer transport's snap_dir) */
+    uint64_t applied;     /* last index the state machine has applied */
+    size_t max_queued;    /* proposals + reads waiting for the loop; 0: 8192 */
     /* Other members: a transport with its own thread (peer_transport_new with
      * no loop, listening already), started here so its deliveries wake the
      * raft loop. NULL for a member alone. */
@@ -78,6 +110,14 @@ int server_node_propose(server_node_t *n, const void *data, size_t len);
  * answer comes through cb->read_ready or cb->read_failed. */
 int server_node_read_index(server_node_t *n, uint64_t context);
 
+/* Queues a membership change (cc and its context copied). Any thread.
+ * Returns as server_node_propose. Later failures come through
+ * cb->propose_failed with the change's context as data: a RAFT_E* code,
+ * NODE_ENOTLEADER or NODE_ELEARNERNOTREADY (a promotion, RAFT_CC_ADD_NODE of
+ * a learner, is refused unless this member leads and the learner has 90% of
+ * its log, as etcd's). */
+int server_node_propose_conf_change(server_node_t *n, const struct raft_conf_change *cc);
+
 /* The state machine is durable on disk up to `index` (the key space was
  * synced after applying it): the raft loop records a snapshot there, keeps a
  * margin of entries for lagging members, frees the older ones and releases
@@ -97,6 +137,7 @@ struct node_status {
     uint64_t commit;
     uint64_t last_index;
     bool is_leader;
+    uint32_t n_voters; /* in the configuration this member applied */
 };
 void server_node_status(server_node_t *n, struct node_status *st);
 

@@ -93,10 +93,10 @@ static void on_handle_closed(uv_handle_t *h) {
  * SIGTERM). Waits at most one election timeout. io loop, at shutdown. */
 static void hand_over_leadership(struct server *s) {
     struct node_status st;
-    if (!s->node || s->cfg->n_initial_cluster < 2)
+    if (!s->node)
         return;
     server_node_status(s->node, &st);
-    if (!st.is_leader)
+    if (!st.is_leader || st.n_voters < 2)
         return;
     server_node_hand_over(s->node);
     uint64_t deadline = util_now_mono_ns() + (uint64_t)s->cfg->election_ms * 1000000u;
@@ -160,6 +160,8 @@ static int listen_all(struct server *s, struct util_err *err) {
         rc = v3_kv_register(s, err);
     if (rc == 0)
         rc = v3_maintenance_register(s, err);
+    if (rc == 0)
+        rc = v3_cluster_register(s, err);
     if (rc == 0)
         rc = v3_lease_register(s, err);
     if (rc == 0)
@@ -265,6 +267,8 @@ static void on_tick(uv_timer_t *t) {
     v3_watch_tick(s, ++s->ticks % PROGRESS_TICKS == 0);
     if (s->ticks % TRIM_TICKS == 0)
         malloc_trim(0);
+    if (!s->stopping && v3_cluster_tick(s))
+        server_stop(s);
 }
 
 static uint64_t applied_index(void *arg) {
@@ -302,7 +306,8 @@ static int start_core(struct server *s, struct util_err *err) {
     struct apply_hooks hooks = {.arg = s,
                                 .entry = v3_apply_entry,
                                 .batch_begin = lease_batch_begin_hook,
-                                .batch_end = batch_end_hook};
+                                .batch_end = batch_end_hook,
+                                .restored = v3_snapshot_restored};
     s->last_checkpoint = applied;
     if ((rc = server_apply_start(s->db, applied, &hooks, s->lg, &s->apply, err)) != 0)
         return rc;
@@ -314,34 +319,28 @@ static int start_core(struct server *s, struct util_err *err) {
     for (size_t i = 0; i < cfg->listen_peer_urls.n; i++)
         if ((rc = peer_transport_listen(s->peer, cfg->listen_peer_urls.v[i].text, err)) != 0)
             return rc;
-    uint64_t voters[RAFT_MAX_MEMBERS];
-    size_t n_voters = 0;
-    for (size_t i = 0; i < cfg->n_initial_cluster && n_voters < RAFT_MAX_MEMBERS; i++) {
-        const struct config_member *m = &cfg->initial_cluster[i];
-        voters[n_voters++] = m->id;
-        if (m->id == s->member_id)
-            continue;
-        const char *urls[16];
-        size_t nu = 0;
-        for (size_t k = 0; k < m->peer_urls.n && nu < 16; k++)
-            urls[nu++] = m->peer_urls.v[k].text;
-        if ((rc = peer_transport_set_peer(s->peer, m->id, urls, nu)) != 0)
-            return util_errorf(err, rc, "cannot add member %s to the peer transport", m->name);
-    }
+    /* Who this member is and who the others are: the member store (set up
+     * from the flags at the first start only). */
+    struct raft_conf_state cs;
+    if ((rc = v3_cluster_open(s, &cs, err)) != 0)
+        return rc;
     char snap_dir[4096];
     snprintf(snap_dir, sizeof(snap_dir), "%s/snap", server_datadir_path(s->dd));
     mkdir(snap_dir, 0700);
-    struct peer_config pcfg = {
-        .cluster_id = s->cluster_id, .member_id = s->member_id, .snap_dir = snap_dir};
+    struct peer_config pcfg = {.cluster_id = s->cluster_id,
+                               .member_id = s->member_id,
+                               .snap_dir = snap_dir,
+                               .members = v3_cluster_members_answer,
+                               .members_arg = s};
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));
     struct node_config ncfg = {.id = s->member_id,
-                               .voters = voters,
-                               .n_voters = n_voters,
-                               .peer = n_voters > 1 ? s->peer : NULL,
+                               .conf = &cs,
+                               .peer = s->peer,
                                .peer_cfg = &pcfg,
                                .heartbeat_ms = cfg->heartbeat_ms,
                                .election_ms = cfg->election_ms,
                                .wal_dir = path,
+                               .snap_dir = snap_dir,
                                .applied = applied};
     struct node_callbacks cb = {.arg = s,
                                 .committed = on_committed,
@@ -349,7 +348,17 @@ static int start_core(struct server *s, struct util_err *err) {
                                 .role_changed = role_changed,
                                 .read_ready = v3_read_ready,
                                 .read_failed = v3_read_failed,
-                                .propose_failed = v3_propose_failed};
+                                .propose_failed = v3_propose_failed,
+                                .conf_change = v3_cluster_conf_change,
+                                .snapshot_write = v3_snapshot_write,
+                                .snapshot_install = v3_snapshot_install};
+#ifdef QUOIN_TESTING
+    /* Test builds: the first snapshot this member sends has one byte
+     * flipped at that offset (the transfer must fail and be retried). */
+    const char *corrupt = getenv("QUOIN_TEST_CORRUPT_SNAPSHOT_AT");
+    if (corrupt)
+        peer_transport_test_corrupt_snapshot(s->peer, strtoull(corrupt, NULL, 10));
+#endif
     return server_node_start(&ncfg, &cb, s->lg, &s->node, err);
 }
 
@@ -407,6 +416,7 @@ out:
     lease_close(s->leases);
     mvcc_close(s->db);
     free(s->batch_applied);
+    members_free(&s->raft_members);
     server_datadir_close(s->dd);
     pthread_mutex_destroy(&s->post_mu);
     free(s);

@@ -6,6 +6,8 @@
 #ifndef QUOIN_SERVER_H
 #define QUOIN_SERVER_H
 
+#include <stdbool.h>
+
 #include "config/config.h"
 #include "log/log.h"
 #include "util/util.h"
@@ -25,6 +27,14 @@ int server_datadir_open(const char *path, log_t *lg, server_datadir_t **out, str
 
 const char *server_datadir_path(const server_datadir_t *dd);
 
+/* fsyncs directory dir, making renames and new files in it durable.
+ * Returns 0 or a negative errno. */
+int server_sync_dir(const char *dir);
+
+/* Opens a file that disappears when closed, in dir (on the data's disk,
+ * never /tmp's size limits). Returns a descriptor or -1 with errno set. */
+int server_open_temp(const char *dir);
+
 /* Releases the lock and frees dd. NULL is a no-op. */
 void server_datadir_close(server_datadir_t *dd);
 
@@ -33,5 +43,18 @@ void server_datadir_close(server_datadir_t *dd);
  * the member cannot start (data directory refused or locked, a listen URL that
  * cannot be bound, ...). */
 int server_run(const struct config *cfg, log_t *lg, struct util_err *err);
+
+/* `quoin snapshot restore`: makes cfg->data_dir (which must not exist) the
+ * data directory of member cfg->name of a new cluster (cfg->initial_cluster,
+ * cfg->initial_cluster_token) from `file`, what `etcdctl snapshot save` wrote
+ * from a quoin member: the file's SHA-256 trailer is checked (unless
+ * skip_hash_check), every key, revision, lease and alarm is kept, the raft
+ * log starts afresh. The directory is built beside it and renamed into place
+ * at the end. Returns 0, or -EEXIST (data directory exists), -EBADMSG (the
+ * file is cut short, corrupt, or not a quoin snapshot: err says which and
+ * what to do), or a file-system errno; on failure nothing is left at
+ * cfg->data_dir. */
+int server_snapshot_restore(const char *file, const struct config *cfg, bool skip_hash_check,
+                            log_t *lg, struct util_err *err);
 
 #endif

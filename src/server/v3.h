@@ -24,6 +24,7 @@
 #include "mvcc/mvcc.h"
 #include "peer/peer.h"
 #include "server/apply.h"
+#include "server/members.h"
 #include "server/node.h"
 #include "server/pbw.h"
 #include "server/server.h"
@@ -81,6 +82,14 @@ struct server {
     size_t n_batch_applied, cap_batch_applied;
     uint64_t last_checkpoint; /* apply thread: index of the last key-space sync */
     int big_ranges;           /* io loop: big range answers not yet sent */
+    /* Membership (v3_cluster.c): the store, the raft thread's copy of the
+     * member set (conf changes are checked on both threads alike), when this
+     * member applied its own removal, and publishing its attributes. */
+    MDB_dbi members_dbi;
+    struct member_set raft_members;
+    _Atomic uint64_t removed_ns;
+    atomic_int publish_state; /* 0 to do, 1 in flight, 2 done */
+    uint64_t publish_id, publish_at_ns;
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */
@@ -108,6 +117,10 @@ enum v3_entry_kind {
     V3_ENTRY_LEASE_REVOKE = 6,     /* LeaseRevokeRequest */
     V3_ENTRY_LEASE_CHECKPOINT = 7, /* n x [id][remaining ttl][deadline], 8 bytes each */
     V3_ENTRY_ALARM = 8,            /* AlarmRequest (activate / deactivate) */
+    /* Membership (v3_cluster.c). MEMBER is the context of a raft conf
+     * change: [op, 1 byte][member record, for add and update]. */
+    V3_ENTRY_MEMBER = 9,
+    V3_ENTRY_MEMBER_ATTR = 10, /* a member publishes: [member id, 8][member record] */
 };
 
 /* etcd's request errors that are not mvcc's or the lease layer's. */
@@ -138,6 +151,7 @@ struct v3_applied {
     bool alarm_changed;               /* alarm: whether the store changed */
     uint64_t alarm_member;
     int alarm_type;
+    uint64_t member_id; /* membership change: the member it was about */
 };
 
 void v3_applied_free(struct v3_applied *a);
@@ -153,6 +167,34 @@ typedef void (*v3_answer_fn)(struct server *s, api_call_t *call, struct v3_appli
  * error that stopped it. io loop. */
 void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, const uint8_t *data,
                 size_t len, v3_answer_fn answer);
+
+/* As v3_propose, for a membership change cc whose context becomes the entry
+ * [format][V3_ENTRY_MEMBER][id][data]. io loop. */
+void v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
+                     const uint8_t *data, size_t len, v3_answer_fn answer);
+
+/* Membership: the member store at start-up (identity, a new cluster's
+ * members, joining an existing cluster, a restart: fills cs with the
+ * configuration as of the applied index and gives the transport its peers),
+ * the Cluster service, the apply of conf changes and of published
+ * attributes (apply thread), the raft thread's check of a conf change
+ * (node_callbacks.conf_change), and the 500 ms tick (publishing; returns
+ * true once this member, removed, must stop). */
+int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_err *err);
+int v3_cluster_register(struct server *s, struct util_err *err);
+int v3_cluster_apply(struct server *s, mvcc_batch_t *b, const struct raft_entry *e,
+                     struct apply_done *done);
+bool v3_cluster_conf_change(void *arg, const struct raft_conf_change *cc, uint64_t index);
+int v3_cluster_members_answer(void *arg, struct util_buf *out);
+bool v3_cluster_tick(struct server *s);
+
+/* After a snapshot replaced the key space (and with it the member store):
+ * the raft thread's member set is read again from the store, the transport
+ * is given the members it holds and forgets the others, and cs (may be NULL)
+ * gets the store's configuration — the one as of the snapshot's applied
+ * index. Raft thread, outside a Ready. Returns 0 or an error (the old set is
+ * kept). */
+int v3_cluster_reload(struct server *s, struct raft_conf_state *cs);
 
 /* Applies a lease entry inside the current batch. Apply thread. */
 int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const uint8_t *p,
@@ -180,6 +222,10 @@ void v3_answer_header_only(struct server *s, api_call_t *call, int64_t revision)
  * the Alarm method, the apply of an alarm entry, and raising NOSPACE when a
  * write would pass the quota (once until it is disarmed). */
 int v3_alarm_open(struct server *s, struct util_err *err);
+/* Reads the stored alarms again (start-up, and after a raft snapshot replaced
+ * the store): capped mode and the NOSPACE flag follow them. Returns 0 or a
+ * store error. */
+int v3_alarm_reload(struct server *s);
 int v3_alarm_register(struct server *s, struct util_err *err);
 int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t *p, size_t len,
                    struct apply_done *done);
@@ -209,6 +255,21 @@ void v3_watch_sync(void *arg);
 void v3_watch_tick(struct server *s, bool progress);
 #define V3_ENTRY_FORMAT 1
 #define V3_ENTRY_HEADER 10
+
+/* Raft snapshots (v3_snapshot.c). v3_snapshot_write is the node's
+ * snapshot_write callback: the key space's consistent copy into fd (a worker
+ * thread). v3_snapshot_restored is the apply thread's restored hook: the
+ * store was replaced, so everything derived from it is reloaded — THE place
+ * where a layer keeping state derived from the store (alarms, watchers,
+ * compaction, members, ...) plugs in its reload. v3_snapshot_install is the
+ * node's snapshot_install callback: queues the installation behind the
+ * entries already handed to the apply thread, waits for it, then reloads the
+ * raft thread's member set and the transport's peers from the new store
+ * (v3_cluster_reload). */
+int v3_snapshot_write(void *arg, int fd, uint64_t *index, uint64_t *term);
+void v3_snapshot_restored(void *arg, uint64_t index);
+void v3_snapshot_install(void *arg, const char *file, uint64_t index, uint64_t term,
+                         struct raft_conf_state *cs);
 
 /* The api's call observer: frees the big-range slot of a finished call. io loop. */
 void v3_call_over(const char *path, int code, uint64_t duration_ns, void *call_data, void *arg);

@@ -54,19 +54,25 @@ int v3_alarm_open(struct server *s, struct util_err *err) {
     int rc = mvcc_dbi_open(s->db, "alarm", &s->alarm_dbi);
     if (rc != 0)
         return util_errorf(err, rc, "cannot open the alarm store: %s", mvcc_strerror(rc));
+    if ((rc = v3_alarm_reload(s)) != 0)
+        return util_errorf(err, rc, "cannot read the alarm store");
+    return 0;
+}
+
+int v3_alarm_reload(struct server *s) {
     mvcc_read_t *rd;
     bool raised = false;
-    if ((rc = mvcc_read_begin(s->db, &rd)) == 0) {
+    int rc = mvcc_read_begin(s->db, &rd);
+    if (rc == 0) {
         rc = nospace_raised(s, mvcc_read_txn(rd), &raised);
         mvcc_read_end(rd);
     }
     if (rc != 0)
-        return util_errorf(err, rc, "cannot read the alarm store");
-    if (raised) {
+        return rc;
+    if (raised)
         LOG_WARN(s->lg, "the NOSPACE alarm is raised: writes are refused until it is disarmed");
-        mvcc_set_capped(s->db, true);
-        atomic_store(&s->nospace_active, true);
-    }
+    mvcc_set_capped(s->db, raised);
+    atomic_store(&s->nospace_active, raised);
     return 0;
 }
 

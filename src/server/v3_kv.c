@@ -75,6 +75,41 @@ void v3_fail(api_call_t *call, int code) {
     case -ECANCELED:
         g = API_GRPC_CANCELLED, msg = "context canceled";
         break;
+    case MEMBERS_EEXIST:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: member ID already exist";
+        break;
+    case MEMBERS_EPEEREXIST:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: Peer URLs already exists";
+        break;
+    case MEMBERS_ENOTFOUND:
+        g = API_GRPC_NOT_FOUND, msg = "etcdserver: member not found";
+        break;
+    case MEMBERS_EBADURLS:
+        g = API_GRPC_INVALID_ARGUMENT, msg = "etcdserver: given member URLs are invalid";
+        break;
+    case MEMBERS_ENOTSTARTED:
+        g = API_GRPC_FAILED_PRECONDITION,
+        msg = "etcdserver: re-configuration failed due to not enough started members";
+        break;
+    case MEMBERS_ENOTLEARNER:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: can only promote a learner member";
+        break;
+    case NODE_ELEARNERNOTREADY:
+        g = API_GRPC_FAILED_PRECONDITION,
+        msg = "etcdserver: can only promote a learner member which is in sync with leader";
+        break;
+    case MEMBERS_ETOOMANYLEARNERS:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: too many learner members in cluster";
+        break;
+    case MEMBERS_EUNHEALTHY:
+        g = API_GRPC_UNAVAILABLE, msg = "etcdserver: unhealthy cluster";
+        break;
+    case NODE_ENOTLEADER:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: not leader";
+        break;
+    case RAFT_ECONFPENDING:
+        g = API_GRPC_UNAVAILABLE, msg = "etcdserver: request timed out";
+        break;
     default:
         g = API_GRPC_UNKNOWN, msg = code < -20000 ? mvcc_strerror(code) : strerror(-code);
         break;
@@ -393,8 +428,11 @@ static void on_write_cancel(api_call_t *call, void *arg) {
         server_wait_cancel(s->writes, id);
 }
 
-void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, const uint8_t *data,
-                size_t len, v3_answer_fn answer) {
+/* v3_propose, or with cc set a membership change whose context is the
+ * entry. */
+static void propose(struct server *s, api_call_t *call, enum v3_entry_kind kind,
+                    const uint8_t *data, size_t len, v3_answer_fn answer,
+                    const struct raft_conf_change *cc) {
     if (len > s->cfg->max_request_bytes) {
         v3_fail(call, V3_ETOOLARGE);
         return;
@@ -423,13 +461,30 @@ void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, con
         v3_fail(call, rc);
         return;
     }
-    rc = server_node_propose(s->node, entry, V3_ENTRY_HEADER + len);
+    if (cc) {
+        struct raft_conf_change c = *cc;
+        c.context = entry;
+        c.context_len = (uint32_t)(V3_ENTRY_HEADER + len);
+        rc = server_node_propose_conf_change(s->node, &c);
+    } else {
+        rc = server_node_propose(s->node, entry, V3_ENTRY_HEADER + len);
+    }
     free(entry);
     if (rc != 0) {
         /* Nothing can have triggered it yet: the cancel answers with rc. */
         w->code = rc;
         server_wait_cancel(s->writes, w->id);
     }
+}
+
+void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, const uint8_t *data,
+                size_t len, v3_answer_fn answer) {
+    propose(s, call, kind, data, len, answer, NULL);
+}
+
+void v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
+                     const uint8_t *data, size_t len, v3_answer_fn answer) {
+    propose(s, call, V3_ENTRY_MEMBER, data, len, answer, cc);
 }
 
 static uint64_t entry_id(const uint8_t *data) {
@@ -456,9 +511,13 @@ void v3_propose_failed(void *arg, const uint8_t *data, size_t len, int code) {
 int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e,
                    struct apply_done *done) {
     struct server *s = arg;
+    if (e->type == RAFT_ENTRY_CONF_CHANGE)
+        return v3_cluster_apply(s, b, e, done);
     if (e->len < V3_ENTRY_HEADER || e->data[0] != V3_ENTRY_FORMAT)
         return 0; /* not a request of this format: nothing to apply */
     enum v3_entry_kind kind = (enum v3_entry_kind)e->data[1];
+    if (kind == V3_ENTRY_MEMBER_ATTR)
+        return v3_cluster_apply(s, b, e, done);
     if (kind == V3_ENTRY_ALARM)
         return v3_alarm_apply(s, b, entry_id(e->data), e->data + V3_ENTRY_HEADER,
                               e->len - V3_ENTRY_HEADER, done);

@@ -1,5 +1,5 @@
-/* v3_maintenance: etcd's Maintenance and Cluster services for a member alone
- * in its cluster: Status, Hash, HashKV, Defragment, Snapshot, MemberList. */
+/* v3_maintenance: etcd's Maintenance service: Status, Hash, HashKV,
+ * Defragment, Snapshot, and GET /health. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -104,61 +104,6 @@ static void on_defragment(api_call_t *call, ProtobufCMessage *msg, const uint8_t
     api_call_reply(call, &r.base);
 }
 
-/* The members of --initial-cluster. Other members' client URLs are not known
- * yet (etcd learns them when each member publishes its attributes through
- * raft), so only this member's are listed. */
-static void on_member_list(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
-                           void *arg) {
-    (void)data;
-    (void)len;
-    struct server *s = arg;
-    protobuf_c_message_free_unpacked(msg, NULL);
-    const struct config *cfg = s->cfg;
-    size_t n = cfg->n_initial_cluster, n_urls = 0;
-    for (size_t i = 0; i < n; i++)
-        n_urls += cfg->initial_cluster[i].peer_urls.n;
-    Etcdserverpb__Member *members = calloc(n ? n : 1, sizeof(*members));
-    Etcdserverpb__Member **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
-    char **urls = calloc(n_urls + cfg->advertise_client_urls.n + 1, sizeof(*urls));
-    if (!members || !ptrs || !urls) {
-        free(members);
-        free(ptrs);
-        free(urls);
-        v3_fail(call, -ENOMEM);
-        return;
-    }
-    char **next = urls;
-    for (size_t i = 0; i < n; i++) {
-        const struct config_member *cm = &cfg->initial_cluster[i];
-        Etcdserverpb__Member *m = &members[i];
-        etcdserverpb__member__init(m);
-        m->id = cm->id;
-        m->name = cm->name;
-        m->peerurls = next;
-        m->n_peerurls = cm->peer_urls.n;
-        for (size_t k = 0; k < cm->peer_urls.n; k++)
-            *next++ = cm->peer_urls.v[k].text;
-        if (cm->id == s->member_id) {
-            m->clienturls = next;
-            m->n_clienturls = cfg->advertise_client_urls.n;
-            for (size_t k = 0; k < cfg->advertise_client_urls.n; k++)
-                *next++ = cfg->advertise_client_urls.v[k].text;
-        }
-        ptrs[i] = m;
-    }
-    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    v3_header_msg(s, 0, &h);
-    h.revision = 0; /* etcd leaves the revision out of cluster responses */
-    Etcdserverpb__MemberListResponse r = ETCDSERVERPB__MEMBER_LIST_RESPONSE__INIT;
-    r.header = &h;
-    r.n_members = n;
-    r.members = ptrs;
-    api_call_reply(call, &r.base);
-    free(members);
-    free(ptrs);
-    free(urls);
-}
-
 /* ---- Snapshot ----------------------------------------------------------------
  * A consistent copy of the key space is written to an unnamed temporary file
  * in the data directory on a worker thread (writers go on meanwhile), then
@@ -184,20 +129,6 @@ static void snapshot_free(struct snapshot *sn) {
         close(sn->fd);
     EVP_MD_CTX_free(sn->sha);
     free(sn);
-}
-
-/* Opens a file that disappears when closed, in the data directory (same disk
- * as the database, never /tmp's size limits). */
-static int open_temp(const char *dir) {
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
-        return fd;
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/snap.XXXXXX", dir);
-    fd = mkostemp(path, O_CLOEXEC);
-    if (fd >= 0)
-        unlink(path);
-    return fd;
 }
 
 static void snapshot_copy(uv_work_t *req) {
@@ -293,7 +224,7 @@ static void on_snapshot(api_call_t *call, ProtobufCMessage *msg, const uint8_t *
     }
     *sn = (struct snapshot){.s = s, .call = call, .fd = -1};
     sn->work.data = sn;
-    sn->fd = open_temp(server_datadir_path(s->dd));
+    sn->fd = server_open_temp(server_datadir_path(s->dd));
     sn->sha = EVP_MD_CTX_new();
     if (sn->fd < 0 || !sn->sha || !EVP_DigestInit_ex(sn->sha, EVP_sha256(), NULL) ||
         uv_queue_work(&s->loop, &sn->work, snapshot_copy, snapshot_copied) != 0) {
@@ -360,11 +291,6 @@ int v3_maintenance_register(struct server *s, struct util_err *err) {
          .on_open = on_snapshot_open,
          .on_message = on_snapshot,
          .on_writable = on_snapshot_writable,
-         .arg = s},
-        {.path = "/etcdserverpb.Cluster/MemberList",
-         .request = &etcdserverpb__member_list_request__descriptor,
-         .response = &etcdserverpb__member_list_response__descriptor,
-         .on_message = on_member_list,
          .arg = s},
     };
     return v3_register(s, methods, sizeof(methods) / sizeof(methods[0]), err);

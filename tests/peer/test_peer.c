@@ -228,12 +228,14 @@ static void test_membership_updates(void **state) {
     assert_int_equal(peer_transport_remove_peer(a.pt, 2), -ENOENT);
     struct raft_msg m = {.type = RAFT_MSG_HEARTBEAT, .to = 2, .from = 1};
     assert_int_equal(peer_transport_send(a.pt, &m), -ENOENT);
-    /* b's stream to a is refused from now on. */
+    /* b's stream to a is refused from now on, and b is told it was removed. */
     assert_true(tnode_wait(&b, has_unreachable, NULL, 5000));
-    assert_true(tnode_peer_error(&b, 1, "sender not found", 5000));
+    assert_true(tnode_peer_error(&b, 1, "permanently removed from the cluster", 5000));
     struct peer_stats st;
     assert_int_equal(peer_transport_stats(b.pt, 1, &st), 0);
     assert_false(st.connected);
+    assert_int_equal(peer_transport_stats(b.pt, 0, &st), 0);
+    assert_true(st.removed);
     const uint64_t self = 1;
     assert_int_equal(peer_transport_set_peer(a.pt, self, (const char *const[]){"http://x:1"}, 1),
                      -EINVAL);
@@ -634,6 +636,35 @@ static void test_garbage_input(void **state) {
     assert_int_equal(fd_count(), fds);
 }
 
+/* The members request of a member joining: answered with cfg.members'
+ * bytes and the answering member's ids, whatever cluster the asker is in;
+ * nothing listening, or not a quoin peer, is an error. */
+static int members_blob(void *arg, struct util_buf *out) {
+    return util_buf_append(out, arg, strlen(arg));
+}
+
+static void test_members_request(void **state) {
+    (void)state;
+    struct tnode a = {0};
+    struct peer_config cfg = {.members = members_blob, .members_arg = "the member list"};
+    tnode_start(&a, CLUSTER, 5, tport(0), &cfg);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", tport(0));
+    struct util_buf out = {0};
+    struct util_err err = {0};
+    uint64_t cid = 0, mid = 0;
+    assert_int_equal(peer_fetch_members(url, 2000, &cid, &mid, &out, &err), 0);
+    assert_int_equal(cid, CLUSTER);
+    assert_int_equal(mid, 5);
+    assert_int_equal(out.len, strlen("the member list"));
+    assert_memory_equal(out.data, "the member list", out.len);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", tport(9));
+    assert_int_not_equal(peer_fetch_members(url, 500, &cid, &mid, &out, &err), 0);
+    assert_non_null(strstr(err.msg, "cannot reach"));
+    util_buf_free(&out);
+    tnode_stop(&a, false);
+}
+
 int main(void) {
     tmain_setup();
     const struct CMUnitTest tests[] = {
@@ -641,6 +672,7 @@ int main(void) {
         cmocka_unit_test(test_order_per_peer),
         cmocka_unit_test(test_redial_after_restart),
         cmocka_unit_test(test_membership_updates),
+        cmocka_unit_test(test_members_request),
         cmocka_unit_test(test_backpressure_never_reading_peer),
         cmocka_unit_test(test_cluster_id_mismatch),
         cmocka_unit_test(test_unstarted_refuses),
