@@ -331,8 +331,11 @@ static int start_core(struct server *s, struct util_err *err) {
     char snap_dir[4096];
     snprintf(snap_dir, sizeof(snap_dir), "%s/snap", server_datadir_path(s->dd));
     mkdir(snap_dir, 0700);
-    struct peer_config pcfg = {
-        .cluster_id = s->cluster_id, .member_id = s->member_id, .snap_dir = snap_dir};
+    struct peer_config pcfg = {.cluster_id = s->cluster_id,
+                               .member_id = s->member_id,
+                               .snap_dir = snap_dir,
+                               .on_request = v3_lease_on_request,
+                               .request_arg = s};
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));
     struct node_config ncfg = {.id = s->member_id,
                                .voters = voters,

@@ -119,6 +119,7 @@ enum v3_entry_kind {
 #define V3_ELEASENOTFOUND (-30006)
 #define V3_ESORT (-30007)
 #define V3_ETOOMANYRANGES (-30008) /* answered as "etcdserver: too many requests" */
+#define V3_ETIMEOUT (-30009)       /* "etcdserver: request timed out" */
 
 /* Ranges whose answer passes V3_BIG_RANGE_BYTES hold one of V3_MAX_BIG_RANGES
  * slots until the answer has left (v3_call_over). */
@@ -159,6 +160,34 @@ int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const
                    size_t len, struct apply_done *done);
 
 int v3_lease_register(struct server *s, struct util_err *err);
+
+/* Proposes one LeaseCheckpoint entry of n checkpoints. With fn, a waiter
+ * fn(ctx, struct v3_applied * or NULL) is registered under *wait_id first and
+ * owns the outcome from then on (a refused proposal fires it with NULL).
+ * Returns 0, or -ENOMEM / a proposal error (fn not registered). Any thread. */
+int v3_lease_propose_checkpoints(struct server *s, const struct lease_checkpoint *cps, size_t n,
+                                 wait_fn fn, void *ctx, uint64_t *wait_id);
+
+/* Lease renewals and TimeToLive on any member (v3_lease_fwd.c): run on the
+ * leader's lease layer, forwarded there from other members over the peer
+ * transport, retried across leader changes up to etcd's request timeout. */
+enum v3_lease_op { V3_LEASE_RENEW = 1, V3_LEASE_TTL = 2 };
+
+/* done(ctx, code, body, len), once, on the io loop: code 0 with the leader's
+ * answer without header (a packed LeaseKeepAliveResponse or
+ * LeaseTimeToLiveResponse), LEASE_ENOTFOUND, or the request's error
+ * (RAFT_ENOLEADER, V3_ETIMEOUT, -ESHUTDOWN, -ENOMEM). */
+typedef void (*v3_lease_done_fn)(void *ctx, int code, const uint8_t *body, size_t len);
+
+/* req: the packed LeaseKeepAliveRequest or LeaseTimeToLiveRequest (copied).
+ * io loop. */
+void v3_lease_call(struct server *s, enum v3_lease_op op, const uint8_t *req, size_t len,
+                   v3_lease_done_fn done, void *ctx);
+
+/* The peer transport's on_request: another member forwards a renewal or a
+ * TimeToLive to this one (transport thread; served on the io loop). */
+void v3_lease_on_request(void *arg, uint64_t from, uint64_t id, uint8_t method,
+                         uint64_t deadline_mono, const uint8_t *body, size_t len);
 
 /* Compaction: an applied compaction's history is removed in short LMDB
  * transactions on a libuv worker (v3_compaction_new on the apply thread, then

@@ -72,6 +72,9 @@ void v3_fail(api_call_t *call, int code) {
     case -ESHUTDOWN:
         g = API_GRPC_UNAVAILABLE, msg = "etcdserver: server stopped";
         break;
+    case V3_ETIMEOUT:
+        g = API_GRPC_UNAVAILABLE, msg = "etcdserver: request timed out";
+        break;
     case -ECANCELED:
         g = API_GRPC_CANCELLED, msg = "context canceled";
         break;
