@@ -19,6 +19,9 @@
  * snapshotCatchUpEntries). */
 #define NODE_LOG_MARGIN 5000
 
+/* transfer_to: any voter raft accepts (member ids are never all ones). */
+#define NODE_ANY_VOTER UINT64_MAX
+
 struct node_item {
     uint8_t *data; /* a proposal's bytes, or NULL for a read request */
     uint32_t len;
@@ -58,7 +61,8 @@ struct server_node {
     peer_transport_t *peer;
     struct peer_event *events[256];
     uint64_t pending_snap_fail; /* a member a snapshot could not be sent to */
-    _Atomic int hand_over;      /* asked to pass leadership on before stopping */
+    /* A leadership transfer asked for: 0 none, NODE_ANY_VOTER, or a member. */
+    _Atomic uint64_t transfer_to;
     uint64_t voters[RAFT_MAX_MEMBERS];
     size_t n_voters;
 };
@@ -288,26 +292,30 @@ static void take_peer_events(server_node_t *n) {
     } while (got == max);
 }
 
-/* Asks raft to hand leadership to another voter: the first that raft accepts
- * (it refuses one that lags). Raft loop. */
-static void hand_over(server_node_t *n) {
+/* Asks raft to hand leadership to `to`, or to any other voter (the first
+ * that raft accepts: it refuses one that lags). Raft loop. */
+static void transfer(server_node_t *n, uint64_t to) {
     struct raft_status st;
     raft_status(n->raft, &st);
     if (st.role != RAFT_LEADER)
         return;
+    if (to != NODE_ANY_VOTER) {
+        int rc = raft_transfer_leadership(n->raft, to);
+        if (rc != 0)
+            LOG_WARN(n->lg, "raft refused a leadership transfer", LOG_UINT("to", to),
+                     LOG_STR("error", raft_strerror(rc)));
+        return;
+    }
     for (size_t i = 0; i < n->n_voters; i++) {
-        if (n->voters[i] == n->id)
-            continue;
-        if (raft_transfer_leadership(n->raft, n->voters[i]) == 0) {
-            LOG_INFO(n->lg, "handing leadership over before stopping",
-                     LOG_UINT("to", n->voters[i]));
+        if (n->voters[i] != n->id && raft_transfer_leadership(n->raft, n->voters[i]) == 0) {
+            LOG_INFO(n->lg, "handing leadership over", LOG_UINT("to", n->voters[i]));
             return;
         }
     }
 }
 
-int server_node_hand_over(server_node_t *n) {
-    atomic_store(&n->hand_over, 1);
+int server_node_transfer_leadership(server_node_t *n, uint64_t to) {
+    atomic_store(&n->transfer_to, to ? to : NODE_ANY_VOTER);
     wake(n);
     return 0;
 }
@@ -315,8 +323,9 @@ int server_node_hand_over(server_node_t *n) {
 static void on_wake(uv_async_t *a) {
     server_node_t *n = a->data;
     take_peer_events(n);
-    if (atomic_exchange(&n->hand_over, 0))
-        hand_over(n);
+    uint64_t to = atomic_exchange(&n->transfer_to, 0);
+    if (to)
+        transfer(n, to);
     uint64_t cp = atomic_exchange(&n->checkpoint_req, 0);
     if (cp)
         checkpoint(n, cp);

@@ -98,7 +98,7 @@ static void hand_over_leadership(struct server *s) {
     server_node_status(s->node, &st);
     if (!st.is_leader)
         return;
-    server_node_hand_over(s->node);
+    server_node_transfer_leadership(s->node, 0);
     uint64_t deadline = util_now_mono_ns() + (uint64_t)s->cfg->election_ms * 1000000u;
     struct timespec nap = {.tv_sec = 0, .tv_nsec = 10000000};
     while (util_now_mono_ns() < deadline) {

@@ -118,8 +118,11 @@ enum v3_entry_kind {
 #define V3_ETOOLARGE (-30005)
 #define V3_ELEASENOTFOUND (-30006)
 #define V3_ESORT (-30007)
-#define V3_ETOOMANYRANGES (-30008) /* answered as "etcdserver: too many requests" */
-#define V3_ETIMEOUT (-30009)       /* "etcdserver: request timed out" */
+#define V3_ETOOMANYRANGES (-30008)   /* answered as "etcdserver: too many requests" */
+#define V3_ETIMEOUT (-30009)         /* "etcdserver: request timed out" */
+#define V3_ENOTLEADER (-30010)       /* "etcdserver: not leader" */
+#define V3_EBADTRANSFEREE (-30011)   /* "etcdserver: bad leader transferee" */
+#define V3_ETRANSFERTIMEOUT (-30012) /* "...request timed out, leader transfer took too long" */
 
 /* Ranges whose answer passes V3_BIG_RANGE_BYTES hold one of V3_MAX_BIG_RANGES
  * slots until the answer has left (v3_call_over). */
@@ -248,6 +251,10 @@ int v3_register(struct server *s, const struct api_grpc_method *m, size_t n, str
 /* Registers the KV, Maintenance and Cluster services. */
 int v3_kv_register(struct server *s, struct util_err *err);
 int v3_maintenance_register(struct server *s, struct util_err *err);
+
+/* Maintenance.MoveLeader's handler (v3_move_leader.c). io loop. */
+void v3_move_leader(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
+                    void *arg);
 
 /* The apply thread's entry function (apply_entry_fn). */
 int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e, struct apply_done *done);

@@ -10,6 +10,7 @@ import threading
 import time
 
 import etcd3
+import grpc
 
 from qtest import Server, clean_env, free_port
 
@@ -135,6 +136,41 @@ def test_sigterm_on_the_leader_hands_leadership_over(tmp_path):
         assert new_term > term
         eps = ["127.0.0.1:%d" % s.client_port for s in survivors]
         assert ctl(eps, "get", "k", "--print-value-only").stdout == "v\n"
+    finally:
+        for s in members:
+            s.stop(signal.SIGKILL)
+
+
+def test_move_leader(tmp_path):
+    members = make_cluster(tmp_path)
+    try:
+        leader, term = wait_leader(members)
+        eps = ["127.0.0.1:%d" % s.client_port for s in members]
+        ids = {s: status(s)["header"]["member_id"] for s in members}
+        target = next(s for s in members if s is not leader)
+        r = ctl(eps, "move-leader", "%x" % ids[target])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "Leadership transferred from %x to %x\n" % (ids[leader], ids[target])
+        st = status(target)
+        assert st["leader"] == ids[target] and st["raftTerm"] > term
+        # Every member follows the new leader, and writes go on.
+        assert all(status(s)["leader"] == ids[target] for s in members)
+        assert ctl(eps[:1], "put", "after-move", "1").returncode == 0
+        # etcd's refusals: a member that is not the leader, a target that is
+        # not a member.
+        stub = etcd3.client(host="127.0.0.1", port=leader.client_port).maintenancestub
+        try:
+            stub.MoveLeader(etcd3.etcdrpc.MoveLeaderRequest(targetID=ids[leader]), 5)
+            raise AssertionError("a follower moved the leader")
+        except grpc.RpcError as e:
+            assert (e.code(), e.details()) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               "etcdserver: not leader")
+        r = ctl(eps, "move-leader", "1234")
+        assert r.returncode != 0 and "etcdserver: bad leader transferee" in r.stderr, r
+        # Moving to the leader itself is done at once.
+        r = ctl(eps, "move-leader", "%x" % ids[target])
+        assert r.returncode == 0, r.stderr
+        assert status(target)["raftTerm"] == st["raftTerm"]
     finally:
         for s in members:
             s.stop(signal.SIGKILL)
