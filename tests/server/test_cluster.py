@@ -1,4 +1,4 @@
-"""Three real quoin members on loopback: writes on any member, linearizable
+"""Three and five real quoin members on loopback: writes on any member, linearizable
 reads on any member, the leader killed with SIGKILL under writes (a new leader,
 no acknowledged write lost), the killed member restarted and caught up, equal
 HashKV everywhere. Membership changes and snapshots are not served yet."""
@@ -11,6 +11,7 @@ import time
 
 import etcd3
 import grpc
+import pytest
 
 from qtest import Server, clean_env, free_port
 
@@ -59,8 +60,9 @@ def wait_leader(members, timeout=10):
     raise AssertionError("no leader within %ds" % timeout)
 
 
-def test_three_members_survive_the_leader_being_killed(tmp_path):
-    members = make_cluster(tmp_path)
+@pytest.mark.parametrize("n", [3, 5])
+def test_members_survive_the_leader_being_killed(tmp_path, n):
+    members = make_cluster(tmp_path, n)
     try:
         leader, term = wait_leader(members)
         eps = ["127.0.0.1:%d" % s.client_port for s in members]
@@ -70,7 +72,7 @@ def test_three_members_survive_the_leader_being_killed(tmp_path):
         follower = next(s for s in members if s is not leader)
         assert ctl(["127.0.0.1:%d" % follower.client_port], "put", "b", "2").returncode == 0
         listed = json.loads(ctl(eps[:1], "member", "list", "-w", "json").stdout)["members"]
-        assert sorted(m["name"] for m in listed) == ["m0", "m1", "m2"]
+        assert sorted(m["name"] for m in listed) == ["m%d" % i for i in range(n)]
 
         acked, stop = [], threading.Event()
 
@@ -112,7 +114,9 @@ def test_three_members_survive_the_leader_being_killed(tmp_path):
         hashes = set()
         while time.time() < deadline:
             r = ctl(eps, "endpoint", "hashkv", "-w", "json")
-            hashes = {h["HashKV"]["hash"] for h in json.loads(r.stdout)} if r.returncode == 0 else set()
+            # One (revision, hash) pair: every member at the same revision.
+            hashes = {(h["HashKV"]["header"]["revision"], h["HashKV"]["hash"])
+                      for h in json.loads(r.stdout)} if r.returncode == 0 else set()
             if len(hashes) == 1:
                 break
             time.sleep(0.3)
