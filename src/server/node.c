@@ -54,6 +54,7 @@ struct server_node {
     uint32_t *prop_len;
 
     _Atomic uint64_t leader, term, commit, last_index;
+    atomic_bool is_learner;
     _Atomic uint64_t checkpoint_req; /* index the state machine synced; 0: none */
     uint64_t release_at;             /* WAL segments to release once durable */
     uint64_t id;
@@ -130,6 +131,7 @@ void server_node_status(server_node_t *n, struct node_status *st) {
     st->commit = atomic_load(&n->commit);
     st->last_index = atomic_load(&n->last_index);
     st->is_leader = st->leader == n->id;
+    st->is_learner = atomic_load(&n->is_learner);
 }
 
 static void publish_status(server_node_t *n) {
@@ -139,6 +141,7 @@ static void publish_status(server_node_t *n) {
     atomic_store(&n->term, st.term);
     atomic_store(&n->commit, st.commit);
     atomic_store(&n->last_index, st.last_index);
+    atomic_store(&n->is_learner, st.is_learner);
 }
 
 /* Persists one Ready: entries into the in-memory log raft reads from and into

@@ -99,6 +99,7 @@ struct node_status {
     uint64_t commit;
     uint64_t last_index;
     bool is_leader;
+    bool is_learner; /* this member is a learner in raft's configuration */
 };
 void server_node_status(server_node_t *n, struct node_status *st);
 

@@ -217,6 +217,12 @@ int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t
                    struct apply_done *done);
 void v3_alarm_raise_nospace(struct server *s);
 
+/* The stored alarms matching member and type (0 / NONE: any), from the
+ * latest committed batch, into a malloc'ed array (*out, free() it; NULL when
+ * *n is 0). Returns 0, -ENOMEM or a store error. Any thread. */
+int v3_alarm_list(struct server *s, uint64_t member, uint32_t type, Etcdserverpb__AlarmMember **out,
+                  size_t *n);
+
 /* The leader's lease timer (every 500 ms): proposes revokes of expired
  * leases and due checkpoints. io loop. */
 void v3_lease_tick(struct server *s);

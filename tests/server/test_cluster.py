@@ -4,8 +4,10 @@ no acknowledged write lost), the killed member restarted and caught up, equal
 HashKV everywhere. Membership changes and snapshots are not served yet."""
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -23,12 +25,12 @@ def ctl(endpoints, *args):
                           + list(args), capture_output=True, text=True, env=env, timeout=30)
 
 
-def make_cluster(tmp_path, n=3):
+def make_cluster(tmp_path, n=3, extra=()):
     peers = [free_port() for _ in range(n)]
     cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(peers))
     members = []
     for i in range(n):
-        s = Server(tmp_path, name="m%d" % i)
+        s = Server(tmp_path, name="m%d" % i, extra=extra)
         s.peer_port = peers[i]
         a = s.args
         a[a.index("--listen-peer-urls") + 1] = "http://127.0.0.1:%d" % peers[i]
@@ -175,6 +177,65 @@ def test_move_leader(tmp_path):
         r = ctl(eps, "move-leader", "%x" % ids[target])
         assert r.returncode == 0, r.stderr
         assert status(target)["raftTerm"] == st["raftTerm"]
+    finally:
+        for s in members:
+            s.stop(signal.SIGKILL)
+
+
+def test_status_of_every_member(tmp_path):
+    """Maintenance.Status as etcd 3.4 reports it, member by member: the same
+    fields as a real 3-member etcd for the leader and a follower, raft's
+    view, raised alarms and "no leader" as errors."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "compat"))
+    from etcdctl_diff import start_etcd_cluster, stop_process
+    etcd_dir = tmp_path / "etcd"
+    etcd_dir.mkdir()
+    procs, endpoints = start_etcd_cluster(str(etcd_dir))
+    try:
+        ref = json.loads(ctl(endpoints, "endpoint", "status", "-w", "json").stdout)
+    finally:
+        for p in procs:
+            stop_process(p)
+
+    def fields(statuses):
+        return sorted((st["Status"]["leader"] == st["Status"]["header"]["member_id"],
+                       tuple(sorted(st["Status"]))) for st in statuses)
+
+    members = make_cluster(tmp_path, extra=["--quota-backend-bytes", "2000000"])
+    try:
+        leader, term = wait_leader(members)
+        eps = ["127.0.0.1:%d" % s.client_port for s in members]
+        assert ctl(eps[:1], "put", "k", "v").returncode == 0
+        got = json.loads(ctl(eps, "endpoint", "status", "-w", "json").stdout)
+        assert fields(got) == fields(ref)
+        ids = {st["Status"]["header"]["member_id"] for st in got}
+        for st in got:
+            s = st["Status"]
+            assert s["leader"] == status(leader)["header"]["member_id"]
+            assert s["raftTerm"] == term and s["raftIndex"] >= s["raftAppliedIndex"] > 0
+            assert "isLearner" not in s and "errors" not in s
+
+        # Past the quota: NOSPACE is raised and every member reports it.
+        for i in range(30):
+            ctl(eps[:1], "put", "big%d" % i, "x" * 100000)
+        got = json.loads(ctl(eps, "endpoint", "status", "-w", "json").stdout)
+        errors = {tuple(st["Status"].get("errors", ())) for st in got}
+        assert len(errors) == 1, errors
+        (alarm,) = errors.pop()
+        raised = re.fullmatch(r"memberID:(\d+) alarm:NOSPACE ", alarm)
+        assert raised and int(raised.group(1)) in ids, alarm
+        assert ctl(eps[:1], "alarm", "list").stdout == alarm + "\n"
+
+        # Alone, a member has no leader and says so.
+        alone = next(s for s in members if s is not leader)
+        for s in members:
+            if s is not alone:
+                s.stop(signal.SIGKILL)
+        time.sleep(2.5)
+        s = status(alone)
+        assert "leader" not in s
+        assert s["errors"][0] == "etcdserver: no leader" and s["errors"][1] == alarm
     finally:
         for s in members:
             s.stop(signal.SIGKILL)
