@@ -296,7 +296,9 @@ static void ttl_here(struct lease_req *r) {
 }
 
 static void run_here(struct lease_req *r) {
-    if (r->op == V3_LEASE_RENEW)
+    if (r->s->stopping) /* the wait tables are gone */
+        outcome(r, FWD_RETRY, NULL, 0);
+    else if (r->op == V3_LEASE_RENEW)
         renew_here(r);
     else
         ttl_here(r);
