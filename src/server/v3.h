@@ -61,7 +61,10 @@ struct server {
     atomic_bool nospace_active;   /* NOSPACE is raised (as applied) */
     lease_t *leases;
     lease_batch_t *lease_batch; /* apply thread: the batch being applied */
-    uv_timer_t tick_timer;      /* leases every tick, watch progress less often */
+    /* Leadership won, leases not yet taken over (v3_lease_role_changed). */
+    pthread_mutex_t role_mu;
+    bool promote_pending;  /* under role_mu */
+    uv_timer_t tick_timer; /* leases every tick, watch progress less often */
     /* Auto-compaction (io loop): revisions sampled on the tick, newest last. */
     struct {
         uint64_t at_ns;
@@ -223,9 +226,20 @@ void v3_alarm_raise_nospace(struct server *s);
 int v3_alarm_list(struct server *s, uint64_t member, uint32_t type, Etcdserverpb__AlarmMember **out,
                   size_t *n);
 
-/* The leader's lease timer (every 500 ms): proposes revokes of expired
- * leases and due checkpoints. io loop. */
+/* The leader's lease timer (every 500 ms): takes leases over if due (below),
+ * proposes revokes of expired leases and due checkpoints. io loop. */
 void v3_lease_tick(struct server *s);
+
+/* Leadership changed (node_callbacks.role_changed, raft thread). Losing it
+ * demotes the lease layer at once; winning it only marks the takeover due:
+ * v3_lease_maybe_promote promotes once this member has applied an entry of
+ * its own term, as etcd promotes its lessor on applying the new leader's
+ * first (empty) entry — before that, the previous leader's last checkpoints
+ * may not be applied here, and their deadlines would be missed. */
+void v3_lease_role_changed(struct server *s, bool leader);
+
+/* Promotes if due (apply thread after a batch, or the io loop's tick). */
+void v3_lease_maybe_promote(struct server *s);
 
 /* Records an applied entry of the current batch, for v3_watch_publish.
  * Apply thread. Returns 0 or -ENOMEM (which breaks the batch). */

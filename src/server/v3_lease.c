@@ -349,7 +349,37 @@ static void on_leases(api_call_t *call, ProtobufCMessage *msg, const uint8_t *da
 
 /* ---- the leader's timer ------------------------------------------------------- */
 
+void v3_lease_role_changed(struct server *s, bool leader) {
+    pthread_mutex_lock(&s->role_mu);
+    s->promote_pending = leader;
+    if (!leader)
+        lease_demote(s->leases);
+    pthread_mutex_unlock(&s->role_mu);
+}
+
+/* The mutex orders a promotion after the last role change: a demotion while
+ * a promotion reads the leases waits for it, then undoes it. */
+void v3_lease_maybe_promote(struct server *s) {
+    pthread_mutex_lock(&s->role_mu);
+    if (s->promote_pending) {
+        uint64_t applied, applied_term;
+        int64_t rev, compact;
+        struct node_status st;
+        mvcc_state(s->db, &applied, &applied_term, &rev, &compact);
+        server_node_status(s->node, &st);
+        if (st.is_leader && applied_term == st.term) {
+            int rc = lease_promote(s->leases, util_now_mono_ns(), util_now_wall_ns());
+            s->promote_pending = rc != 0; /* tried again on the next tick */
+            if (rc != 0)
+                LOG_ERROR(s->lg, "cannot take over lease expiry as leader",
+                          LOG_STR("error", lease_strerror(rc)));
+        }
+    }
+    pthread_mutex_unlock(&s->role_mu);
+}
+
 void v3_lease_tick(struct server *s) {
+    v3_lease_maybe_promote(s);
     if (!lease_is_primary(s->leases))
         return;
     int64_t ids[LEASE_REVOKE_BATCH];
