@@ -43,7 +43,7 @@ def roles(members):
 def test_lease_calls_on_followers_answer_as_the_leader(tmp_path):
     members = make_cluster(tmp_path)
     try:
-        leader, _, (f1, c1), (f2, c2) = roles(members)
+        leader, term, (f1, c1), (f2, c2) = roles(members)
         lease = c1.lease(30)
         c1.put("/leased", "v", lease=lease)
         # TimeToLive and keep-alive through the other follower.
@@ -71,9 +71,18 @@ def test_lease_calls_on_followers_answer_as_the_leader(tmp_path):
         assert ctl(ep(f1), "get", "/leased", "--print-value-only").stdout == ""
         assert "already expired" in ctl(ep(f1), "lease", "timetolive", hex_id).stdout
 
+        # The leader frozen (its connections stay open, nothing answers): a
+        # renewal through a follower gives up on it after its 1 s try and is
+        # answered by the leader the other two elect.
+        other = c1.lease(30)
+        leader.proc.send_signal(signal.SIGSTOP)
+        started = time.time()
+        assert renew(c2, other.id) == 30
+        assert time.time() - started < 6
+        assert wait_leader([f1, f2])[1] > term
+
         # Two members gone: the last one has no leader, and says so (after
         # etcd's request timeout, 5 s + 2 election timeouts).
-        other = c1.lease(30)
         for s in (leader, f1):
             s.proc.send_signal(signal.SIGKILL)
             s.proc.wait(10)
