@@ -20,6 +20,7 @@
 struct server_side {
     struct tnode *node;
     bool silent;
+    pthread_mutex_t mu; /* guards what the transport thread records: */
     int requests;
     uint64_t last_deadline;
 };
@@ -27,8 +28,10 @@ struct server_side {
 static void on_request(void *arg, uint64_t from, uint64_t id, uint8_t method,
                        uint64_t deadline_mono, const uint8_t *body, size_t len) {
     struct server_side *sv = arg;
+    pthread_mutex_lock(&sv->mu);
     sv->requests++;
     sv->last_deadline = deadline_mono;
+    pthread_mutex_unlock(&sv->mu);
     if (sv->silent)
         return;
     uint8_t rev[64];
@@ -67,7 +70,10 @@ static int answers_wait(struct answers *a, int want, int timeout_ms) {
             return n;
         msleep(5);
     }
-    return a->n;
+    pthread_mutex_lock(&a->mu);
+    int n = a->n;
+    pthread_mutex_unlock(&a->mu);
+    return n;
 }
 
 static void pair(struct tnode *a, struct tnode *b, struct server_side *sv) {
@@ -86,7 +92,7 @@ static void pair(struct tnode *a, struct tnode *b, struct server_side *sv) {
 static void test_call_answered(void **state) {
     (void)state;
     struct tnode a = {0}, b = {0};
-    struct server_side sv = {0};
+    struct server_side sv = {.mu = PTHREAD_MUTEX_INITIALIZER};
     struct answers ans = {.mu = PTHREAD_MUTEX_INITIALIZER};
     pair(&a, &b, &sv);
     uint64_t before = util_now_mono_ns();
@@ -96,14 +102,17 @@ static void test_call_answered(void **state) {
     assert_int_equal(ans.last_status, 5);
     assert_string_equal(ans.last_body, "cba");
     /* The deadline travels as a timeout and lands on the receiver's clock. */
-    assert_true(sv.last_deadline >= before + 1900000000ull);
-    assert_true(sv.last_deadline <= util_now_mono_ns() + 2000000000ull);
+    pthread_mutex_lock(&sv.mu);
+    uint64_t deadline = sv.last_deadline;
+    pthread_mutex_unlock(&sv.mu);
+    assert_true(deadline >= before + 1900000000ull);
+    assert_true(deadline <= util_now_mono_ns() + 2000000000ull);
     /* Many calls at once: each answered once, in any order. */
     for (int i = 0; i < 200; i++)
         assert_int_equal(peer_transport_call(a.pt, 2, 1, "x", 1, 5000, on_answer, &ans), 0);
     assert_int_equal(answers_wait(&ans, 201, 5000), 201);
     msleep(100);
-    assert_int_equal(ans.n, 201);
+    assert_int_equal(answers_wait(&ans, 202, 0), 201);
     tnode_stop(&a, false);
     tnode_stop(&b, false);
 }
@@ -111,18 +120,20 @@ static void test_call_answered(void **state) {
 static void test_call_refused_or_timed_out(void **state) {
     (void)state;
     struct tnode a = {0}, b = {0};
-    struct server_side sv = {.silent = true};
+    struct server_side sv = {.silent = true, .mu = PTHREAD_MUTEX_INITIALIZER};
     struct answers ans = {.mu = PTHREAD_MUTEX_INITIALIZER};
     pair(&a, &b, &sv);
     assert_int_equal(peer_transport_call(a.pt, 9, 1, "", 0, 100, on_answer, &ans), -ENOENT);
     assert_int_equal(peer_transport_call(a.pt, 2, 1, "", 0, 100, on_answer, &ans), 0);
     assert_int_equal(answers_wait(&ans, 1, 3000), 1);
     assert_int_equal(ans.last_rc, -ETIMEDOUT);
+    pthread_mutex_lock(&sv.mu);
     assert_int_equal(sv.requests, 1);
+    pthread_mutex_unlock(&sv.mu);
     /* An answer after the deadline finds no call and is dropped. */
     assert_int_equal(peer_transport_reply(b.pt, 1, 1, 0, "late", 4), 0);
     msleep(100);
-    assert_int_equal(ans.n, 1);
+    assert_int_equal(answers_wait(&ans, 2, 0), 1);
     /* The peer gone: refused at once once the stream is down. */
     tnode_stop(&b, false);
     int rc = 0;
@@ -135,7 +146,7 @@ static void test_call_refused_or_timed_out(void **state) {
 static void test_close_fails_waiting_calls(void **state) {
     (void)state;
     struct tnode a = {0}, b = {0};
-    struct server_side sv = {.silent = true};
+    struct server_side sv = {.silent = true, .mu = PTHREAD_MUTEX_INITIALIZER};
     struct answers ans = {.mu = PTHREAD_MUTEX_INITIALIZER};
     pair(&a, &b, &sv);
     for (int i = 0; i < 3; i++)
