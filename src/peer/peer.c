@@ -232,9 +232,14 @@ int peer_transport_send(peer_transport_t *pt, const struct raft_msg *m) {
     int rc = peer_msg_encode(m, PEER_F_MSG, &f);
     if (rc == -EINVAL)
         return rc;
+    return rc == 0 ? peer_queue_frame(pt, m->to, f, true) : peer_queue_frame(pt, m->to, NULL, true);
+}
+
+int peer_queue_frame(peer_transport_t *pt, uint64_t to, struct peer_frame *f, bool report) {
+    int rc = f ? 0 : -ENOMEM;
     bool notify = false;
     pthread_mutex_lock(&pt->mu);
-    struct peer_remote *r = peer_find(pt, m->to);
+    struct peer_remote *r = peer_find(pt, to);
     if (pt->closing)
         rc = -ESHUTDOWN;
     else if (!r)
@@ -255,7 +260,7 @@ int peer_transport_send(peer_transport_t *pt, const struct raft_msg *m) {
         f = NULL;
     } else if (r && rc != -ESHUTDOWN) {
         r->dropped++;
-        notify = report_unreachable_locked(pt, r);
+        notify = report && report_unreachable_locked(pt, r);
     }
     pthread_mutex_unlock(&pt->mu);
     free(f);
@@ -688,6 +693,8 @@ static int on_frame(struct peer_conn *c, uint8_t type, const uint8_t *p, size_t 
         return peer_snap_on_frame(c, type, p, len);
     } else if (!c->outgoing && type == PEER_F_MSG) {
         return on_stream_msg(c, p, len);
+    } else if (!c->outgoing && (type == PEER_F_REQ || type == PEER_F_RESP)) {
+        return peer_rpc_on_frame(c, type, p, len);
     }
     LOG_WARN(c->pt->lg, "closing a peer connection: unexpected frame", LOG_INT("type", type),
              LOG_STR("address", c->addr));
@@ -906,6 +913,7 @@ static void close_handles(peer_transport_t *pt) {
     for (struct peer_remote *r = pt->peers; r; r = r->next)
         if (r->timer_ready && !uv_is_closing((uv_handle_t *)&r->timer))
             uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+    peer_rpc_close(pt);
     uv_close((uv_handle_t *)&pt->wake, handle_closed_cb);
 }
 
@@ -1029,6 +1037,7 @@ int peer_transport_new(uv_loop_t *loop, log_t *lg, peer_transport_t **out, struc
     }
     pt->wake.data = pt;
     pt->open_handles = 1;
+    peer_rpc_init(pt);
     *out = pt;
     return 0;
 err:
@@ -1118,6 +1127,7 @@ int peer_transport_start(peer_transport_t *pt, const struct peer_config *cfg,
     pt->rng = (util_now_mono_ns() ^ cfg->member_id) | 1;
     pt->started = true;
     pthread_mutex_unlock(&pt->mu);
+    peer_rpc_start(pt);
     if (pt->own_thread) {
         rc = pthread_create(&pt->thread, NULL, run_loop, pt);
         if (rc != 0) {

@@ -25,9 +25,12 @@
  *   peer_transport_send,
  *   peer_transport_send_snapshot,
  *   peer_transport_recv_batch,
- *   peer_transport_stats             any thread, after start (thread safe)
+ *   peer_transport_stats,
+ *   peer_transport_call,
+ *   peer_transport_reply             any thread, after start (thread safe)
  *   peer_transport_close             creator, not the transport thread
  *   cfg.notify                       transport thread, or in peer_transport_send
+ *   cfg.on_request, peer_call_cb     transport thread
  *
  * THE RAFT LOOP'S SIDE
  * ====================
@@ -103,6 +106,15 @@ struct peer_config {
      * be NULL (an empty answer). */
     int (*members)(void *arg, struct util_buf *out);
     void *members_arg;
+    /* A request from another member (its peer_transport_call), on the
+     * transport thread: body is valid during the call only. deadline_mono is
+     * when the caller gives up, on this member's monotonic clock (the caller
+     * sends a timeout, not a time: clocks of members differ). Answer it once,
+     * from any thread, with peer_transport_reply(from, id, ...), or not at
+     * all (the caller times out). Must not block. NULL: requests are dropped. */
+    void (*on_request)(void *arg, uint64_t from, uint64_t id, uint8_t method,
+                       uint64_t deadline_mono, const uint8_t *body, size_t len);
+    void *request_arg;
 };
 
 /* Creates a transport. loop NULL: the transport gets its own loop and thread
@@ -153,6 +165,38 @@ int peer_transport_send(peer_transport_t *pt, const struct raft_msg *m);
  * or -EINVAL (not a snapshot message), -ESHUTDOWN, -ENOMEM — fd is then
  * closed and a failed PEER_EV_SNAP_STATUS is queued (except for -ESHUTDOWN). */
 int peer_transport_send_snapshot(peer_transport_t *pt, const struct raft_msg *m, int fd);
+
+/* ---- Requests between members ----------------------------------------------
+ * Besides raft messages a member may ask another one something directly: a
+ * follower forwards lease renewals and TimeToLive to the leader, as etcd does
+ * over its peer HTTP handler. A request travels on the caller's stream to the
+ * peer and the answer on the peer's stream back, each a frame with the
+ * request's id; `method` and `status` are the caller's, opaque here. Requests
+ * are not retried: the caller decides what a timeout means. */
+
+/* The answer to a call, on the transport thread: rc 0 with the peer's status
+ * and body (valid during the call only), or -ETIMEDOUT (no answer in time:
+ * the peer may or may not have acted) or -ESHUTDOWN (the transport closed). */
+typedef void (*peer_call_cb)(void *arg, int rc, uint8_t status, const uint8_t *body, size_t len);
+
+/* Most calls waiting for an answer at once; more are refused with -EAGAIN. */
+#define PEER_MAX_CALLS 4096
+
+/* Sends request `method` with body to member `to` (body copied), to be
+ * answered within timeout_ms. Returns 0: cb runs exactly once, later, on the
+ * transport thread (never inside this call). Or, with cb never called:
+ * -ENOENT (unknown peer), -ENOTCONN (not connected), -EAGAIN (its queue or
+ * the table of waiting calls is full), -EINVAL (too large), -ESHUTDOWN,
+ * -ENOMEM. Any thread, after start. */
+int peer_transport_call(peer_transport_t *pt, uint64_t to, uint8_t method, const void *body,
+                        size_t len, unsigned timeout_ms, peer_call_cb cb, void *arg);
+
+/* Answers request `id` of member `to` (cfg.on_request) with status and body
+ * (copied). Returns 0 (queued; delivery not guaranteed) or the codes of
+ * peer_transport_call; an answer that cannot be queued is dropped, and the
+ * caller times out. Any thread, after start. */
+int peer_transport_reply(peer_transport_t *pt, uint64_t to, uint64_t id, uint8_t status,
+                         const void *body, size_t len);
 
 enum peer_event_type {
     PEER_EV_MSG = 1,         /* a message from a peer: raft_step(&ev->msg) */

@@ -28,7 +28,11 @@ enum peer_frame_type {
     PEER_F_SNAP_CHUNK = 5, /* sha256(data) | data */
     PEER_F_SNAP_END = 6,   /* total bytes u64 | sha256(all data) */
     PEER_F_SNAP_ACK = 7,   /* status u8 | text */
+    PEER_F_REQ = 8,        /* id u64 | method u8 | timeout ms u32 | body */
+    PEER_F_RESP = 9,       /* id u64 | status u8 | body */
 };
+#define PEER_REQ_HDR 13
+#define PEER_RESP_HDR 9
 
 /* PEER_KIND_MEMBERS: a member joining asks for the cluster's members (it
  * knows neither the cluster id nor its own id yet); the answer is a
@@ -141,6 +145,15 @@ struct peer_box {
 
 struct peer_listener;
 
+/* A call waiting for its answer (rpc.c); in pt->calls, oldest first. */
+struct peer_call {
+    struct peer_call *next, *prev;
+    uint64_t id, to;
+    uint64_t deadline; /* monotonic ns */
+    peer_call_cb cb;
+    void *arg;
+};
+
 struct peer_transport {
     uv_loop_t own_loop;
     uv_loop_t *loop;
@@ -172,7 +185,11 @@ struct peer_transport {
      * removed member that missed its removal learns it; a ring. */
     uint64_t removed_ids[64];
     size_t n_removed;
-    bool removed_self; /* a peer refused this member as removed */
+    bool removed_self;                         /* a peer refused this member as removed */
+    struct peer_call *calls_head, *calls_tail; /* calls waiting for an answer */
+    size_t n_calls;
+    uint64_t next_call_id;
+    uv_timer_t calls_timer; /* transport thread: times calls out */
 #ifdef QUOIN_TESTING
     uint64_t corrupt_at; /* UINT64_MAX: none */
 #endif
@@ -210,9 +227,24 @@ int peer_conn_send(struct peer_conn *c, uint8_t type, const void *payload, size_
 void peer_inbox_push(peer_transport_t *pt, struct peer_box *b);
 void peer_report_snapshot(peer_transport_t *pt, uint64_t id, bool failed);
 struct peer_remote *peer_find(peer_transport_t *pt, uint64_t id);
-/* A file-system request started / finished: close waits for them. */
+/* A file-system request (or another handle of the transport) started /
+ * finished: close waits for them. */
 void peer_fs_started(peer_transport_t *pt);
 void peer_fs_done(peer_transport_t *pt);
+
+/* Queues frame f (owned from here on) on member to's stream. report: a
+ * failure also queues PEER_EV_UNREACHABLE for raft. Returns as
+ * peer_transport_send. */
+int peer_queue_frame(peer_transport_t *pt, uint64_t to, struct peer_frame *f, bool report);
+
+/* rpc.c */
+/* The timer that times calls out: init at creation, started with the
+ * transport, closed with its handles (failing what waits with -ESHUTDOWN). */
+void peer_rpc_init(peer_transport_t *pt);
+void peer_rpc_start(peer_transport_t *pt);
+void peer_rpc_close(peer_transport_t *pt);
+/* A REQ or RESP frame on an incoming stream; returns 0, or -1 if it closed c. */
+int peer_rpc_on_frame(struct peer_conn *c, uint8_t type, const uint8_t *p, size_t len);
 
 /* snap.c */
 /* Builds a send (fd owned from here on); returns 0 or -ENOMEM/-EINVAL. */

@@ -28,6 +28,9 @@
 /* raft_conf_change_encode's bytes before the context: type, node id. */
 #define NODE_CC_HEADER 9
 
+/* transfer_to: any voter raft accepts (member ids are never all ones). */
+#define NODE_ANY_VOTER UINT64_MAX
+
 struct node_item {
     uint8_t *data; /* a proposal's bytes, or NULL for a read request */
     uint32_t len;
@@ -68,6 +71,7 @@ struct server_node {
     uint32_t *prop_len;
 
     _Atomic uint64_t leader, term, commit, last_index;
+    atomic_bool is_learner;
     _Atomic uint64_t checkpoint_req; /* index the state machine synced; 0: none */
     uint64_t release_at;             /* WAL segments to release once durable */
     uint64_t id;
@@ -82,7 +86,8 @@ struct server_node {
     /* Files of MsgSnaps stepped in this turn: removed unless installed. */
     char *received[8];
     size_t n_received;
-    _Atomic int hand_over; /* asked to pass leadership on before stopping */
+    /* A leadership transfer asked for: 0 none, NODE_ANY_VOTER, or a member. */
+    _Atomic uint64_t transfer_to;
     _Atomic uint32_t n_voters;
     /* Raft thread: configurations after recent conf changes, oldest first;
      * conf_base is the one before the oldest. */
@@ -175,6 +180,7 @@ void server_node_status(server_node_t *n, struct node_status *st) {
     st->last_index = atomic_load(&n->last_index);
     st->is_leader = st->leader == n->id;
     st->n_voters = atomic_load(&n->n_voters);
+    st->is_learner = atomic_load(&n->is_learner);
 }
 
 static void publish_status(server_node_t *n) {
@@ -184,6 +190,7 @@ static void publish_status(server_node_t *n) {
     atomic_store(&n->term, st.term);
     atomic_store(&n->commit, st.commit);
     atomic_store(&n->last_index, st.last_index);
+    atomic_store(&n->is_learner, st.is_learner);
     struct raft_conf_state cs;
     raft_conf_state(n->raft, &cs);
     atomic_store(&n->n_voters, cs.n_voters);
@@ -504,21 +511,25 @@ static void take_peer_events(server_node_t *n) {
     } while (got == max);
 }
 
-/* Asks raft to hand leadership to another voter: the first that raft accepts
- * (it refuses one that lags). Raft loop. */
-static void hand_over(server_node_t *n) {
+/* Asks raft to hand leadership to `to`, or to any other voter (the first
+ * that raft accepts: it refuses one that lags). Raft loop. */
+static void transfer(server_node_t *n, uint64_t to) {
     struct raft_status st;
     struct raft_conf_state cs;
     raft_status(n->raft, &st);
     if (st.role != RAFT_LEADER)
         return;
+    if (to != NODE_ANY_VOTER) {
+        int rc = raft_transfer_leadership(n->raft, to);
+        if (rc != 0)
+            LOG_WARN(n->lg, "raft refused a leadership transfer", LOG_UINT("to", to),
+                     LOG_STR("error", raft_strerror(rc)));
+        return;
+    }
     raft_conf_state(n->raft, &cs);
     for (size_t i = 0; i < cs.n_voters; i++) {
-        if (cs.voters[i] == n->id)
-            continue;
-        if (raft_transfer_leadership(n->raft, cs.voters[i]) == 0) {
-            LOG_INFO(n->lg, "handing leadership over before stopping",
-                     LOG_UINT("to", cs.voters[i]));
+        if (cs.voters[i] != n->id && raft_transfer_leadership(n->raft, cs.voters[i]) == 0) {
+            LOG_INFO(n->lg, "handing leadership over", LOG_UINT("to", cs.voters[i]));
             return;
         }
     }
@@ -559,8 +570,8 @@ static void propose_conf(server_node_t *n, struct node_item *it) {
         free(it->data);
 }
 
-int server_node_hand_over(server_node_t *n) {
-    atomic_store(&n->hand_over, 1);
+int server_node_transfer_leadership(server_node_t *n, uint64_t to) {
+    atomic_store(&n->transfer_to, to ? to : NODE_ANY_VOTER);
     wake(n);
     return 0;
 }
@@ -568,8 +579,9 @@ int server_node_hand_over(server_node_t *n) {
 static void on_wake(uv_async_t *a) {
     server_node_t *n = a->data;
     take_peer_events(n);
-    if (atomic_exchange(&n->hand_over, 0))
-        hand_over(n);
+    uint64_t to = atomic_exchange(&n->transfer_to, 0);
+    if (to)
+        transfer(n, to);
     uint64_t cp = atomic_exchange(&n->checkpoint_req, 0);
     if (cp)
         checkpoint(n, cp);

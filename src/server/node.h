@@ -124,10 +124,12 @@ int server_node_propose_conf_change(server_node_t *n, const struct raft_conf_cha
  * the WAL segments the snapshot covers. Any thread; returns 0. */
 int server_node_checkpoint(server_node_t *n, uint64_t index);
 
-/* Asks the raft loop to hand leadership to another voter (etcd does so when a
- * leader is stopped); a no-op unless this member leads others. Any thread;
- * returns 0. Watch server_node_status for the leader to change. */
-int server_node_hand_over(server_node_t *n);
+/* Asks the raft loop to hand leadership to member `to` (MoveLeader), or with
+ * to 0 to any other voter raft accepts as caught up (etcd does so when a
+ * leader is stopped); a no-op unless this member leads. Raft abandons a
+ * transfer that does not finish within an election timeout; ask again to
+ * retry. Any thread; returns 0. Watch server_node_status for the leader. */
+int server_node_transfer_leadership(server_node_t *n, uint64_t to);
 
 /* Raft's view, refreshed after every Ready. Any thread. */
 struct node_status {
@@ -138,6 +140,7 @@ struct node_status {
     uint64_t last_index;
     bool is_leader;
     uint32_t n_voters; /* in the configuration this member applied */
+    bool is_learner;   /* this member is a learner in raft's configuration */
 };
 void server_node_status(server_node_t *n, struct node_status *st);
 

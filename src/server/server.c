@@ -98,7 +98,7 @@ static void hand_over_leadership(struct server *s) {
     server_node_status(s->node, &st);
     if (!st.is_leader || st.n_voters < 2)
         return;
-    server_node_hand_over(s->node);
+    server_node_transfer_leadership(s->node, 0);
     uint64_t deadline = util_now_mono_ns() + (uint64_t)s->cfg->election_ms * 1000000u;
     struct timespec nap = {.tv_sec = 0, .tv_nsec = 10000000};
     while (util_now_mono_ns() < deadline) {
@@ -186,15 +186,7 @@ static void on_committed(void *arg, const struct raft_entry *ents, size_t n) {
 }
 
 static void role_changed(void *arg, bool leader) {
-    struct server *s = arg;
-    if (!leader) {
-        lease_demote(s->leases);
-        return;
-    }
-    int rc = lease_promote(s->leases, util_now_mono_ns(), util_now_wall_ns());
-    if (rc != 0)
-        LOG_ERROR(s->lg, "cannot take over lease expiry as leader",
-                  LOG_STR("error", lease_strerror(rc)));
+    v3_lease_role_changed(arg, leader);
 }
 
 static void lease_batch_begin_hook(void *arg, mvcc_batch_t *b) {
@@ -232,6 +224,8 @@ static void batch_end_hook(void *arg, bool committed, uint64_t index) {
     struct server *s = arg;
     lease_batch_end(s->lease_batch, committed, util_now_mono_ns());
     s->lease_batch = NULL;
+    if (committed)
+        v3_lease_maybe_promote(s);
     if (committed)
         v3_watch_publish(s);
     s->n_batch_applied = 0;
@@ -331,7 +325,9 @@ static int start_core(struct server *s, struct util_err *err) {
                                .member_id = s->member_id,
                                .snap_dir = snap_dir,
                                .members = v3_cluster_members_answer,
-                               .members_arg = s};
+                               .members_arg = s,
+                               .on_request = v3_lease_on_request,
+                               .request_arg = s};
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));
     struct node_config ncfg = {.id = s->member_id,
                                .conf = &cs,
@@ -383,6 +379,7 @@ int server_run(const struct config *cfg, log_t *lg, struct util_err *err) {
      * meet entries of its previous life still in the log. */
     atomic_store(&s->next_id, util_now_wall_ns());
     pthread_mutex_init(&s->post_mu, NULL);
+    pthread_mutex_init(&s->role_mu, NULL);
     int rc = server_datadir_open(cfg->data_dir, lg, &s->dd, err);
     if (rc == 0 && (rc = uv_loop_init(&s->loop)) != 0)
         util_errorf(err, rc, "cannot create the event loop: %s", uv_strerror(rc));
@@ -419,6 +416,7 @@ out:
     members_free(&s->raft_members);
     server_datadir_close(s->dd);
     pthread_mutex_destroy(&s->post_mu);
+    pthread_mutex_destroy(&s->role_mu);
     free(s);
     if (rc == 0)
         LOG_INFO(lg, "stopped serving", LOG_STR("name", cfg->name));

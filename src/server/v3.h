@@ -62,7 +62,10 @@ struct server {
     atomic_bool nospace_active;   /* NOSPACE is raised (as applied) */
     lease_t *leases;
     lease_batch_t *lease_batch; /* apply thread: the batch being applied */
-    uv_timer_t tick_timer;      /* leases every tick, watch progress less often */
+    /* Leadership won, leases not yet taken over (v3_lease_role_changed). */
+    pthread_mutex_t role_mu;
+    bool promote_pending;  /* under role_mu */
+    uv_timer_t tick_timer; /* leases every tick, watch progress less often */
     /* Auto-compaction (io loop): revisions sampled on the tick, newest last. */
     struct {
         uint64_t at_ns;
@@ -131,7 +134,11 @@ enum v3_entry_kind {
 #define V3_ETOOLARGE (-30005)
 #define V3_ELEASENOTFOUND (-30006)
 #define V3_ESORT (-30007)
-#define V3_ETOOMANYRANGES (-30008) /* answered as "etcdserver: too many requests" */
+#define V3_ETOOMANYRANGES (-30008)   /* answered as "etcdserver: too many requests" */
+#define V3_ETIMEOUT (-30009)         /* "etcdserver: request timed out" */
+#define V3_ENOTLEADER (-30010)       /* "etcdserver: not leader" */
+#define V3_EBADTRANSFEREE (-30011)   /* "etcdserver: bad leader transferee" */
+#define V3_ETRANSFERTIMEOUT (-30012) /* "...request timed out, leader transfer took too long" */
 
 /* Ranges whose answer passes V3_BIG_RANGE_BYTES hold one of V3_MAX_BIG_RANGES
  * slots until the answer has left (v3_call_over). */
@@ -202,6 +209,34 @@ int v3_lease_apply(struct server *s, enum v3_entry_kind kind, uint64_t id, const
 
 int v3_lease_register(struct server *s, struct util_err *err);
 
+/* Proposes one LeaseCheckpoint entry of n checkpoints. With fn, a waiter
+ * fn(ctx, struct v3_applied * or NULL) is registered under *wait_id first and
+ * owns the outcome from then on (a refused proposal fires it with NULL).
+ * Returns 0, or -ENOMEM / a proposal error (fn not registered). Any thread. */
+int v3_lease_propose_checkpoints(struct server *s, const struct lease_checkpoint *cps, size_t n,
+                                 wait_fn fn, void *ctx, uint64_t *wait_id);
+
+/* Lease renewals and TimeToLive on any member (v3_lease_fwd.c): run on the
+ * leader's lease layer, forwarded there from other members over the peer
+ * transport, retried across leader changes up to etcd's request timeout. */
+enum v3_lease_op { V3_LEASE_RENEW = 1, V3_LEASE_TTL = 2 };
+
+/* done(ctx, code, body, len), once, on the io loop: code 0 with the leader's
+ * answer without header (a packed LeaseKeepAliveResponse or
+ * LeaseTimeToLiveResponse), LEASE_ENOTFOUND, or the request's error
+ * (RAFT_ENOLEADER, V3_ETIMEOUT, -ESHUTDOWN, -ENOMEM). */
+typedef void (*v3_lease_done_fn)(void *ctx, int code, const uint8_t *body, size_t len);
+
+/* req: the packed LeaseKeepAliveRequest or LeaseTimeToLiveRequest (copied).
+ * io loop. */
+void v3_lease_call(struct server *s, enum v3_lease_op op, const uint8_t *req, size_t len,
+                   v3_lease_done_fn done, void *ctx);
+
+/* The peer transport's on_request: another member forwards a renewal or a
+ * TimeToLive to this one (transport thread; served on the io loop). */
+void v3_lease_on_request(void *arg, uint64_t from, uint64_t id, uint8_t method,
+                         uint64_t deadline_mono, const uint8_t *body, size_t len);
+
 /* Compaction: an applied compaction's history is removed in short LMDB
  * transactions on a libuv worker (v3_compaction_new on the apply thread, then
  * v3_compaction_start, any thread); a client that asked for `physical` is
@@ -231,9 +266,26 @@ int v3_alarm_apply(struct server *s, mvcc_batch_t *b, uint64_t id, const uint8_t
                    struct apply_done *done);
 void v3_alarm_raise_nospace(struct server *s);
 
-/* The leader's lease timer (every 500 ms): proposes revokes of expired
- * leases and due checkpoints. io loop. */
+/* The stored alarms matching member and type (0 / NONE: any), from the
+ * latest committed batch, into a malloc'ed array (*out, free() it; NULL when
+ * *n is 0). Returns 0, -ENOMEM or a store error. Any thread. */
+int v3_alarm_list(struct server *s, uint64_t member, uint32_t type, Etcdserverpb__AlarmMember **out,
+                  size_t *n);
+
+/* The leader's lease timer (every 500 ms): takes leases over if due (below),
+ * proposes revokes of expired leases and due checkpoints. io loop. */
 void v3_lease_tick(struct server *s);
+
+/* Leadership changed (node_callbacks.role_changed, raft thread). Losing it
+ * demotes the lease layer at once; winning it only marks the takeover due:
+ * v3_lease_maybe_promote promotes once this member has applied an entry of
+ * its own term, as etcd promotes its lessor on applying the new leader's
+ * first (empty) entry — before that, the previous leader's last checkpoints
+ * may not be applied here, and their deadlines would be missed. */
+void v3_lease_role_changed(struct server *s, bool leader);
+
+/* Promotes if due (apply thread after a batch, or the io loop's tick). */
+void v3_lease_maybe_promote(struct server *s);
 
 /* Records an applied entry of the current batch, for v3_watch_publish.
  * Apply thread. Returns 0 or -ENOMEM (which breaks the batch). */
@@ -280,6 +332,10 @@ int v3_register(struct server *s, const struct api_grpc_method *m, size_t n, str
 /* Registers the KV, Maintenance and Cluster services. */
 int v3_kv_register(struct server *s, struct util_err *err);
 int v3_maintenance_register(struct server *s, struct util_err *err);
+
+/* Maintenance.MoveLeader's handler (v3_move_leader.c). io loop. */
+void v3_move_leader(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
+                    void *arg);
 
 /* The apply thread's entry function (apply_entry_fn). */
 int v3_apply_entry(void *arg, mvcc_batch_t *b, const struct raft_entry *e, struct apply_done *done);

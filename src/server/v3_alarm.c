@@ -138,14 +138,14 @@ static void answer_changed(struct server *s, api_call_t *call, struct v3_applied
     answer_alarms(call, &m, a->alarm_changed ? 1 : 0);
 }
 
-/* Lists the stored alarms matching member and type (0 / NONE: any). */
-static void answer_list(struct server *s, api_call_t *call, uint64_t member, uint32_t type) {
+int v3_alarm_list(struct server *s, uint64_t member, uint32_t type, Etcdserverpb__AlarmMember **out,
+                  size_t *n_out) {
+    *out = NULL;
+    *n_out = 0;
     mvcc_read_t *rd;
     int rc = mvcc_read_begin(s->db, &rd);
-    if (rc != 0) {
-        v3_fail(call, rc);
-        return;
-    }
+    if (rc != 0)
+        return rc;
     Etcdserverpb__AlarmMember *list = NULL;
     size_t n = 0;
     MDB_cursor *cur;
@@ -161,8 +161,10 @@ static void answer_list(struct server *s, api_call_t *call, uint64_t member, uin
             if ((member && m != member) || (type && t != type))
                 continue;
             Etcdserverpb__AlarmMember *grown = realloc(list, (n + 1) * sizeof(*list));
-            if (!grown)
+            if (!grown) {
+                rc = -ENOMEM;
                 break;
+            }
             list = grown;
             etcdserverpb__alarm_member__init(&list[n]);
             list[n].memberid = m;
@@ -172,6 +174,24 @@ static void answer_list(struct server *s, api_call_t *call, uint64_t member, uin
         mdb_cursor_close(cur);
     }
     mvcc_read_end(rd);
+    if (rc != 0) {
+        free(list);
+        return rc;
+    }
+    *out = list;
+    *n_out = n;
+    return 0;
+}
+
+/* Lists the stored alarms matching member and type (0 / NONE: any). */
+static void answer_list(struct server *s, api_call_t *call, uint64_t member, uint32_t type) {
+    Etcdserverpb__AlarmMember *list;
+    size_t n;
+    int rc = v3_alarm_list(s, member, type, &list, &n);
+    if (rc != 0) {
+        v3_fail(call, rc);
+        return;
+    }
     answer_alarms(call, list, n);
     free(list);
 }

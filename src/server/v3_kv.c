@@ -72,6 +72,18 @@ void v3_fail(api_call_t *call, int code) {
     case -ESHUTDOWN:
         g = API_GRPC_UNAVAILABLE, msg = "etcdserver: server stopped";
         break;
+    case V3_ETIMEOUT:
+        g = API_GRPC_UNAVAILABLE, msg = "etcdserver: request timed out";
+        break;
+    case V3_ENOTLEADER:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: not leader";
+        break;
+    case V3_EBADTRANSFEREE:
+        g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: bad leader transferee";
+        break;
+    case V3_ETRANSFERTIMEOUT:
+        g = API_GRPC_UNKNOWN, msg = "etcdserver: request timed out, leader transfer took too long";
+        break;
     case -ECANCELED:
         g = API_GRPC_CANCELLED, msg = "context canceled";
         break;

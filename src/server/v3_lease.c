@@ -1,7 +1,8 @@
 /* v3_lease: etcd's Lease service — Grant, Revoke, KeepAlive, TimeToLive,
  * Leases — over src/lease, and the leader's timer that revokes expired leases
  * and proposes checkpoints. Grants, revokes and checkpoints go through raft;
- * renewals and TimeToLive are the leader's own (docs/lease.md). */
+ * renewals and TimeToLive are the leader's own, forwarded to it from other
+ * members (v3_lease_fwd.c; docs/lease.md). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,61 +127,10 @@ static void on_revoke(api_call_t *call, ProtobufCMessage *msg, const uint8_t *da
     v3_propose(arg, call, V3_ENTRY_LEASE_REVOKE, data, len, answer_revoke);
 }
 
-/* ---- KeepAlive ---------------------------------------------------------------
- * One stream renews any number of leases. A renewal that needs a checkpoint
- * first is answered once the checkpoint is applied, so the stream stays open
- * until every such answer is out (pending). */
+/* ---- checkpoints ------------------------------------------------------------- */
 
-struct keepalive {
-    struct server *s;
-    api_call_t *call;
-    pthread_mutex_t mu;
-    int pending;  /* checkpoints proposed and not yet answered */
-    bool closing; /* the client half-closed or went away */
-};
-
-static void keepalive_release(struct keepalive *k) {
-    pthread_mutex_lock(&k->mu);
-    bool done = k->closing && k->pending == 0;
-    pthread_mutex_unlock(&k->mu);
-    if (done) {
-        api_call_finish(k->call, API_GRPC_OK, NULL);
-        pthread_mutex_destroy(&k->mu);
-        free(k);
-    }
-}
-
-static void keepalive_send(struct keepalive *k, int64_t id, int64_t ttl) {
-    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    v3_header_msg(k->s, 0, &h);
-    Etcdserverpb__LeaseKeepAliveResponse r = ETCDSERVERPB__LEASE_KEEP_ALIVE_RESPONSE__INIT;
-    r.header = &h;
-    r.id = id;
-    r.ttl = ttl;
-    api_call_send(k->call, &r.base);
-}
-
-struct keepalive_wait {
-    struct keepalive *k;
-    int64_t id, ttl;
-};
-
-/* The renewal's checkpoint was applied (or failed): answer it. */
-static void keepalive_checkpointed(void *ctx, void *result) {
-    struct keepalive_wait *w = ctx;
-    struct v3_applied *a = result;
-    keepalive_send(w->k, w->id, a && a->code == 0 ? w->ttl : 0);
-    v3_applied_free(a);
-    pthread_mutex_lock(&w->k->mu);
-    w->k->pending--;
-    pthread_mutex_unlock(&w->k->mu);
-    keepalive_release(w->k);
-    free(w);
-}
-
-/* Proposes one checkpoint entry (no waiter when wait is NULL). */
-static int propose_checkpoints(struct server *s, const struct lease_checkpoint *cps, size_t n,
-                               struct keepalive_wait *wait) {
+int v3_lease_propose_checkpoints(struct server *s, const struct lease_checkpoint *cps, size_t n,
+                                 wait_fn fn, void *ctx, uint64_t *wait_id) {
     uint8_t *e = malloc(V3_ENTRY_HEADER + 24 * n);
     if (!e)
         return -ENOMEM;
@@ -193,16 +143,86 @@ static int propose_checkpoints(struct server *s, const struct lease_checkpoint *
         put_be64(e + V3_ENTRY_HEADER + 24 * i + 8, (uint64_t)cps[i].remaining_ttl);
         put_be64(e + V3_ENTRY_HEADER + 24 * i + 16, cps[i].deadline_wall_ns);
     }
-    int rc = wait ? server_wait_register(s->writes, id, keepalive_checkpointed, wait) : 0;
+    int rc = fn ? server_wait_register(s->writes, id, fn, ctx) : 0;
     if (rc == 0) {
+        if (wait_id)
+            *wait_id = id;
         rc = server_node_propose(s->node, e, V3_ENTRY_HEADER + 24 * n);
-        if (rc != 0 && wait)
-            server_wait_cancel(s->writes, id); /* answers TTL 0 */
-        if (wait)
-            rc = 0; /* the waiter owns the answer from here */
+        if (rc != 0 && fn)
+            server_wait_cancel(s->writes, id); /* the waiter learns it failed */
+        if (fn)
+            rc = 0; /* the waiter owns the outcome from here */
     }
     free(e);
     return rc;
+}
+
+/* ---- KeepAlive ---------------------------------------------------------------
+ * One stream renews any number of leases, each through v3_lease_call (here on
+ * the leader, else at the leader). Answers may come late (a renewal that
+ * needs a checkpoint first), so the stream stays open until every renewal it
+ * started has been answered (pending). Everything here runs on the io loop. */
+
+struct keepalive {
+    struct server *s;
+    api_call_t *call;
+    int pending;   /* renewals started and not yet answered */
+    bool closing;  /* the client half-closed or went away */
+    bool finished; /* the stream was ended with an error */
+};
+
+/* Frees k once nothing refers to it, ending the stream if nothing ended it. */
+static void keepalive_release(struct keepalive *k) {
+    if (k->pending > 0 || (!k->closing && !k->finished))
+        return;
+    if (!k->finished)
+        api_call_finish(k->call, API_GRPC_OK, NULL);
+    free(k);
+}
+
+/* A renewal's answer. As etcd: a lease that is not found answers TTL 0; no
+ * leader or a timeout ends the stream with that error. */
+static void keepalive_answer(struct keepalive *k, int64_t id, int code, const uint8_t *body,
+                             size_t len) {
+    int64_t ttl = 0;
+    if (code == 0) {
+        Etcdserverpb__LeaseKeepAliveResponse *a =
+            etcdserverpb__lease_keep_alive_response__unpack(NULL, len, body);
+        if (a)
+            ttl = a->ttl;
+        else
+            code = -ENOMEM;
+        if (a)
+            etcdserverpb__lease_keep_alive_response__free_unpacked(a, NULL);
+    }
+    if (!k->finished && (code == 0 || code == LEASE_ENOTFOUND)) {
+        Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+        v3_header_msg(k->s, 0, &h);
+        Etcdserverpb__LeaseKeepAliveResponse r = ETCDSERVERPB__LEASE_KEEP_ALIVE_RESPONSE__INIT;
+        r.header = &h;
+        r.id = id;
+        r.ttl = ttl;
+        api_call_send(k->call, &r.base);
+    } else if (!k->finished) {
+        /* The call's data is cleared first: callbacks still on their way (a
+         * half-close) then find nothing, and k lives until pending is 0. */
+        k->finished = true;
+        api_call_set_data(k->call, NULL);
+        v3_fail(k->call, code);
+    }
+    k->pending--;
+    keepalive_release(k);
+}
+
+struct keepalive_wait {
+    struct keepalive *k;
+    int64_t id;
+};
+
+static void keepalive_done(void *ctx, int code, const uint8_t *body, size_t len) {
+    struct keepalive_wait w = *(struct keepalive_wait *)ctx;
+    free(ctx);
+    keepalive_answer(w.k, w.id, code, body, len);
 }
 
 static void on_keepalive_open(api_call_t *call, void *arg) {
@@ -213,43 +233,25 @@ static void on_keepalive_open(api_call_t *call, void *arg) {
     }
     k->s = arg;
     k->call = call;
-    pthread_mutex_init(&k->mu, NULL);
     api_call_set_data(call, k);
 }
 
 static void on_keepalive(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
                          void *arg) {
-    (void)data;
-    (void)len;
     (void)arg;
     struct keepalive *k = api_call_data(call);
     int64_t id = ((Etcdserverpb__LeaseKeepAliveRequest *)msg)->id;
     protobuf_c_message_free_unpacked(msg, NULL);
     if (!k)
         return;
-    int64_t ttl = 0;
-    struct lease_checkpoint cp;
-    bool propose = false;
-    int rc =
-        lease_renew(k->s->leases, id, util_now_mono_ns(), util_now_wall_ns(), &ttl, &cp, &propose);
-    if (rc == 0 && propose) {
-        struct keepalive_wait *w = malloc(sizeof(*w));
-        if (w) {
-            *w = (struct keepalive_wait){.k = k, .id = id, .ttl = ttl};
-            pthread_mutex_lock(&k->mu);
-            k->pending++;
-            pthread_mutex_unlock(&k->mu);
-            if (propose_checkpoints(k->s, &cp, 1, w) == 0)
-                return;
-            pthread_mutex_lock(&k->mu);
-            k->pending--;
-            pthread_mutex_unlock(&k->mu);
-            free(w);
-        }
-        rc = -ENOMEM;
+    k->pending++;
+    struct keepalive_wait *w = malloc(sizeof(*w));
+    if (!w) {
+        keepalive_answer(k, id, -ENOMEM, NULL, 0);
+        return;
     }
-    /* As etcd: a lease that is not found (or not renewable) answers TTL 0. */
-    keepalive_send(k, id, rc == 0 ? ttl : 0);
+    *w = (struct keepalive_wait){.k = k, .id = id};
+    v3_lease_call(k->s, V3_LEASE_RENEW, data, len, keepalive_done, w);
 }
 
 static void on_keepalive_end(api_call_t *call, void *arg) {
@@ -258,50 +260,57 @@ static void on_keepalive_end(api_call_t *call, void *arg) {
     if (!k)
         return;
     api_call_set_data(call, NULL);
-    pthread_mutex_lock(&k->mu);
     k->closing = true;
-    pthread_mutex_unlock(&k->mu);
     keepalive_release(k);
 }
 
 /* ---- TimeToLive, Leases -------------------------------------------------------- */
 
+struct ttl_wait {
+    struct server *s;
+    api_call_t *call;
+    int64_t id;
+};
+
+/* The leader's answer, sent with this member's header. As etcd: a lease that
+ * is gone answers TTL -1 without an error. */
+static void time_to_live_done(void *ctx, int code, const uint8_t *body, size_t len) {
+    struct ttl_wait *w = ctx;
+    Etcdserverpb__LeaseTimeToLiveResponse gone = ETCDSERVERPB__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
+    Etcdserverpb__LeaseTimeToLiveResponse *r = NULL;
+    if (code == 0 && !(r = etcdserverpb__lease_time_to_live_response__unpack(NULL, len, body)))
+        code = -ENOMEM;
+    if (code == LEASE_ENOTFOUND) {
+        gone.id = w->id;
+        gone.ttl = -1;
+        code = 0;
+    }
+    if (code == 0) {
+        Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+        v3_header_msg(w->s, 0, &h);
+        Etcdserverpb__LeaseTimeToLiveResponse *out = r ? r : &gone;
+        out->header = &h;
+        api_call_reply(w->call, &out->base);
+        out->header = NULL;
+    } else {
+        v3_fail(w->call, code);
+    }
+    if (r)
+        etcdserverpb__lease_time_to_live_response__free_unpacked(r, NULL);
+    free(w);
+}
+
 static void on_time_to_live(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data,
                             size_t len, void *arg) {
-    (void)data;
-    (void)len;
-    struct server *s = arg;
-    Etcdserverpb__LeaseTimeToLiveRequest *q = (Etcdserverpb__LeaseTimeToLiveRequest *)msg;
-    struct lease_ttl t;
-    int rc = lease_time_to_live(s->leases, q->id, q->keys, util_now_mono_ns(), &t);
-    Etcdserverpb__LeaseTimeToLiveResponse r = ETCDSERVERPB__LEASE_TIME_TO_LIVE_RESPONSE__INIT;
-    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    v3_header_msg(s, 0, &h);
-    r.header = &h;
-    r.id = q->id;
-    ProtobufCBinaryData *keys = NULL;
-    if (rc == LEASE_ENOTFOUND || rc == LEASE_EEXPIRED) {
-        r.ttl = -1; /* etcd's answer for a lease that is gone */
-        rc = 0;
-    } else if (rc == 0) {
-        r.ttl = t.ttl;
-        r.grantedttl = t.granted_ttl;
-        keys = calloc(t.n_keys ? t.n_keys : 1, sizeof(*keys));
-        if (!keys)
-            rc = -ENOMEM;
-        for (size_t i = 0; keys && i < t.n_keys; i++)
-            keys[i] = (ProtobufCBinaryData){.len = t.keys[i].len, .data = (uint8_t *)t.keys[i].key};
-        r.n_keys = keys ? t.n_keys : 0;
-        r.keys = keys;
-    }
+    struct ttl_wait *w = malloc(sizeof(*w));
+    int64_t id = ((Etcdserverpb__LeaseTimeToLiveRequest *)msg)->id;
     protobuf_c_message_free_unpacked(msg, NULL);
-    if (rc == 0)
-        api_call_reply(call, &r.base);
-    else
-        v3_fail(call, rc);
-    free(keys);
-    if (rc == 0 && r.ttl != -1)
-        lease_ttl_free(&t);
+    if (!w) {
+        v3_fail(call, -ENOMEM);
+        return;
+    }
+    *w = (struct ttl_wait){.s = arg, .call = call, .id = id};
+    v3_lease_call(arg, V3_LEASE_TTL, data, len, time_to_live_done, w);
 }
 
 static void on_leases(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
@@ -340,7 +349,37 @@ static void on_leases(api_call_t *call, ProtobufCMessage *msg, const uint8_t *da
 
 /* ---- the leader's timer ------------------------------------------------------- */
 
+void v3_lease_role_changed(struct server *s, bool leader) {
+    pthread_mutex_lock(&s->role_mu);
+    s->promote_pending = leader;
+    if (!leader)
+        lease_demote(s->leases);
+    pthread_mutex_unlock(&s->role_mu);
+}
+
+/* The mutex orders a promotion after the last role change: a demotion while
+ * a promotion reads the leases waits for it, then undoes it. */
+void v3_lease_maybe_promote(struct server *s) {
+    pthread_mutex_lock(&s->role_mu);
+    if (s->promote_pending) {
+        uint64_t applied, applied_term;
+        int64_t rev, compact;
+        struct node_status st;
+        mvcc_state(s->db, &applied, &applied_term, &rev, &compact);
+        server_node_status(s->node, &st);
+        if (st.is_leader && applied_term == st.term) {
+            int rc = lease_promote(s->leases, util_now_mono_ns(), util_now_wall_ns());
+            s->promote_pending = rc != 0; /* tried again on the next tick */
+            if (rc != 0)
+                LOG_ERROR(s->lg, "cannot take over lease expiry as leader",
+                          LOG_STR("error", lease_strerror(rc)));
+        }
+    }
+    pthread_mutex_unlock(&s->role_mu);
+}
+
 void v3_lease_tick(struct server *s) {
+    v3_lease_maybe_promote(s);
     if (!lease_is_primary(s->leases))
         return;
     int64_t ids[LEASE_REVOKE_BATCH];
@@ -362,7 +401,7 @@ void v3_lease_tick(struct server *s) {
     n = lease_due_checkpoints(s->leases, util_now_mono_ns(), util_now_wall_ns(), cps,
                               LEASE_CHECKPOINT_BATCH);
     if (n)
-        propose_checkpoints(s, cps, n, NULL);
+        v3_lease_propose_checkpoints(s, cps, n, NULL, NULL, NULL);
     free(cps);
 }
 

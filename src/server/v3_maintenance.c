@@ -1,5 +1,5 @@
 /* v3_maintenance: etcd's Maintenance service: Status, Hash, HashKV,
- * Defragment, Snapshot, and GET /health. */
+ * Defragment, Snapshot, MoveLeader (v3_move_leader.c), and GET /health. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -11,12 +11,29 @@
 #include "api/proto/rpc.pb-c.h"
 #include "server/v3.h"
 
+/* etcd's Status of this member: raft's view (leader, commit index, term,
+ * applied index, learner), the database sizes, and as errors "etcdserver: no
+ * leader" when none is known and each raised alarm as etcd prints one. */
 static void on_status(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
                       void *arg) {
     (void)data;
     (void)len;
     struct server *s = arg;
     protobuf_c_message_free_unpacked(msg, NULL);
+    Etcdserverpb__AlarmMember *alarms = NULL;
+    size_t n_alarms = 0;
+    int rc = v3_alarm_list(s, 0, 0, &alarms, &n_alarms);
+    char **errors = calloc(n_alarms + 1, sizeof(*errors));
+    char *text = malloc((n_alarms + 1) * 64);
+    if (rc == 0 && (!errors || !text))
+        rc = -ENOMEM;
+    if (rc != 0) {
+        free(alarms);
+        free(errors);
+        free(text);
+        v3_fail(call, rc);
+        return;
+    }
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
     v3_header_msg(s, 0, &h);
     struct node_status st;
@@ -32,7 +49,23 @@ static void on_status(api_call_t *call, ProtobufCMessage *msg, const uint8_t *da
     r.raftterm = st.term;
     r.raftappliedindex = server_apply_applied(s->apply);
     r.dbsizeinuse = (int64_t)in_use;
+    r.islearner = st.is_learner;
+    if (!st.leader)
+        errors[r.n_errors++] = "etcdserver: no leader";
+    for (size_t i = 0; i < n_alarms; i++) {
+        /* Go's compact text form of an AlarmMember, trailing space included. */
+        const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+            &etcdserverpb__alarm_type__descriptor, (int)alarms[i].alarm);
+        char *t = text + 64 * i;
+        snprintf(t, 64, "memberID:%llu alarm:%s ", (unsigned long long)alarms[i].memberid,
+                 v ? v->name : "NONE");
+        errors[r.n_errors++] = t;
+    }
+    r.errors = errors;
     api_call_reply(call, &r.base);
+    free(alarms);
+    free(errors);
+    free(text);
 }
 
 static void on_hash_kv(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
@@ -291,6 +324,11 @@ int v3_maintenance_register(struct server *s, struct util_err *err) {
          .on_open = on_snapshot_open,
          .on_message = on_snapshot,
          .on_writable = on_snapshot_writable,
+         .arg = s},
+        {.path = "/etcdserverpb.Maintenance/MoveLeader",
+         .request = &etcdserverpb__move_leader_request__descriptor,
+         .response = &etcdserverpb__move_leader_response__descriptor,
+         .on_message = v3_move_leader,
          .arg = s},
     };
     return v3_register(s, methods, sizeof(methods) / sizeof(methods[0]), err);

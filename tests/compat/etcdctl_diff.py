@@ -13,6 +13,7 @@ runs the script against a running server and against a real etcd it starts,
 and prints a unified diff (exit 1 when they differ)."""
 import argparse
 import difflib
+import json
 import os
 import re
 import shutil
@@ -48,6 +49,48 @@ def start_etcd(tmpdir, extra=(), name="ref"):
     return proc, endpoint
 
 
+def start_etcd_cluster(tmpdir, n=3):
+    """Starts n real etcd members named m0..m(n-1) on free loopback ports;
+    returns (processes, client endpoints in name order)."""
+    peers = [free_port() for _ in range(n)]
+    cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(peers))
+    procs, endpoints = [], []
+    for i in range(n):
+        port = free_port()
+        data = os.path.join(tmpdir, "etcd-m%d" % i)
+        args = [ETCD, "--name", "m%d" % i, "--data-dir", data,
+                "--listen-client-urls", "http://127.0.0.1:%d" % port,
+                "--advertise-client-urls", "http://127.0.0.1:%d" % port,
+                "--listen-peer-urls", "http://127.0.0.1:%d" % peers[i],
+                "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peers[i],
+                "--initial-cluster", cluster,
+                "--logger", "zap", "--log-outputs", "stderr"]
+        log = open(os.path.join(tmpdir, "etcd-m%d.log" % i), "wb")
+        procs.append(subprocess.Popen(args, stdout=log, stderr=log, env=clean_env()))
+        endpoints.append("127.0.0.1:%d" % port)
+    for proc, endpoint in zip(procs, endpoints):
+        wait_healthy(proc, endpoint)
+    return procs, endpoints
+
+
+def lead_with_first(endpoints, timeout=20):
+    """Makes the first endpoint's member the leader (etcdctl move-leader),
+    so that runs against two clusters see the same roles; returns the
+    members as (name, id) in name order."""
+    listed = json.loads(etcdctl(",".join(endpoints), ["member", "list", "-w", "json"]).stdout)
+    members = sorted((m["name"], m["ID"]) for m in listed["members"])
+    first = json.loads(etcdctl(endpoints[0], ["endpoint", "status", "-w", "json"]).stdout)
+    first_id = first[0]["Status"]["header"]["member_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = json.loads(etcdctl(endpoints[0], ["endpoint", "status", "-w", "json"]).stdout)
+        if st[0]["Status"].get("leader") == first_id:
+            return members
+        etcdctl(",".join(endpoints), ["move-leader", "%x" % first_id])
+        time.sleep(0.2)
+    raise RuntimeError("%s did not become leader" % endpoints[0])
+
+
 def wait_healthy(proc, endpoint, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -81,10 +124,16 @@ class Normaliser:
     """Renames what differs between servers and runs, consistently within one
     run: the first member id seen becomes <member-1>, and so on."""
 
-    def __init__(self, endpoint, workdir):
+    def __init__(self, endpoint, workdir, members=None):
         self.endpoint = endpoint
         self.workdir = workdir
         self.names = {}
+        # A cluster: ids are random (derived from random ports), so members
+        # are named in name order up front, and what depends on them (their
+        # order in lists, the election's term) is made order-free.
+        self.cluster = members is not None
+        for _, member_id in members or ():
+            self._name("id", int(member_id))
 
     def _name(self, kind, value):
         key = (kind, value)
@@ -93,7 +142,22 @@ class Normaliser:
             self.names[key] = "<%s-%d>" % (kind, count)
         return self.names[key]
 
+    def members_json(self, s):
+        """Member lists come in id order, which differs between clusters."""
+        try:
+            doc = json.loads(s)
+        except ValueError:
+            return s
+        if isinstance(doc, dict) and "members" in doc:
+            doc["members"].sort(key=lambda m: m.get("name", ""))
+            return json.dumps(doc, separators=(",", ":")) + "\n"
+        return s
+
     def text(self, s):
+        if self.cluster:
+            s = self.members_json(s)
+            # The election's term depends on split votes.
+            s = re.sub(r'"(raft_term|raftTerm|RaftTerm)"\s*:\s*\d+', r'"\1":<term>', s)
         s = s.replace(self.endpoint, "<endpoint>").replace(self.workdir, "<dir>")
         s = re.sub(r"took = [0-9.]+[µmn]?s", "took = <t>", s)
         s = re.sub(r"http://127\.0\.0\.1:\d+", "<peer-url>", s)
@@ -112,6 +176,8 @@ class Normaliser:
         s = re.sub(r"\b\d+(\.\d+)? [kMG]?B\b", "<size>", s)
         # endpoint status tables: ..., is leader, is learner, term, raft index, applied index
         s = re.sub(r"(, (?:true|false), (?:true|false), \d+, )\d+, \d+,", r"\1<n>, <n>,", s)
+        if self.cluster:
+            s = re.sub(r"(, (?:true|false), (?:true|false), )\d+(, <n>, <n>,)", r"\1<term>\2", s)
         return s
 
     def stderr(self, s):
@@ -119,11 +185,12 @@ class Normaliser:
         return self.text("\n".join(keep))
 
 
-def run_script(endpoint, steps, workdir):
+def run_script(endpoint, steps, workdir, members=None):
     """Runs the steps against one server; returns the normalised transcript as
     a list of lines. "{lease}" in a step's arguments stands for the id of the
-    lease the last `lease grant` granted."""
-    norm = Normaliser(endpoint, workdir)
+    lease the last `lease grant` granted. members: the cluster's (name, id)
+    pairs when endpoint is one member of several (see Normaliser)."""
+    norm = Normaliser(endpoint, workdir, members)
     out = []
     lease = "0"
     for step in steps:
@@ -136,7 +203,10 @@ def run_script(endpoint, steps, workdir):
             if granted:
                 lease = granted.group(1)
             out.append("$ etcdctl %s -> %d" % (" ".join(step[1]), r.returncode))
-            out.extend(norm.text(r.stdout).splitlines())
+            lines = norm.text(r.stdout).splitlines()
+            if norm.cluster and step[1][:2] == ["member", "list"]:
+                lines.sort()
+            out.extend(lines)
             out.extend("! " + l for l in norm.stderr(r.stderr).splitlines())
         elif kind == "watch":
             args, actions = step[1], step[2]

@@ -3,7 +3,7 @@
 # transport thread share the queues and the inbox.
 TSAN_PEER_SRCS := $(wildcard src/peer/*.c) $(wildcard src/raft/*.c) src/util/util.c src/util/net.c \
                   src/log/log.c tests/peer/helpers.c
-TSAN_PEER_TESTS := test_peer test_peer_snap test_peer_raft
+TSAN_PEER_TESTS := test_peer test_peer_snap test_peer_raft test_peer_rpc
 .PHONY: tsan-peer
 tsan-peer:
 	@$(MAKE) --no-print-directory MODE=san build-san/gen/peer/proto/raft.pb-c.c

@@ -1,15 +1,19 @@
-"""Three real quoin members on loopback: writes on any member, linearizable
+"""Three and five real quoin members on loopback: writes on any member, linearizable
 reads on any member, the leader killed with SIGKILL under writes (a new leader,
 no acknowledged write lost), the killed member restarted and caught up, equal
 HashKV everywhere. Membership changes and snapshots are not served yet."""
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 
 import etcd3
+import grpc
+import pytest
 
 from qtest import Server, clean_env, free_port
 
@@ -21,12 +25,12 @@ def ctl(endpoints, *args):
                           + list(args), capture_output=True, text=True, env=env, timeout=30)
 
 
-def make_cluster(tmp_path, n=3):
+def make_cluster(tmp_path, n=3, extra=()):
     peers = [free_port() for _ in range(n)]
     cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(peers))
     members = []
     for i in range(n):
-        s = Server(tmp_path, name="m%d" % i)
+        s = Server(tmp_path, name="m%d" % i, extra=extra)
         s.peer_port = peers[i]
         a = s.args
         a[a.index("--listen-peer-urls") + 1] = "http://127.0.0.1:%d" % peers[i]
@@ -58,8 +62,9 @@ def wait_leader(members, timeout=10):
     raise AssertionError("no leader within %ds" % timeout)
 
 
-def test_three_members_survive_the_leader_being_killed(tmp_path):
-    members = make_cluster(tmp_path)
+@pytest.mark.parametrize("n", [3, 5])
+def test_members_survive_the_leader_being_killed(tmp_path, n):
+    members = make_cluster(tmp_path, n)
     try:
         leader, term = wait_leader(members)
         eps = ["127.0.0.1:%d" % s.client_port for s in members]
@@ -69,7 +74,7 @@ def test_three_members_survive_the_leader_being_killed(tmp_path):
         follower = next(s for s in members if s is not leader)
         assert ctl(["127.0.0.1:%d" % follower.client_port], "put", "b", "2").returncode == 0
         listed = json.loads(ctl(eps[:1], "member", "list", "-w", "json").stdout)["members"]
-        assert sorted(m["name"] for m in listed) == ["m0", "m1", "m2"]
+        assert sorted(m["name"] for m in listed) == ["m%d" % i for i in range(n)]
 
         acked, stop = [], threading.Event()
 
@@ -111,7 +116,9 @@ def test_three_members_survive_the_leader_being_killed(tmp_path):
         hashes = set()
         while time.time() < deadline:
             r = ctl(eps, "endpoint", "hashkv", "-w", "json")
-            hashes = {h["HashKV"]["hash"] for h in json.loads(r.stdout)} if r.returncode == 0 else set()
+            # One (revision, hash) pair: every member at the same revision.
+            hashes = {(h["HashKV"]["header"]["revision"], h["HashKV"]["hash"])
+                      for h in json.loads(r.stdout)} if r.returncode == 0 else set()
             if len(hashes) == 1:
                 break
             time.sleep(0.3)
@@ -135,6 +142,100 @@ def test_sigterm_on_the_leader_hands_leadership_over(tmp_path):
         assert new_term > term
         eps = ["127.0.0.1:%d" % s.client_port for s in survivors]
         assert ctl(eps, "get", "k", "--print-value-only").stdout == "v\n"
+    finally:
+        for s in members:
+            s.stop(signal.SIGKILL)
+
+
+def test_move_leader(tmp_path):
+    members = make_cluster(tmp_path)
+    try:
+        leader, term = wait_leader(members)
+        eps = ["127.0.0.1:%d" % s.client_port for s in members]
+        ids = {s: status(s)["header"]["member_id"] for s in members}
+        target = next(s for s in members if s is not leader)
+        r = ctl(eps, "move-leader", "%x" % ids[target])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "Leadership transferred from %x to %x\n" % (ids[leader], ids[target])
+        st = status(target)
+        assert st["leader"] == ids[target] and st["raftTerm"] > term
+        # Every member follows the new leader, and writes go on.
+        assert all(status(s)["leader"] == ids[target] for s in members)
+        assert ctl(eps[:1], "put", "after-move", "1").returncode == 0
+        # etcd's refusals: a member that is not the leader, a target that is
+        # not a member.
+        stub = etcd3.client(host="127.0.0.1", port=leader.client_port).maintenancestub
+        try:
+            stub.MoveLeader(etcd3.etcdrpc.MoveLeaderRequest(targetID=ids[leader]), 5)
+            raise AssertionError("a follower moved the leader")
+        except grpc.RpcError as e:
+            assert (e.code(), e.details()) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               "etcdserver: not leader")
+        r = ctl(eps, "move-leader", "1234")
+        assert r.returncode != 0 and "etcdserver: bad leader transferee" in r.stderr, r
+        # Moving to the leader itself is done at once.
+        r = ctl(eps, "move-leader", "%x" % ids[target])
+        assert r.returncode == 0, r.stderr
+        assert status(target)["raftTerm"] == st["raftTerm"]
+    finally:
+        for s in members:
+            s.stop(signal.SIGKILL)
+
+
+def test_status_of_every_member(tmp_path):
+    """Maintenance.Status as etcd 3.4 reports it, member by member: the same
+    fields as a real 3-member etcd for the leader and a follower, raft's
+    view, raised alarms and "no leader" as errors."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "compat"))
+    from etcdctl_diff import start_etcd_cluster, stop_process
+    etcd_dir = tmp_path / "etcd"
+    etcd_dir.mkdir()
+    procs, endpoints = start_etcd_cluster(str(etcd_dir))
+    try:
+        ref = json.loads(ctl(endpoints, "endpoint", "status", "-w", "json").stdout)
+    finally:
+        for p in procs:
+            stop_process(p)
+
+    def fields(statuses):
+        return sorted((st["Status"]["leader"] == st["Status"]["header"]["member_id"],
+                       tuple(sorted(st["Status"]))) for st in statuses)
+
+    members = make_cluster(tmp_path, extra=["--quota-backend-bytes", "2000000"])
+    try:
+        leader, term = wait_leader(members)
+        eps = ["127.0.0.1:%d" % s.client_port for s in members]
+        assert ctl(eps[:1], "put", "k", "v").returncode == 0
+        got = json.loads(ctl(eps, "endpoint", "status", "-w", "json").stdout)
+        assert fields(got) == fields(ref)
+        ids = {st["Status"]["header"]["member_id"] for st in got}
+        for st in got:
+            s = st["Status"]
+            assert s["leader"] == status(leader)["header"]["member_id"]
+            assert s["raftTerm"] == term and s["raftIndex"] >= s["raftAppliedIndex"] > 0
+            assert "isLearner" not in s and "errors" not in s
+
+        # Past the quota: NOSPACE is raised and every member reports it.
+        for i in range(30):
+            ctl(eps[:1], "put", "big%d" % i, "x" * 100000)
+        got = json.loads(ctl(eps, "endpoint", "status", "-w", "json").stdout)
+        errors = {tuple(st["Status"].get("errors", ())) for st in got}
+        assert len(errors) == 1, errors
+        (alarm,) = errors.pop()
+        raised = re.fullmatch(r"memberID:(\d+) alarm:NOSPACE ", alarm)
+        assert raised and int(raised.group(1)) in ids, alarm
+        assert ctl(eps[:1], "alarm", "list").stdout == alarm + "\n"
+
+        # Alone, a member has no leader and says so.
+        alone = next(s for s in members if s is not leader)
+        for s in members:
+            if s is not alone:
+                s.stop(signal.SIGKILL)
+        time.sleep(2.5)
+        s = status(alone)
+        assert "leader" not in s
+        assert s["errors"][0] == "etcdserver: no leader" and s["errors"][1] == alarm
     finally:
         for s in members:
             s.stop(signal.SIGKILL)
