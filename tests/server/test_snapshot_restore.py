@@ -135,6 +135,12 @@ def test_restore_refuses_bad_files(tmp_path):
         assert not glob.glob(target.data_dir + ".restoring-*"), path
     r = restore(good, target, "--bogus")
     assert r.returncode == 2 and "unknown flag --bogus" in r.stderr
+    # A database file copied by hand has no trailer: only --skip-hash-check takes it.
+    bare = write("bare.db", data[:-32])
+    assert "does not end with the SHA-256" in restore(bare, target).stderr
+    r = restore(bare, target, "--skip-hash-check")
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(target.data_dir)
     assert restore(good, target).returncode == 0
     r = restore(good, target)  # never over an existing directory
     assert r.returncode == 1 and "exists" in r.stderr
