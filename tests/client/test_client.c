@@ -731,8 +731,8 @@ static void test_restart_under_load(void **state) {
     }
 }
 
-/* ---- failover to a second endpoint (two independent single members:
- * clustering does not exist yet, so this tests the connection only) ---- */
+/* ---- failover to a second endpoint (two independent single members: the
+ * connection only; test_client_cluster.c fails over within a cluster) ---- */
 
 static void test_failover(void **state) {
     struct fixture *f = *state;

@@ -1,0 +1,334 @@
+/* libquoin against 3-member clusters: every test runs once against quoin and
+ * once against etcd 3.4 (the reference), each on a fresh cluster on
+ * 127.0.0.1. Members are killed (SIGKILL) or restarted (SIGTERM) under the
+ * client: calls fail over to another member, a watch resumes there without a
+ * missed or duplicated event, a keep-alive keeps its lease alive. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client/quoin.h"
+#include "srv.h"
+
+struct fixture {
+    struct srv_cluster c;
+    int leader;
+    int f1, f2; /* the two followers */
+};
+
+static int setup_kind(void **state, enum srv_kind kind) {
+    struct fixture *f = calloc(1, sizeof *f);
+    if (!f || srv_cluster_start(&f->c, kind, 3) < 0) {
+        fprintf(stderr, "cannot start a 3-member %s cluster\n",
+                kind == SRV_QUOIN ? "quoin" : "etcd");
+        free(f);
+        return -1;
+    }
+    f->leader = srv_cluster_leader(&f->c);
+    f->f1 = (f->leader + 1) % 3;
+    f->f2 = (f->leader + 2) % 3;
+    *state = f;
+    return 0;
+}
+
+static int setup_quoin(void **state) {
+    return setup_kind(state, SRV_QUOIN);
+}
+
+static int setup_etcd(void **state) {
+    return setup_kind(state, SRV_ETCD);
+}
+
+static int teardown(void **state) {
+    struct fixture *f = *state;
+    srv_cluster_destroy(&f->c);
+    free(f);
+    return 0;
+}
+
+static quoin_client_t *client_of(struct fixture *f, int a, int b, int c) {
+    char eps[256];
+    quoin_client_t *qc = NULL;
+    srv_cluster_endpoints(&f->c, eps, sizeof eps, a, b, c, -1);
+    assert_int_equal(quoin_client_new(eps, NULL, &qc), 0);
+    return qc;
+}
+
+/* Creates key=value unless the key exists, retrying through an election: a
+ * create sent again after a lost one cannot write twice. */
+static void create_retry(quoin_client_t *c, const char *key, const char *value) {
+    quoin_cmp_t absent = {
+        .key = key, .key_len = strlen(key), .target = QUOIN_CMP_VERSION, .result = QUOIN_CMP_EQUAL};
+    quoin_op_t put = {.type = QUOIN_OP_PUT,
+                      .key = key,
+                      .key_len = strlen(key),
+                      .value = value,
+                      .value_len = strlen(value)};
+    quoin_error_t e = {0};
+    for (int i = 0; i < 100; i++) {
+        if (quoin_txn(c, &absent, 1, &put, 1, NULL, 0, 2000, NULL, &e) == 0)
+            return;
+        usleep(50000);
+    }
+    fail_msg("create %s: %s", key, e.message);
+}
+
+/* The member the client talks to (a follower) is killed: the next calls go
+ * to the next endpoint and see every write acknowledged before. */
+static void test_failover_when_member_killed(void **state) {
+    struct fixture *f = *state;
+    quoin_client_t *c = client_of(f, f->f1, f->leader, f->f2);
+    quoin_resp_t *r = NULL;
+    quoin_error_t e;
+    assert_int_equal(quoin_put(c, "fo/k", "before", 0, 0, &e), 0);
+    assert_string_equal(quoin_client_endpoint(c), f->c.m[f->f1].endpoint);
+    srv_stop(&f->c.m[f->f1], 1);
+    assert_int_equal(quoin_get(c, "fo/k", 5000, &r, &e), 0);
+    assert_int_equal(r->n_kvs, 1);
+    assert_int_equal(r->kvs[0].value_len, 6);
+    assert_memory_equal(r->kvs[0].value, "before", 6);
+    quoin_resp_free(r);
+    assert_string_equal(quoin_client_endpoint(c), f->c.m[f->leader].endpoint);
+    assert_int_equal(quoin_put(c, "fo/k", "after", 0, 5000, &e), 0);
+    assert_int_equal(quoin_get(c, "fo/k", 0, &r, &e), 0);
+    assert_int_equal(r->kvs[0].value_len, 5);
+    quoin_resp_free(r);
+    quoin_client_free(c);
+}
+
+/* The leader is killed under a client that talks to it: a linearizable read
+ * made at once moves to a follower and is answered once a new leader is
+ * elected (etcd fails a read waiting on a vanished leader with "leader
+ * changed", Unavailable, and the client sends it again). */
+static void test_read_rides_through_leader_loss(void **state) {
+    struct fixture *f = *state;
+    quoin_client_t *c;
+    quoin_resp_t *r = NULL;
+    quoin_error_t e;
+    if (f->c.m[0].kind == SRV_QUOIN) {
+        /* a quoin follower forwards the read index request to the dead leader
+         * and never answers it, nor fails it when the leadership changes: the
+         * read waits for its deadline (server bug, reported by the bench
+         * branch; src/server is not this branch's to change) */
+        print_message("skipped on quoin: a read forwarded to a dead leader is never answered\n");
+        skip();
+    }
+    c = client_of(f, f->leader, f->f1, f->f2);
+    assert_int_equal(quoin_put(c, "rl/k", "v", 0, 0, &e), 0);
+    srv_stop(&f->c.m[f->leader], 1);
+    assert_int_equal(quoin_get(c, "rl/k", 8000, &r, &e), 0);
+    assert_int_equal(r->n_kvs, 1);
+    quoin_resp_free(r);
+    assert_string_not_equal(quoin_client_endpoint(c), f->c.m[f->leader].endpoint);
+    quoin_client_free(c);
+}
+
+/* ---- watch resumed on another member ---- */
+
+struct watch_state {
+    pthread_mutex_t mu;
+    int64_t revs[64];
+    char keys[64][16];
+    int n;
+    int dup_or_gap;
+};
+
+static void watch_cb(void *arg, const quoin_header_t *h, const quoin_event_t *ev, size_t n,
+                     int64_t compact, const quoin_error_t *err) {
+    struct watch_state *w = arg;
+    (void)h;
+    (void)compact;
+    (void)err;
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < n && w->n < 64; i++) {
+        if (w->n && ev[i].kv.mod_revision != w->revs[w->n - 1] + 1)
+            w->dup_or_gap = 1;
+        w->revs[w->n] = ev[i].kv.mod_revision;
+        snprintf(w->keys[w->n], sizeof w->keys[0], "%.*s", (int)ev[i].kv.key_len, ev[i].kv.key);
+        w->n++;
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int wait_events(struct watch_state *w, int n, int ms) {
+    int got = 0;
+    for (int i = 0; i < ms / 10; i++) {
+        pthread_mutex_lock(&w->mu);
+        got = w->n;
+        pthread_mutex_unlock(&w->mu);
+        if (got >= n)
+            break;
+        usleep(10000);
+    }
+    return got;
+}
+
+/* The watch's member (the leader) is killed between two bursts of writes made
+ * through the other members; the watch, resumed on a surviving member, sees
+ * every write once, in revision order, and nothing else. */
+static void test_watch_resumes_on_another_member(void **state) {
+    struct fixture *f = *state;
+    quoin_client_t *watcher = client_of(f, f->leader, f->f1, f->f2);
+    quoin_client_t *writer = client_of(f, f->f1, f->f2, -1);
+    struct watch_state w = {.n = 0};
+    quoin_watch_options_t o = {.range_end = "wf0", .range_end_len = 3};
+    quoin_watch_t *h;
+    char k[16];
+    pthread_mutex_init(&w.mu, NULL);
+    assert_int_equal(quoin_watch(watcher, "wf/", 3, &o, watch_cb, &w, &h), 0);
+    usleep(300000); /* the watch is made before the first write */
+    for (int i = 0; i < 5; i++) {
+        snprintf(k, sizeof k, "wf/%d", i);
+        create_retry(writer, k, "v");
+    }
+    assert_int_equal(wait_events(&w, 5, 5000), 5);
+    srv_stop(&f->c.m[f->leader], 1);
+    for (int i = 5; i < 10; i++) { /* meanwhile the watch has no stream */
+        snprintf(k, sizeof k, "wf/%d", i);
+        create_retry(writer, k, "v");
+    }
+    assert_int_equal(wait_events(&w, 10, 15000), 10);
+    usleep(300000); /* nothing more arrives */
+    pthread_mutex_lock(&w.mu);
+    assert_int_equal(w.n, 10);
+    assert_false(w.dup_or_gap);
+    for (int i = 0; i < 10; i++) {
+        snprintf(k, sizeof k, "wf/%d", i);
+        assert_string_equal(w.keys[i], k);
+    }
+    pthread_mutex_unlock(&w.mu);
+    assert_string_not_equal(quoin_client_endpoint(watcher), f->c.m[f->leader].endpoint);
+    quoin_watch_cancel(h);
+    quoin_client_free(watcher);
+    quoin_client_free(writer);
+    pthread_mutex_destroy(&w.mu);
+}
+
+/* ---- keep-alive across a member restart ---- */
+
+/* Grants a lease of ttl seconds with key ka/k on it, kept alive by c. */
+static int64_t kept_lease(quoin_client_t *c, int ttl, quoin_keepalive_t **ka) {
+    quoin_resp_t *r = NULL;
+    quoin_error_t e;
+    int64_t id;
+    assert_int_equal(quoin_lease_grant(c, ttl, 0, 0, &r, &e), 0);
+    id = r->lease_id;
+    quoin_resp_free(r);
+    assert_int_equal(quoin_put(c, "ka/k", "v", id, 0, &e), 0);
+    assert_int_equal(quoin_keepalive(c, id, NULL, NULL, ka), 0);
+    return id;
+}
+
+/* After the restart and more than a TTL: the key is there, the lease alive. */
+static void assert_lease_kept(quoin_client_t *c, int64_t id) {
+    quoin_resp_t *r = NULL;
+    quoin_error_t e;
+    assert_int_equal(quoin_get(c, "ka/k", 0, &r, &e), 0);
+    assert_int_equal(r->n_kvs, 1);
+    quoin_resp_free(r);
+    assert_int_equal(quoin_lease_ttl(c, id, 0, 0, &r, &e), 0);
+    assert_true(r->ttl > 0);
+    quoin_resp_free(r);
+}
+
+/* Whether a follower renews a lease (etcd forwards the renewal to the
+ * leader). quoin does not forward renewals yet: a follower answers TTL 0. */
+static int follower_renews(struct fixture *f) {
+    quoin_client_t *lc = client_of(f, f->leader, -1, -1), *fc = client_of(f, f->f1, -1, -1);
+    quoin_resp_t *r = NULL;
+    int renews;
+    assert_int_equal(quoin_lease_grant(lc, 30, 0, 0, &r, NULL), 0);
+    int64_t id = r->lease_id;
+    quoin_resp_free(r);
+    assert_int_equal(quoin_lease_keepalive_once(fc, id, 0, &r, NULL), 0);
+    renews = r->ttl > 0;
+    quoin_resp_free(r);
+    assert_int_equal(quoin_lease_revoke(lc, id, 0, NULL), 0);
+    quoin_client_free(lc);
+    quoin_client_free(fc);
+    return renews;
+}
+
+/* Both keep-alive tests need a follower's help: quoin does not forward
+ * renewals yet (docs/cluster.md), and there they are skipped. */
+static void skip_unless_followers_renew(struct fixture *f) {
+    if (!follower_renews(f)) {
+        print_message("skipped: a follower does not renew leases on this server yet\n");
+        skip();
+    }
+}
+
+/* The member the keep-alive talks to (a follower) is restarted: the
+ * keep-alive moves to the next endpoint (the leader) and the lease outlives
+ * several TTLs. */
+static void test_keepalive_across_member_restart(void **state) {
+    struct fixture *f = *state;
+    quoin_client_t *c;
+    quoin_keepalive_t *ka;
+    int64_t id;
+    skip_unless_followers_renew(f);
+    c = client_of(f, f->f1, f->leader, f->f2);
+    id = kept_lease(c, 3, &ka);
+    usleep(1500000);
+    srv_stop(&f->c.m[f->f1], 0);
+    usleep(1000000);
+    assert_int_equal(srv_restart(&f->c.m[f->f1]), 0);
+    usleep(4000000); /* longer than the TTL: only the keep-alive holds the lease */
+    assert_lease_kept(c, id);
+    quoin_keepalive_stop(ka);
+    quoin_client_free(c);
+}
+
+/* The leader the keep-alive talks to is restarted: the keep-alive goes on
+ * through a follower, which must forward the renewals to the new leader. */
+static void test_keepalive_across_leader_restart(void **state) {
+    struct fixture *f = *state;
+    quoin_client_t *c;
+    quoin_keepalive_t *ka;
+    int64_t id;
+    skip_unless_followers_renew(f);
+    c = client_of(f, f->leader, f->f1, f->f2);
+    id = kept_lease(c, 3, &ka);
+    usleep(1500000);
+    srv_stop(&f->c.m[f->leader], 0);
+    usleep(1000000);
+    assert_int_equal(srv_restart(&f->c.m[f->leader]), 0);
+    usleep(4000000);
+    assert_lease_kept(c, id);
+    quoin_keepalive_stop(ka);
+    quoin_client_free(c);
+}
+
+#define CLUSTER_TESTS                                                                              \
+    cmocka_unit_test_setup_teardown(test_failover_when_member_killed, SETUP, teardown),            \
+        cmocka_unit_test_setup_teardown(test_read_rides_through_leader_loss, SETUP, teardown),     \
+        cmocka_unit_test_setup_teardown(test_watch_resumes_on_another_member, SETUP, teardown),    \
+        cmocka_unit_test_setup_teardown(test_keepalive_across_member_restart, SETUP, teardown),    \
+        cmocka_unit_test_setup_teardown(test_keepalive_across_leader_restart, SETUP, teardown)
+
+int main(void) {
+    int failed = 0;
+    {
+#define SETUP setup_quoin
+        const struct CMUnitTest tests[] = {CLUSTER_TESTS};
+        failed += cmocka_run_group_tests_name("client against 3 quoin members", tests, NULL, NULL);
+#undef SETUP
+    }
+    {
+#define SETUP setup_etcd
+        const struct CMUnitTest tests[] = {CLUSTER_TESTS};
+        failed +=
+            cmocka_run_group_tests_name("client against 3 etcd 3.4 members", tests, NULL, NULL);
+#undef SETUP
+    }
+    return failed;
+}
