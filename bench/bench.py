@@ -239,64 +239,63 @@ def server_table(items):
     return out
 
 
-def one_member(tmp, used):
-    """The 1-member rows: workloads, then the data-size and restart rows."""
-    servers = {k: Cluster(k, 1, tmp, used) for k in ("etcd", "quoin")}
-    try:
-        first = {k: servers[k].start() for k in ("etcd", "quoin")}
-        cpu0 = {k: servers[k].cpu_seconds() for k in servers}
-        rows = run_workloads(servers, WORKLOADS)
-        cpu = {k: servers[k].cpu_seconds() - cpu0[k] for k in servers}
-        rss = {k: servers[k].rss_mb() for k in servers}
-        # data size after KEYS keys of 256 bytes, then time to first answer on that database
-        fill = {}
-        for k in servers:
-            fill[k] = run_bench(servers[k], ["--conns", "4", "--clients", "128", "--key-space", str(KEYS),
-                                             "--sequential", "--total", str(KEYS), "--prefix", "f", "--key-size",
-                                             "16", "put"])["ops_per_sec"]
-        rss_full = {k: servers[k].rss_mb() for k in servers}
-        anon_full = {k: servers[k].anon_mb() for k in servers}
-        disk = {k: servers[k].disk_mb() for k in servers}
-        restart = {}
-        for k in servers:
-            servers[k].stop()
-            restart[k] = servers[k].start()
-        rss_restart = {k: servers[k].rss_mb() for k in servers}
-    finally:
-        for s in servers.values():
-            s.stop()
-    return workload_table(rows) + [""] + server_table((
-        ("CPU seconds over the workloads", cpu, "%.1f"),
-        ("RSS after the workloads (MB)", rss, "%.1f"),
-        ("loading %d keys, 128 clients (puts/s)" % KEYS, fill, "%.0f"),
-        ("RSS after %d keys (MB)" % KEYS, rss_full, "%.1f"),
-        ("of which anonymous (MB)", anon_full, "%.1f"),
-        ("data on disk after %d keys of 256 B (MB)" % KEYS, disk, "%.1f"),
-        ("start to first answer, empty (s)", first, "%.2f"),
-        ("start to first answer, %d keys (s)" % KEYS, restart, "%.2f"),
-        ("RSS after that restart (MB)", rss_restart, "%.1f")))
-
-
-def three_members(tmp, used):
-    """The 3-member rows: both clusters run meanwhile, the connections of each
-    workload spread over the three members (writes reach the leader through
-    the member they were sent to)."""
-    clusters = {k: Cluster(k, 3, tmp, used) for k in ("etcd", "quoin")}
+def run_part(size, tmp, used, workloads, extra=None):
+    """Starts an etcd and a quoin cluster of `size` members, runs the workloads
+    against both, then extra(clusters), which returns more server rows.
+    Returns the part's tables."""
+    clusters = {k: Cluster(k, size, tmp, used) for k in ("etcd", "quoin")}
     try:
         first = {k: clusters[k].start() for k in ("etcd", "quoin")}
         cpu0 = {k: clusters[k].cpu_seconds() for k in clusters}
-        rows = run_workloads(clusters, WORKLOADS_3)
+        rows = run_workloads(clusters, workloads)
         cpu = {k: clusters[k].cpu_seconds() - cpu0[k] for k in clusters}
         rss = {k: clusters[k].rss_mb() for k in clusters}
         anon = {k: clusters[k].anon_mb() for k in clusters}
+        more = extra(clusters) if extra else []
     finally:
         for c in clusters.values():
             c.stop()
-    return workload_table(rows) + [""] + server_table((
-        ("CPU seconds over the workloads, 3 members summed", cpu, "%.1f"),
-        ("RSS after the workloads, 3 members summed (MB)", rss, "%.1f"),
+    summed = ", %d members summed" % size if size > 1 else ""
+    return workload_table(rows) + [""] + server_table([
+        ("CPU seconds over the workloads" + summed, cpu, "%.1f"),
+        ("RSS after the workloads%s (MB)" % summed, rss, "%.1f"),
         ("of which anonymous (MB)", anon, "%.1f"),
-        ("start to first answer, empty (s)", first, "%.2f")))
+        ("start to first answer, empty (s)", first, "%.2f")] + more)
+
+
+def load_and_restart(servers):
+    """Data size after KEYS keys of 256 bytes, then the time to first answer
+    on that database after a restart: more rows of the 1-member table."""
+    fill = {}
+    for k in servers:
+        fill[k] = run_bench(servers[k], ["--conns", "4", "--clients", "128", "--key-space", str(KEYS),
+                                         "--sequential", "--total", str(KEYS), "--prefix", "f", "--key-size",
+                                         "16", "put"])["ops_per_sec"]
+    rss_full = {k: servers[k].rss_mb() for k in servers}
+    anon_full = {k: servers[k].anon_mb() for k in servers}
+    disk = {k: servers[k].disk_mb() for k in servers}
+    restart = {}
+    for k in servers:
+        servers[k].stop()
+        restart[k] = servers[k].start()
+    rss_restart = {k: servers[k].rss_mb() for k in servers}
+    return [("loading %d keys, 128 clients (puts/s)" % KEYS, fill, "%.0f"),
+            ("RSS after %d keys (MB)" % KEYS, rss_full, "%.1f"),
+            ("of which anonymous (MB)", anon_full, "%.1f"),
+            ("data on disk after %d keys of 256 B (MB)" % KEYS, disk, "%.1f"),
+            ("start to first answer, %d keys (s)" % KEYS, restart, "%.2f"),
+            ("RSS after that restart (MB)", rss_restart, "%.1f")]
+
+
+def write_result(text, name):
+    """Prints the report and writes it to BENCH_OUT or bench/results/<name>."""
+    print()
+    print(text)
+    path = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "bench", "results", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print("written to", path)
 
 
 def main():
@@ -311,13 +310,13 @@ def main():
            "watch-latency: ops/s is puts/s at a fixed rate; latencies are put-to-event delays over every "
            "watcher.", "", "## 1 member", ""]
     try:
-        out += one_member(tmp, used)
+        out += run_part(1, tmp, used, WORKLOADS, load_and_restart)
         out += ["", "## 3 members", "",
                 "Three members of each on loopback, started together with the same --initial-cluster flags "
                 "(default heartbeat 100 ms, election 1000 ms); quoin-bench's 6 connections spread over the "
                 "three members (connection i starts at member i mod 3). Server figures are summed over the "
                 "members.", ""]
-        out += three_members(tmp, used)
+        out += run_part(3, tmp, used, WORKLOADS_3)
         if os.environ.get("BENCH_ELECTIONS", "1") != "0":
             import elections
             out += ["", "## Leader stability under load (issue #6)", ""]
@@ -325,15 +324,7 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out += ["", "make bench took %.1f minutes." % ((time.monotonic() - t0) / 60)]
-    text = "\n".join(out) + "\n"
-    print()
-    print(text)
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    path = os.environ.get("BENCH_OUT") or os.path.join(
-        ROOT, "bench", "results", datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + ".md")
-    with open(path, "w") as f:
-        f.write(text)
-    print("written to", path)
+    write_result("\n".join(out) + "\n", datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + ".md")
     return 0
 
 

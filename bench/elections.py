@@ -151,17 +151,10 @@ def main():
         lines = run(tmp, set())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = "\n".join(["# Leader stability under load: quoin vs etcd 3.4, %s" %
-                      datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "",
-                      "Machine: " + bench.machine(), ""] + lines) + "\n"
-    print()
-    print(text)
-    path = os.environ.get("BENCH_OUT") or os.path.join(
-        bench.ROOT, "bench", "results", "elections-" + datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + ".md")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-    print("written to", path)
+    now = datetime.datetime.now()
+    head = ["# Leader stability under load: quoin vs etcd 3.4, " + now.strftime("%Y-%m-%d %H:%M"), "",
+            "Machine: " + bench.machine(), ""]
+    bench.write_result("\n".join(head + lines) + "\n", now.strftime("elections-%Y-%m-%d-%H%M.md"))
     return 0
 
 

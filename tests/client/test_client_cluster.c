@@ -10,7 +10,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +17,7 @@
 
 #include "client/quoin.h"
 #include "srv.h"
+#include "watchrec.h"
 
 struct fixture {
     struct srv_cluster c;
@@ -134,44 +134,6 @@ static void test_read_rides_through_leader_loss(void **state) {
 
 /* ---- watch resumed on another member ---- */
 
-struct watch_state {
-    pthread_mutex_t mu;
-    int64_t revs[64];
-    char keys[64][16];
-    int n;
-    int dup_or_gap;
-};
-
-static void watch_cb(void *arg, const quoin_header_t *h, const quoin_event_t *ev, size_t n,
-                     int64_t compact, const quoin_error_t *err) {
-    struct watch_state *w = arg;
-    (void)h;
-    (void)compact;
-    (void)err;
-    pthread_mutex_lock(&w->mu);
-    for (size_t i = 0; i < n && w->n < 64; i++) {
-        if (w->n && ev[i].kv.mod_revision != w->revs[w->n - 1] + 1)
-            w->dup_or_gap = 1;
-        w->revs[w->n] = ev[i].kv.mod_revision;
-        snprintf(w->keys[w->n], sizeof w->keys[0], "%.*s", (int)ev[i].kv.key_len, ev[i].kv.key);
-        w->n++;
-    }
-    pthread_mutex_unlock(&w->mu);
-}
-
-static int wait_events(struct watch_state *w, int n, int ms) {
-    int got = 0;
-    for (int i = 0; i < ms / 10; i++) {
-        pthread_mutex_lock(&w->mu);
-        got = w->n;
-        pthread_mutex_unlock(&w->mu);
-        if (got >= n)
-            break;
-        usleep(10000);
-    }
-    return got;
-}
-
 /* The watch's member (the leader) is killed between two bursts of writes made
  * through the other members; the watch, resumed on a surviving member, sees
  * every write once, in revision order, and nothing else. */
@@ -179,38 +141,31 @@ static void test_watch_resumes_on_another_member(void **state) {
     struct fixture *f = *state;
     quoin_client_t *watcher = client_of(f, f->leader, f->f1, f->f2);
     quoin_client_t *writer = client_of(f, f->f1, f->f2, -1);
-    struct watch_state w = {.n = 0};
+    struct watchrec w;
     quoin_watch_options_t o = {.range_end = "wf0", .range_end_len = 3};
     quoin_watch_t *h;
     char k[16];
-    pthread_mutex_init(&w.mu, NULL);
-    assert_int_equal(quoin_watch(watcher, "wf/", 3, &o, watch_cb, &w, &h), 0);
+    watchrec_init(&w);
+    assert_int_equal(quoin_watch(watcher, "wf/", 3, &o, watchrec_cb, &w, &h), 0);
     usleep(300000); /* the watch is made before the first write */
     for (int i = 0; i < 5; i++) {
         snprintf(k, sizeof k, "wf/%d", i);
         create_retry(writer, k, "v");
     }
-    assert_int_equal(wait_events(&w, 5, 5000), 5);
+    assert_int_equal(watchrec_wait(&w, 5, 5000), 5);
     srv_stop(&f->c.m[f->leader], 1);
     for (int i = 5; i < 10; i++) { /* meanwhile the watch has no stream */
         snprintf(k, sizeof k, "wf/%d", i);
         create_retry(writer, k, "v");
     }
-    assert_int_equal(wait_events(&w, 10, 15000), 10);
+    assert_int_equal(watchrec_wait(&w, 10, 15000), 10);
     usleep(300000); /* nothing more arrives */
-    pthread_mutex_lock(&w.mu);
-    assert_int_equal(w.n, 10);
-    assert_false(w.dup_or_gap);
-    for (int i = 0; i < 10; i++) {
-        snprintf(k, sizeof k, "wf/%d", i);
-        assert_string_equal(w.keys[i], k);
-    }
-    pthread_mutex_unlock(&w.mu);
+    assert_true(watchrec_is_sequence(&w, "wf/", 10));
     assert_string_not_equal(quoin_client_endpoint(watcher), f->c.m[f->leader].endpoint);
     quoin_watch_cancel(h);
     quoin_client_free(watcher);
     quoin_client_free(writer);
-    pthread_mutex_destroy(&w.mu);
+    watchrec_destroy(&w);
 }
 
 /* ---- keep-alive across a member restart ---- */
@@ -267,45 +222,37 @@ static void skip_unless_followers_renew(struct fixture *f) {
     }
 }
 
-/* The member the keep-alive talks to (a follower) is restarted: the
- * keep-alive moves to the next endpoint (the leader) and the lease outlives
- * several TTLs. */
-static void test_keepalive_across_member_restart(void **state) {
-    struct fixture *f = *state;
-    quoin_client_t *c;
+/* A keep-alive on a client whose endpoints are members a, b, c: member a
+ * (the one it talks to) is restarted, and the lease (TTL 3 s) must outlive
+ * the restart and more than a TTL after it, held by the keep-alive alone. */
+static void keepalive_across_restart(struct fixture *f, int a, int b, int c) {
+    quoin_client_t *qc;
     quoin_keepalive_t *ka;
     int64_t id;
     skip_unless_followers_renew(f);
-    c = client_of(f, f->f1, f->leader, f->f2);
-    id = kept_lease(c, 3, &ka);
+    qc = client_of(f, a, b, c);
+    id = kept_lease(qc, 3, &ka);
     usleep(1500000);
-    srv_stop(&f->c.m[f->f1], 0);
+    srv_stop(&f->c.m[a], 0);
     usleep(1000000);
-    assert_int_equal(srv_restart(&f->c.m[f->f1]), 0);
-    usleep(4000000); /* longer than the TTL: only the keep-alive holds the lease */
-    assert_lease_kept(c, id);
+    assert_int_equal(srv_restart(&f->c.m[a]), 0);
+    usleep(4000000);
+    assert_lease_kept(qc, id);
     quoin_keepalive_stop(ka);
-    quoin_client_free(c);
+    quoin_client_free(qc);
 }
 
-/* The leader the keep-alive talks to is restarted: the keep-alive goes on
- * through a follower, which must forward the renewals to the new leader. */
+/* A follower restarted: the keep-alive moves on to the leader. */
+static void test_keepalive_across_member_restart(void **state) {
+    struct fixture *f = *state;
+    keepalive_across_restart(f, f->f1, f->leader, f->f2);
+}
+
+/* The leader restarted: the keep-alive goes on through a follower, which must
+ * forward the renewals to the new leader. */
 static void test_keepalive_across_leader_restart(void **state) {
     struct fixture *f = *state;
-    quoin_client_t *c;
-    quoin_keepalive_t *ka;
-    int64_t id;
-    skip_unless_followers_renew(f);
-    c = client_of(f, f->leader, f->f1, f->f2);
-    id = kept_lease(c, 3, &ka);
-    usleep(1500000);
-    srv_stop(&f->c.m[f->leader], 0);
-    usleep(1000000);
-    assert_int_equal(srv_restart(&f->c.m[f->leader]), 0);
-    usleep(4000000);
-    assert_lease_kept(c, id);
-    quoin_keepalive_stop(ka);
-    quoin_client_free(c);
+    keepalive_across_restart(f, f->leader, f->f1, f->f2);
 }
 
 #define CLUSTER_TESTS                                                                              \
