@@ -25,7 +25,9 @@ struct fixture {
     int f1, f2; /* the two followers */
 };
 
-static int setup_kind(void **state, enum srv_kind kind) {
+/* A fresh cluster for each test; the test's initial state names its kind. */
+static int setup(void **state) {
+    enum srv_kind kind = *(const enum srv_kind *)*state;
     struct fixture *f = calloc(1, sizeof *f);
     if (!f || srv_cluster_start(&f->c, kind, 3) < 0) {
         fprintf(stderr, "cannot start a 3-member %s cluster\n",
@@ -38,14 +40,6 @@ static int setup_kind(void **state, enum srv_kind kind) {
     f->f2 = (f->leader + 2) % 3;
     *state = f;
     return 0;
-}
-
-static int setup_quoin(void **state) {
-    return setup_kind(state, SRV_QUOIN);
-}
-
-static int setup_etcd(void **state) {
-    return setup_kind(state, SRV_ETCD);
 }
 
 static int teardown(void **state) {
@@ -255,27 +249,20 @@ static void test_keepalive_across_leader_restart(void **state) {
     keepalive_across_restart(f, f->leader, f->f1, f->f2);
 }
 
-#define CLUSTER_TESTS                                                                              \
-    cmocka_unit_test_setup_teardown(test_failover_when_member_killed, SETUP, teardown),            \
-        cmocka_unit_test_setup_teardown(test_read_rides_through_leader_loss, SETUP, teardown),     \
-        cmocka_unit_test_setup_teardown(test_watch_resumes_on_another_member, SETUP, teardown),    \
-        cmocka_unit_test_setup_teardown(test_keepalive_across_member_restart, SETUP, teardown),    \
-        cmocka_unit_test_setup_teardown(test_keepalive_across_leader_restart, SETUP, teardown)
+#define CLUSTER_TEST(t, kind) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, kind)
+#define CLUSTER_TESTS(kind)                                                                        \
+    CLUSTER_TEST(test_failover_when_member_killed, kind),                                          \
+        CLUSTER_TEST(test_read_rides_through_leader_loss, kind),                                   \
+        CLUSTER_TEST(test_watch_resumes_on_another_member, kind),                                  \
+        CLUSTER_TEST(test_keepalive_across_member_restart, kind),                                  \
+        CLUSTER_TEST(test_keepalive_across_leader_restart, kind)
 
 int main(void) {
-    int failed = 0;
-    {
-#define SETUP setup_quoin
-        const struct CMUnitTest tests[] = {CLUSTER_TESTS};
-        failed += cmocka_run_group_tests_name("client against 3 quoin members", tests, NULL, NULL);
-#undef SETUP
-    }
-    {
-#define SETUP setup_etcd
-        const struct CMUnitTest tests[] = {CLUSTER_TESTS};
-        failed +=
-            cmocka_run_group_tests_name("client against 3 etcd 3.4 members", tests, NULL, NULL);
-#undef SETUP
-    }
+    static const enum srv_kind quoin = SRV_QUOIN, etcd = SRV_ETCD;
+    const struct CMUnitTest on_quoin[] = {CLUSTER_TESTS((void *)&quoin)};
+    const struct CMUnitTest on_etcd[] = {CLUSTER_TESTS((void *)&etcd)};
+    int failed =
+        cmocka_run_group_tests_name("client against 3 quoin members", on_quoin, NULL, NULL);
+    failed += cmocka_run_group_tests_name("client against 3 etcd 3.4 members", on_etcd, NULL, NULL);
     return failed;
 }
