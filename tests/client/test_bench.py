@@ -1,12 +1,12 @@
-"""quoin-bench against one quoin member: every workload runs, answers without
-errors, and reports a consistent latency distribution in its JSON line. (No
-timing is asserted: speed is what `make bench` is for.)"""
+"""quoin-bench against quoin members: every workload runs, answers without
+errors, and reports a consistent latency distribution in its JSON line; its
+connections spread over the endpoints given. (No timing is asserted: speed is
+what `make bench` is for.)"""
 import json
 import os
 import subprocess
 
 import etcd3
-import pytest
 
 from qtest import quoin_bin
 
