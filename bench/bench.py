@@ -14,7 +14,7 @@ description, to bench/results/<date>-<time>.md (BENCH_OUT overrides the path).
 Servers are stopped by PID.
 
 Environment: BENCH_KEYS (keys loaded for the data-size and restart rows,
-default 300000), BENCH_SCALE (multiplies request counts, default 1),
+default 1000000, as issue #7 asks), BENCH_SCALE (multiplies request counts, default 1),
 BENCH_ELECTIONS_SECS (length of the leader-stability run, default 60)."""
 import datetime
 import json
@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "build", "quoin-bench")
 BINS = {"etcd": shutil.which("etcd") or "/usr/bin/etcd", "quoin": os.path.join(ROOT, "build", "quoin")}
-KEYS = int(os.environ.get("BENCH_KEYS", "300000"))
+KEYS = int(os.environ.get("BENCH_KEYS", "1000000"))
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
