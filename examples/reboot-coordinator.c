@@ -11,37 +11,78 @@
  *
  *   reboot-coordinator --endpoints E --slots N --id ID [--hold S] [--prefix P]
  *
- * Prints "acquired <monotonic ns>" when it holds a slot and "released <ns>"
- * after holding it for S seconds (the "reboot"). The two times bracket the
- * real holding: the first is taken before the winning transaction is sent,
- * the second after the release is acknowledged. */
+ * Prints "acquired <revision>" when it holds a slot, holds it for S seconds
+ * (the "reboot"), releases it and prints "released <revision>": the
+ * revisions at which its holder key was created and deleted, so a checker can
+ * count holders at every revision of the cluster's one history (no clocks).
+ * The release deletes the holder key, then revokes the lease.
+ *
+ * Given several endpoints, it rides through the loss of the member it talks
+ * to: libquoin moves to the next one, and a write lost with its connection
+ * (code 14, applied or not) is settled by reading back what it would have
+ * written before trying again. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "client/quoin.h"
 
-static uint64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+/* Transient failures tolerated in one run before giving up. */
+#define MAX_LOST 50
+
+/* An error worth another try once the client has moved to another member:
+ * a write lost with its connection, a deadline while a new leader is elected. */
+static int transient(int rc, const quoin_error_t *e) {
+    return rc == -ETIMEDOUT || (rc == -EIO && e->code == QUOIN_UNAVAILABLE);
 }
 
-/* One attempt: 1 taken, 0 all slots busy (or lost a race), -1 error. */
-static int try_acquire(quoin_client_t *c, const char *prefix, const char *id, int slots,
-                       int64_t lease, uint64_t *sent_ns, quoin_error_t *err) {
-    char holders[256], holders_end[256], gate[256], mine[512];
+/* After a lost attempt: 1 if our holder key is there with our lease (the
+ * take was applied; *rev its revision), 0 if not, or the read's error code. */
+static int holds_slot(quoin_client_t *c, const char *mine, int64_t lease, int64_t *rev,
+                      quoin_error_t *err) {
+    quoin_resp_t *r = NULL;
+    int held, rc;
+    if ((rc = quoin_get(c, mine, 0, &r, err)) < 0)
+        return rc;
+    held = r->n_kvs == 1 && r->kvs[0].lease == lease;
+    if (held)
+        *rev = r->kvs[0].mod_revision;
+    quoin_resp_free(r);
+    return held;
+}
+
+/* Deletes our holder key; *rev is the revision of that delete. When a lost
+ * delete was applied after all, the retry deletes nothing, and its header
+ * revision is a bound above the real one (a checker then sees the slot held
+ * a little longer, never shorter). 0 or the failed call's code. */
+static int release(quoin_client_t *c, const char *mine, int64_t *rev, quoin_error_t *err,
+                   int *lost) {
+    quoin_op_t del = {.type = QUOIN_OP_DELETE, .key = mine, .key_len = strlen(mine)};
+    quoin_resp_t *r = NULL;
+    int rc;
+    while ((rc = quoin_do(c, &del, 0, &r, err)) < 0)
+        if (!transient(rc, err) || ++*lost > MAX_LOST)
+            return rc;
+    *rev = r->header.revision;
+    quoin_resp_free(r);
+    return 0;
+}
+
+/* One attempt: 1 taken, 0 all slots busy (or lost a race), or the failed
+ * call's negative code (err filled). */
+static int try_acquire(quoin_client_t *c, const char *prefix, const char *mine, const char *id,
+                       int slots, int64_t lease, int64_t *rev, quoin_error_t *err) {
+    char holders[256], holders_end[256], gate[256];
     quoin_resp_t *r = NULL;
     int64_t gate_rev = 0, count;
     int rc;
     snprintf(holders, sizeof holders, "%sholders/", prefix);
     snprintf(holders_end, sizeof holders_end, "%sholders0", prefix); /* '/' + 1 */
     snprintf(gate, sizeof gate, "%sgate", prefix);
-    snprintf(mine, sizeof mine, "%s%s", holders, id);
 
     /* the gate's revision and the holder count, read in one transaction */
     quoin_op_t reads[2] = {
@@ -53,8 +94,8 @@ static int try_acquire(quoin_client_t *c, const char *prefix, const char *id, in
          .range_end_len = strlen(holders_end),
          .count_only = 1},
     };
-    if (quoin_txn(c, NULL, 0, reads, 2, NULL, 0, 0, &r, err) < 0)
-        return -1;
+    if ((rc = quoin_txn(c, NULL, 0, reads, 2, NULL, 0, 0, &r, err)) < 0)
+        return rc;
     if (r->ops[0].n_kvs)
         gate_rev = r->ops[0].kvs[0].mod_revision;
     count = r->ops[1].count;
@@ -80,10 +121,10 @@ static int try_acquire(quoin_client_t *c, const char *prefix, const char *id, in
          .value = id,
          .value_len = strlen(id)},
     };
-    *sent_ns = mono_ns();
-    if (quoin_txn(c, &cmp, 1, take, 2, NULL, 0, 0, &r, err) < 0)
-        return -1;
+    if ((rc = quoin_txn(c, &cmp, 1, take, 2, NULL, 0, 0, &r, err)) < 0)
+        return rc;
     rc = r->succeeded ? 1 : 0;
+    *rev = r->header.revision;
     quoin_resp_free(r);
     return rc;
 }
@@ -99,9 +140,9 @@ int main(int argc, char **argv) {
     quoin_keepalive_t *ka = NULL;
     quoin_resp_t *r = NULL;
     quoin_error_t e;
-    int64_t lease;
-    uint64_t t_acquire = 0;
-    int got;
+    int64_t lease, taken = 0, released = 0;
+    char mine[512];
+    int got, rc, lost = 0;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
         case 'e':
@@ -133,26 +174,42 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bad endpoints %s\n", endpoints);
         return 2;
     }
-    /* a lease that lives while this process does */
+    /* a lease that lives while this process does (a grant lost on the way
+     * is simply made again: the lost lease expires by itself) */
     srand((unsigned)getpid());
-    if (quoin_lease_grant(c, 5, 0, 0, &r, &e) < 0)
-        goto err;
+    while ((rc = quoin_lease_grant(c, 5, 0, 0, &r, &e)) < 0)
+        if (!transient(rc, &e) || ++lost > MAX_LOST)
+            goto err;
     lease = r->lease_id;
     quoin_resp_free(r);
     if (quoin_keepalive(c, lease, NULL, NULL, &ka) < 0)
         goto err;
-    while ((got = try_acquire(c, prefix, id, slots, lease, &t_acquire, &e)) == 0)
+    snprintf(mine, sizeof mine, "%sholders/%s", prefix, id);
+    for (;;) {
+        got = try_acquire(c, prefix, mine, id, slots, lease, &taken, &e);
+        if (got < 0 && (!transient(got, &e) || ++lost > MAX_LOST))
+            goto err;
+        if (got < 0)
+            got = holds_slot(c, mine, lease, &taken, &e);
+        if (got == 1)
+            break;
         usleep(20000 + (useconds_t)(rand() % 30000));
-    if (got < 0)
-        goto err;
-    printf("acquired %" PRIu64 "\n", t_acquire);
+    }
+    printf("acquired %" PRId64 "\n", taken);
     fflush(stdout);
     usleep((useconds_t)(hold * 1e6));
-    /* revoking the lease deletes the holder key: the slot is free */
     quoin_keepalive_stop(ka);
-    if (quoin_lease_revoke(c, lease, 0, &e) < 0)
+    if (release(c, mine, &released, &e, &lost) < 0)
         goto err;
-    printf("released %" PRIu64 "\n", mono_ns());
+    /* the lease holds no key now; a revoke sent again after a lost one may
+     * find it already gone */
+    for (int again = 0; (rc = quoin_lease_revoke(c, lease, 0, &e)) < 0; again = 1) {
+        if (again && rc == -EIO && e.code == QUOIN_NOT_FOUND)
+            break;
+        if (!transient(rc, &e) || ++lost > MAX_LOST)
+            goto err;
+    }
+    printf("released %" PRId64 "\n", released);
     fflush(stdout);
     quoin_client_free(c);
     return 0;

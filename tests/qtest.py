@@ -47,9 +47,10 @@ def clean_env():
 class Server:
     """One quoin process on 127.0.0.1 with its own data directory."""
 
-    def __init__(self, tmp_path, name="default", extra=(), env=None, binary=None):
+    def __init__(self, tmp_path, name="default", extra=(), env=None, binary=None, peer_port=None,
+                 initial_cluster=None):
         self.client_port = free_port()
-        self.peer_port = free_port()
+        self.peer_port = peer_port or free_port()
         self.data_dir = str(tmp_path / (name + ".quoin"))
         self.client_url = "http://127.0.0.1:%d" % self.client_port
         self.args = [
@@ -60,7 +61,7 @@ class Server:
             "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer_port,
             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer_port,
-            "--initial-cluster", "%s=http://127.0.0.1:%d" % (name, self.peer_port),
+            "--initial-cluster", initial_cluster or "%s=http://127.0.0.1:%d" % (name, self.peer_port),
         ] + list(extra)
         self.env = env if env is not None else clean_env()
         self.log_path = str(tmp_path / (name + ".log"))
@@ -104,6 +105,54 @@ class Server:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+class Cluster:
+    """n quoin members (m0, m1, ...) of one new cluster on 127.0.0.1, started
+    together. stop() kills every member still running."""
+
+    def __init__(self, tmp_path, n=3, binary=None):
+        peers = [free_port() for _ in range(n)]
+        initial = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(peers))
+        self.members = [Server(tmp_path, name="m%d" % i, binary=binary, peer_port=peers[i],
+                               initial_cluster=initial) for i in range(n)]
+
+    def start(self):
+        for m in self.members:
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_ready()
+        return self
+
+    def endpoint(self, i):
+        return "127.0.0.1:%d" % self.members[i].client_port
+
+    def leader(self, timeout=10):
+        """The index of the member that every running member names as leader."""
+        import grpc  # only the cluster tests need these
+        from etcd3 import etcdrpc
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            leaders, ids = set(), {}
+            for i, m in enumerate(self.members):
+                if m.proc is None or m.proc.poll() is not None:
+                    continue
+                with grpc.insecure_channel("127.0.0.1:%d" % m.client_port) as ch:
+                    try:
+                        st = etcdrpc.MaintenanceStub(ch).Status(etcdrpc.StatusRequest(), timeout=1)
+                    except grpc.RpcError:
+                        leaders.add(0)
+                        continue
+                leaders.add(st.leader)
+                ids[st.header.member_id] = i
+            if len(leaders) == 1 and 0 not in leaders and next(iter(leaders)) in ids:
+                return ids[next(iter(leaders))]
+            time.sleep(0.1)
+        raise AssertionError("no leader agreed on within %ds" % timeout)
+
+    def stop(self):
+        for m in self.members:
+            m.stop(signal.SIGKILL)
 
 
 def run_quoin(args, env=None, timeout=20, cwd=None):

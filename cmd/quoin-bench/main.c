@@ -165,6 +165,13 @@ static void on_done(void *arg, quoin_resp_t *resp, const quoin_error_t *err) {
     struct slot *s = arg;
     struct bench *b = s->b;
     uint64_t now = util_now_mono_ns();
+    quoin_error_t gone = {.code = QUOIN_NOT_FOUND};
+    /* a refresh answered with TTL <= 0 kept nothing alive: not a success */
+    if (!err && b->cf.w == W_LEASE_KA && resp->ttl <= 0) {
+        snprintf(gone.message, sizeof gone.message, "lease %" PRId64 " answered TTL %" PRId64,
+                 s->lease, resp->ttl);
+        err = &gone;
+    }
     quoin_resp_free(resp);
     b->done++;
     if (err) {
@@ -388,7 +395,8 @@ static void report(struct bench *b) {
 static void usage(FILE *f) {
     fprintf(f, "usage: quoin-bench [options] put|range|txn-put|watch-latency|lease-keepalive|mix\n"
                "  --endpoints LIST      comma-separated host:port (default 127.0.0.1:2379)\n"
-               "  --conns N             connections (default 1)\n"
+               "  --conns N             connections (default 1); connection i first tries\n"
+               "                        endpoint i mod (number of endpoints)\n"
                "  --clients N           concurrent requests in flight (default 16)\n"
                "  --key-size N          key bytes (default 8)\n"
                "  --val-size N          value bytes (default 256)\n"
@@ -519,6 +527,27 @@ static int parse(int argc, char **argv, struct conf *cf) {
     return 0;
 }
 
+/* The endpoint list starting at its (i mod n)-th entry, so that connection i
+ * first talks to member i mod n: the connections spread over a cluster as
+ * etcd's own benchmark spreads them. Returns a string to free, or NULL. */
+static char *rotated_endpoints(const char *list, int i) {
+    size_t len = strlen(list), n = 1, at = 0;
+    char *out = malloc(len + 2);
+    for (const char *p = list; *p; p++)
+        n += *p == ',';
+    if (!out)
+        return NULL;
+    for (size_t skip = (size_t)i % n; skip > 0; skip--)
+        at = (size_t)(strchr(list + at, ',') - list) + 1;
+    if (at == 0) {
+        memcpy(out, list, len + 1);
+        return out;
+    }
+    /* "c,a,b" from "a,b,c": the tail, a comma, then the head without its comma */
+    snprintf(out, len + 2, "%s,%.*s", list + at, (int)(at - 1), list);
+    return out;
+}
+
 int main(int argc, char **argv) {
     struct bench *b = calloc(1, sizeof *b);
     int rc = 1;
@@ -535,11 +564,15 @@ int main(int argc, char **argv) {
     if (!b->value || !b->cl || !b->slots || uv_loop_init(&b->loop) < 0)
         goto out;
     memset(b->value, 'v', (size_t)b->cf.val_size);
-    for (int i = 0; i < b->cf.conns; i++)
-        if (quoin_client_new_on_loop(&b->loop, b->cf.endpoints, NULL, &b->cl[i]) < 0) {
+    for (int i = 0; i < b->cf.conns; i++) {
+        char *eps = rotated_endpoints(b->cf.endpoints, i);
+        int made = eps ? quoin_client_new_on_loop(&b->loop, eps, NULL, &b->cl[i]) : -ENOMEM;
+        free(eps);
+        if (made < 0) {
             fprintf(stderr, "quoin-bench: bad endpoints %s\n", b->cf.endpoints);
             goto out;
         }
+    }
     if (b->cf.w == W_LEASE_KA && grant_leases(b) < 0)
         goto out;
     if (b->cf.w == W_WATCH) {

@@ -1,11 +1,12 @@
-"""quoin-bench against one quoin member: every workload runs, answers without
-errors, and reports a consistent latency distribution in its JSON line. (No
-timing is asserted: speed is what `make bench` is for.)"""
+"""quoin-bench against quoin members: every workload runs, answers without
+errors, and reports a consistent latency distribution in its JSON line; its
+connections spread over the endpoints given. (No timing is asserted: speed is
+what `make bench` is for.)"""
 import json
 import os
 import subprocess
 
-import pytest
+import etcd3
 
 from qtest import quoin_bin
 
@@ -56,3 +57,20 @@ def test_unreachable_server_reports_errors():
     out = json.loads(r.stdout)
     assert out["errors"] == 2
     assert out["last_error"]["code"] == 4
+
+
+def test_connections_spread_over_the_endpoints(servers):
+    # two independent members: connection i starts at endpoint i mod 2, so
+    # both get writes (a cluster's members would share them)
+    a, b = servers(name="a").start(), servers(name="b").start()
+    eps = "127.0.0.1:%d,127.0.0.1:%d" % (a.client_port, b.client_port)
+    r = bench("--endpoints", eps, "--conns", "2", "--clients", "8", "--total", "400", "--key-space", "1000000",
+              "-w", "json", "put")
+    assert r.returncode == 0, r.stderr
+    counts = []
+    for s in (a, b):
+        c = etcd3.client(host="127.0.0.1", port=s.client_port, timeout=5)
+        counts.append(sum(1 for _ in c.get_prefix("k", keys_only=True)))
+        c.close()
+    assert all(n > 0 for n in counts), counts
+    assert sum(counts) <= 400

@@ -21,6 +21,7 @@
 #include "client/quoin.h"
 #include "noleader.h"
 #include "srv.h"
+#include "watchrec.h"
 #include "util/util.h"
 
 struct fixture {
@@ -497,66 +498,6 @@ static void test_free_cancels(void **state) {
 
 /* ---- watch across a restart ---- */
 
-struct watch_state {
-    pthread_mutex_t mu;
-    int64_t revs[64];
-    char keys[64][16];
-    int n;
-    int dup_or_gap;
-    int ended;
-    int end_code;
-};
-
-static void watch_cb(void *arg, const quoin_header_t *h, const quoin_event_t *ev, size_t n,
-                     int64_t compact, const quoin_error_t *err) {
-    struct watch_state *w = arg;
-    (void)h;
-    (void)compact;
-    pthread_mutex_lock(&w->mu);
-    if (err) {
-        w->ended = 1;
-        w->end_code = err->code;
-    }
-    for (size_t i = 0; i < n && w->n < 64; i++) {
-        if (w->n && ev[i].kv.mod_revision != w->revs[w->n - 1] + 1)
-            w->dup_or_gap = 1;
-        w->revs[w->n] = ev[i].kv.mod_revision;
-        snprintf(w->keys[w->n], sizeof w->keys[0], "%.*s", (int)ev[i].kv.key_len, ev[i].kv.key);
-        w->n++;
-    }
-    pthread_mutex_unlock(&w->mu);
-}
-
-static int events_seen(struct watch_state *w) {
-    pthread_mutex_lock(&w->mu);
-    int n = w->n;
-    pthread_mutex_unlock(&w->mu);
-    return n;
-}
-
-static int wait_events(struct watch_state *w, int n, int ms) {
-    for (int i = 0; i < ms / 10; i++) {
-        int got = events_seen(w);
-        if (got >= n)
-            return got;
-        usleep(10000);
-    }
-    return events_seen(w);
-}
-
-/* Waits up to ms for the watch's final callback; returns its code, or -1. */
-static int wait_end(struct watch_state *w, int ms) {
-    for (int i = 0; i <= ms / 10; i++) {
-        pthread_mutex_lock(&w->mu);
-        int ended = w->ended, code = w->end_code;
-        pthread_mutex_unlock(&w->mu);
-        if (ended)
-            return code;
-        usleep(10000);
-    }
-    return -1;
-}
-
 /* Puts until one succeeds (the server may still be starting). */
 static void put_retry(quoin_client_t *c, const char *k, const char *v) {
     quoin_error_t e;
@@ -570,18 +511,18 @@ static void put_retry(quoin_client_t *c, const char *k, const char *v) {
 
 static void test_watch_restart(void **state) {
     struct fixture *f = *state;
-    struct watch_state w = {.n = 0};
+    struct watchrec w;
     quoin_watch_t *h;
     quoin_watch_options_t o = {.range_end = "wr0", .range_end_len = 3};
     char k[16];
-    pthread_mutex_init(&w.mu, NULL);
-    assert_int_equal(quoin_watch(f->c, "wr/", 3, &o, watch_cb, &w, &h), 0);
+    watchrec_init(&w);
+    assert_int_equal(quoin_watch(f->c, "wr/", 3, &o, watchrec_cb, &w, &h), 0);
     usleep(300000); /* the watch is created before the first put */
     for (int i = 0; i < 5; i++) {
         snprintf(k, sizeof k, "wr/%d", i);
         put_retry(f->c, k, "v");
     }
-    assert_int_equal(wait_events(&w, 5, 5000), 5);
+    assert_int_equal(watchrec_wait(&w, 5, 5000), 5);
     srv_stop(&f->srv, 0);
     assert_int_equal(srv_restart(&f->srv), 0);
     /* these land before the watch's stream is back: it must catch up on them */
@@ -589,29 +530,22 @@ static void test_watch_restart(void **state) {
         snprintf(k, sizeof k, "wr/%d", i);
         put_retry(f->c, k, "v");
     }
-    assert_int_equal(wait_events(&w, 10, 10000), 10);
+    assert_int_equal(watchrec_wait(&w, 10, 10000), 10);
     usleep(200000);
-    pthread_mutex_lock(&w.mu);
-    assert_int_equal(w.n, 10);
-    assert_false(w.dup_or_gap);
-    for (int i = 0; i < 10; i++) {
-        snprintf(k, sizeof k, "wr/%d", i);
-        assert_string_equal(w.keys[i], k);
-    }
-    pthread_mutex_unlock(&w.mu);
+    assert_true(watchrec_is_sequence(&w, "wr/", 10));
     quoin_watch_cancel(h);
-    assert_int_equal(wait_end(&w, 1000), QUOIN_CANCELLED);
-    pthread_mutex_destroy(&w.mu);
+    assert_int_equal(watchrec_wait_end(&w, 1000), QUOIN_CANCELLED);
+    watchrec_destroy(&w);
 }
 
 /* A watch from a compacted revision ends with the compaction error. */
 static void test_watch_compacted(void **state) {
     struct fixture *f = *state;
-    struct watch_state w = {.n = 0};
+    struct watchrec w;
     quoin_watch_t *h;
     quoin_resp_t *r;
     quoin_error_t e;
-    pthread_mutex_init(&w.mu, NULL);
+    watchrec_init(&w);
     put_retry(f->c, "wc/k", "1");
     put_retry(f->c, "wc/k", "2");
     assert_int_equal(quoin_get(f->c, "wc/k", 0, &r, &e), 0);
@@ -619,27 +553,27 @@ static void test_watch_compacted(void **state) {
     quoin_resp_free(r);
     assert_int_equal(quoin_compact(f->c, rev, 0, 0, &e), 0);
     quoin_watch_options_t o = {.start_revision = rev - 1};
-    assert_int_equal(quoin_watch(f->c, "wc/k", 4, &o, watch_cb, &w, &h), 0);
-    assert_int_equal(wait_end(&w, 3000), QUOIN_OUT_OF_RANGE);
+    assert_int_equal(quoin_watch(f->c, "wc/k", 4, &o, watchrec_cb, &w, &h), 0);
+    assert_int_equal(watchrec_wait_end(&w, 3000), QUOIN_OUT_OF_RANGE);
     quoin_watch_cancel(h);
     usleep(50000);
-    pthread_mutex_destroy(&w.mu);
+    watchrec_destroy(&w);
 }
 
 /* A watch cancelled at once, before the client's thread has even made it,
  * still ends with exactly one Cancelled callback. */
 static void test_watch_cancel_at_once(void **state) {
     struct fixture *f = *state;
-    struct watch_state w = {.n = 0};
+    struct watchrec w;
     quoin_watch_t *h;
-    pthread_mutex_init(&w.mu, NULL);
-    assert_int_equal(quoin_watch(f->c, "wq", 2, NULL, watch_cb, &w, &h), 0);
+    watchrec_init(&w);
+    assert_int_equal(quoin_watch(f->c, "wq", 2, NULL, watchrec_cb, &w, &h), 0);
     quoin_watch_cancel(h);
-    assert_int_equal(wait_end(&w, 1000), QUOIN_CANCELLED);
+    assert_int_equal(watchrec_wait_end(&w, 1000), QUOIN_CANCELLED);
     put_retry(f->c, "wq", "v");
     usleep(100000);
-    assert_int_equal(events_seen(&w), 0);
-    pthread_mutex_destroy(&w.mu);
+    assert_int_equal(watchrec_count(&w), 0);
+    watchrec_destroy(&w);
 }
 
 /* ---- keep-alive across a restart ---- */
@@ -731,8 +665,8 @@ static void test_restart_under_load(void **state) {
     }
 }
 
-/* ---- failover to a second endpoint (two independent single members:
- * clustering does not exist yet, so this tests the connection only) ---- */
+/* ---- failover to a second endpoint (two independent single members: the
+ * connection only; test_client_cluster.c fails over within a cluster) ---- */
 
 static void test_failover(void **state) {
     struct fixture *f = *state;
