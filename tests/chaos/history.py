@@ -118,6 +118,12 @@ class Recorder:
         self.kv = etcd.kvstub
         self.lease = etcd.leasestub
         self.timeout = timeout
+        self.last_status = None  # "ok", "fail" or "indeterminate": the last call's outcome
+
+    def rebind(self, etcd):
+        """Sends the following calls through another client (another member)."""
+        self.kv = etcd.kvstub
+        self.lease = etcd.leasestub
 
     def _run(self, entry, call):
         """Runs call() -> (result, results dict), finishing entry by its outcome.
@@ -127,8 +133,10 @@ class Recorder:
         except grpc.RpcError as e:
             status = "indeterminate" if e.code() in _UNSURE else "fail"
             self.h.finish(entry, status, error="%s: %s" % (e.code().name, e.details()))
+            self.last_status = status
             return None
         self.h.finish(entry, "ok", **fields)
+        self.last_status = "ok"
         return result
 
     def put(self, key, value, lease=0):
@@ -291,10 +299,12 @@ class WatchRecorder:
     last revision received. stop() writes the watcher's line."""
 
     def __init__(self, history, client_id, host, port, key, range_end=None, start_rev=1,
-                 progress_notify=True):
+                 progress_notify=True, others=()):
         self.h = history
         self.id = client_id
-        self.target = "%s:%d" % (host, port)
+        # Where the stream goes: the first target, then, after each break, the
+        # next of `others` ("host:port" of other members) in turn.
+        self.targets = ["%s:%d" % (host, port)] + list(others)
         self.key, self.range_end = key, range_end
         self.start_rev = start_rev
         self.progress_notify = progress_notify
@@ -349,9 +359,11 @@ class WatchRecorder:
 
     def _run(self):
         start = self.start_rev
+        n = 0
         while not self._stop.is_set():
-            with grpc.insecure_channel(self.target) as channel:
+            with grpc.insecure_channel(self.targets[n % len(self.targets)]) as channel:
                 self._stream(channel, start)
+            n += 1
             if self._stop.is_set():
                 break
             with self._lock:
