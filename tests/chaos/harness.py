@@ -75,6 +75,8 @@ def parser():
     p.add_argument("--san", action="store_true",
                    help="run quoin's test build (ASan, fault hooks) for every member")
     p.add_argument("--out", default=None, help="report directory (default tests/chaos/out/<time>)")
+    p.add_argument("--settle", type=int, default=60,
+                   help="seconds the healed cluster gets to answer reads again")
     p.add_argument("--check-ms", type=int, default=60000, help="checker time budget per group")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -249,10 +251,11 @@ class Run:
         self.log("%7.1fs  workload stops; healing everything" % (time.monotonic() - self.t0))
         self._heal_all()
         self.workload.finish()
-        stuck = self._settled()
+        stuck = self._settled(o.settle)
         if stuck:
             self.anomalies.append({"kind": "CLUSTER-UNAVAILABLE",
-                                   "text": "after healing, %s answered no read in 60s" % stuck,
+                                   "text": "after healing, %s answered no read in %ds" % (
+                                       stuck, o.settle),
                                    "excerpt": sum((self.cluster.members[int(n[1:]) - 1].log_tail(8)
                                                    for n in stuck), [])})
         self.workload.lease_pass()

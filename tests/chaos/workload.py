@@ -33,7 +33,7 @@ class Workload:
         self.stop = threading.Event()
         self.threads = []
         self.watchers = []
-        self.leases = []  # every lease id a client tried to grant
+        self.leases = []  # every lease id granted, or maybe granted (timed out)
         self.lock = threading.Lock()
 
     def endpoint(self, i):
@@ -128,9 +128,11 @@ class Workload:
             n += 1
             ttl = rng.choice([2, 3])
             lease = rng.randint(1, 2**62)
-            with self.lock:
-                self.leases.append(lease)
-            if rec.lease_grant(ttl, lease) is None:
+            granted = rec.lease_grant(ttl, lease)
+            if rec.last_status != "fail":  # a refused grant made no lease to ask about
+                with self.lock:
+                    self.leases.append(lease)
+            if granted is None:
                 self._rotate(rec, member)
                 continue
             key = rng.choice(self.lease_keys)
