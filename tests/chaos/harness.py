@@ -130,8 +130,12 @@ class Run:
             if kind == "proxy":
                 self.notes.append("no network namespaces here (needs CAP_NET_ADMIN): "
                                   "members behind loopback proxies")
-        self.net = NetnsNet(o.members, self.tag) if kind == "netns" else ProxyNet(o.members,
-                                                                                   self.tag)
+        if kind == "netns":
+            for name in NetnsNet.remove_stale():
+                self.notes.append("removed %s, left by a run that was killed" % name)
+            self.net = NetnsNet(o.members, self.tag)
+        else:
+            self.net = ProxyNet(o.members, self.tag)
         unsupported = [k for k in self.fault_kinds
                        if F.GROUPS[k] == "net" and (not self.net.supports(k) or (
                            kind == "proxy" and o.target == "etcd"))]

@@ -22,6 +22,7 @@ no process is ever killed here.
 """
 import os
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -47,8 +48,8 @@ class NetnsNet:
 
     def __init__(self, n, tag):
         self.n = n
-        self.tag = tag
-        short = tag.replace("-", "")[-9:]  # interface names are at most 15 bytes
+        self.tag = tag  # qch-<pid>
+        short = tag.replace("-", "")  # interface names: at most 15 bytes
         self.bridge = short + "br"
         self.ns = ["%s-n%d" % (tag, i + 1) for i in range(n)]
         self.veth_host = ["%sh%d" % (short, i + 1) for i in range(n)]
@@ -67,10 +68,28 @@ class NetnsNet:
         if os.geteuid() != 0 or not _has("ip"):
             return False
         probe = tag + "-probe"
-        if _run(["ip", "netns", "add", probe], check=False).returncode != 0:
-            return False
+        made = _run(["ip", "netns", "add", probe], check=False).returncode == 0
         _run(["ip", "netns", "del", probe], check=False)
-        return True
+        return made
+
+    @staticmethod
+    def remove_stale():
+        """Removes the namespaces and bridges of earlier runs whose harness
+        died without cleaning up (killed with SIGKILL): only names of this
+        harness's pattern whose PID no longer exists."""
+        gone = []
+        for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines():
+            m = re.match(r"^(qch-(\d+)-(n\d+|probe))\b", line)
+            if m and not _pid_alive(int(m.group(2))):
+                _run(["ip", "netns", "del", m.group(1)], check=False)
+                gone.append(m.group(1))
+        for line in _run(["ip", "-o", "link", "show", "type", "bridge"],
+                         check=False).stdout.splitlines():
+            m = re.match(r"^\d+: (qch(\d+)br)[:@]", line)
+            if m and not _pid_alive(int(m.group(2))):
+                _run(["ip", "link", "del", m.group(1)], check=False)
+                gone.append(m.group(1))
+        return gone
 
     def _pick_subnet(self):
         used = _run(["ip", "-o", "-4", "addr"], check=False).stdout
@@ -190,6 +209,10 @@ class NetnsNet:
         if self.made_bridge:
             _run(["ip", "link", "del", self.bridge], check=False)
             self.made_bridge = False
+
+
+def _pid_alive(pid):
+    return os.path.exists("/proc/%d" % pid)
 
 
 def _has(cmd):

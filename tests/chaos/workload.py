@@ -21,6 +21,35 @@ import etcd3
 from history import Recorder, WatchRecorder, prefix_end
 
 
+def random_kv_op(rec, rng, keys, seen, value):
+    """One random operation of a key-value client through Recorder rec: a put,
+    a get, a CAS on value or mod_revision (expectations from this client's own
+    reads in `seen`, so some match and some are stale), a two-key txn, a delete
+    or a small range. Every value written is the unique `value`."""
+    k = rng.choice(keys)
+    r = rng.random()
+    if r < 0.2:
+        rec.put(k, value)
+    elif r < 0.5:
+        resp = rec.get(k)
+        if resp is not None and resp.kvs:
+            seen[k] = (resp.kvs[0].value.decode("latin-1"), resp.kvs[0].mod_revision)
+    elif r < 0.62 and k in seen:
+        rec.cas(k, "value", seen[k][0], value)
+    elif r < 0.74 and k in seen:
+        rec.cas(k, "mod_rev", seen[k][1], value)
+    elif r < 0.88:
+        other = rng.choice([x for x in keys if x != k])
+        rec.txn([{"key": k, "target": "version", "cmp": ">", "value": 0}],
+                [{"op": "get", "key": k}, {"op": "put", "key": other, "value": value}],
+                [{"op": "put", "key": k, "value": value}])
+    elif r < 0.94:
+        rec.delete(k)
+    else:
+        a, b = sorted(rng.sample(keys, 2))
+        rec.range(a, b)
+
+
 class Workload:
     def __init__(self, history, cluster, opts, rng):
         self.h = history
@@ -93,29 +122,7 @@ class Workload:
         n = 0
         while not self.stop.is_set():
             n += 1
-            k = rng.choice(self.keys)
-            value = "%s-%d" % (name, n)
-            r = rng.random()
-            if r < 0.2:
-                rec.put(k, value)
-            elif r < 0.5:
-                resp = rec.get(k)
-                if resp is not None and resp.kvs:
-                    seen[k] = (resp.kvs[0].value.decode("latin-1"), resp.kvs[0].mod_revision)
-            elif r < 0.62 and k in seen:
-                rec.cas(k, "value", seen[k][0], value)
-            elif r < 0.74 and k in seen:
-                rec.cas(k, "mod_rev", seen[k][1], value)
-            elif r < 0.88:
-                other = rng.choice([x for x in self.keys if x != k])
-                rec.txn([{"key": k, "target": "version", "cmp": ">", "value": 0}],
-                        [{"op": "get", "key": k}, {"op": "put", "key": other, "value": value}],
-                        [{"op": "put", "key": k, "value": value}])
-            elif r < 0.94:
-                rec.delete(k)
-            else:
-                a, b = sorted(rng.sample(self.keys, 2))
-                rec.range(a, b)
+            random_kv_op(rec, rng, self.keys, seen, "%s-%d" % (name, n))
             if rec.last_status != "ok":
                 self._rotate(rec, member)
                 time.sleep(rng.uniform(0.02, 0.1))
