@@ -265,7 +265,6 @@ class Run:
         self.workload.lease_pass()
         self.workload.final_reads()
         self._compare_members()
-        time.sleep(1.5)  # the watchers catch up and see a progress notification
         self.workload.stop_watchers()
         self._monitor()
         h.close()

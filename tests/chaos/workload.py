@@ -161,9 +161,14 @@ class Workload:
                 self._rotate(rec, member)
 
     def _watch_hopper(self, name, i, rng):
-        """Breaks a watcher's stream now and then: it resumes on the next member."""
-        while not self.stop.wait(rng.uniform(3, 8)):
-            rng.choice(self.watchers).reconnect()
+        """Asks the watchers for progress notifications, and breaks a stream
+        now and then: it resumes on the next member."""
+        hop = time.monotonic() + rng.uniform(3, 8)
+        while not self.stop.wait(rng.uniform(0.3, 1.0)):
+            rng.choice(self.watchers).request_progress()
+            if time.monotonic() > hop:
+                rng.choice(self.watchers).reconnect()
+                hop = time.monotonic() + rng.uniform(3, 8)
 
     def finish(self, timeout=30):
         self.stop.set()
@@ -192,5 +197,11 @@ class Workload:
         return ok
 
     def stop_watchers(self):
+        """Gives the watchers time to catch up, and a progress notification
+        each (it says how far they got), then stops them."""
+        time.sleep(1.0)
+        for w in self.watchers:
+            w.request_progress()
+        time.sleep(0.5)
         for w in self.watchers:
             w.stop()
