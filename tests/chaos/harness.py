@@ -134,8 +134,18 @@ class Run:
             for name in NetnsNet.remove_stale():
                 self.notes.append("removed %s, left by a run that was killed" % name)
             self.net = NetnsNet(o.members, self.tag)
-        else:
+            try:
+                self.net.setup()
+            except RuntimeError as e:
+                self.net.close()
+                if o.net == "netns":
+                    raise
+                self.notes.append("cannot make the namespaces (%s): members behind loopback "
+                                  "proxies" % e)
+                kind = "proxy"
+        if kind == "proxy":
             self.net = ProxyNet(o.members, self.tag)
+            self.net.setup()
         unsupported = [k for k in self.fault_kinds
                        if F.GROUPS[k] == "net" and (not self.net.supports(k) or (
                            kind == "proxy" and o.target == "etcd"))]
@@ -231,7 +241,6 @@ class Run:
             self.out))
         for n in self.notes:
             self.log("  note: " + n)
-        self.net.setup()
         self.cluster = Cluster(o, self.net, self.workdir)
         self.log("  network %s; binary %s" % (self.net.kind, self.cluster.binary))
         self.cluster.start()

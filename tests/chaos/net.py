@@ -151,7 +151,7 @@ class NetnsNet:
             return self.nft
         if fault.startswith("partition"):
             return self.nft
-        return fault == "delay"
+        return fault == "delay" and _has("tc")
 
     def delay_kind(self):
         return "netem" if self.netem else "tbf-slow-link"
