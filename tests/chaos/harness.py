@@ -62,7 +62,10 @@ def parser():
     p.add_argument("--keys", type=int, default=6, help="keys the key-value clients share")
     p.add_argument("--op-timeout", type=float, default=2.0,
                    help="seconds before a call is given up (recorded indeterminate)")
-    p.add_argument("--net", choices=["auto", "netns", "proxy"], default="auto")
+    p.add_argument("--net", choices=["auto", "netns", "proxy"],
+                   default=os.environ.get("CHAOS_NET", "auto"),
+                   help="auto: namespaces where they can be made, else proxies "
+                        "(default: $CHAOS_NET, else auto)")
     p.add_argument("--interval", type=float, nargs=2, default=[1.0, 3.0], metavar=("MIN", "MAX"),
                    help="seconds between faults")
     p.add_argument("--hold", type=float, nargs=2, default=[1.5, 5.0], metavar=("MIN", "MAX"),
