@@ -11,16 +11,21 @@
 - the two deliberate bugs of the test build, each caught: a follower serving
   linearizable reads from its own state (stale reads), and a WAL that reports
   writes durable before fdatasync (acknowledged writes lost at a power cut of
-  every member).
+  every member);
+- and the faults are real: cutting the leader off (namespaces, and proxies)
+  makes the others elect a new one, which the old one follows once healed.
 """
 import os
+import random
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import faults as F  # noqa: E402
 import harness  # noqa: E402
-from cluster import quoin_binaries  # noqa: E402
+from cluster import Cluster, quoin_binaries  # noqa: E402
 
 RELEASE, SAN = quoin_binaries()
 needs_builds = pytest.mark.skipif(not (os.access(RELEASE, os.X_OK) and os.access(SAN, os.X_OK)),
@@ -83,3 +88,48 @@ def test_acknowledging_before_fsync_is_caught(tmp_path):
                     "DUPLICATE-REVISION", "REVISION-VS-REAL-TIME", "MEMBER-CRASHED"}, describe(s)
     crashes = [a for a in s["anomalies"] if a["kind"] == "MEMBER-CRASHED"]
     assert all(any("Assertion" in x for x in a["excerpt"]) for a in crashes), describe(s)
+
+
+def _partition_moves_leadership(tmp_path, net):
+    opts = harness.parser().parse_args(["--quiet", "--out", str(tmp_path / net), "--net", net,
+                                        "--faults", "partition-leader"])
+    run = harness.Run(opts)
+    try:
+        run._choose()
+        if run.net.kind != net:
+            pytest.skip("no %s network here" % net)
+        run.cluster = Cluster(opts, run.net, run.workdir)
+        run.cluster.start()
+        ids = run.cluster.member_ids()
+        ctx = F.Context(run.cluster, run.net, ids, [], lambda msg: None)
+        old = run.cluster.leader(ids)
+        what, members, heal = F.f_partition_leader(ctx, random.Random(1))
+        assert members == [old]
+        others = [m for m in run.cluster.members if m.i != old]
+        deadline = time.monotonic() + 10
+        new = None
+        while time.monotonic() < deadline and new is None:
+            leaders = {run.cluster.status(m)[1] for m in others if run.cluster.status(m)}
+            ids_seen = {ids.get(x) for x in leaders}
+            if len(ids_seen) == 1 and None not in ids_seen and old not in ids_seen:
+                new = ids_seen.pop()
+            time.sleep(0.2)
+        assert new is not None, "the majority elected no new leader: the partition did nothing"
+        heal()
+        # Healed, the old leader hears the new term and follows.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = run.cluster.status(run.cluster.members[old])
+            if st and st[1] and ids.get(st[1]) != old:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the old leader never followed after the heal")
+    finally:
+        run.cleanup()
+
+
+@needs_builds
+@pytest.mark.parametrize("net", ["netns", "proxy"])
+def test_a_partition_really_cuts_the_leader_off(tmp_path, net):
+    _partition_moves_leadership(tmp_path, net)
