@@ -302,11 +302,13 @@ class Run:
             verdict = "UNKNOWN"
         else:
             verdict = "HARNESS-ERROR"
+        watchers = {}
         summary = {
             "verdict": verdict,
             "config": self.config(),
             "notes": self.notes,
-            "operations": report.op_counts(self.history_path),
+            "operations": report.op_counts(self.history_path, watchers),
+            "watchers": watchers,
             "faults": self.sched.counts(),
             "fault_log": self.sched.events,
             "checker": {"exit": r.returncode, "verdict": verdicts.get(r.returncode, "error"),

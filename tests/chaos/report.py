@@ -8,12 +8,18 @@ import re
 _FINDING = re.compile(r"^([A-Z][A-Z-]+[A-Z]): ")
 
 
-def op_counts(history_path):
-    """{op: {"invoked", "ok", "fail", "indeterminate"}} over the history."""
+def op_counts(history_path, watchers=None):
+    """{op: {"invoked", "ok", "fail", "indeterminate"}} over the history; fills
+    watchers (if given) with {name: {"events", "reconnects", "progress"}}."""
     out = {}
     with open(history_path) as f:
         for line in f:
             e = json.loads(line)
+            if e["op"] == "watch" and watchers is not None:
+                kinds = [ev["type"] for ev in e.get("events", [])]
+                watchers[e["client"]] = {
+                    "events": sum(k in ("put", "delete") for k in kinds),
+                    "reconnects": kinds.count("reconnect"), "progress": kinds.count("progress")}
             c = out.setdefault(e["op"], {"invoked": 0, "ok": 0, "fail": 0, "indeterminate": 0})
             c["invoked"] += 1
             c[e["status"]] = c.get(e["status"], 0) + 1
@@ -59,12 +65,18 @@ def markdown(s):
              "| setting | value |", "|---|---|"]
     for k in sorted(cfg):
         lines.append("| %s | %s |" % (k, cfg[k]))
+    lines += [""] + ["Note: %s." % n for n in s.get("notes", [])]
     lines += ["", "## Operations", "", "| op | invoked | ok | failed | indeterminate |",
               "|---|---:|---:|---:|---:|"]
     for op in sorted(s["operations"], key=lambda o: (o == "total", o)):
         c = s["operations"][op]
         lines.append("| %s | %d | %d | %d | %d |" % (op, c["invoked"], c["ok"], c.get("fail", 0),
                                                      c.get("indeterminate", 0)))
+    lines += ["", "| watcher | events | reconnects | progress notifications |",
+              "|---|---:|---:|---:|"]
+    for name in sorted(s.get("watchers", {})):
+        w = s["watchers"][name]
+        lines.append("| %s | %d | %d | %d |" % (name, w["events"], w["reconnects"], w["progress"]))
     lines += ["", "## Faults", "", "| kind | injected |", "|---|---:|"]
     for k in sorted(s["faults"]):
         lines.append("| %s | %d |" % (k, s["faults"][k]))
