@@ -179,12 +179,18 @@ class Member:
         return "WAL cut at %s+%d (%d unsynced bytes lost), key space rebuilt from the WAL" % (
             seg[:16].lstrip("0") or "0", off, cut)
 
-    def log_tail(self, lines=15):
+    def log_lines(self):
+        """The log of the member's current (or last) process: the lines after
+        the last start marker."""
         try:
             with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace").splitlines()[-lines:]
+                text = f.read().decode(errors="replace")
         except OSError:
             return []
+        return text[text.rfind("\n=== ") + 1:].splitlines()
+
+    def log_tail(self, lines=15):
+        return self.log_lines()[-lines:]
 
 
 def _written_bytes(path, off):

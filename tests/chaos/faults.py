@@ -220,7 +220,7 @@ def _disk(ctx, rng, spec):
 
         def heal():
             stopped = not m.alive()
-            tail = m.log_tail(40)
+            tail = m.log_lines()
             if not stopped and any("cannot persist" in line for line in tail):
                 ctx.anomalies.append({
                     "kind": "DISK-FAULT-IGNORED",
