@@ -8,7 +8,7 @@ set -eu
 BUILD_PKGS="make gcc libc6-dev pkg-config clang-format libuv1-dev libnghttp2-dev \
 libprotobuf-c-dev protobuf-c-compiler liblmdb-dev libssl-dev libyaml-dev"
 TEST_PKGS="libcmocka-dev python3 python3-pytest etcd-client etcd-server \
-python3-etcd3 python3-etcd3gw python3-grpcio openssl curl iproute2 procps"
+python3-etcd3 python3-etcd3gw python3-grpcio openssl curl iproute2 procps nftables"
 
 pkgs="$BUILD_PKGS"
 if [ "${1:-}" != "--runtime" ]; then

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -671,9 +672,41 @@ static int recover_snapshot(server_node_t *n, const struct wal_snapshot *ws, uin
     return 0;
 }
 
+#ifdef QUOIN_TESTING
+bool server_test_bug(const char *name) {
+    const char *bugs = getenv("QUOIN_BUG");
+    size_t len = strlen(name);
+    for (const char *p = bugs; p && *p; p += strcspn(p, ",")) {
+        p += *p == ',';
+        if (strncmp(p, name, len) == 0 && (p[len] == ',' || p[len] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+/* The chaos harness's disk switches (docs/testing.md): QUOIN_TEST_WAL_FAULT=
+ * "<write|fdatasync>:<eio|enospc>:<n>" fails the nth such call of the WAL,
+ * QUOIN_TEST_SYNC_MARK names the power-cut mark file. */
+static void test_wal_options(struct wal_options *o) {
+    const char *f = getenv("QUOIN_TEST_WAL_FAULT");
+    char op[16], kind[16];
+    unsigned nth;
+    if (f && sscanf(f, "%15[a-z]:%15[a-z]:%u", op, kind, &nth) == 3 && nth > 0) {
+        o->fault.op = strcmp(op, "write") == 0 ? WAL_FAULT_WRITE : WAL_FAULT_FDATASYNC;
+        o->fault.kind = strcmp(kind, "enospc") == 0 ? WAL_FAULT_ENOSPC : WAL_FAULT_EIO;
+        o->fault.nth = nth;
+    }
+    o->test_sync_mark = getenv("QUOIN_TEST_SYNC_MARK");
+    o->test_lazy_sync = server_test_bug("ack-before-fsync");
+}
+#endif
+
 /* Rebuilds the in-memory log from what the WAL recovered. */
 static int load_wal(server_node_t *n, const struct node_config *cfg, struct util_err *err) {
     struct wal_options wopts = {.log = n->lg};
+#ifdef QUOIN_TESTING
+    test_wal_options(&wopts);
+#endif
     struct wal_recovery rec;
     int rc = wal_open(cfg->wal_dir, &wopts, &n->wal, &rec, err);
     if (rc != 0)

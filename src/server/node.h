@@ -144,6 +144,13 @@ struct node_status {
 };
 void server_node_status(server_node_t *n, struct node_status *st);
 
+#ifdef QUOIN_TESTING
+/* Whether the deliberate bug `name` is switched on: QUOIN_BUG holds a
+ * comma-separated list of them (tests/chaos shows the harness catches each;
+ * docs/testing.md lists them). Any thread. */
+bool server_test_bug(const char *name);
+#endif
+
 /* Stops the thread, fails what is queued and closes the WAL. server_node_status
  * still answers (the last state) until server_node_free. */
 void server_node_stop(server_node_t *n);

@@ -761,7 +761,17 @@ static void on_range(api_call_t *call, ProtobufCMessage *msg, const uint8_t *dat
     (void)len;
     struct server *s = arg;
     Etcdserverpb__RangeRequest *q = (Etcdserverpb__RangeRequest *)msg;
-    if (q->serializable) {
+    bool local = q->serializable;
+#ifdef QUOIN_TESTING
+    /* A deliberate bug the chaos harness must catch: a follower answers
+     * linearizable reads from its own, possibly stale, state. */
+    if (!local && server_test_bug("follower-local-read")) {
+        struct node_status st;
+        server_node_status(s->node, &st);
+        local = !st.is_leader;
+    }
+#endif
+    if (local) {
         do_range(s, call, q);
         protobuf_c_message_free_unpacked(msg, NULL);
         return;

@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -196,6 +198,23 @@ static void seg_path_name(const struct wal_seg *s, char *name) {
     wal_seg_name(name, s->seq, s->first_index);
 }
 
+#ifdef QUOIN_TESTING
+/* Records where the log is durable for the chaos harness's power cut (see
+ * wal_options.test_sync_mark): the active segment holds `off` synced bytes.
+ * The harness reads the file only after killing the process, so a plain
+ * rewrite is enough. */
+static void test_mark_synced(struct wal *w, uint64_t off) {
+    if (w->mark_fd < 0 || w->n_segs == 0)
+        return;
+    char name[WAL_NAME_MAX], line[WAL_NAME_MAX + 32];
+    seg_path_name(&w->segs[w->n_segs - 1], name);
+    int n = snprintf(line, sizeof(line), "%s %llu\n", name, (unsigned long long)off);
+    if (pwrite(w->mark_fd, line, (size_t)n, 0) != n || ftruncate(w->mark_fd, n) < 0)
+        LOG_WARN(w->log, "wal: cannot write the sync mark", LOG_STR("error", strerror(errno)));
+    w->last_sync_ns = util_now_mono_ns();
+}
+#endif
+
 /* Makes the segment described by h from the spare file if one is ready (a
  * header write and a rename), else from scratch. */
 static int new_segment(struct wal *w, const struct wal_seg_hdr *h, int *fd, struct util_err *err) {
@@ -277,6 +296,9 @@ static int roll(struct wal *w, const struct wal_seg_hdr *h) {
     close(w->fd);
     w->fd = fd;
     w->off = WAL_SEG_HDR_SIZE;
+#ifdef QUOIN_TESTING
+    test_mark_synced(w, w->off);
+#endif
     return 0;
 }
 
@@ -325,8 +347,15 @@ static int flush(struct wal *w, struct wal_batch *b) {
     }
     if (rc == 0)
         rc = write_out(w, b->buf + start, b->len - start);
+#ifdef QUOIN_TESTING
+    /* The ack-before-fsync bug: skip the sync unless a second has passed. */
+    bool lazy = w->lazy_sync && util_now_mono_ns() - w->last_sync_ns < 1000000000ull;
+    if (rc == 0 && b->len > 0 && !lazy && (rc = wal_io_fdatasync(w, w->fd)) == 0)
+        test_mark_synced(w, w->off);
+#else
     if (rc == 0 && b->len > 0)
         rc = wal_io_fdatasync(w, w->fd);
+#endif
     if (rc < 0) {
         LOG_ERROR(w->log, "wal: write failed; the log is read-only until reopened",
                   LOG_STR("dir", w->dir), LOG_STR("error", strerror(-rc)));
@@ -437,6 +466,10 @@ static void wal_free(struct wal *w) {
         close(w->fd);
     if (w->evfd >= 0)
         close(w->evfd);
+#ifdef QUOIN_TESTING
+    if (w->mark_fd >= 0)
+        close(w->mark_fd);
+#endif
     if (w->lockfd >= 0)
         close(w->lockfd);
     if (w->dirfd >= 0)
@@ -507,6 +540,14 @@ int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struc
     w->queue_size = opts->queue_size ? opts->queue_size : WAL_DEFAULT_QUEUE;
 #ifdef QUOIN_TESTING
     w->fault = opts->fault;
+    w->lazy_sync = opts->test_lazy_sync;
+    w->mark_fd = -1;
+    if (opts->test_sync_mark &&
+        (w->mark_fd = open(opts->test_sync_mark, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+        rc = util_errorf(err, -errno, "wal: cannot open %s: %s", opts->test_sync_mark,
+                         strerror(errno));
+        goto err;
+    }
 #endif
     if (!(w->dir = strdup(dir))) {
         rc = util_errorf(err, -ENOMEM, "wal: out of memory");
@@ -541,6 +582,9 @@ int wal_open(const char *dir, const struct wal_options *opts, wal_t **out, struc
         goto err;
     w->durable = (struct wal_durable){
         .index = w->ls.last, .term = w->ls.last_term, .snapshot_index = w->ls.snap.index};
+#ifdef QUOIN_TESTING
+    test_mark_synced(w, w->synced_off);
+#endif
     w->pending.end = w->durable;
     if (!opts->no_spare) {
         if ((rc = pthread_create(&w->spare_thread, NULL, spare_thread, w)) != 0) {

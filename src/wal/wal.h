@@ -158,6 +158,14 @@ struct wal_options {
     int no_spare;
 #ifdef QUOIN_TESTING
     struct wal_fault fault;
+    /* Power-cut simulation (tests/chaos): after every fdatasync that made
+     * the active segment durable, this file is rewritten to hold one line,
+     * "<segment file name> <durable bytes of it>". A harness that kills the
+     * process can cut the log back there, as a power loss would. */
+    const char *test_sync_mark;
+    /* A deliberate bug (QUOIN_BUG=ack-before-fsync): batches are reported
+     * durable once written, and fdatasync runs at most once a second. */
+    int test_lazy_sync;
 #endif
 };
 

@@ -182,6 +182,9 @@ struct wal {
 #ifdef QUOIN_TESTING
     struct wal_fault fault;
     unsigned calls[4];
+    int mark_fd; /* test_sync_mark, or -1 */
+    int lazy_sync;
+    uint64_t last_sync_ns;
 #endif
 };
 

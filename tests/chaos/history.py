@@ -24,6 +24,7 @@ not have taken effect, and the checker considers both.
 """
 import json
 import os
+import queue
 import random
 import subprocess
 import threading
@@ -118,6 +119,12 @@ class Recorder:
         self.kv = etcd.kvstub
         self.lease = etcd.leasestub
         self.timeout = timeout
+        self.last_status = None  # "ok", "fail" or "indeterminate": the last call's outcome
+
+    def rebind(self, etcd):
+        """Sends the following calls through another client (another member)."""
+        self.kv = etcd.kvstub
+        self.lease = etcd.leasestub
 
     def _run(self, entry, call):
         """Runs call() -> (result, results dict), finishing entry by its outcome.
@@ -127,8 +134,10 @@ class Recorder:
         except grpc.RpcError as e:
             status = "indeterminate" if e.code() in _UNSURE else "fail"
             self.h.finish(entry, status, error="%s: %s" % (e.code().name, e.details()))
+            self.last_status = status
             return None
         self.h.finish(entry, "ok", **fields)
+        self.last_status = "ok"
         return result
 
     def put(self, key, value, lease=0):
@@ -291,10 +300,12 @@ class WatchRecorder:
     last revision received. stop() writes the watcher's line."""
 
     def __init__(self, history, client_id, host, port, key, range_end=None, start_rev=1,
-                 progress_notify=True):
+                 progress_notify=True, others=()):
         self.h = history
         self.id = client_id
-        self.target = "%s:%d" % (host, port)
+        # Where the stream goes: the first target, then, after each break, the
+        # next of `others` ("host:port" of other members) in turn.
+        self.targets = ["%s:%d" % (host, port)] + list(others)
         self.key, self.range_end = key, range_end
         self.start_rev = start_rev
         self.progress_notify = progress_notify
@@ -303,6 +314,7 @@ class WatchRecorder:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._call = None
+        self._reqs = None  # the open stream's request queue
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._entry = None
 
@@ -318,15 +330,20 @@ class WatchRecorder:
                                             progress_notify=self.progress_notify)
         if self.range_end is not None:
             create.range_end = wire(self.range_end)
-        done = threading.Event()
+        reqs = queue.Queue()
+        reqs.put(etcdrpc.WatchRequest(create_request=create))
 
         def requests():
-            yield etcdrpc.WatchRequest(create_request=create)
-            done.wait()
+            while True:
+                r = reqs.get()
+                if r is None:
+                    return
+                yield r
         stub = etcdrpc.WatchStub(channel)
         call = stub.Watch(requests())
         with self._lock:
             self._call = call
+            self._reqs = reqs
         try:
             for rs in call:
                 if rs.created or rs.canceled:
@@ -345,19 +362,33 @@ class WatchRecorder:
         except grpc.RpcError:
             pass
         finally:
-            done.set()
+            with self._lock:
+                self._reqs = None
+            reqs.put(None)
 
     def _run(self):
         start = self.start_rev
+        n = 0
         while not self._stop.is_set():
-            with grpc.insecure_channel(self.target) as channel:
+            with grpc.insecure_channel(self.targets[n % len(self.targets)]) as channel:
                 self._stream(channel, start)
+            n += 1
             if self._stop.is_set():
                 break
             with self._lock:
                 start = self.last_rev + 1
                 self.events.append({"type": "reconnect", "start_rev": start})
             time.sleep(0.05)
+
+    def request_progress(self):
+        """Asks the server for a progress notification (etcd 3.4's
+        WatchRequest.progress_request, field 3, which python-etcd3's protos
+        predate: sent as that field's bytes)."""
+        req = etcdrpc.WatchRequest()
+        req.ParseFromString(b"\x1a\x00")
+        with self._lock:
+            if self._reqs is not None:
+                self._reqs.put(req)
 
     def reconnect(self):
         """Breaks the stream; the watcher resumes after its last event."""

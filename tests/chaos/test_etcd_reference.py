@@ -21,6 +21,7 @@ from etcd3 import etcdrpc
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from history import History, Recorder, WatchRecorder, prefix_end, run_lincheck  # noqa: E402
 from compat.etcdctl_diff import ETCD, start_etcd, stop_process  # noqa: E402
+from workload import random_kv_op  # noqa: E402
 
 PREFIX = "ref/"
 KEYS = [PREFIX + "k%d" % i for i in range(5)]
@@ -35,26 +36,7 @@ def kv_client(rec, name, deadline, seed):
     n = 0
     while time.monotonic() < deadline:
         n += 1
-        k = rng.choice(KEYS)
-        value = "%s-%d" % (name, n)
-        r = rng.random()
-        if r < 0.25:
-            rec.put(k, value)
-        elif r < 0.55:
-            resp = rec.get(k)
-            if resp is not None and resp.kvs:
-                seen[k] = (resp.kvs[0].value.decode("latin-1"), resp.kvs[0].mod_revision)
-        elif r < 0.7 and k in seen:
-            rec.cas(k, "value", seen[k][0], value)
-        elif r < 0.85 and k in seen:
-            rec.cas(k, "mod_rev", seen[k][1], value)
-        elif r < 0.95:
-            other = rng.choice([x for x in KEYS if x != k])
-            rec.txn([{"key": k, "target": "version", "cmp": ">", "value": 0}],
-                    [{"op": "get", "key": k}, {"op": "put", "key": other, "value": value}],
-                    [{"op": "put", "key": k, "value": value}])
-        else:
-            rec.delete(k)
+        random_kv_op(rec, rng, KEYS, seen, "%s-%d" % (name, n))
 
 
 def lease_client(rec, deadline):

@@ -1,0 +1,304 @@
+"""The members of a chaos run: real quoin (or etcd 3.4) processes, each with
+its data directory and log under the run's work directory, started through
+the network's wrapper (a namespace, or plain loopback), and signalled by PID
+only.
+
+Power cut (quoin's test build only): a member started with
+QUOIN_TEST_SYNC_MARK=<file> rewrites that file after every fdatasync of its
+WAL with "<segment> <durable bytes>". power_cut() kills the member with
+SIGKILL, then takes its disk back to what a power loss leaves: the WAL cut at
+the mark (later segments deleted, the rest of the marked one zeroed) and the
+key-space database removed, so the member rebuilds it from its WAL on restart
+(a power loss may lose LMDB commits made without a sync; losing all of them is
+the worst case). For that to be possible the WAL must still hold the whole log:
+members of a run with power cuts take --snapshot-count 1000000000 (no
+checkpoint, so no WAL segment is ever released).
+"""
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import grpc
+from etcd3 import etcdrpc
+
+from qtest import ROOT, clean_env, quoin_bin
+
+ETCD = "/usr/bin/etcd"
+
+
+def quoin_binaries():
+    """(release, test build) paths of the server."""
+    san = quoin_bin().replace("/build/", "/build-san/")
+    if "/build-san/" not in san:
+        san = os.path.join(ROOT, "build-san", "quoin")
+    release = san.replace("/build-san/", "/build/")
+    return release, san
+
+
+class Member:
+    def __init__(self, cluster, i):
+        self.c = cluster
+        self.i = i
+        self.name = "m%d" % (i + 1)
+        self.data_dir = os.path.join(cluster.workdir, self.name + ".data")
+        self.log_path = os.path.join(cluster.workdir, self.name + ".log")
+        self.mark_path = os.path.join(cluster.workdir, self.name + ".syncmark")
+        self.proc = None
+        self.log = None
+        self.binary = None
+        self.started_at = 0.0
+        self.expect_exit = False  # a fault made it stop on purpose
+        self.paused = False
+
+    @property
+    def endpoint(self):
+        return self.c.net.client_endpoint(self.i)
+
+    def argv(self, binary):
+        net = self.c.net
+        a = [binary,
+             "--name", self.name,
+             "--data-dir", self.data_dir,
+             "--listen-client-urls", net.listen_client_url(self.i),
+             "--advertise-client-urls", net.listen_client_url(self.i),
+             "--listen-peer-urls", net.listen_peer_url(self.i),
+             "--initial-advertise-peer-urls", net.peer_url(self.i),
+             "--initial-cluster", self.c.initial_cluster,
+             "--initial-cluster-state", "new",
+             "--initial-cluster-token", self.c.token,
+             "--heartbeat-interval", "100",
+             "--election-timeout", "1000"]
+        if self.c.target == "etcd":
+            a += ["--experimental-watch-progress-notify-interval", "1s"]
+        if self.c.no_checkpoints:
+            a += ["--snapshot-count", "1000000000"]
+        return a
+
+    def start(self, binary=None, env=None):
+        """Starts the member (the run's binary unless told); returns at once."""
+        self.binary = binary or self.c.binary
+        e = clean_env()
+        if self.c.target == "quoin" and self.binary == self.c.san_binary:
+            e["QUOIN_TEST_SYNC_MARK"] = self.mark_path
+            e.setdefault("ASAN_OPTIONS", "detect_leaks=0")
+            if self.c.bug:
+                e["QUOIN_BUG"] = self.c.bug
+        e.update(env or {})
+        self.log = open(self.log_path, "ab")
+        self.log.write(("\n=== %s start %s%s\n" % (
+            time.strftime("%H:%M:%S"), os.path.basename(self.binary),
+            "".join(" %s=%s" % kv for kv in sorted((env or {}).items())))).encode())
+        self.log.flush()
+        # A session of its own: a Ctrl-C at the terminal reaches the harness
+        # only, which then stops every member itself, by PID.
+        self.proc = subprocess.Popen(self.c.net.wrap(self.i, self.argv(self.binary)),
+                                     stdout=self.log, stderr=self.log, env=e,
+                                     start_new_session=True)
+        self.started_at = time.monotonic()
+        self.expect_exit = False
+        self.paused = False
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def kill(self):
+        """SIGKILL by PID, and reaped."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            if self.paused:
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        self.paused = False
+        if self.log:
+            self.log.close()
+            self.log = None
+        return self.proc.returncode
+
+    def pause(self):
+        self.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self):
+        self.signal(signal.SIGCONT)
+        self.paused = False
+
+    def wait_ready(self, timeout=30):
+        host, port = self.endpoint
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return False
+            try:
+                urllib.request.urlopen("http://%s:%d/version" % (host, port), timeout=1).read()
+                return True
+            except OSError:
+                time.sleep(0.1)
+        return False
+
+    def power_cut(self):
+        """Kills the member and leaves its disk as a power loss would (see
+        the module's comment). Returns a short description of what was cut."""
+        self.kill()
+        wal_dir = os.path.join(self.data_dir, "wal")
+        try:
+            with open(self.mark_path) as f:
+                seg, off = f.read().split()
+            off = int(off)
+        except (OSError, ValueError):
+            return "no sync mark: disk left as it was"
+        cut = 0
+        for name in sorted(os.listdir(wal_dir)):
+            path = os.path.join(wal_dir, name)
+            if not name.endswith(".wal"):
+                continue
+            if name > seg:
+                cut += os.path.getsize(path)
+                os.unlink(path)
+            elif name == seg:
+                size = os.path.getsize(path)
+                cut += _written_bytes(path, off)
+                os.truncate(path, off)  # what follows reads as zeros, as preallocated space
+                os.truncate(path, size)
+        for name in ("db", "db-lock"):
+            try:
+                os.unlink(os.path.join(self.data_dir, name))
+            except FileNotFoundError:
+                pass
+        return "WAL cut at %s+%d (%d unsynced bytes lost), key space rebuilt from the WAL" % (
+            seg[:16].lstrip("0") or "0", off, cut)
+
+    def log_lines(self):
+        """The log of the member's current (or last) process: the lines after
+        the last start marker."""
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return text[text.rfind("\n=== ") + 1:].splitlines()
+
+    def log_tail(self, lines=15):
+        return self.log_lines()[-lines:]
+
+
+def _written_bytes(path, off):
+    """Non-zero bytes after off (what the cut throws away), roughly."""
+    with open(path, "rb") as f:
+        f.seek(off)
+        data = f.read(8 << 20)
+    return len(data.rstrip(b"\0"))
+
+
+class Cluster:
+    def __init__(self, opts, net, workdir):
+        self.net = net
+        self.workdir = workdir
+        self.target = opts.target
+        self.bug = opts.bug
+        self.token = "chaos-%d" % os.getpid()
+        self.release_binary, self.san_binary = quoin_binaries()
+        if self.target == "etcd":
+            self.binary = ETCD
+        else:
+            self.binary = self.san_binary if opts.san else self.release_binary
+        self.no_checkpoints = opts.no_checkpoints
+        self.members = [Member(self, i) for i in range(opts.members)]
+        self.initial_cluster = ",".join(
+            "%s=%s" % (m.name, net.peer_url(m.i)) for m in self.members)
+
+    def start(self):
+        for m in self.members:
+            m.start()
+        for m in self.members:
+            if not m.wait_ready():
+                raise RuntimeError("%s did not start:\n%s" % (m.name, "\n".join(m.log_tail())))
+        ids = self.member_ids()
+        self.net.set_member_ids(ids)
+        deadline = time.monotonic() + 30
+        while self.leader(ids) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no leader elected in 30s")
+            time.sleep(0.2)
+
+    def _stub(self, m, kind):
+        host, port = m.endpoint
+        ch = grpc.insecure_channel("%s:%d" % (host, port))
+        return ch, kind(ch)
+
+    def member_ids(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.members:
+                ch, stub = self._stub(m, etcdrpc.ClusterStub)
+                try:
+                    r = stub.MemberList(etcdrpc.MemberListRequest(), timeout=2)
+                    names = {x.name: x.ID for x in r.members}
+                    if all(mm.name in names for mm in self.members):
+                        return {names[mm.name]: mm.i for mm in self.members}
+                except grpc.RpcError:
+                    pass
+                finally:
+                    ch.close()
+            time.sleep(0.2)
+        raise RuntimeError("the members never listed each other")
+
+    def status(self, m, timeout=1):
+        """(member id, leader id, raft term, revision), or None."""
+        if not m.alive() or m.paused:
+            return None
+        ch, stub = self._stub(m, etcdrpc.MaintenanceStub)
+        try:
+            r = stub.Status(etcdrpc.StatusRequest(), timeout=timeout)
+            return r.header.member_id, r.leader, r.raftTerm, r.header.revision
+        except grpc.RpcError:
+            return None
+        finally:
+            ch.close()
+
+    def leader(self, ids):
+        """The index of the member most others call leader, or None."""
+        votes = {}
+        for m in self.members:
+            st = self.status(m)
+            if st and st[1]:
+                votes[st[1]] = votes.get(st[1], 0) + 1
+        if not votes:
+            return None
+        best = max(votes, key=votes.get)
+        return ids.get(best)
+
+    def hash_kv(self, m, rev):
+        ch, stub = self._stub(m, etcdrpc.MaintenanceStub)
+        try:
+            return stub.HashKV(etcdrpc.HashKVRequest(revision=rev), timeout=5).hash
+        except grpc.RpcError as e:
+            return "error: %s" % e.code().name
+        finally:
+            ch.close()
+
+    def revision(self, m):
+        """The member's own revision (a serializable read), or None."""
+        ch, stub = self._stub(m, etcdrpc.KVStub)
+        try:
+            r = stub.Range(etcdrpc.RangeRequest(key=b"\0", serializable=True), timeout=2)
+            return r.header.revision
+        except grpc.RpcError:
+            return None
+        finally:
+            ch.close()
+
+    def stop(self):
+        for m in self.members:
+            m.kill()
