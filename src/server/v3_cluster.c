@@ -803,6 +803,34 @@ static int join(struct server *s, struct member_set *boot, struct member_set *cu
     return 0;
 }
 
+/* A restart that finds no member in the store: the key space was lost (a
+ * power cut can take LMDB's unsynced pages; the member rebuilds it from a WAL
+ * that starts at index 1). The bootstrap set is written again — the flags'
+ * when they make this cluster's id, else the other members' — and the log
+ * replays every change since. */
+static int rebuild_store(struct server *s, struct util_err *err) {
+    struct member_set boot = {0}, current = {0};
+    uint64_t theirs = s->cluster_id;
+    int rc;
+    if (s->cfg->initial_cluster_new && s->cfg->cluster_id == s->cluster_id)
+        rc = initial_set(s->cfg, &boot);
+    else
+        rc = fetch_cluster(s, &theirs, &boot, &current, err);
+    members_free(&current);
+    if (rc == 0 && theirs != s->cluster_id)
+        rc = util_errorf(err, -EINVAL,
+                         "the member store is empty and the members asked belong to cluster "
+                         "%" PRIx64 ", not %" PRIx64,
+                         theirs, s->cluster_id);
+    if (rc == 0 && (rc = members_store_replace(s->db, s->members_dbi, &boot, s->cluster_id)) != 0)
+        util_errorf(err, rc, "cannot write the member store: %s", mvcc_strerror(rc));
+    if (rc == 0)
+        LOG_WARN(s->lg, "the member store was empty; rebuilt it from the bootstrap members",
+                 LOG_UINT("members", boot.n));
+    members_free(&boot);
+    return rc;
+}
+
 int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_err *err) {
     const char *dir = server_datadir_path(s->dd);
     int rc = members_store_open(s->db, &s->members_dbi);
@@ -838,9 +866,16 @@ int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_er
         return rc;
     }
     rc = members_store_read(s->db, s->members_dbi, &set, &cid, NULL);
+    if (rc == 0 && set.n == 0) {
+        members_free(&set);
+        if ((rc = rebuild_store(s, err)) == 0)
+            rc = members_store_read(s->db, s->members_dbi, &set, &cid, NULL);
+    }
     if (rc != 0) {
         members_free(&current);
-        return util_errorf(err, rc, "cannot read the member store: %s", mvcc_strerror(rc));
+        return err && err->code
+                   ? rc
+                   : util_errorf(err, rc, "cannot read the member store: %s", mvcc_strerror(rc));
     }
     members_conf_state(&set, cs);
     /* A member that joined but stopped before replaying its own addition

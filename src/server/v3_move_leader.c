@@ -54,12 +54,17 @@ static void on_move_tick(uv_timer_t *t) {
     }
 }
 
-/* Whether id is a voting member. */
-static bool is_member(const struct server *s, uint64_t id) {
-    for (size_t i = 0; i < s->cfg->n_initial_cluster; i++)
-        if (s->cfg->initial_cluster[i].id == id)
-            return true;
-    return false;
+/* Whether id is a voting member (etcd refuses a learner as transferee), as
+ * the member store says now. */
+static bool is_voter(const struct server *s, uint64_t id) {
+    struct member_set set;
+    uint64_t cluster_id;
+    if (members_store_read(s->db, s->members_dbi, &set, &cluster_id, NULL) != 0)
+        return false;
+    const struct member *m = members_find(&set, id);
+    bool voter = m && !m->learner;
+    members_free(&set);
+    return voter;
 }
 
 void v3_move_leader(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
@@ -75,7 +80,7 @@ void v3_move_leader(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data
         v3_fail(call, V3_ENOTLEADER);
         return;
     }
-    if (!is_member(s, target)) {
+    if (!is_voter(s, target)) {
         v3_fail(call, V3_EBADTRANSFEREE);
         return;
     }
