@@ -173,19 +173,26 @@ void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, con
 void v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
                      const uint8_t *data, size_t len, v3_answer_fn answer);
 
+/* The on_cancel of a proposed write: its waiter answers CANCELLED (the entry
+ * may still be applied). io loop. */
+void v3_write_cancel(api_call_t *call, void *arg);
+
 /* Membership: the member store at start-up (identity, a new cluster's
  * members, joining an existing cluster, a restart: fills cs with the
  * configuration as of the applied index and gives the transport its peers),
  * the Cluster service, the apply of conf changes and of published
  * attributes (apply thread), the raft thread's check of a conf change
- * (node_callbacks.conf_change), and the 500 ms tick (publishing; returns
- * true once this member, removed, must stop). */
+ * (node_callbacks.conf_change), the answers to other members' questions on
+ * the peer port (peer_config.answer: the members, for a member joining; a
+ * learner's progress, asked of the leader by a follower promoting it), and
+ * the 500 ms tick (publishing; returns true once this member, removed, must
+ * stop). */
 int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_err *err);
 int v3_cluster_register(struct server *s, struct util_err *err);
 int v3_cluster_apply(struct server *s, mvcc_batch_t *b, const struct raft_entry *e,
                      struct apply_done *done);
 bool v3_cluster_conf_change(void *arg, const struct raft_conf_change *cc, uint64_t index);
-int v3_cluster_members_answer(void *arg, struct util_buf *out);
+int v3_cluster_answer(void *arg, enum peer_question q, uint64_t about, struct util_buf *out);
 bool v3_cluster_tick(struct server *s);
 
 /* After a snapshot replaced the key space (and with it the member store):

@@ -25,6 +25,13 @@
 /* A publish not applied by then is asked again. */
 #define PUBLISH_RETRY_NS 5000000000ull
 
+static uint64_t be64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
 /* ---- answers ---- */
 
 /* The protobuf view of a member set; strings point into the set. */
@@ -270,25 +277,28 @@ static int check_started(struct server *s, const struct member_set *set, enum me
     return check_healthy(s, set, op, id);
 }
 
-/* Checks a change against the store as this member has applied it, then
- * proposes it; the apply thread checks again at its place in the log. */
-static void propose_change(struct server *s, api_call_t *call, enum members_op op, uint64_t id,
-                           const struct member *m, v3_answer_fn answer) {
+/* Checks a change against the store as this member has applied it
+ * (etcd's checks before proposing). Returns 0 or the refusal. */
+static int check_change(struct server *s, enum members_op op, uint64_t id, const struct member *m) {
     struct member_set set;
     uint64_t cid;
     int rc = members_store_read(s->db, s->members_dbi, &set, &cid, NULL);
-    if (rc != 0) {
-        v3_fail(call, rc);
-        return;
-    }
+    if (rc != 0)
+        return rc;
     rc = check_started(s, &set, op, id, m && m->learner);
     if (rc == 0)
         rc = members_check(&set, op, id, m);
     members_free(&set);
+    return rc;
+}
+
+/* Proposes a checked change; the apply thread checks again at its place in
+ * the log. */
+static void send_change(struct server *s, api_call_t *call, enum members_op op, uint64_t id,
+                        const struct member *m, v3_answer_fn answer) {
     struct util_buf b = {0};
     uint8_t o = (uint8_t)op;
-    if (rc == 0)
-        rc = util_buf_append(&b, &o, 1);
+    int rc = util_buf_append(&b, &o, 1);
     if (rc == 0 && m)
         rc = members_encode(m, &b);
     if (rc != 0) {
@@ -303,6 +313,106 @@ static void propose_change(struct server *s, api_call_t *call, enum members_op o
     struct raft_conf_change cc = {.type = type, .node_id = id};
     v3_propose_conf(s, call, &cc, (const uint8_t *)b.data, b.len, answer);
     util_buf_free(&b);
+}
+
+static void propose_change(struct server *s, api_call_t *call, enum members_op op, uint64_t id,
+                           const struct member *m, v3_answer_fn answer) {
+    int rc = check_change(s, op, id, m);
+    if (rc != 0)
+        v3_fail(call, rc);
+    else
+        send_change(s, call, op, id, m, answer);
+}
+
+/* ---- promotion from a follower ----
+ * Only the leader knows how far a learner is (etcd forwards MemberPromote to
+ * it over HTTP): a follower asks the leader on its peer port for the
+ * learner's progress, on a worker thread, and proposes the promotion (raft
+ * forwards it) once the leader says the learner is in sync. */
+
+struct promote_ask {
+    uv_work_t work;
+    struct server *s;
+    api_call_t *call;
+    uint64_t id;
+    char *urls[16];
+    size_t n_urls;
+    int rc;
+};
+
+/* The answer to PEER_ASK_PROGRESS: code (0, NODE_ENOTLEADER, -ENOENT) as 4
+ * bytes two's complement, the member's match index, the leader's. */
+#define PROGRESS_ANSWER_LEN 20
+
+static void promote_ask_run(uv_work_t *w) {
+    struct promote_ask *pa = w->data;
+    pa->rc = RAFT_ENOLEADER;
+    for (size_t i = 0; i < pa->n_urls && pa->rc == RAFT_ENOLEADER; i++) {
+        struct util_buf out = {0};
+        struct util_err err = {0};
+        uint64_t cid, mid;
+        if (peer_ask(pa->urls[i], PEER_ASK_PROGRESS, pa->id, JOIN_FETCH_MS, &cid, &mid, &out,
+                     &err) == 0 &&
+            out.len == PROGRESS_ANSWER_LEN && cid == pa->s->cluster_id) {
+            const uint8_t *p = (const uint8_t *)out.data;
+            int32_t code = (int32_t)(uint32_t)(be64(p) >> 32);
+            if (code == 0)
+                pa->rc = server_node_learner_ready(be64(p + 4), be64(p + 12))
+                             ? 0
+                             : NODE_ELEARNERNOTREADY;
+            else if (code != NODE_ENOTLEADER)
+                pa->rc = code;
+        }
+        util_buf_free(&out);
+    }
+}
+
+static void promote_ask_done(uv_work_t *w, int status) {
+    struct promote_ask *pa = w->data;
+    if (status != 0)
+        v3_fail(pa->call, -ECANCELED);
+    else if (pa->rc != 0)
+        v3_fail(pa->call, pa->rc);
+    else
+        send_change(pa->s, pa->call, MEMBERS_OP_PROMOTE, pa->id, NULL, answer_promote);
+    for (size_t i = 0; i < pa->n_urls; i++)
+        free(pa->urls[i]);
+    free(pa);
+}
+
+/* Asks the leader (on a follower) whether learner id is in sync. */
+static void promote_via_leader(struct server *s, api_call_t *call, uint64_t id) {
+    struct node_status st;
+    server_node_status(s->node, &st);
+    struct member_set set;
+    uint64_t cid;
+    int rc =
+        st.leader ? members_store_read(s->db, s->members_dbi, &set, &cid, NULL) : RAFT_ENOLEADER;
+    if (rc != 0) {
+        v3_fail(call, rc);
+        return;
+    }
+    const struct member *leader = members_find(&set, st.leader);
+    struct promote_ask *pa = calloc(1, sizeof(*pa));
+    rc = pa ? 0 : -ENOMEM;
+    if (pa) {
+        *pa = (struct promote_ask){.s = s, .call = call, .id = id};
+        pa->work.data = pa;
+        for (size_t i = 0; leader && i < leader->n_peer_urls && i < 16 && rc == 0; i++)
+            if (!(pa->urls[pa->n_urls++] = strdup(leader->peer_urls[i])))
+                rc = -ENOMEM;
+    }
+    members_free(&set);
+    if (rc == 0 && pa->n_urls == 0)
+        rc = RAFT_ENOLEADER;
+    if (rc == 0 && uv_queue_work(&s->loop, &pa->work, promote_ask_run, promote_ask_done) != 0)
+        rc = -ENOMEM;
+    if (rc != 0) {
+        for (size_t i = 0; pa && i < pa->n_urls; i++)
+            free(pa->urls[i]);
+        free(pa);
+        v3_fail(call, rc);
+    }
 }
 
 static void on_member_add(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
@@ -351,9 +461,18 @@ static void on_member_promote(api_call_t *call, ProtobufCMessage *msg, const uin
                               size_t len, void *arg) {
     (void)data;
     (void)len;
+    struct server *s = arg;
     uint64_t id = ((Etcdserverpb__MemberPromoteRequest *)msg)->id;
     protobuf_c_message_free_unpacked(msg, NULL);
-    propose_change(arg, call, MEMBERS_OP_PROMOTE, id, NULL, answer_promote);
+    struct node_status st;
+    server_node_status(s->node, &st);
+    int rc = check_change(s, MEMBERS_OP_PROMOTE, id, NULL);
+    if (rc != 0)
+        v3_fail(call, rc);
+    else if (st.is_leader)
+        send_change(s, call, MEMBERS_OP_PROMOTE, id, NULL, answer_promote); /* raft loop checks */
+    else
+        promote_via_leader(s, call, id);
 }
 
 static void on_member_list(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
@@ -370,21 +489,25 @@ int v3_cluster_register(struct server *s, struct util_err *err) {
          .request = &etcdserverpb__member_add_request__descriptor,
          .response = &etcdserverpb__member_add_response__descriptor,
          .on_message = on_member_add,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberRemove",
          .request = &etcdserverpb__member_remove_request__descriptor,
          .response = &etcdserverpb__member_remove_response__descriptor,
          .on_message = on_member_remove,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberUpdate",
          .request = &etcdserverpb__member_update_request__descriptor,
          .response = &etcdserverpb__member_update_response__descriptor,
          .on_message = on_member_update,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberPromote",
          .request = &etcdserverpb__member_promote_request__descriptor,
          .response = &etcdserverpb__member_promote_response__descriptor,
          .on_message = on_member_promote,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberList",
          .request = &etcdserverpb__member_list_request__descriptor,
@@ -396,13 +519,6 @@ int v3_cluster_register(struct server *s, struct util_err *err) {
 }
 
 /* ---- applying ---- */
-
-static uint64_t be64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
 
 /* A decoded membership change: its request id, what it does, the member. */
 struct change {
@@ -642,8 +758,25 @@ bool v3_cluster_tick(struct server *s) {
 
 /* ---- the transport's answer to a member joining ---- */
 
-int v3_cluster_members_answer(void *arg, struct util_buf *out) {
+/* The leader's answer to PEER_ASK_PROGRESS (see PROGRESS_ANSWER_LEN). */
+static int answer_progress(struct server *s, uint64_t id, struct util_buf *out) {
+    uint64_t match = 0, leader_match = 0;
+    int code = server_node_progress(s->node, id, &match, &leader_match);
+    uint8_t b[PROGRESS_ANSWER_LEN];
+    uint32_t c = (uint32_t)code;
+    for (int i = 0; i < 4; i++)
+        b[i] = (uint8_t)(c >> (24 - 8 * i));
+    for (int i = 0; i < 8; i++) {
+        b[4 + i] = (uint8_t)(match >> (56 - 8 * i));
+        b[12 + i] = (uint8_t)(leader_match >> (56 - 8 * i));
+    }
+    return util_buf_append(out, b, sizeof(b));
+}
+
+int v3_cluster_answer(void *arg, enum peer_question q, uint64_t about, struct util_buf *out) {
     struct server *s = arg;
+    if (q == PEER_ASK_PROGRESS)
+        return answer_progress(s, about, out);
     struct member_set set, boot;
     uint64_t cid;
     int rc = members_store_read(s->db, s->members_dbi, &set, &cid, &boot);
@@ -727,7 +860,8 @@ static int fetch_cluster(struct server *s, uint64_t *cid, struct member_set *boo
         for (size_t k = 0; k < cm->peer_urls.n && rc != 0; k++) {
             struct util_err e = {0};
             ans.len = 0;
-            rc = peer_fetch_members(cm->peer_urls.v[k].text, JOIN_FETCH_MS, cid, &from, &ans, &e);
+            rc = peer_ask(cm->peer_urls.v[k].text, PEER_ASK_MEMBERS, 0, JOIN_FETCH_MS, cid, &from,
+                          &ans, &e);
             if (rc != 0)
                 LOG_WARN(s->lg, "cannot get the cluster's members from a peer",
                          LOG_STR("error", e.msg));

@@ -421,7 +421,7 @@ void v3_applied_done(void *ctx) {
 
 /* A write the client gave up on: the waiter answers with CANCELLED. The entry
  * may still be applied (as in etcd, a cancelled write can have happened). */
-static void on_write_cancel(api_call_t *call, void *arg) {
+void v3_write_cancel(api_call_t *call, void *arg) {
     struct server *s = arg;
     uint64_t id = (uint64_t)(uintptr_t)api_call_data(call);
     if (id)
@@ -785,25 +785,25 @@ int v3_kv_register(struct server *s, struct util_err *err) {
          .request = &etcdserverpb__put_request__descriptor,
          .response = &etcdserverpb__put_response__descriptor,
          .on_message = on_put,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/DeleteRange",
          .request = &etcdserverpb__delete_range_request__descriptor,
          .response = &etcdserverpb__delete_range_response__descriptor,
          .on_message = on_delete_range,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/Txn",
          .request = &etcdserverpb__txn_request__descriptor,
          .response = &etcdserverpb__txn_response__descriptor,
          .on_message = on_txn,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/Compact",
          .request = &etcdserverpb__compaction_request__descriptor,
          .response = &etcdserverpb__compaction_response__descriptor,
          .on_message = on_compact,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
     };
     return v3_register(s, methods, sizeof(methods) / sizeof(methods[0]), err);

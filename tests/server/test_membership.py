@@ -202,6 +202,21 @@ def test_learner_promotion_waits_for_it_to_catch_up(tmp_path):
         # n1 is a voter with the whole key space.
         n1c = etcd3.client(host="127.0.0.1", port=n1.client_port, timeout=10)
         assert len(list(n1c.get_prefix("/fill/"))) == 300
+
+        # A promotion asked of a follower: it asks the leader how far the
+        # learner is, as etcd forwards it.
+        mid2, port2, env2 = add_member(m0, "n2", learner=True)
+        n2 = joiner(tmp_path, "n2", port2, env2)
+        extra.append(n2)
+        n2.start()
+        wait_for("n2 published", lambda: published(m0, 3))
+        leader, _ = wait_leader([m0, n1])
+        follower = n1 if leader is m0 else m0
+        def promoted_via_follower():
+            r = ctl([ep(follower)], "member", "promote", mid2)
+            return r.returncode == 0 and r
+        wait_for("promotion through a follower", promoted_via_follower)
+        assert not any(m.get("isLearner") for m in members(leader))
     finally:
         stop_all([m0] + extra)
 
