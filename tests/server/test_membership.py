@@ -149,6 +149,17 @@ def test_replace_a_member_under_writes(tmp_path):
         c = etcd3.client(host="127.0.0.1", port=leader.client_port, timeout=10)
         rev = c.put("/after-restart", "y").header.revision
         wait_for("equal HashKV after n3's restart", same_hash)
+
+        # An original member restarts with its old flags (they still name the
+        # removed member): the store, not --initial-cluster, says who is in.
+        other = next(s for s in stay if s is not leader)
+        assert other.stop(signal.SIGTERM) == 0
+        other.start()
+        wait_leader(now)
+        assert len(members(other)) == 3
+        c = etcd3.client(host="127.0.0.1", port=other.client_port, timeout=10)
+        rev = c.put("/after-restart-2", "z").header.revision
+        wait_for("equal HashKV after the restart of an original member", same_hash)
     finally:
         stop_all(ms + extra)
 
