@@ -342,7 +342,7 @@ struct promote_ask {
     int rc;
 };
 
-/* The answer to PEER_ASK_PROGRESS: code (0, NODE_ENOTLEADER, -ENOENT) as 4
+/* The answer to PEER_ASK_PROGRESS: code (0, NODE_ENOTLEADER, MEMBERS_ENOTFOUND) as 4
  * bytes two's complement, the member's match index, the leader's. */
 #define PROGRESS_ANSWER_LEN 20
 
@@ -764,6 +764,8 @@ bool v3_cluster_tick(struct server *s) {
 static int answer_progress(struct server *s, uint64_t id, struct util_buf *out) {
     uint64_t match = 0, leader_match = 0;
     int code = server_node_progress(s->node, id, &match, &leader_match);
+    if (code == -ENOENT)
+        code = MEMBERS_ENOTFOUND;
     uint8_t b[PROGRESS_ANSWER_LEN];
     uint32_t c = (uint32_t)code;
     for (int i = 0; i < 4; i++)

@@ -37,6 +37,14 @@ def wait_for(what, cond, timeout=15):
     raise AssertionError("timed out waiting for " + what)
 
 
+def put(c, key, value):
+    """The revision of a put, or None while the cluster has no leader."""
+    try:
+        return c.put(key, value).header.revision
+    except Exception:
+        return None
+
+
 def published(s, n):
     """Every one of n members listed with a name and client URLs."""
     ms = members(s)
@@ -117,7 +125,7 @@ def test_replace_a_member_under_writes(tmp_path):
         assert "%x" % next(m["ID"] for m in listed if m["name"] == "n3") == mid
 
         c = etcd3.client(host="127.0.0.1", port=n3.client_port, timeout=10)
-        rev = c.put("/last", "x").header.revision
+        rev = wait_for("a write through n3", lambda: put(c, "/last", "x"))
         stored = {m.key.decode() for _, m in c.get_prefix("/w/")}
         assert not [k for k in acked if k not in stored], "acknowledged writes lost"
 
@@ -147,7 +155,7 @@ def test_replace_a_member_under_writes(tmp_path):
         # not the flags) and catches up.
         n3.start()
         c = etcd3.client(host="127.0.0.1", port=leader.client_port, timeout=10)
-        rev = c.put("/after-restart", "y").header.revision
+        rev = wait_for("a write after n3's restart", lambda: put(c, "/after-restart", "y"))
         wait_for("equal HashKV after n3's restart", same_hash)
 
         # An original member restarts with its old flags (they still name the
@@ -155,10 +163,9 @@ def test_replace_a_member_under_writes(tmp_path):
         other = next(s for s in stay if s is not leader)
         assert other.stop(signal.SIGTERM) == 0
         other.start()
-        wait_leader(now)
         assert len(members(other)) == 3
         c = etcd3.client(host="127.0.0.1", port=other.client_port, timeout=10)
-        rev = c.put("/after-restart-2", "z").header.revision
+        rev = wait_for("a write through the restarted member", lambda: put(c, "/after-2", "z"))
         wait_for("equal HashKV after the restart of an original member", same_hash)
     finally:
         stop_all(ms + extra)
@@ -321,7 +328,7 @@ def test_removing_the_leader(tmp_path):
         rest = [s for s in ms if s is not leader]
         wait_leader(rest)
         c = etcd3.client(host="127.0.0.1", port=rest[0].client_port, timeout=10)
-        c.put("k", "v")
+        wait_for("a write after the leader left", lambda: put(c, "k", "v"))
         assert sorted("%x" % m["ID"] for m in members(rest[1])) == sorted(
             "%x" % m["ID"] for m in listed if "%x" % m["ID"] != lid)
         # It cannot come back: its own removal is in its store.
