@@ -552,8 +552,11 @@ static int apply_conf(struct server *s, mvcc_batch_t *b, const struct raft_entry
                       struct apply_done *done) {
     struct raft_conf_change cc;
     struct change ch;
-    if (raft_conf_change_decode(e->data, e->len, &cc) != 0 || change_decode(&cc, &ch) != 0)
+    if (raft_conf_change_decode(e->data, e->len, &cc) != 0)
         return 0;
+    int drc = change_decode(&cc, &ch);
+    if (drc != 0) /* a foreign change is refused alike on the raft thread */
+        return drc == -ENOMEM ? drc : 0;
     MDB_txn *txn = mvcc_batch_txn(b);
     struct member_set set;
     uint64_t cid;
@@ -630,14 +633,20 @@ int v3_cluster_apply(struct server *s, mvcc_batch_t *b, const struct raft_entry 
 bool v3_cluster_conf_change(void *arg, const struct raft_conf_change *cc, uint64_t index) {
     struct server *s = arg;
     struct change ch;
-    if (change_decode(cc, &ch) != 0) {
+    int rc = change_decode(cc, &ch);
+    if (rc == -EINVAL) {
         LOG_WARN(s->lg, "ignoring a membership change this server did not write",
                  LOG_UINT("index", index));
         return false;
     }
-    int rc = members_check(&s->raft_members, ch.op, cc->node_id, &ch.m);
-    if (rc == 0)
+    if (rc == 0 && (rc = members_check(&s->raft_members, ch.op, cc->node_id, &ch.m)) == 0)
         rc = members_apply(&s->raft_members, ch.op, cc->node_id, &ch.m);
+    if (rc == -ENOMEM) {
+        /* Refusing it here while the apply thread accepts it would make the
+         * two disagree: the member stops, as when it cannot apply. */
+        LOG_ERROR(s->lg, "out of memory applying a membership change; stopping the member");
+        abort();
+    }
     if (rc != 0) {
         member_free(&ch.m);
         LOG_INFO(s->lg, "membership change refused", LOG_UINT("index", index),
