@@ -90,6 +90,13 @@ struct server {
     _Atomic uint64_t removed_ns;
     atomic_int publish_state; /* 0 to do, 1 in flight, 2 done */
     uint64_t publish_id, publish_at_ns;
+    /* io loop: membership changes waiting to be applied, with the time
+     * after which they are answered "request timed out" (raft drops a
+     * change forwarded while another is pending, as etcd's does). */
+    struct {
+        uint64_t id, deadline_ns;
+    } cluster_waits[32];
+    size_t n_cluster_waits;
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */
@@ -169,9 +176,10 @@ void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, con
                 size_t len, v3_answer_fn answer);
 
 /* As v3_propose, for a membership change cc whose context becomes the entry
- * [format][V3_ENTRY_MEMBER][id][data]. io loop. */
-void v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
-                     const uint8_t *data, size_t len, v3_answer_fn answer);
+ * [format][V3_ENTRY_MEMBER][id][data]. Returns the id its waiter is
+ * registered under, or 0 when the call was answered already. io loop. */
+uint64_t v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
+                         const uint8_t *data, size_t len, v3_answer_fn answer);
 
 /* The on_cancel of a proposed write: its waiter answers CANCELLED (the entry
  * may still be applied). io loop. */

@@ -22,6 +22,10 @@
  * so the others learn that the removal committed. */
 #define REMOVED_STOP_NS 1000000000ull
 
+/* etcd's request timeout for a membership change: 5 s plus two election
+ * timeouts. */
+#define REQUEST_TIMEOUT_MS 5000
+
 /* A publish not applied by then is asked again. */
 #define PUBLISH_RETRY_NS 5000000000ull
 
@@ -313,8 +317,37 @@ static void send_change(struct server *s, api_call_t *call, enum members_op op, 
                     : m && m->learner         ? RAFT_CC_ADD_LEARNER
                                               : RAFT_CC_ADD_NODE;
     struct raft_conf_change cc = {.type = type, .node_id = id};
-    v3_propose_conf(s, call, &cc, (const uint8_t *)b.data, b.len, answer);
+    uint64_t wid = v3_propose_conf(s, call, &cc, (const uint8_t *)b.data, b.len, answer);
     util_buf_free(&b);
+    size_t cap = sizeof(s->cluster_waits) / sizeof(s->cluster_waits[0]);
+    if (wid && s->n_cluster_waits < cap) {
+        uint64_t ms = REQUEST_TIMEOUT_MS + 2ull * s->cfg->election_ms;
+        s->cluster_waits[s->n_cluster_waits].id = wid;
+        s->cluster_waits[s->n_cluster_waits++].deadline_ns = util_now_mono_ns() + ms * 1000000u;
+    }
+}
+
+/* Answers "request timed out" to the changes not applied in time (their
+ * waiters are gone once answered: triggering them again is a no-op). io
+ * loop, on the tick. */
+static void expire_changes(struct server *s) {
+    uint64_t now = util_now_mono_ns();
+    size_t kept = 0;
+    for (size_t i = 0; i < s->n_cluster_waits; i++) {
+        if (s->cluster_waits[i].deadline_ns > now) {
+            s->cluster_waits[kept++] = s->cluster_waits[i];
+            continue;
+        }
+        struct v3_applied *a = calloc(1, sizeof(*a));
+        if (!a) {
+            server_wait_cancel(s->writes, s->cluster_waits[i].id);
+            continue;
+        }
+        *a = (struct v3_applied){.s = s, .id = s->cluster_waits[i].id, .code = -ETIMEDOUT};
+        if (!server_wait_trigger(s->writes, a->id, a))
+            v3_applied_free(a);
+    }
+    s->n_cluster_waits = kept;
 }
 
 static void propose_change(struct server *s, api_call_t *call, enum members_op op, uint64_t id,
@@ -748,6 +781,7 @@ static void publish(struct server *s) {
 }
 
 bool v3_cluster_tick(struct server *s) {
+    expire_changes(s);
     uint64_t removed = atomic_load(&s->removed_ns);
     struct peer_stats ps;
     /* Removed while it could not hear of it: a peer said so. */
