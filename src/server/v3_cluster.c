@@ -198,7 +198,7 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 /* A new member's id as etcd makes one: SHA-1 of its sorted peer URLs and
- * the time, first 8 bytes. */
+ * the time in seconds, first 8 bytes. */
 static int new_member_id(char *const *urls, size_t n, uint64_t *id) {
     char **sorted = calloc(n ? n : 1, sizeof(*sorted));
     if (!sorted)
@@ -210,7 +210,7 @@ static int new_member_id(char *const *urls, size_t n, uint64_t *id) {
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = util_buf_append(&b, sorted[i], strlen(sorted[i]));
     if (rc == 0)
-        rc = util_buf_printf(&b, "%" PRIu64, util_now_wall_ns());
+        rc = util_buf_printf(&b, "%" PRIu64, util_now_wall_ns() / 1000000000u);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     if (rc == 0 && !EVP_Digest(b.data, b.len, md, &mdlen, EVP_sha1(), NULL))
