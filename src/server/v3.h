@@ -207,8 +207,8 @@ bool v3_cluster_tick(struct server *s);
  * the raft thread's member set is read again from the store, the transport
  * is given the members it holds and forgets the others, and cs (may be NULL)
  * gets the store's configuration — the one as of the snapshot's applied
- * index. Raft thread, outside a Ready. Returns 0 or an error (the old set is
- * kept). */
+ * index. Raft thread, outside a Ready. Returns 0, an error reading the
+ * store (the old set is kept), or the transport's error for a peer. */
 int v3_cluster_reload(struct server *s, struct raft_conf_state *cs);
 
 /* Applies a lease entry inside the current batch. Apply thread. */
