@@ -119,7 +119,7 @@ def test_replace_a_member_under_writes(tmp_path):
         assert len(acked) > 20
 
         now = stay + [n3]
-        listed = wait_for("n3 published", lambda: published(n3, 3))
+        listed = wait_for("n3 published", lambda: published(leader, 3))
         assert sorted(m["name"] for m in listed) == sorted(
             [s.args[s.args.index("--name") + 1] for s in stay] + ["n3"])
         assert "%x" % next(m["ID"] for m in listed if m["name"] == "n3") == mid
