@@ -775,6 +775,7 @@ static int fill(struct config *cfg, const struct raw *r, struct util_err *err) {
                       err)) != 0)
         return rc;
     parse_bool(raw_get(r, "enable-v2"), &cfg->enable_v2);
+    parse_bool(raw_get(r, "strict-reconfig-check"), &cfg->strict_reconfig_check);
     /* etcd's --auto-compaction-retention: revisions in revision mode; in
      * periodic mode a duration, or a number of hours. */
     const char *ret = cfg->auto_compaction_retention;

@@ -74,6 +74,7 @@ struct config {
     uint64_t auto_compaction_retention_ns;  /* periodic mode; 0 = off */
     int64_t auto_compaction_retention_revs; /* revision mode; 0 = off */
     bool enable_v2;
+    bool strict_reconfig_check; /* refuse membership changes that risk the quorum */
 
     enum log_level log_level;
     char *log_outputs; /* comma list, as log_open takes it */

@@ -48,7 +48,7 @@ static const struct flag_def defs[] = {
     {"discovery-proxy",                  FLAG_STR,      "",                         NULL, false},
     {"discovery-srv",                    FLAG_STR,      "",                         NULL, false},
     {"discovery-srv-name",               FLAG_STR,      "",                         NULL, false},
-    {"strict-reconfig-check",            FLAG_BOOL,     "true",                     NULL, false},
+    {"strict-reconfig-check",            FLAG_BOOL,     "true",                     NULL, true},
     {"pre-vote",                         FLAG_BOOL,     "false",                    NULL, false},
     {"auto-compaction-retention",        FLAG_STR,      "0",                        NULL, true},
     {"auto-compaction-mode",             FLAG_CHOICE,   "periodic",                 compaction_modes, true},

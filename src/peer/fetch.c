@@ -1,7 +1,8 @@
-/* fetch: the asking side of a members request (PEER_KIND_MEMBERS) — a short
- * blocking exchange a member joining an existing cluster makes at start-up,
- * before it has a transport: HELLO of kind MEMBERS, then one HELLO_ACK whose
- * text is the answering member's cfg.members bytes. */
+/* fetch: the asking side of a question (enum peer_question) — a short
+ * blocking exchange outside the streams (a member joining an existing
+ * cluster asks before it has a transport): a HELLO whose kind is the
+ * question and whose `to` is what it is about, then one HELLO_ACK whose text
+ * is the answering member's cfg.answer bytes. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -76,8 +77,9 @@ static int dial(const struct sockaddr_storage *ss, uint64_t deadline_ns) {
     return fd;
 }
 
-int peer_fetch_members(const char *url, unsigned timeout_ms, uint64_t *cluster_id,
-                       uint64_t *member_id, struct util_buf *out, struct util_err *err) {
+int peer_ask(const char *url, enum peer_question q, uint64_t about, unsigned timeout_ms,
+             uint64_t *cluster_id, uint64_t *member_id, struct util_buf *out,
+             struct util_err *err) {
     struct sockaddr_storage ss;
     char addr[UTIL_ADDR_MAX];
     int rc = util_listen_addr(url, &ss, addr, sizeof(addr), err);
@@ -89,7 +91,8 @@ int peer_fetch_members(const char *url, unsigned timeout_ms, uint64_t *cluster_i
         return util_errorf(err, fd, "cannot reach %s: %s", url, strerror(-fd));
     uint8_t hello[PEER_FRAME_HDR + 25] = {
         PEER_MAGIC0, PEER_MAGIC1, PEER_VERSION, PEER_F_HELLO, 0, 0, 0, 25};
-    hello[PEER_FRAME_HDR + 24] = PEER_KIND_MEMBERS;
+    peer_put_u64(hello + PEER_FRAME_HDR + 16, about);
+    hello[PEER_FRAME_HDR + 24] = (uint8_t)q;
     uint8_t h[PEER_FRAME_HDR];
     uint8_t *body = NULL;
     rc = write_all(fd, hello, sizeof(hello), deadline);
@@ -113,7 +116,7 @@ int peer_fetch_members(const char *url, unsigned timeout_ms, uint64_t *cluster_i
     free(body);
     close(fd);
     if (rc != 0)
-        return util_errorf(err, rc, "cannot get the member list from %s: %s", url,
+        return util_errorf(err, rc, "no answer from %s: %s", url,
                            rc == -EPROTO ? "not answered as a quoin peer" : strerror(-rc));
     return 0;
 }

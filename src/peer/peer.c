@@ -536,20 +536,21 @@ static void refuse(struct peer_conn *c, uint8_t status, const char *fmt, ...) {
         peer_conn_close(c);
 }
 
-/* A member joining asked who the members are: the answer goes out and the
- * connection closes once it is written. */
-static int answer_members(struct peer_conn *c) {
+/* A question (enum peer_question): the answer goes out and the connection
+ * closes once it is written. */
+static int answer_question(struct peer_conn *c, enum peer_question q, uint64_t about) {
     peer_transport_t *pt = c->pt;
     struct util_buf b = {0};
     uint8_t h[17] = {PEER_ACK_OK};
     peer_put_u64(h + 1, pt->cfg.cluster_id);
     peer_put_u64(h + 9, pt->cfg.member_id);
     int rc = util_buf_append(&b, h, sizeof(h));
-    if (rc == 0 && pt->cfg.members)
-        rc = pt->cfg.members(pt->cfg.members_arg, &b);
+    if (rc == 0 && pt->cfg.answer)
+        rc = pt->cfg.answer(pt->cfg.answer_arg, q, about, &b);
     if (rc != 0)
         b.data[0] = PEER_ACK_FAILED, b.len = sizeof(h);
-    LOG_INFO(pt->lg, "sent the member list to a member joining", LOG_STR("address", c->addr));
+    LOG_DEBUG(pt->lg, "answered a peer's question", LOG_INT("question", q),
+              LOG_STR("address", c->addr));
     if (peer_conn_send(c, PEER_F_HELLO_ACK, b.data, b.len, true, NULL) != 0)
         peer_conn_close(c);
     util_buf_free(&b);
@@ -559,12 +560,12 @@ static int answer_members(struct peer_conn *c) {
 /* The receiving side of the handshake: etcd's checks, in etcd's words. */
 static int on_hello(struct peer_conn *c, const uint8_t *p, size_t len) {
     peer_transport_t *pt = c->pt;
-    if (len < 25 || p[24] > PEER_KIND_MEMBERS) {
+    if (len < 25 || p[24] > PEER_ASK_PROGRESS) {
         peer_conn_close(c);
         return -1;
     }
-    if (p[24] == PEER_KIND_MEMBERS)
-        return answer_members(c);
+    if (p[24] >= PEER_ASK_MEMBERS)
+        return answer_question(c, (enum peer_question)p[24], peer_get_u64(p + 16));
     uint64_t cid = peer_get_u64(p), from = peer_get_u64(p + 8), to = peer_get_u64(p + 16);
     if (cid != pt->cfg.cluster_id) {
         refuse(c, PEER_ACK_CLUSTER_MISMATCH,

@@ -77,6 +77,14 @@
 
 typedef struct peer_transport peer_transport_t;
 
+/* Questions a member asks another on its peer port outside the streams,
+ * before or without a cluster id (peer_ask). The answers are the caller's
+ * (cfg.answer). */
+enum peer_question {
+    PEER_ASK_MEMBERS = 2,  /* a member joining: who are the members? */
+    PEER_ASK_PROGRESS = 3, /* to the leader: how far is member `about`? */
+};
+
 struct peer_config {
     uint64_t cluster_id; /* both ends of a connection must agree */
     uint64_t member_id;  /* this member, nonzero */
@@ -100,12 +108,12 @@ struct peer_config {
      * the transport. May be NULL (the caller polls). */
     void (*notify)(void *arg);
     void *notify_arg;
-    /* Appends the answer to a member joining that asks who the members are
-     * (peer_fetch_members): opaque bytes to the transport. Transport thread;
-     * returns 0 or a negative code (the asker is then told it failed). May
-     * be NULL (an empty answer). */
-    int (*members)(void *arg, struct util_buf *out);
-    void *members_arg;
+    /* Appends the answer to a peer's question (peer_ask) about member
+     * `about`: opaque bytes to the transport. Transport thread; returns 0 or
+     * a negative code (the asker is then told it failed). May be NULL (an
+     * empty answer). */
+    int (*answer)(void *arg, enum peer_question q, uint64_t about, struct util_buf *out);
+    void *answer_arg;
     /* A request from another member (its peer_transport_call), on the
      * transport thread: body is valid during the call only. deadline_mono is
      * when the caller gives up, on this member's monotonic clock (the caller
@@ -253,14 +261,14 @@ int peer_transport_stats(peer_transport_t *pt, uint64_t id, struct peer_stats *s
  * raft thread first. */
 void peer_transport_close(peer_transport_t *pt, void (*cb)(void *arg), void *arg);
 
-/* Asks the member listening at peer URL `url` for what its cfg.members
- * gives, before this member has a transport or a cluster id (a member
- * joining an existing cluster). Blocking; any thread. Fills *cluster_id and
+/* Asks the member listening at peer URL `url` question q about member
+ * `about` (its cfg.answer answers), with no transport and no cluster id
+ * needed. Blocking (at most timeout_ms); any thread. Fills *cluster_id and
  * *member_id with the answering member's and appends the answer to out.
  * Returns 0, or -ETIMEDOUT, -ECONNREFUSED, -EPROTO (not a quoin peer, or it
  * could not answer), -EINVAL (bad URL) or another errno, with err filled. */
-int peer_fetch_members(const char *url, unsigned timeout_ms, uint64_t *cluster_id,
-                       uint64_t *member_id, struct util_buf *out, struct util_err *err);
+int peer_ask(const char *url, enum peer_question q, uint64_t about, unsigned timeout_ms,
+             uint64_t *cluster_id, uint64_t *member_id, struct util_buf *out, struct util_err *err);
 
 #ifdef QUOIN_TESTING
 /* Flips one byte of the next snapshot sent, at offset `at` of its data, after

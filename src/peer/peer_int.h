@@ -34,10 +34,12 @@ enum peer_frame_type {
 #define PEER_REQ_HDR 13
 #define PEER_RESP_HDR 9
 
-/* PEER_KIND_MEMBERS: a member joining asks for the cluster's members (it
- * knows neither the cluster id nor its own id yet); the answer is a
- * HELLO_ACK whose text is cfg.members' bytes, then the connection closes. */
-enum peer_conn_kind { PEER_KIND_STREAM = 0, PEER_KIND_SNAP = 1, PEER_KIND_MEMBERS = 2 };
+/* Kinds from PEER_ASK_MEMBERS on are questions (enum peer_question): the
+ * asker need not know the cluster id (a member joining knows neither it nor
+ * its own id); the HELLO's `to` field is what the question is about, the
+ * answer a HELLO_ACK whose text is cfg.answer's bytes, then the connection
+ * closes. */
+enum peer_conn_kind { PEER_KIND_STREAM = 0, PEER_KIND_SNAP = 1 };
 
 enum peer_ack_status {
     PEER_ACK_OK = 0,

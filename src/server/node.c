@@ -100,6 +100,11 @@ struct server_node {
     struct raft_conf_state conf_base;
     struct node_conf_entry *ccs; /* scratch: conf changes of one Ready */
     size_t n_ccs, cap_ccs;
+    /* The leader's view of every member's match index, as of the last
+     * Ready (n_prog 0 on a follower). */
+    pthread_mutex_t prog_mu;
+    uint64_t prog_ids[RAFT_MAX_MEMBERS], prog_match[RAFT_MAX_MEMBERS];
+    size_t n_prog;
 };
 
 /* Wakes the raft loop, unless it has closed its wakeup handle (stopping):
@@ -195,6 +200,40 @@ static void publish_status(server_node_t *n) {
     struct raft_conf_state cs;
     raft_conf_state(n->raft, &cs);
     atomic_store(&n->n_voters, cs.n_voters);
+    uint64_t ids[2 * RAFT_MAX_MEMBERS];
+    size_t n_ids = 0;
+    for (size_t i = 0; i < cs.n_voters; i++)
+        ids[n_ids++] = cs.voters[i];
+    for (size_t i = 0; i < cs.n_learners; i++)
+        ids[n_ids++] = cs.learners[i];
+    pthread_mutex_lock(&n->prog_mu);
+    n->n_prog = 0;
+    for (size_t i = 0; st.role == RAFT_LEADER && i < n_ids && n->n_prog < RAFT_MAX_MEMBERS; i++)
+        if (raft_progress_match(n->raft, ids[i], &n->prog_match[n->n_prog]) == 0)
+            n->prog_ids[n->n_prog++] = ids[i];
+    pthread_mutex_unlock(&n->prog_mu);
+}
+
+bool server_node_learner_ready(uint64_t match, uint64_t leader_match) {
+    return (double)match >= (double)leader_match * 0.9;
+}
+
+int server_node_progress(server_node_t *n, uint64_t id, uint64_t *match, uint64_t *leader_match) {
+    pthread_mutex_lock(&n->prog_mu);
+    int rc = n->n_prog ? -ENOENT : NODE_ENOTLEADER;
+    bool found_self = false;
+    for (size_t i = 0; i < n->n_prog; i++) {
+        if (n->prog_ids[i] == id) {
+            *match = n->prog_match[i];
+            rc = 0;
+        }
+        if (n->prog_ids[i] == n->id) {
+            *leader_match = n->prog_match[i];
+            found_self = true;
+        }
+    }
+    pthread_mutex_unlock(&n->prog_mu);
+    return rc == 0 && !found_self ? -ENOENT : rc;
 }
 
 /* Keeps the committed conf changes of a Ready (its memory is raft's until
@@ -549,12 +588,12 @@ static int check_promotion(server_node_t *n, const struct raft_conf_change *cc) 
     uint64_t mine, theirs;
     int rc = raft_progress_match(n->raft, n->id, &mine);
     if (rc == RAFT_ENOLEADER)
-        return NODE_ENOTLEADER;
+        return 0; /* forwarded: the caller asked the leader */
     if (rc == 0)
         rc = raft_progress_match(n->raft, cc->node_id, &theirs);
     if (rc != 0)
         return rc;
-    return (double)theirs < (double)mine * 0.9 ? NODE_ELEARNERNOTREADY : 0;
+    return server_node_learner_ready(theirs, mine) ? 0 : NODE_ELEARNERNOTREADY;
 }
 
 /* Hands a queued conf change to raft, or reports why it cannot go. */
@@ -784,6 +823,7 @@ static void node_free(server_node_t *n) {
         free(n->ccs[i].data);
     free(n->ccs);
     pthread_mutex_destroy(&n->mu);
+    pthread_mutex_destroy(&n->prog_mu);
     free(n);
 }
 
@@ -799,6 +839,7 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     n->heartbeat_ms = cfg->heartbeat_ms;
     n->max_queued = cfg->max_queued ? cfg->max_queued : 8192;
     pthread_mutex_init(&n->mu, NULL);
+    pthread_mutex_init(&n->prog_mu, NULL);
     n->queue = calloc(n->max_queued, sizeof(*n->queue));
     n->batch = calloc(n->max_queued, sizeof(*n->batch));
     n->prop_data = calloc(n->max_queued, sizeof(*n->prop_data));

@@ -74,7 +74,7 @@ struct node_callbacks {
 };
 
 /* Why a conf change proposal failed before reaching raft (propose_failed). */
-#define NODE_ENOTLEADER (-10101)       /* a promotion is only checked on the leader */
+#define NODE_ENOTLEADER (-10101)       /* server_node_progress on a follower */
 #define NODE_ELEARNERNOTREADY (-10102) /* the learner's log is < 90% of the leader's */
 
 struct node_config {
@@ -112,11 +112,21 @@ int server_node_read_index(server_node_t *n, uint64_t context);
 
 /* Queues a membership change (cc and its context copied). Any thread.
  * Returns as server_node_propose. Later failures come through
- * cb->propose_failed with the change's context as data: a RAFT_E* code,
- * NODE_ENOTLEADER or NODE_ELEARNERNOTREADY (a promotion, RAFT_CC_ADD_NODE of
- * a learner, is refused unless this member leads and the learner has 90% of
- * its log, as etcd's). */
+ * cb->propose_failed with the change's context as data: a RAFT_E* code or
+ * NODE_ELEARNERNOTREADY (on the leader, a promotion — RAFT_CC_ADD_NODE of a
+ * learner — is refused unless the learner has 90% of its log, as etcd's; a
+ * follower forwards it, its caller having asked the leader, see
+ * server_node_progress). */
 int server_node_propose_conf_change(server_node_t *n, const struct raft_conf_change *cc);
+
+/* On the leader, as of its last Ready: the index known replicated on member
+ * id, and the leader's own. Any thread. Returns 0, NODE_ENOTLEADER or
+ * -ENOENT (no such member). */
+int server_node_progress(server_node_t *n, uint64_t id, uint64_t *match, uint64_t *leader_match);
+
+/* etcd's isLearnerReady: a learner may be promoted once its match index is
+ * at least 90% of the leader's. */
+bool server_node_learner_ready(uint64_t match, uint64_t leader_match);
 
 /* The state machine is durable on disk up to `index` (the key space was
  * synced after applying it): the raft loop records a snapshot there, keeps a

@@ -324,8 +324,8 @@ static int start_core(struct server *s, struct util_err *err) {
     struct peer_config pcfg = {.cluster_id = s->cluster_id,
                                .member_id = s->member_id,
                                .snap_dir = snap_dir,
-                               .members = v3_cluster_members_answer,
-                               .members_arg = s,
+                               .answer = v3_cluster_answer,
+                               .answer_arg = s,
                                .on_request = v3_lease_on_request,
                                .request_arg = s};
     snprintf(path, sizeof(path), "%s/wal", server_datadir_path(s->dd));

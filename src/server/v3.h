@@ -93,6 +93,13 @@ struct server {
     _Atomic uint64_t removed_ns;
     atomic_int publish_state; /* 0 to do, 1 in flight, 2 done */
     uint64_t publish_id, publish_at_ns;
+    /* io loop: membership changes waiting to be applied, with the time
+     * after which they are answered "request timed out" (raft drops a
+     * change forwarded while another is pending, as etcd's does). */
+    struct {
+        uint64_t id, deadline_ns;
+    } cluster_waits[32];
+    size_t n_cluster_waits;
 };
 
 /* Runs fn(ctx) on the io loop soon. Any thread. Returns 0 or -ENOMEM. */
@@ -176,31 +183,39 @@ void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, con
                 size_t len, v3_answer_fn answer);
 
 /* As v3_propose, for a membership change cc whose context becomes the entry
- * [format][V3_ENTRY_MEMBER][id][data]. io loop. */
-void v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
-                     const uint8_t *data, size_t len, v3_answer_fn answer);
+ * [format][V3_ENTRY_MEMBER][id][data]. Returns the id its waiter is
+ * registered under, or 0 when the call was answered already. io loop. */
+uint64_t v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
+                         const uint8_t *data, size_t len, v3_answer_fn answer);
+
+/* The on_cancel of a proposed write: its waiter answers CANCELLED (the entry
+ * may still be applied). io loop. */
+void v3_write_cancel(api_call_t *call, void *arg);
 
 /* Membership: the member store at start-up (identity, a new cluster's
  * members, joining an existing cluster, a restart: fills cs with the
  * configuration as of the applied index and gives the transport its peers),
  * the Cluster service, the apply of conf changes and of published
  * attributes (apply thread), the raft thread's check of a conf change
- * (node_callbacks.conf_change), and the 500 ms tick (publishing; returns
- * true once this member, removed, must stop). */
+ * (node_callbacks.conf_change), the answers to other members' questions on
+ * the peer port (peer_config.answer: the members, for a member joining; a
+ * learner's progress, asked of the leader by a follower promoting it), and
+ * the 500 ms tick (publishing; returns true once this member, removed, must
+ * stop). */
 int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_err *err);
 int v3_cluster_register(struct server *s, struct util_err *err);
 int v3_cluster_apply(struct server *s, mvcc_batch_t *b, const struct raft_entry *e,
                      struct apply_done *done);
 bool v3_cluster_conf_change(void *arg, const struct raft_conf_change *cc, uint64_t index);
-int v3_cluster_members_answer(void *arg, struct util_buf *out);
+int v3_cluster_answer(void *arg, enum peer_question q, uint64_t about, struct util_buf *out);
 bool v3_cluster_tick(struct server *s);
 
 /* After a snapshot replaced the key space (and with it the member store):
  * the raft thread's member set is read again from the store, the transport
  * is given the members it holds and forgets the others, and cs (may be NULL)
  * gets the store's configuration — the one as of the snapshot's applied
- * index. Raft thread, outside a Ready. Returns 0 or an error (the old set is
- * kept). */
+ * index. Raft thread, outside a Ready. Returns 0, an error reading the
+ * store (the old set is kept), or the transport's error for a peer. */
 int v3_cluster_reload(struct server *s, struct raft_conf_state *cs);
 
 /* Applies a lease entry inside the current batch. Apply thread. */

@@ -22,8 +22,19 @@
  * so the others learn that the removal committed. */
 #define REMOVED_STOP_NS 1000000000ull
 
+/* etcd's request timeout for a membership change: 5 s plus two election
+ * timeouts. */
+#define REQUEST_TIMEOUT_MS 5000
+
 /* A publish not applied by then is asked again. */
 #define PUBLISH_RETRY_NS 5000000000ull
+
+static uint64_t be64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
 
 /* ---- answers ---- */
 
@@ -187,7 +198,7 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 /* A new member's id as etcd makes one: SHA-1 of its sorted peer URLs and
- * the time, first 8 bytes. */
+ * the time in seconds, first 8 bytes. */
 static int new_member_id(char *const *urls, size_t n, uint64_t *id) {
     char **sorted = calloc(n ? n : 1, sizeof(*sorted));
     if (!sorted)
@@ -199,7 +210,7 @@ static int new_member_id(char *const *urls, size_t n, uint64_t *id) {
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = util_buf_append(&b, sorted[i], strlen(sorted[i]));
     if (rc == 0)
-        rc = util_buf_printf(&b, "%" PRIu64, util_now_wall_ns());
+        rc = util_buf_printf(&b, "%" PRIu64, util_now_wall_ns() / 1000000000u);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     if (rc == 0 && !EVP_Digest(b.data, b.len, md, &mdlen, EVP_sha1(), NULL))
@@ -246,6 +257,8 @@ static int check_healthy(struct server *s, const struct member_set *set, enum me
  * then the active quorum must hold (check_healthy). */
 static int check_started(struct server *s, const struct member_set *set, enum members_op op,
                          uint64_t id, bool learner) {
+    if (!s->cfg->strict_reconfig_check)
+        return 0;
     size_t voters = 0, up = 0;
     for (size_t i = 0; i < set->n; i++) {
         const struct member *m = &set->v[i];
@@ -270,25 +283,28 @@ static int check_started(struct server *s, const struct member_set *set, enum me
     return check_healthy(s, set, op, id);
 }
 
-/* Checks a change against the store as this member has applied it, then
- * proposes it; the apply thread checks again at its place in the log. */
-static void propose_change(struct server *s, api_call_t *call, enum members_op op, uint64_t id,
-                           const struct member *m, v3_answer_fn answer) {
+/* Checks a change against the store as this member has applied it
+ * (etcd's checks before proposing). Returns 0 or the refusal. */
+static int check_change(struct server *s, enum members_op op, uint64_t id, const struct member *m) {
     struct member_set set;
     uint64_t cid;
     int rc = members_store_read(s->db, s->members_dbi, &set, &cid, NULL);
-    if (rc != 0) {
-        v3_fail(call, rc);
-        return;
-    }
+    if (rc != 0)
+        return rc;
     rc = check_started(s, &set, op, id, m && m->learner);
     if (rc == 0)
         rc = members_check(&set, op, id, m);
     members_free(&set);
+    return rc;
+}
+
+/* Proposes a checked change; the apply thread checks again at its place in
+ * the log. */
+static void send_change(struct server *s, api_call_t *call, enum members_op op, uint64_t id,
+                        const struct member *m, v3_answer_fn answer) {
     struct util_buf b = {0};
     uint8_t o = (uint8_t)op;
-    if (rc == 0)
-        rc = util_buf_append(&b, &o, 1);
+    int rc = util_buf_append(&b, &o, 1);
     if (rc == 0 && m)
         rc = members_encode(m, &b);
     if (rc != 0) {
@@ -301,8 +317,137 @@ static void propose_change(struct server *s, api_call_t *call, enum members_op o
                     : m && m->learner         ? RAFT_CC_ADD_LEARNER
                                               : RAFT_CC_ADD_NODE;
     struct raft_conf_change cc = {.type = type, .node_id = id};
-    v3_propose_conf(s, call, &cc, (const uint8_t *)b.data, b.len, answer);
+    uint64_t wid = v3_propose_conf(s, call, &cc, (const uint8_t *)b.data, b.len, answer);
     util_buf_free(&b);
+    size_t cap = sizeof(s->cluster_waits) / sizeof(s->cluster_waits[0]);
+    if (wid && s->n_cluster_waits < cap) {
+        uint64_t ms = REQUEST_TIMEOUT_MS + 2ull * s->cfg->election_ms;
+        s->cluster_waits[s->n_cluster_waits].id = wid;
+        s->cluster_waits[s->n_cluster_waits++].deadline_ns = util_now_mono_ns() + ms * 1000000u;
+    }
+}
+
+/* Answers "request timed out" to the changes not applied in time (their
+ * waiters are gone once answered: triggering them again is a no-op). io
+ * loop, on the tick. */
+static void expire_changes(struct server *s) {
+    uint64_t now = util_now_mono_ns();
+    size_t kept = 0;
+    for (size_t i = 0; i < s->n_cluster_waits; i++) {
+        if (s->cluster_waits[i].deadline_ns > now) {
+            s->cluster_waits[kept++] = s->cluster_waits[i];
+            continue;
+        }
+        struct v3_applied *a = calloc(1, sizeof(*a));
+        if (!a) {
+            server_wait_cancel(s->writes, s->cluster_waits[i].id);
+            continue;
+        }
+        *a = (struct v3_applied){.s = s, .id = s->cluster_waits[i].id, .code = -ETIMEDOUT};
+        if (!server_wait_trigger(s->writes, a->id, a))
+            v3_applied_free(a);
+    }
+    s->n_cluster_waits = kept;
+}
+
+static void propose_change(struct server *s, api_call_t *call, enum members_op op, uint64_t id,
+                           const struct member *m, v3_answer_fn answer) {
+    int rc = check_change(s, op, id, m);
+    if (rc != 0)
+        v3_fail(call, rc);
+    else
+        send_change(s, call, op, id, m, answer);
+}
+
+/* ---- promotion from a follower ----
+ * Only the leader knows how far a learner is (etcd forwards MemberPromote to
+ * it over HTTP): a follower asks the leader on its peer port for the
+ * learner's progress, on a worker thread, and proposes the promotion (raft
+ * forwards it) once the leader says the learner is in sync. */
+
+struct promote_ask {
+    uv_work_t work;
+    struct server *s;
+    api_call_t *call;
+    uint64_t id;
+    char *urls[16];
+    size_t n_urls;
+    int rc;
+};
+
+/* The answer to PEER_ASK_PROGRESS: code (0, NODE_ENOTLEADER, MEMBERS_ENOTFOUND) as 4
+ * bytes two's complement, the member's match index, the leader's. */
+#define PROGRESS_ANSWER_LEN 20
+
+static void promote_ask_run(uv_work_t *w) {
+    struct promote_ask *pa = w->data;
+    pa->rc = RAFT_ENOLEADER;
+    for (size_t i = 0; i < pa->n_urls && pa->rc == RAFT_ENOLEADER; i++) {
+        struct util_buf out = {0};
+        struct util_err err = {0};
+        uint64_t cid, mid;
+        if (peer_ask(pa->urls[i], PEER_ASK_PROGRESS, pa->id, JOIN_FETCH_MS, &cid, &mid, &out,
+                     &err) == 0 &&
+            out.len == PROGRESS_ANSWER_LEN && cid == pa->s->cluster_id) {
+            const uint8_t *p = (const uint8_t *)out.data;
+            int32_t code = (int32_t)(uint32_t)(be64(p) >> 32);
+            if (code == 0)
+                pa->rc = server_node_learner_ready(be64(p + 4), be64(p + 12))
+                             ? 0
+                             : NODE_ELEARNERNOTREADY;
+            else if (code != NODE_ENOTLEADER)
+                pa->rc = code;
+        }
+        util_buf_free(&out);
+    }
+}
+
+static void promote_ask_done(uv_work_t *w, int status) {
+    struct promote_ask *pa = w->data;
+    if (status != 0)
+        v3_fail(pa->call, -ECANCELED);
+    else if (pa->rc != 0)
+        v3_fail(pa->call, pa->rc);
+    else
+        send_change(pa->s, pa->call, MEMBERS_OP_PROMOTE, pa->id, NULL, answer_promote);
+    for (size_t i = 0; i < pa->n_urls; i++)
+        free(pa->urls[i]);
+    free(pa);
+}
+
+/* Asks the leader (on a follower) whether learner id is in sync. */
+static void promote_via_leader(struct server *s, api_call_t *call, uint64_t id) {
+    struct node_status st;
+    server_node_status(s->node, &st);
+    struct member_set set;
+    uint64_t cid;
+    int rc =
+        st.leader ? members_store_read(s->db, s->members_dbi, &set, &cid, NULL) : RAFT_ENOLEADER;
+    if (rc != 0) {
+        v3_fail(call, rc);
+        return;
+    }
+    const struct member *leader = members_find(&set, st.leader);
+    struct promote_ask *pa = calloc(1, sizeof(*pa));
+    rc = pa ? 0 : -ENOMEM;
+    if (pa) {
+        *pa = (struct promote_ask){.s = s, .call = call, .id = id};
+        pa->work.data = pa;
+        for (size_t i = 0; leader && i < leader->n_peer_urls && i < 16 && rc == 0; i++)
+            if (!(pa->urls[pa->n_urls++] = strdup(leader->peer_urls[i])))
+                rc = -ENOMEM;
+    }
+    members_free(&set);
+    if (rc == 0 && pa->n_urls == 0)
+        rc = RAFT_ENOLEADER;
+    if (rc == 0 && uv_queue_work(&s->loop, &pa->work, promote_ask_run, promote_ask_done) != 0)
+        rc = -ENOMEM;
+    if (rc != 0) {
+        for (size_t i = 0; pa && i < pa->n_urls; i++)
+            free(pa->urls[i]);
+        free(pa);
+        v3_fail(call, rc);
+    }
 }
 
 static void on_member_add(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
@@ -351,9 +496,18 @@ static void on_member_promote(api_call_t *call, ProtobufCMessage *msg, const uin
                               size_t len, void *arg) {
     (void)data;
     (void)len;
+    struct server *s = arg;
     uint64_t id = ((Etcdserverpb__MemberPromoteRequest *)msg)->id;
     protobuf_c_message_free_unpacked(msg, NULL);
-    propose_change(arg, call, MEMBERS_OP_PROMOTE, id, NULL, answer_promote);
+    struct node_status st;
+    server_node_status(s->node, &st);
+    int rc = check_change(s, MEMBERS_OP_PROMOTE, id, NULL);
+    if (rc != 0)
+        v3_fail(call, rc);
+    else if (st.is_leader)
+        send_change(s, call, MEMBERS_OP_PROMOTE, id, NULL, answer_promote); /* raft loop checks */
+    else
+        promote_via_leader(s, call, id);
 }
 
 static void on_member_list(api_call_t *call, ProtobufCMessage *msg, const uint8_t *data, size_t len,
@@ -370,21 +524,25 @@ int v3_cluster_register(struct server *s, struct util_err *err) {
          .request = &etcdserverpb__member_add_request__descriptor,
          .response = &etcdserverpb__member_add_response__descriptor,
          .on_message = on_member_add,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberRemove",
          .request = &etcdserverpb__member_remove_request__descriptor,
          .response = &etcdserverpb__member_remove_response__descriptor,
          .on_message = on_member_remove,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberUpdate",
          .request = &etcdserverpb__member_update_request__descriptor,
          .response = &etcdserverpb__member_update_response__descriptor,
          .on_message = on_member_update,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberPromote",
          .request = &etcdserverpb__member_promote_request__descriptor,
          .response = &etcdserverpb__member_promote_response__descriptor,
          .on_message = on_member_promote,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.Cluster/MemberList",
          .request = &etcdserverpb__member_list_request__descriptor,
@@ -396,13 +554,6 @@ int v3_cluster_register(struct server *s, struct util_err *err) {
 }
 
 /* ---- applying ---- */
-
-static uint64_t be64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
 
 /* A decoded membership change: its request id, what it does, the member. */
 struct change {
@@ -434,8 +585,11 @@ static int apply_conf(struct server *s, mvcc_batch_t *b, const struct raft_entry
                       struct apply_done *done) {
     struct raft_conf_change cc;
     struct change ch;
-    if (raft_conf_change_decode(e->data, e->len, &cc) != 0 || change_decode(&cc, &ch) != 0)
+    if (raft_conf_change_decode(e->data, e->len, &cc) != 0)
         return 0;
+    int drc = change_decode(&cc, &ch);
+    if (drc != 0) /* a foreign change is refused alike on the raft thread */
+        return drc == -ENOMEM ? drc : 0;
     MDB_txn *txn = mvcc_batch_txn(b);
     struct member_set set;
     uint64_t cid;
@@ -512,14 +666,20 @@ int v3_cluster_apply(struct server *s, mvcc_batch_t *b, const struct raft_entry 
 bool v3_cluster_conf_change(void *arg, const struct raft_conf_change *cc, uint64_t index) {
     struct server *s = arg;
     struct change ch;
-    if (change_decode(cc, &ch) != 0) {
+    int rc = change_decode(cc, &ch);
+    if (rc == -EINVAL) {
         LOG_WARN(s->lg, "ignoring a membership change this server did not write",
                  LOG_UINT("index", index));
         return false;
     }
-    int rc = members_check(&s->raft_members, ch.op, cc->node_id, &ch.m);
-    if (rc == 0)
+    if (rc == 0 && (rc = members_check(&s->raft_members, ch.op, cc->node_id, &ch.m)) == 0)
         rc = members_apply(&s->raft_members, ch.op, cc->node_id, &ch.m);
+    if (rc == -ENOMEM) {
+        /* Refusing it here while the apply thread accepts it would make the
+         * two disagree: the member stops, as when it cannot apply. */
+        LOG_ERROR(s->lg, "out of memory applying a membership change; stopping the member");
+        abort();
+    }
     if (rc != 0) {
         member_free(&ch.m);
         LOG_INFO(s->lg, "membership change refused", LOG_UINT("index", index),
@@ -621,6 +781,7 @@ static void publish(struct server *s) {
 }
 
 bool v3_cluster_tick(struct server *s) {
+    expire_changes(s);
     uint64_t removed = atomic_load(&s->removed_ns);
     struct peer_stats ps;
     /* Removed while it could not hear of it: a peer said so. */
@@ -642,8 +803,27 @@ bool v3_cluster_tick(struct server *s) {
 
 /* ---- the transport's answer to a member joining ---- */
 
-int v3_cluster_members_answer(void *arg, struct util_buf *out) {
+/* The leader's answer to PEER_ASK_PROGRESS (see PROGRESS_ANSWER_LEN). */
+static int answer_progress(struct server *s, uint64_t id, struct util_buf *out) {
+    uint64_t match = 0, leader_match = 0;
+    int code = server_node_progress(s->node, id, &match, &leader_match);
+    if (code == -ENOENT)
+        code = MEMBERS_ENOTFOUND;
+    uint8_t b[PROGRESS_ANSWER_LEN];
+    uint32_t c = (uint32_t)code;
+    for (int i = 0; i < 4; i++)
+        b[i] = (uint8_t)(c >> (24 - 8 * i));
+    for (int i = 0; i < 8; i++) {
+        b[4 + i] = (uint8_t)(match >> (56 - 8 * i));
+        b[12 + i] = (uint8_t)(leader_match >> (56 - 8 * i));
+    }
+    return util_buf_append(out, b, sizeof(b));
+}
+
+int v3_cluster_answer(void *arg, enum peer_question q, uint64_t about, struct util_buf *out) {
     struct server *s = arg;
+    if (q == PEER_ASK_PROGRESS)
+        return answer_progress(s, about, out);
     struct member_set set, boot;
     uint64_t cid;
     int rc = members_store_read(s->db, s->members_dbi, &set, &cid, &boot);
@@ -727,7 +907,8 @@ static int fetch_cluster(struct server *s, uint64_t *cid, struct member_set *boo
         for (size_t k = 0; k < cm->peer_urls.n && rc != 0; k++) {
             struct util_err e = {0};
             ans.len = 0;
-            rc = peer_fetch_members(cm->peer_urls.v[k].text, JOIN_FETCH_MS, cid, &from, &ans, &e);
+            rc = peer_ask(cm->peer_urls.v[k].text, PEER_ASK_MEMBERS, 0, JOIN_FETCH_MS, cid, &from,
+                          &ans, &e);
             if (rc != 0)
                 LOG_WARN(s->lg, "cannot get the cluster's members from a peer",
                          LOG_STR("error", e.msg));

@@ -120,6 +120,7 @@ void v3_fail(api_call_t *call, int code) {
         g = API_GRPC_FAILED_PRECONDITION, msg = "etcdserver: not leader";
         break;
     case RAFT_ECONFPENDING:
+    case -ETIMEDOUT:
         g = API_GRPC_UNAVAILABLE, msg = "etcdserver: request timed out";
         break;
     default:
@@ -433,7 +434,7 @@ void v3_applied_done(void *ctx) {
 
 /* A write the client gave up on: the waiter answers with CANCELLED. The entry
  * may still be applied (as in etcd, a cancelled write can have happened). */
-static void on_write_cancel(api_call_t *call, void *arg) {
+void v3_write_cancel(api_call_t *call, void *arg) {
     struct server *s = arg;
     uint64_t id = (uint64_t)(uintptr_t)api_call_data(call);
     if (id)
@@ -441,13 +442,13 @@ static void on_write_cancel(api_call_t *call, void *arg) {
 }
 
 /* v3_propose, or with cc set a membership change whose context is the
- * entry. */
-static void propose(struct server *s, api_call_t *call, enum v3_entry_kind kind,
-                    const uint8_t *data, size_t len, v3_answer_fn answer,
-                    const struct raft_conf_change *cc) {
+ * entry. Returns the waiter's id, 0 when the call was answered already. */
+static uint64_t propose(struct server *s, api_call_t *call, enum v3_entry_kind kind,
+                        const uint8_t *data, size_t len, v3_answer_fn answer,
+                        const struct raft_conf_change *cc) {
     if (len > s->cfg->max_request_bytes) {
         v3_fail(call, V3_ETOOLARGE);
-        return;
+        return 0;
     }
     struct pending_write *w = malloc(sizeof(*w));
     uint8_t *entry = malloc(V3_ENTRY_HEADER + len);
@@ -455,7 +456,7 @@ static void propose(struct server *s, api_call_t *call, enum v3_entry_kind kind,
         free(w);
         free(entry);
         v3_fail(call, -ENOMEM);
-        return;
+        return 0;
     }
     *w = (struct pending_write){.s = s, .call = call, .id = server_next_id(s), .answer = answer};
     entry[0] = V3_ENTRY_FORMAT;
@@ -471,8 +472,9 @@ static void propose(struct server *s, api_call_t *call, enum v3_entry_kind kind,
         free(w);
         api_call_set_data(call, NULL);
         v3_fail(call, rc);
-        return;
+        return 0;
     }
+    uint64_t id = w->id;
     if (cc) {
         struct raft_conf_change c = *cc;
         c.context = entry;
@@ -486,7 +488,9 @@ static void propose(struct server *s, api_call_t *call, enum v3_entry_kind kind,
         /* Nothing can have triggered it yet: the cancel answers with rc. */
         w->code = rc;
         server_wait_cancel(s->writes, w->id);
+        return 0;
     }
+    return id;
 }
 
 void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, const uint8_t *data,
@@ -494,9 +498,9 @@ void v3_propose(struct server *s, api_call_t *call, enum v3_entry_kind kind, con
     propose(s, call, kind, data, len, answer, NULL);
 }
 
-void v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
-                     const uint8_t *data, size_t len, v3_answer_fn answer) {
-    propose(s, call, V3_ENTRY_MEMBER, data, len, answer, cc);
+uint64_t v3_propose_conf(struct server *s, api_call_t *call, const struct raft_conf_change *cc,
+                         const uint8_t *data, size_t len, v3_answer_fn answer) {
+    return propose(s, call, V3_ENTRY_MEMBER, data, len, answer, cc);
 }
 
 static uint64_t entry_id(const uint8_t *data) {
@@ -807,25 +811,25 @@ int v3_kv_register(struct server *s, struct util_err *err) {
          .request = &etcdserverpb__put_request__descriptor,
          .response = &etcdserverpb__put_response__descriptor,
          .on_message = on_put,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/DeleteRange",
          .request = &etcdserverpb__delete_range_request__descriptor,
          .response = &etcdserverpb__delete_range_response__descriptor,
          .on_message = on_delete_range,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/Txn",
          .request = &etcdserverpb__txn_request__descriptor,
          .response = &etcdserverpb__txn_response__descriptor,
          .on_message = on_txn,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
         {.path = "/etcdserverpb.KV/Compact",
          .request = &etcdserverpb__compaction_request__descriptor,
          .response = &etcdserverpb__compaction_response__descriptor,
          .on_message = on_compact,
-         .on_cancel = on_write_cancel,
+         .on_cancel = v3_write_cancel,
          .arg = s},
     };
     return v3_register(s, methods, sizeof(methods) / sizeof(methods[0]), err);

@@ -241,6 +241,12 @@ static void unsupported_flags_are_refused_unless_default(void **state) {
                        "--max-txn-ops=128");
     struct config *cfg = ok(argv, no_env);
     assert_false(cfg->enable_v2);
+    assert_true(cfg->strict_reconfig_check); /* etcd's default */
+    assert_true(cfg->initial_cluster_new);
+    config_free(cfg);
+    cfg = ok(ARGV("--strict-reconfig-check=false", "--initial-cluster-state=existing"), no_env);
+    assert_false(cfg->strict_reconfig_check);
+    assert_false(cfg->initial_cluster_new);
     config_free(cfg);
 }
 

@@ -636,30 +636,33 @@ static void test_garbage_input(void **state) {
     assert_int_equal(fd_count(), fds);
 }
 
-/* The members request of a member joining: answered with cfg.members'
- * bytes and the answering member's ids, whatever cluster the asker is in;
- * nothing listening, or not a quoin peer, is an error. */
-static int members_blob(void *arg, struct util_buf *out) {
-    return util_buf_append(out, arg, strlen(arg));
+/* A question (a member joining asks for the members): answered with
+ * cfg.answer's bytes and the answering member's ids, whatever cluster the
+ * asker is in; nothing listening is an error. */
+static int answer_blob(void *arg, enum peer_question q, uint64_t about, struct util_buf *out) {
+    char text[64];
+    snprintf(text, sizeof(text), "%s %d %llu", (const char *)arg, (int)q,
+             (unsigned long long)about);
+    return util_buf_append(out, text, strlen(text));
 }
 
 static void test_members_request(void **state) {
     (void)state;
     struct tnode a = {0};
-    struct peer_config cfg = {.members = members_blob, .members_arg = "the member list"};
+    struct peer_config cfg = {.answer = answer_blob, .answer_arg = "answer to"};
     tnode_start(&a, CLUSTER, 5, tport(0), &cfg);
     char url[64];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", tport(0));
     struct util_buf out = {0};
     struct util_err err = {0};
     uint64_t cid = 0, mid = 0;
-    assert_int_equal(peer_fetch_members(url, 2000, &cid, &mid, &out, &err), 0);
+    assert_int_equal(peer_ask(url, PEER_ASK_PROGRESS, 77, 2000, &cid, &mid, &out, &err), 0);
     assert_int_equal(cid, CLUSTER);
     assert_int_equal(mid, 5);
-    assert_int_equal(out.len, strlen("the member list"));
-    assert_memory_equal(out.data, "the member list", out.len);
+    assert_int_equal(out.len, strlen("answer to 3 77"));
+    assert_memory_equal(out.data, "answer to 3 77", out.len);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", tport(9));
-    assert_int_not_equal(peer_fetch_members(url, 500, &cid, &mid, &out, &err), 0);
+    assert_int_not_equal(peer_ask(url, PEER_ASK_MEMBERS, 0, 500, &cid, &mid, &out, &err), 0);
     assert_non_null(strstr(err.msg, "cannot reach"));
     util_buf_free(&out);
     tnode_stop(&a, false);

@@ -504,6 +504,36 @@ static void test_proposals_refused_during_transfer_then_resume(void **state) {
     teardown(&c);
 }
 
+/* An update changes nothing in raft but is ordered like any change; the
+ * leader reports its view of each member's match index, a follower none. */
+static void test_update_is_ordered_and_progress_is_the_leaders(void **state) {
+    (void)state;
+    struct cluster c;
+    setup(&c, 3, 0);
+    elect(&c, 1);
+    pump(&c);
+    struct raft_conf_change up = {.type = RAFT_CC_UPDATE_NODE, .node_id = id_of(2)};
+    struct raft_conf_change gone = {.type = RAFT_CC_UPDATE_NODE, .node_id = id_of(9)};
+    assert_int_equal(raft_propose_conf_change(c.n[1].r, &gone), -EINVAL);
+    assert_int_equal(raft_propose_conf_change(c.n[1].r, &up), 0);
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_LEARNER, .node_id = id_of(9)};
+    assert_int_equal(raft_propose_conf_change(c.n[1].r, &cc), RAFT_ECONFPENDING);
+    pump(&c);
+    tick_all(&c, 2);
+    struct raft_conf_state cs;
+    raft_conf_state(c.n[1].r, &cs);
+    assert_int_equal(cs.n_voters, 3);
+    assert_int_equal(cs.n_learners, 0);
+    uint64_t mine, theirs;
+    assert_int_equal(raft_progress_match(c.n[1].r, id_of(1), &mine), 0);
+    assert_int_equal(raft_progress_match(c.n[1].r, id_of(2), &theirs), 0);
+    assert_int_equal(mine, status(&c, 1).last_index);
+    assert_int_equal(theirs, mine);
+    assert_int_equal(raft_progress_match(c.n[1].r, id_of(9), &theirs), -ENOENT);
+    assert_int_equal(raft_progress_match(c.n[2].r, id_of(1), &theirs), RAFT_ENOLEADER);
+    teardown(&c);
+}
+
 static void test_conf_change_codec(void **state) {
     (void)state;
     uint8_t ctx[3] = {1, 2, 3};
@@ -540,6 +570,7 @@ int main(void) {
         cmocka_unit_test(test_leader_removing_itself_hands_over),
         cmocka_unit_test(test_proposals_refused_during_transfer_then_resume),
         cmocka_unit_test(test_conf_change_codec),
+        cmocka_unit_test(test_update_is_ordered_and_progress_is_the_leaders),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,6 +38,14 @@ def wait_for(what, cond, timeout=15):
     raise AssertionError("timed out waiting for " + what)
 
 
+def put(c, key, value):
+    """The revision of a put, or None while the cluster has no leader."""
+    try:
+        return c.put(key, value).header.revision
+    except Exception:
+        return None
+
+
 def published(s, n):
     """Every one of n members listed with a name and client URLs."""
     ms = members(s)
@@ -129,13 +137,13 @@ def test_replace_a_member_under_writes(tmp_path):
         assert len(acked) > 20
 
         now = stay + [n3]
-        listed = wait_for("n3 published", lambda: published(n3, 3))
+        listed = wait_for("n3 published", lambda: published(leader, 3))
         assert sorted(m["name"] for m in listed) == sorted(
             [s.args[s.args.index("--name") + 1] for s in stay] + ["n3"])
         assert "%x" % next(m["ID"] for m in listed if m["name"] == "n3") == mid
 
         c = etcd3.client(host="127.0.0.1", port=n3.client_port, timeout=10)
-        rev = c.put("/last", "x").header.revision
+        rev = wait_for("a write through n3", lambda: put(c, "/last", "x"))
         stored = {m.key.decode() for _, m in c.get_prefix("/w/")}
         assert not [k for k in acked if k not in stored], "acknowledged writes lost"
 
@@ -165,8 +173,18 @@ def test_replace_a_member_under_writes(tmp_path):
         # not the flags) and catches up.
         n3.start()
         c = etcd3.client(host="127.0.0.1", port=leader.client_port, timeout=10)
-        rev = c.put("/after-restart", "y").header.revision
+        rev = wait_for("a write after n3's restart", lambda: put(c, "/after-restart", "y"))
         wait_for("equal HashKV after n3's restart", same_hash)
+
+        # An original member restarts with its old flags (they still name the
+        # removed member): the store, not --initial-cluster, says who is in.
+        other = next(s for s in stay if s is not leader)
+        assert other.stop(signal.SIGTERM) == 0
+        other.start()
+        assert len(members(other)) == 3
+        c = etcd3.client(host="127.0.0.1", port=other.client_port, timeout=10)
+        rev = wait_for("a write through the restarted member", lambda: put(c, "/after-2", "z"))
+        wait_for("equal HashKV after the restart of an original member", same_hash)
     finally:
         stop_all(ms + extra)
 
@@ -220,6 +238,21 @@ def test_learner_promotion_waits_for_it_to_catch_up(tmp_path):
         # n1 is a voter with the whole key space.
         n1c = etcd3.client(host="127.0.0.1", port=n1.client_port, timeout=10)
         assert len(list(n1c.get_prefix("/fill/"))) == 300
+
+        # A promotion asked of a follower: it asks the leader how far the
+        # learner is, as etcd forwards it.
+        mid2, port2, env2 = add_member(m0, "n2", learner=True)
+        n2 = joiner(tmp_path, "n2", port2, env2)
+        extra.append(n2)
+        n2.start()
+        wait_for("n2 published", lambda: published(m0, 3))
+        leader, _ = wait_leader([m0, n1])
+        follower = n1 if leader is m0 else m0
+        def promoted_via_follower():
+            r = ctl([ep(follower)], "member", "promote", mid2)
+            return r.returncode == 0 and r
+        wait_for("promotion through a follower", promoted_via_follower)
+        assert not any(m.get("isLearner") for m in members(leader))
     finally:
         stop_all([m0] + extra)
 
@@ -313,7 +346,7 @@ def test_removing_the_leader(tmp_path):
         rest = [s for s in ms if s is not leader]
         wait_leader(rest)
         c = etcd3.client(host="127.0.0.1", port=rest[0].client_port, timeout=10)
-        c.put("k", "v")
+        wait_for("a write after the leader left", lambda: put(c, "k", "v"))
         assert sorted("%x" % m["ID"] for m in members(rest[1])) == sorted(
             "%x" % m["ID"] for m in listed if "%x" % m["ID"] != lid)
         # It cannot come back: its own removal is in its store.
