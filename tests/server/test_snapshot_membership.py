@@ -19,7 +19,7 @@ from test_snapshot_catchup import (WRITES, etcdctl, leader_of, make_members, sta
                                    wait_equal_hashes, write_many)
 
 
-def member_list(m):
+def member_rows(m):
     r = etcdctl([m], "member", "list", "-w", "json")
     assert r.returncode == 0, r.stderr
     return sorted((x["ID"], x.get("name", ""), tuple(x["peerURLs"]),
@@ -97,8 +97,8 @@ def test_membership_changes_across_a_snapshot(tmp_path):
         assert sent[-1] >= promoted[0]
         assert all(e["index"] >= e["raft-index"] for e in sends), sends
         assert installed["snapshot-index"] == installed["applied-index"] == sent[-1]
-        assert member_list(f) == member_list(leader)
-        assert not any(m[4] for m in member_list(f))  # l1 is a voter everywhere
+        assert member_rows(f) == member_rows(leader)
+        assert not any(m[4] for m in member_rows(f))  # l1 is a voter everywhere
 
         # The next change, through the member that caught up: a learner is
         # allowed again (etcd 3.4 allows one), which f's raft thread accepts
@@ -116,9 +116,9 @@ def test_membership_changes_across_a_snapshot(tmp_path):
         assert r.returncode == 0, r.stderr
         assert l1.proc.wait(20) is not None
         promote(leader, l2_id)
-        want = member_list(leader)
+        want = member_rows(leader)
         assert len(want) == 4 and not any(m[4] for m in want)
-        wait_for("f lists the members after the changes", lambda: member_list(f) == want)
+        wait_for("f lists the members after the changes", lambda: member_rows(f) == want)
         assert [e["member"] for e in log_events(f, changes, "installed a raft snapshot")] == [
             l2_id, l1_id, l2_id]
 
