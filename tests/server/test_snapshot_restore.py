@@ -17,6 +17,7 @@ import time
 import etcd3
 
 from qtest import Server, clean_env, free_port, run_quoin
+from test_membership import add_member, joiner, wait_for
 from test_snapshot_catchup import etcdctl, leader_of, make_members, start_all
 
 
@@ -168,6 +169,17 @@ def test_restored_members_start_without_cluster_flags(tmp_path):
                     break
                 time.sleep(0.1)
             assert r.stdout.strip() == "x", (m.name, r.stdout, r.stderr)
+        # A member added to the restored cluster joins: the log before the
+        # restore marker does not exist, so it is sent a snapshot.
+        mid, port, env = add_member(new[0], "joined", learner=True)
+        j = joiner(tmp_path, "joined", port, env)
+        j.name = "joined"
+        new.append(j)
+        j.start()
+        wait_for("the joined member has the data", lambda: etcdctl(
+            [j], "get", "/after", "--consistency=s", "--print-value-only").stdout.strip() == "x")
+        assert "installed a raft snapshot" in j.logs()
+        assert {mm["name"] for mm in member_list(j)["members"]} == {m.name for m in new}
     finally:
         for m in new:
             m.stop(signal.SIGKILL)
