@@ -3,9 +3,11 @@ changes its membership and goes through 12,000 writes and a compaction
 catches up by snapshot: the leader sends the index its copy holds, with the
 configuration as of that index (here past a promotion the leader's raft
 snapshot does not include), and the member reloads its member set from the
-copy. It must then list the same members as the leader, apply the next
-membership changes (its raft thread checks them against the reloaded set),
-and serve writes and linearizable reads."""
+copy, and its transport the peer URLs the copy has (here a member's, updated
+while it was down). It must then list the same members as the leader, lead
+(its writes reach the member at its new URL), apply the next membership
+changes (its raft thread checks them against the reloaded set), and serve
+writes and linearizable reads."""
 import json
 import re
 import signal
@@ -63,7 +65,7 @@ def test_membership_changes_across_a_snapshot(tmp_path):
     learners = []
     try:
         leader = leader_of(voters)
-        f = next(m for m in voters if m is not leader)
+        f, g = [m for m in voters if m is not leader]
         f_id = member_id(f)
         wait_for("every member published", lambda: published(leader, 3))
         l1_id, port, env = add_learner(leader, "l1")
@@ -76,6 +78,13 @@ def test_membership_changes_across_a_snapshot(tmp_path):
         write_many(leader, WRITES, "/k/")
         c = etcd3.client(host="127.0.0.1", port=leader.client_port, timeout=10)
         c.compact(c.put("/compact", "x").header.revision - 100)
+        # The learner moves to another peer port: f knows only the old one.
+        l1.stop(signal.SIGKILL)
+        new_url = "http://127.0.0.1:%d" % free_port()
+        r = etcdctl([leader], "member", "update", "%x" % l1_id, "--peer-urls=" + new_url)
+        assert r.returncode == 0, r.stderr
+        l1.args[l1.args.index("--listen-peer-urls") + 1] = new_url
+        l1.start()
         # A conf change past the leader's last checkpoint: the raft snapshot
         # has l1 as a learner, the copy sent has it as a voter.
         promote(leader, l1_id)
@@ -99,37 +108,44 @@ def test_membership_changes_across_a_snapshot(tmp_path):
         assert installed["snapshot-index"] == installed["applied-index"] == sent[-1]
         assert member_rows(f) == member_rows(leader)
         assert not any(m[4] for m in member_rows(f))  # l1 is a voter everywhere
+        assert (new_url,) in [m[2] for m in member_rows(f)]
 
-        # The next change, through the member that caught up: a learner is
-        # allowed again (etcd 3.4 allows one), which f's raft thread accepts
-        # only if it reloaded l1 as a voter.
-        added = wait_for("a learner added through f", lambda: add_learner(f, "l2"))
-        l2_id, port, env = added
+        # f leads: its raft has l1 as a voter and its transport l1's new
+        # URL, both from the copy, so its writes reach l1.
+        r = etcdctl(everyone, "move-leader", "%x" % f_id)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert leader_of(everyone) is f
+        cf = etcd3.client(host="127.0.0.1", port=f.client_port, timeout=10)
+        last = cf.put("/via-f/leader", "x").header.revision
+        wait_equal_hashes(everyone, last)
+
+        # More changes on f: a learner is allowed again (etcd 3.4 allows
+        # one), which f's raft thread accepts only if it reloaded l1 as a
+        # voter; the new learner promoted (checked on f's raft loop); l1
+        # removed through a follower (it stops by itself).
+        l2_id, port, env = wait_for("a learner added through f", lambda: add_learner(f, "l2"))
         l2 = joiner(tmp_path, "l2", port, env)
         learners.append(l2)
         l2.start()
         wait_for("f lists the new learner", lambda: published(f, 5))
-        changes = "applied a membership change"
-        assert [e["member"] for e in log_events(f, changes, "installed a raft snapshot")] == [l2_id]
-        # And one more: l1 removed (it stops by itself), l2 promoted.
-        r = etcdctl([f], "member", "remove", "%x" % l1_id)
+        promote(f, l2_id)
+        r = etcdctl([g], "member", "remove", "%x" % l1_id)
         assert r.returncode == 0, r.stderr
         assert l1.proc.wait(20) is not None
-        promote(leader, l2_id)
-        want = member_rows(leader)
+        want = member_rows(g)
         assert len(want) == 4 and not any(m[4] for m in want)
         wait_for("f lists the members after the changes", lambda: member_rows(f) == want)
+        changes = "applied a membership change"
         assert [e["member"] for e in log_events(f, changes, "installed a raft snapshot")] == [
-            l2_id, l1_id, l2_id]
+            l2_id, l2_id, l1_id]
 
         # f keeps serving: writes through it, linearizable reads on it.
-        cf = etcd3.client(host="127.0.0.1", port=f.client_port, timeout=10)
         for i in range(20):
             last = cf.put("/via-f/%d" % i, "v%d" % i).header.revision
             assert cf.get("/via-f/%d" % i)[0] == b"v%d" % i
         r = etcdctl([f], "get", "/via-f/", "--prefix", "--keys-only", "--consistency=l")
-        assert r.returncode == 0 and len(r.stdout.split()) == 20, r.stdout + r.stderr
-        wait_equal_hashes([m for m in everyone if m is not l1] + [l2], last)
+        assert r.returncode == 0 and len(r.stdout.split()) == 21, r.stdout + r.stderr
+        wait_equal_hashes(voters + [l2], last)
         cf.close()
         c.close()
     finally:
