@@ -496,6 +496,22 @@ int members_store_replace(mvcc_t *db, MDB_dbi dbi, const struct member_set *set,
     return rc;
 }
 
+int members_initial_set(const struct config *cfg, struct member_set *set) {
+    *set = (struct member_set){0};
+    for (size_t i = 0; i < cfg->n_initial_cluster; i++) {
+        const struct config_member *cm = &cfg->initial_cluster[i];
+        char *urls[16];
+        struct member m = {.id = cm->id, .name = cm->name, .peer_urls = urls};
+        for (size_t k = 0; k < cm->peer_urls.n && k < 16; k++)
+            urls[m.n_peer_urls++] = cm->peer_urls.v[k].text;
+        if (members_put(set, &m) != 0) {
+            members_free(set);
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
 /* ---- the identity file ---- */
 
 int members_identity_read(const char *dir, uint64_t *member_id, uint64_t *cluster_id,

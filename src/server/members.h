@@ -34,6 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config/config.h"
 #include "mvcc/mvcc.h"
 #include "raft/raft.h"
 #include "util/util.h"
@@ -78,6 +79,11 @@ int members_put(struct member_set *set, const struct member *m);
 void members_remove(struct member_set *set, uint64_t id);
 /* Raft's configuration of the set (voters and learners). */
 void members_conf_state(const struct member_set *set, struct raft_conf_state *cs);
+
+/* The members of --initial-cluster (ids as config derives them from the
+ * peer URLs and the token), every one a voter: a new cluster's first set.
+ * Returns 0 or -ENOMEM (set then empty). */
+int members_initial_set(const struct config *cfg, struct member_set *set);
 
 /* Encodings (see the top of the file). encode appends to out: 0 or -ENOMEM.
  * decode fills out (free with member_free / members_free): 0, -EINVAL

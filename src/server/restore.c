@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <lmdb.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 
 #include "lease/lease.h"
 #include "mvcc/mvcc.h"
+#include "server/members.h"
 #include "server/server.h"
 #include "wal/wal.h"
 
@@ -150,13 +152,25 @@ static int check_quoin_store(const char *file, int in, const char *db_path, stru
     return 0;
 }
 
-/* Rewrites, in one batch, what belongs to the old cluster: the applied raft
+/* Replaces the old cluster's member store (members, removed ids, bootstrap
+ * set, cluster id) by the new cluster's, so the member needs no cluster
+ * flags at its first start, as etcd's restore writes its member bucket. */
+static int rewrite_members(mvcc_t *db, const struct config *cfg, struct util_err *err) {
+    MDB_dbi dbi;
+    struct member_set set = {0};
+    int rc = members_store_open(db, &dbi);
+    if (rc == 0 && (rc = members_initial_set(cfg, &set)) == 0)
+        rc = members_store_replace(db, dbi, &set, cfg->cluster_id);
+    members_free(&set);
+    return rc ? util_errorf(err, rc, "cannot write the member store: %s", mvcc_strerror(rc)) : 0;
+}
+
+/* Rewrites what belongs to the old cluster: in one batch, the applied raft
  * index (the new log starts after RESTORE_INDEX) and the leases' deadlines
  * (cleared, so the new leader gives each lease its full TTL, as etcd's
- * restore does). The member store, once there, is rewritten here from
- * cfg->initial_cluster in the same batch. */
-static int rewrite_store(const char *db_path, uint64_t db_len, log_t *lg, int64_t *revision,
-                         struct util_err *err) {
+ * restore does); then the member store (rewrite_members). */
+static int rewrite_store(const char *db_path, uint64_t db_len, const struct config *cfg, log_t *lg,
+                         int64_t *revision, struct util_err *err) {
     struct mvcc_options mopts = {.quota_bytes = db_len > (1ull << 30) ? db_len * 2 : 0};
     mvcc_t *db = NULL;
     lease_t *ls = NULL;
@@ -188,6 +202,8 @@ static int rewrite_store(const char *db_path, uint64_t db_len, log_t *lg, int64_
         if (rc != 0)
             util_errorf(err, rc, "cannot write the key space: %s", mvcc_strerror(rc));
     }
+    if (rc == 0)
+        rc = rewrite_members(db, cfg, err);
     if (rc == 0 && (rc = mvcc_sync(db)) != 0)
         util_errorf(err, rc, "cannot sync the key space: %s", mvcc_strerror(rc));
     if (rc == 0) {
@@ -224,9 +240,10 @@ static int write_wal(const char *dir, log_t *lg, struct util_err *err) {
     return rc ? util_errorf(err, rc, "cannot write the WAL in %s: %s", dir, strerror(-rc)) : 0;
 }
 
-/* Builds the directory at tmp. */
+/* Builds the directory at tmp: the store, the WAL, and the identity that
+ * says which member of which cluster it is. */
 static int build(const char *file, int in, uint64_t db_len, const uint8_t *want, const char *tmp,
-                 log_t *lg, int64_t *revision, struct util_err *err) {
+                 const struct config *cfg, log_t *lg, int64_t *revision, struct util_err *err) {
     server_datadir_t *dd = NULL;
     char path[4096 + 16];
     int rc = server_datadir_open(tmp, lg, &dd, err);
@@ -235,10 +252,12 @@ static int build(const char *file, int in, uint64_t db_len, const uint8_t *want,
     snprintf(path, sizeof(path), "%s/db", tmp);
     if ((rc = copy_checked(file, in, db_len, want, path, err)) == 0 &&
         (rc = check_quoin_store(file, in, path, err)) == 0 &&
-        (rc = rewrite_store(path, db_len, lg, revision, err)) == 0) {
+        (rc = rewrite_store(path, db_len, cfg, lg, revision, err)) == 0) {
         snprintf(path, sizeof(path), "%s/wal", tmp);
         rc = write_wal(path, lg, err);
     }
+    if (rc == 0)
+        rc = members_identity_write(tmp, cfg->member_id, cfg->cluster_id, err);
     snprintf(path, sizeof(path), "%s/snap", tmp);
     if (rc == 0 && mkdir(path, 0700) != 0)
         rc = util_errorf(err, -errno, "cannot create %s: %s", path, strerror(errno));
@@ -288,7 +307,7 @@ int server_snapshot_restore(const char *file, const struct config *cfg, bool ski
     }
     int64_t revision = 0;
     rc = build(file, in, has_hash ? size - SHA_LEN : size,
-               has_hash && !skip_hash_check ? want : NULL, tmp, lg, &revision, err);
+               has_hash && !skip_hash_check ? want : NULL, tmp, cfg, lg, &revision, err);
     if (rc == 0 && rename(tmp, cfg->data_dir) != 0)
         rc = util_errorf(err, -errno, "cannot move %s to %s: %s", tmp, cfg->data_dir,
                          strerror(errno));
@@ -298,9 +317,13 @@ int server_snapshot_restore(const char *file, const struct config *cfg, bool ski
         nftw(tmp, remove_one, 16, FTW_DEPTH | FTW_PHYS);
         goto out;
     }
+    char mid[17], cid[17];
+    snprintf(mid, sizeof(mid), "%016" PRIx64, cfg->member_id);
+    snprintf(cid, sizeof(cid), "%016" PRIx64, cfg->cluster_id);
     LOG_INFO(lg, "restored a member's data directory from a snapshot", LOG_STR("file", file),
              LOG_STR("data-dir", cfg->data_dir), LOG_STR("name", cfg->name),
-             LOG_INT("revision", revision), LOG_UINT("members", cfg->n_initial_cluster));
+             LOG_STR("member-id", mid), LOG_STR("cluster-id", cid), LOG_INT("revision", revision),
+             LOG_UINT("members", cfg->n_initial_cluster));
 out:
     close(in);
     return rc;

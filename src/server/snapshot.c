@@ -112,13 +112,14 @@ static void copy_done(uv_work_t *w, int status) {
         set_busy(ns, j->m.to, false);
         raft_report_snapshot(ns->cfg.raft, j->m.to, true);
     } else {
+        uint64_t chosen = j->snap.meta.index; /* raft's snapshot: its last checkpoint */
         if (j->index > j->snap.meta.index) {
             j->snap.meta.index = j->index;
             j->snap.meta.term = j->term;
             ns->cfg.conf_at(ns->cfg.conf_arg, j->index, &j->snap.meta.conf);
         }
         LOG_INFO(ns->cfg.lg, "sending a snapshot to a lagging member", LOG_UINT("to", j->m.to),
-                 LOG_UINT("index", j->snap.meta.index),
+                 LOG_UINT("index", j->snap.meta.index), LOG_UINT("raft-index", chosen),
                  LOG_UINT("size", (uint64_t)lseek(j->fd, 0, SEEK_END)));
         lseek(j->fd, 0, SEEK_SET);
         /* On failure the transport closes fd and queues a failed outcome. */

@@ -860,23 +860,6 @@ static bool same_urls(char *const *a, size_t na, const struct config_urls *b) {
     return true;
 }
 
-/* The members of --initial-cluster, every one a voter. */
-static int initial_set(const struct config *cfg, struct member_set *set) {
-    *set = (struct member_set){0};
-    for (size_t i = 0; i < cfg->n_initial_cluster; i++) {
-        const struct config_member *cm = &cfg->initial_cluster[i];
-        char *urls[16];
-        struct member m = {.id = cm->id, .name = cm->name, .peer_urls = urls};
-        for (size_t k = 0; k < cm->peer_urls.n && k < 16; k++)
-            urls[m.n_peer_urls++] = cm->peer_urls.v[k].text;
-        if (members_put(set, &m) != 0) {
-            members_free(set);
-            return -ENOMEM;
-        }
-    }
-    return 0;
-}
-
 /* Appends "id=url,url " for each member, for error messages. */
 static void describe(const struct member_set *set, struct util_buf *b) {
     for (size_t i = 0; i < set->n; i++) {
@@ -994,7 +977,7 @@ static int rebuild_store(struct server *s, struct util_err *err) {
     uint64_t theirs = s->cluster_id;
     int rc;
     if (s->cfg->initial_cluster_new && s->cfg->cluster_id == s->cluster_id)
-        rc = initial_set(s->cfg, &boot);
+        rc = members_initial_set(s->cfg, &boot);
     else
         rc = fetch_cluster(s, &theirs, &boot, &current, err);
     members_free(&current);
@@ -1027,7 +1010,7 @@ int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_er
     } else if (rc == -ENOENT) {
         struct member_set first;
         if (s->cfg->initial_cluster_new) {
-            rc = initial_set(s->cfg, &first);
+            rc = members_initial_set(s->cfg, &first);
             if (rc != 0)
                 return util_errorf(err, rc, "out of memory");
         } else if ((rc = join(s, &first, &current, err)) != 0) {

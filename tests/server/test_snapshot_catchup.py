@@ -28,10 +28,11 @@ def etcdctl(members, *args):
                           capture_output=True, text=True, env=env, timeout=30)
 
 
-def make_members(tmp_path, extra=(), env=None, prefix="s", token="snap-test"):
-    """Three members of one new cluster, not started. Each has .name, and
-    .flags: the member flags `quoin snapshot restore` takes too."""
-    ports = [free_port() for _ in range(3)]
+def make_members(tmp_path, extra=(), env=None, prefix="s", token="snap-test", ports=None):
+    """Three members of one new cluster (at the given peer ports, else free
+    ones), not started. Each has .name, and .flags: the member flags `quoin
+    snapshot restore` takes too."""
+    ports = ports or [free_port() for _ in range(3)]
     initial = ",".join("%s%d=http://127.0.0.1:%d" % (prefix, i, p) for i, p in enumerate(ports))
     members = []
     for i, port in enumerate(ports):

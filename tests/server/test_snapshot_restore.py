@@ -1,10 +1,13 @@
 """`quoin snapshot restore`: a file `etcdctl snapshot save` took from a quoin
 member becomes the data directories of a new cluster with every key, the
-revision and the leases; a corrupt, cut or foreign file (random bytes, a real
-etcd's snapshot) is refused with a message saying what to do, and leaves no
-data directory behind."""
+revision and the leases; the restored directories hold the new member set and
+cluster id, so the members start without cluster flags (or with wrong ones,
+ignored as for any existing data directory); a corrupt, cut or foreign file
+(random bytes, a real etcd's snapshot) is refused with a message saying what
+to do, and leaves no data directory behind."""
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +17,7 @@ import time
 import etcd3
 
 from qtest import Server, clean_env, free_port, run_quoin
+from test_membership import add_member, joiner, wait_for
 from test_snapshot_catchup import etcdctl, leader_of, make_members, start_all
 
 
@@ -68,6 +72,114 @@ def test_restore_a_cluster_from_a_snapshot(tmp_path):
                 time.sleep(0.1)
             assert len(r.stdout.split()) == 302, (m.name, r.stdout[-300:], r.stderr)
         c.close()
+    finally:
+        for m in new:
+            m.stop(signal.SIGKILL)
+
+
+def etcd_member_id(peer_url, token):
+    """etcd's member id: SHA-1 of the sorted peer URLs and the token."""
+    return int.from_bytes(hashlib.sha1((peer_url + token).encode()).digest()[:8], "big")
+
+
+def etcd_cluster_id(ids):
+    """etcd's cluster id: SHA-1 of the sorted member ids, 8 bytes each."""
+    b = b"".join(i.to_bytes(8, "big") for i in sorted(ids))
+    return int.from_bytes(hashlib.sha1(b).digest()[:8], "big")
+
+
+def drop_flags(member, *flags):
+    for flag in flags:
+        i = member.args.index(flag)
+        del member.args[i:i + 2]
+
+
+def member_list(member):
+    r = etcdctl([member], "member", "list", "-w", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_restored_members_start_without_cluster_flags(tmp_path):
+    """The old cluster removed a member; the new one is restored at peer URLs
+    that include the removed member's (so the same id, with the same token).
+    Each restored member is then started with other cluster flags, or none:
+    the data directory says which cluster it belongs to."""
+    token = "restore-test"
+    old = start_all(make_members(tmp_path, prefix="old", token=token))
+    try:
+        leader = leader_of(old)
+        gone = next(m for m in old if m is not leader)
+        gone_url = "http://127.0.0.1:%d" % gone.peer_port
+        r = etcdctl([leader], "member", "remove", "%x" % etcd_member_id(gone_url, token))
+        assert r.returncode == 0, r.stderr
+        gone.proc.wait(20)  # it stops by itself
+        c = etcd3.client(host="127.0.0.1", port=leader.client_port, timeout=10)
+        for i in range(100):
+            rev = c.put("/r/%d" % i, "v%d" % i).header.revision
+        old_cluster = member_list(leader)["header"]["cluster_id"]
+        c.close()
+        backup = tmp_path / "backup.db"
+        r = etcdctl([leader], "snapshot", "save", str(backup))
+        assert r.returncode == 0, r.stderr
+    finally:
+        for m in old:
+            m.stop(signal.SIGKILL)
+    for m in old:
+        shutil.rmtree(m.data_dir)
+
+    new = make_members(tmp_path, prefix="new", token=token,
+                       ports=[leader.peer_port, gone.peer_port, free_port()])
+    for m in new:
+        r = restore(backup, m)
+        assert r.returncode == 0, r.stderr
+    drop_flags(new[0], "--initial-cluster", "--initial-cluster-token",
+               "--initial-advertise-peer-urls")
+    new[1].args[new[1].args.index("--initial-cluster-token") + 1] = "another-token"
+    new[2].args[new[2].args.index("--initial-cluster") + 1] = "new2=" + new[2].args[
+        new[2].args.index("--initial-advertise-peer-urls") + 1]
+    urls = {etcd_member_id("http://127.0.0.1:%d" % m.peer_port, token): m for m in new}
+    cluster = etcd_cluster_id(urls)
+    assert cluster != old_cluster
+    start_all(new)
+    try:
+        leader_of(new)
+        c = etcd3.client(host="127.0.0.1", port=new[0].client_port, timeout=10)
+        assert len(list(c.get_prefix("/r/"))) == 100
+        assert c.put("/after", "x").header.revision == rev + 1
+        c.close()
+        deadline = time.time() + 20
+        while True:  # every member lists the new members, once they all published
+            lists = [member_list(m) for m in new]
+            got = [{mm["ID"]: (mm.get("name"), mm["peerURLs"], mm.get("clientURLs"))
+                    for mm in ml["members"]} for ml in lists]
+            want = {i: (m.name, ["http://127.0.0.1:%d" % m.peer_port], [m.client_url])
+                    for i, m in urls.items()}
+            if all(g == want for g in got) or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(g == want for g in got), (got, want)
+        assert all(ml["header"]["cluster_id"] == cluster for ml in lists)
+        # The removed member's id is a member again: the old removed list is gone.
+        assert "permanently removed" not in new[1].logs()
+        for m in new:
+            for _ in range(50):
+                r = etcdctl([m], "get", "/after", "--consistency=s", "--print-value-only")
+                if r.stdout.strip() == "x":
+                    break
+                time.sleep(0.1)
+            assert r.stdout.strip() == "x", (m.name, r.stdout, r.stderr)
+        # A member added to the restored cluster joins: the log before the
+        # restore marker does not exist, so it is sent a snapshot.
+        mid, port, env = add_member(new[0], "joined", learner=True)
+        j = joiner(tmp_path, "joined", port, env)
+        j.name = "joined"
+        new.append(j)
+        j.start()
+        wait_for("the joined member has the data", lambda: etcdctl(
+            [j], "get", "/after", "--consistency=s", "--print-value-only").stdout.strip() == "x")
+        assert "installed a raft snapshot" in j.logs()
+        assert {mm["name"] for mm in member_list(j)["members"]} == {m.name for m in new}
     finally:
         for m in new:
             m.stop(signal.SIGKILL)
