@@ -49,7 +49,7 @@ WORKLOADS = [
     ("range (serializable)", ["--conns", "4", "--clients", "64", "--key-space", "100000", "--total", n(30000),
                               "--consistency", "s", "range"]),
     ("txn-put (CAS)", ["--conns", "4", "--clients", "64", "--key-space", "100000", "--total", n(20000), "txn-put"]),
-    ("watch-latency (100 watchers)", ["--conns", "4", "--watchers", "100", "--rate", "200", "--total", n(600),
+    ("watch-latency (100 watchers)", ["--conns", "4", "--watchers", "100", "--rate", "200", "--total", n(2000),
                                       "--prefix", "w", "watch-latency"]),
     ("lease-keepalive", ["--conns", "4", "--clients", "64", "--total", n(30000), "lease-keepalive"]),
     ("mix (90% reads)", ["--conns", "4", "--clients", "64", "--key-space", "100000", "--total", n(30000),
