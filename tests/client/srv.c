@@ -26,6 +26,12 @@ const char *srv_name(const struct srv *s) {
     return s->kind == SRV_QUOIN ? "quoin" : "etcd";
 }
 
+/* Seeds the port picker; the previous state is mixed in, so that servers
+ * started within one second do not get the same ports again. */
+static void reseed(void) {
+    srand((unsigned)time(NULL) ^ (unsigned)getpid() ^ (unsigned)rand());
+}
+
 static int pick_port(void) {
     static const int span = 10000;
     return 20000 + (int)(((unsigned)getpid() * 7919u + (unsigned)rand()) % span);
@@ -101,7 +107,7 @@ static void srv_pick_ports(struct srv *s) {
 }
 
 int srv_start(struct srv *s, enum srv_kind kind) {
-    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    reseed();
     if (srv_init(s, kind, 0) < 0)
         return -1;
     for (int attempt = 0; attempt < 5; attempt++) {
@@ -117,7 +123,7 @@ int srv_start(struct srv *s, enum srv_kind kind) {
 
 int srv_cluster_start(struct srv_cluster *c, enum srv_kind kind, int n) {
     assert(n >= 1 && n <= SRV_CLUSTER_MAX);
-    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    reseed();
     memset(c, 0, sizeof *c);
     c->n = n;
     for (int i = 0; i < n; i++)
