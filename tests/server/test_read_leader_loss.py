@@ -12,11 +12,13 @@ import grpc
 from qtest import Cluster
 
 
-def read_all(port, key, n):
+def read_all(port, key, n, before, during=None):
     """n linearizable reads of key on one member at once, each on its own
-    connection: (value or error, seconds) per read."""
+    connection made first; before() runs once they are connected, during()
+    while the reads run. Returns (value or (code, details), seconds) per
+    read, and the clients."""
     clients = [etcd3.client(host="127.0.0.1", port=port) for _ in range(n)]
-    for c in clients:  # connected before the reads start
+    for c in clients:
         c.status()
     outcomes = [None] * n
 
@@ -29,7 +31,20 @@ def read_all(port, key, n):
             outcomes[i] = ((e.code(), e.details()), time.time() - started)
 
     threads = [threading.Thread(target=read, args=(i,)) for i in range(n)]
-    return threads, outcomes, clients
+    before()
+    for t in threads:
+        t.start()
+    if during:
+        during(outcomes)
+    for t in threads:
+        t.join(30)
+    assert all(o is not None for o in outcomes), outcomes
+    return outcomes, clients
+
+
+def kill(member):
+    member.proc.send_signal(signal.SIGKILL)
+    member.proc.wait(10)
 
 
 def test_reads_on_a_follower_survive_the_leader_being_killed(tmp_path):
@@ -39,17 +54,10 @@ def test_reads_on_a_follower_survive_the_leader_being_killed(tmp_path):
         f1, f2 = [i for i in range(3) if i != leader]
         writer = etcd3.client(host="127.0.0.1", port=c.members[f2].client_port, timeout=10)
         writer.put("/rl/k", "v1")
-        threads, outcomes, clients = read_all(c.members[f1].client_port, "/rl/k", 20)
-
         # The follower learns of the loss only after an election timeout, so
-        # the reads made now are all forwarded to the dead leader.
-        c.members[leader].proc.send_signal(signal.SIGKILL)
-        c.members[leader].proc.wait(10)
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert all(o is not None for o in outcomes), outcomes
+        # the reads made at once are all forwarded to the dead leader.
+        outcomes, clients = read_all(c.members[f1].client_port, "/rl/k", 20,
+                                     lambda: kill(c.members[leader]))
         assert [o[0] for o in outcomes] == [b"v1"] * 20, outcomes
         assert max(o[1] for o in outcomes) < 5, outcomes
         new_leader = c.leader()
@@ -61,14 +69,8 @@ def test_reads_on_a_follower_survive_the_leader_being_killed(tmp_path):
 
         # The new leader killed too: the last member never gets a leader, and
         # its reads fail with etcd's "no leader" after the request timeout.
-        threads, outcomes, clients = read_all(c.members[f1 if new_leader == f2 else f2]
-                                              .client_port, "/rl/k", 5)
-        c.members[new_leader].proc.send_signal(signal.SIGKILL)
-        c.members[new_leader].proc.wait(10)
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        last = c.members[f1 if new_leader == f2 else f2]
+        outcomes, _ = read_all(last.client_port, "/rl/k", 5, lambda: kill(c.members[new_leader]))
         for what, took in outcomes:
             assert what == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader"), outcomes
             assert 6 <= took <= 10, outcomes
@@ -86,19 +88,21 @@ def test_reads_on_a_leader_that_steps_down(tmp_path):
         leader = c.leader()
         followers = [c.members[i] for i in range(3) if i != leader]
         etcd3.client(host="127.0.0.1", port=c.members[leader].client_port).put("/sd/k", "v")
-        threads, outcomes, _ = read_all(c.members[leader].client_port, "/sd/k", 10)
-        for f in followers:
-            f.proc.send_signal(signal.SIGSTOP)
-        try:
-            for t in threads:
-                t.start()
-            time.sleep(2.5)  # more than an election timeout: the leader stepped down
-            assert all(o is None for o in outcomes), outcomes
-        finally:
+
+        def freeze():
             for f in followers:
-                f.proc.send_signal(signal.SIGCONT)
-        for t in threads:
-            t.join(30)
+                f.proc.send_signal(signal.SIGSTOP)
+
+        def step_down_then_thaw(outcomes):
+            try:
+                time.sleep(2.5)  # more than an election timeout: the leader stepped down
+                assert all(o is None for o in outcomes), outcomes
+            finally:
+                for f in followers:
+                    f.proc.send_signal(signal.SIGCONT)
+
+        outcomes, _ = read_all(c.members[leader].client_port, "/sd/k", 10, freeze,
+                               step_down_then_thaw)
         assert [o[0] for o in outcomes] == [b"v"] * 10, outcomes
         assert max(o[1] for o in outcomes) < 8, outcomes
     finally:
