@@ -124,7 +124,8 @@ struct server_node {
     uint64_t prog_ids[RAFT_MAX_MEMBERS], prog_match[RAFT_MAX_MEMBERS];
     size_t n_prog;
     /* Raft thread: read-index requests not answered yet, oldest first (raft
-     * answers them roughly in that order); [reads_head, n_reads) is live. */
+     * answers them roughly in that order), in [reads_head, n_reads) with
+     * those finished since the last tick (marked over). */
     struct node_read *reads;
     size_t reads_head, n_reads, cap_reads;
     uint64_t read_timeout_ns, read_resend_ns;
@@ -509,28 +510,34 @@ static bool read_answered(server_node_t *n, uint64_t context) {
     return false;
 }
 
-/* Resends the reads whose leader changed or that waited an election timeout,
- * and fails those past the request timeout. Raft loop, outside a Ready. */
+/* Every tick: resends the reads whose leader changed or that waited an
+ * election timeout, fails those past the request timeout, and drops the
+ * finished ones (answers arrive out of order when a request was lost, so
+ * the table does not hold more than a tick of them). Raft loop, outside a
+ * Ready. */
 static void reads_check(server_node_t *n) {
     if (n->reads_head == n->n_reads)
         return;
     struct raft_status st;
     raft_status(n->raft, &st);
     uint64_t now = util_now_mono_ns();
+    size_t k = 0;
     for (size_t i = n->reads_head; i < n->n_reads; i++) {
         struct node_read *r = &n->reads[i];
         if (r->over)
             continue;
         if (now - r->queued_ns >= n->read_timeout_ns) {
-            r->over = true;
             if (n->cb.read_failed)
                 n->cb.read_failed(n->cb.arg, r->context, st.leader ? -ETIMEDOUT : RAFT_ENOLEADER);
-        } else if (st.leader && (st.leader != r->leader || st.term != r->term ||
-                                 now - r->sent_ns >= n->read_resend_ns)) {
-            read_send(n, r, &st, now); /* on failure: tried again next tick */
+            continue;
         }
+        if (st.leader &&
+            (st.leader != r->leader || st.term != r->term || now - r->sent_ns >= n->read_resend_ns))
+            read_send(n, r, &st, now); /* on failure: tried again next tick */
+        n->reads[k++] = *r;
     }
-    reads_trim(n);
+    n->reads_head = 0;
+    n->n_reads = k;
 }
 
 /* Fails every read still waiting (the member stops). */
@@ -781,7 +788,6 @@ static void on_wake(uv_async_t *a) {
     struct raft_status st;
     raft_status(n->raft, &st);
     uint64_t now = util_now_mono_ns();
-    reads_check(n);
     for (size_t i = 0; i < count; i++) {
         if (!n->batch[i].data) {
             read_start(n, n->batch[i].context, &st, now);
