@@ -54,7 +54,7 @@ struct node_read {
     uint64_t queued_ns;    /* reached the raft loop: the request timeout runs from here */
     uint64_t sent_ns;      /* last handed to raft */
     uint64_t leader, term; /* the leader raft knew then, and its term */
-    bool over;             /* answered or failed: dropped once the older ones are */
+    bool over;             /* answered or failed: dropped at the next tick */
 };
 
 /* A committed conf change, copied out of a Ready to apply after advance. */
