@@ -249,6 +249,17 @@ typedef void (*api_call_observer)(const char *path, int code, uint64_t duration_
                                   void *arg);
 void api_server_set_call_observer(api_server_t *srv, api_call_observer observer, void *arg);
 
+/* Whether a call may run, asked on the loop thread before the call reaches
+ * its method (gateway calls included): a unary call once its request is
+ * decoded (msg: the request, NULL without a descriptor), a streaming call at
+ * its start (msg NULL). Returns API_GRPC_OK to let it run; any other code
+ * ends the call with it and *message (static text), its handler never told.
+ * What a server uses to refuse methods in some state (etcd 3.4: a learner
+ * serves only a few). */
+typedef enum api_grpc_code (*api_call_gate)(const char *path, const ProtobufCMessage *msg,
+                                            const char **message, void *arg);
+void api_server_set_call_gate(api_server_t *srv, api_call_gate gate, void *arg);
+
 /* Queues one response message (packed now, so msg may be freed on return).
  * Any thread. Returns 0; -EAGAIN when the stream already holds
  * max_stream_output_bytes of unsent answers (nothing queued: wait for

@@ -185,6 +185,18 @@ void api_server_set_call_observer(api_server_t *srv, api_call_observer observer,
     srv->observer_arg = arg;
 }
 
+void api_server_set_call_gate(api_server_t *srv, api_call_gate gate, void *arg) {
+    srv->gate = gate;
+    srv->gate_arg = arg;
+}
+
+/* The server's word on a call of m about to run (see api_call_gate). */
+static enum api_grpc_code gate_check(const api_server_t *srv, const struct api_grpc_method *m,
+                                     const ProtobufCMessage *msg, const char **message) {
+    *message = NULL;
+    return srv->gate ? srv->gate(m->path, msg, message, srv->gate_arg) : API_GRPC_OK;
+}
+
 int api_server_register(api_server_t *srv, const struct api_grpc_method *m) {
     const char *slash = m->path ? strchr(m->path + 1, '/') : NULL;
     if (!m->path || m->path[0] != '/' || !slash || slash == m->path + 1 || !slash[1] ||
@@ -673,6 +685,17 @@ int api_grpc_gateway_call(api_server_t *srv, const struct api_grpc_method *m, ap
             goto err;
         }
     }
+    bool streaming = m->client_streaming || m->server_streaming;
+    const char *why;
+    enum api_grpc_code g = gate_check(srv, m, streaming || !n ? NULL : decoded[0], &why);
+    if (g != API_GRPC_OK) {
+        if (streaming)
+            api_gateway_stream_end(req, false, g, why);
+        else
+            api_gateway_answer(req, m, g, why, NULL, 0);
+        rc = 0;
+        goto err;
+    }
     call = calloc(1, sizeof(*call));
     if (!call || pthread_mutex_init(&call->mu, NULL) != 0) {
         free(call);
@@ -914,6 +937,12 @@ static void call_start(api_call_t *call) {
         uv_timer_start(call->timer, on_deadline, ms, 0);
     }
     if (call->method->client_streaming || call->method->server_streaming) {
+        const char *why;
+        enum api_grpc_code g = gate_check(srv, call->method, NULL, &why);
+        if (g != API_GRPC_OK) {
+            call_end(call, g, "%s", why ? why : "");
+            return;
+        }
         call_take(call);
         call->method->on_open(call, call->method->arg);
     }
@@ -935,6 +964,15 @@ static void deliver(api_call_t *call, const uint8_t *data, size_t len) {
         }
     }
     if (!m->client_streaming && !m->server_streaming) {
+        const char *why;
+        enum api_grpc_code g = gate_check(call->srv, m, msg, &why);
+        if (g != API_GRPC_OK) {
+            if (msg)
+                protobuf_c_message_free_unpacked(msg, NULL);
+            call->got_message = true;
+            call_end(call, g, "%s", why ? why : "");
+            return;
+        }
         call->got_message = true;
         call_take(call);
     }

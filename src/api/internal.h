@@ -93,6 +93,8 @@ struct api_server {
     api_health_check health_check; /* NULL: always healthy */
     api_call_observer observer;    /* told of every finished gRPC call; may be NULL */
     void *observer_arg;
+    api_call_gate gate; /* may a call run; NULL: every call may */
+    void *gate_arg;
     SSL_CTX *tls_ctx; /* for https:// listeners; NULL until api_server_set_tls */
     void *health_arg;
     unsigned open_handles;       /* listeners, connections and the wake handle */

@@ -32,11 +32,29 @@
 /* transfer_to: any voter raft accepts (member ids are never all ones). */
 #define NODE_ANY_VOTER UINT64_MAX
 
+/* etcd's request timeout is this plus two election timeouts: a read index
+ * not answered by then fails. */
+#define NODE_REQUEST_TIMEOUT_MS 5000
+
+/* Read-index requests waiting for raft's answer at once; past it a read is
+ * refused ("too many requests"), so a leader that stopped answering cannot
+ * make the table grow without bound. */
+#define NODE_MAX_READS 65536
+
 struct node_item {
     uint8_t *data; /* a proposal's bytes, or NULL for a read request */
     uint32_t len;
     uint64_t context; /* read requests */
     bool conf;        /* data is an encoded raft_conf_change */
+};
+
+/* A read-index request handed to raft and not answered yet. */
+struct node_read {
+    uint64_t context;
+    uint64_t queued_ns;    /* reached the raft loop: the request timeout runs from here */
+    uint64_t sent_ns;      /* last handed to raft */
+    uint64_t leader, term; /* the leader raft knew then, and its term */
+    bool over;             /* answered or failed: dropped at the next tick */
 };
 
 /* A committed conf change, copied out of a Ready to apply after advance. */
@@ -105,6 +123,12 @@ struct server_node {
     pthread_mutex_t prog_mu;
     uint64_t prog_ids[RAFT_MAX_MEMBERS], prog_match[RAFT_MAX_MEMBERS];
     size_t n_prog;
+    /* Raft thread: read-index requests not answered yet, oldest first (raft
+     * answers them roughly in that order), in [reads_head, n_reads) with
+     * those finished since the last tick (marked over). */
+    struct node_read *reads;
+    size_t reads_head, n_reads, cap_reads;
+    uint64_t read_timeout_ns, read_resend_ns;
 };
 
 /* Wakes the raft loop, unless it has closed its wakeup handle (stopping):
@@ -408,6 +432,122 @@ static void drop_received(server_node_t *n) {
     n->n_received = 0;
 }
 
+/* ---- linearizable reads ----------------------------------------------------
+ * Raft forgets a read-index request when the leader it went to is lost (the
+ * message dies with it, or the leader's queue is reset when it steps down).
+ * The raft loop therefore keeps every request until raft answers it, and
+ * hands it to raft again when another leader (or the same one in a new term)
+ * is known, or when one election timeout passed without an answer (a message
+ * the transport dropped). Any answer raft gives is linearizable: the leader
+ * that gave it confirmed its leadership after the request reached it, and
+ * raft drops answers of an older term. Only the first answer is passed on,
+ * so a read resent is never answered twice. A request not answered within
+ * etcd's request timeout fails: "no leader" when none is known then, else
+ * "request timed out". */
+
+/* Drops the finished requests at the head of the table. */
+static void reads_trim(server_node_t *n) {
+    while (n->reads_head < n->n_reads && n->reads[n->reads_head].over)
+        n->reads_head++;
+    if (n->reads_head == n->n_reads)
+        n->reads_head = n->n_reads = 0;
+}
+
+/* Hands a read to raft, noting who leads. Returns as raft_read_index. */
+static int read_send(server_node_t *n, struct node_read *r, const struct raft_status *st,
+                     uint64_t now) {
+    int rc = raft_read_index(n->raft, r->context);
+    if (rc == 0) {
+        r->sent_ns = now;
+        r->leader = st->leader;
+        r->term = st->term;
+    }
+    return rc;
+}
+
+/* A new read: handed to raft and kept until answered, or failed at once
+ * (no leader known: the client may ask another member). Raft loop. */
+static void read_start(server_node_t *n, uint64_t context, const struct raft_status *st,
+                       uint64_t now) {
+    int rc = 0;
+    if (n->n_reads - n->reads_head >= NODE_MAX_READS) {
+        rc = -EAGAIN;
+    } else if (n->n_reads == n->cap_reads && n->reads_head > 0) {
+        n->n_reads -= n->reads_head;
+        memmove(n->reads, n->reads + n->reads_head, n->n_reads * sizeof(*n->reads));
+        n->reads_head = 0;
+    } else if (n->n_reads == n->cap_reads) {
+        size_t cap = n->cap_reads ? n->cap_reads * 2 : 256;
+        struct node_read *p = realloc(n->reads, cap * sizeof(*p));
+        if (p) {
+            n->reads = p;
+            n->cap_reads = cap;
+        } else {
+            rc = -ENOMEM;
+        }
+    }
+    if (rc == 0) {
+        struct node_read *r = &n->reads[n->n_reads];
+        *r = (struct node_read){.context = context, .queued_ns = now};
+        if ((rc = read_send(n, r, st, now)) == 0)
+            n->n_reads++;
+    }
+    if (rc != 0 && n->cb.read_failed)
+        n->cb.read_failed(n->cb.arg, context, rc);
+}
+
+/* Raft answered the read `context`: whether it was still waiting (false: an
+ * answer to a request sent twice came again). */
+static bool read_answered(server_node_t *n, uint64_t context) {
+    for (size_t i = n->reads_head; i < n->n_reads; i++) {
+        struct node_read *r = &n->reads[i];
+        if (!r->over && r->context == context) {
+            r->over = true;
+            reads_trim(n);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Every tick: resends the reads whose leader changed or that waited an
+ * election timeout, fails those past the request timeout, and drops the
+ * finished ones (answers arrive out of order when a request was lost, so
+ * the table does not hold more than a tick of them). Raft loop, outside a
+ * Ready. */
+static void reads_check(server_node_t *n) {
+    if (n->reads_head == n->n_reads)
+        return;
+    struct raft_status st;
+    raft_status(n->raft, &st);
+    uint64_t now = util_now_mono_ns();
+    size_t k = 0;
+    for (size_t i = n->reads_head; i < n->n_reads; i++) {
+        struct node_read *r = &n->reads[i];
+        if (r->over)
+            continue;
+        if (now - r->queued_ns >= n->read_timeout_ns) {
+            if (n->cb.read_failed)
+                n->cb.read_failed(n->cb.arg, r->context, st.leader ? -ETIMEDOUT : RAFT_ENOLEADER);
+            continue;
+        }
+        if (st.leader &&
+            (st.leader != r->leader || st.term != r->term || now - r->sent_ns >= n->read_resend_ns))
+            read_send(n, r, &st, now); /* on failure: tried again next tick */
+        n->reads[k++] = *r;
+    }
+    n->reads_head = 0;
+    n->n_reads = k;
+}
+
+/* Fails every read still waiting (the member stops). */
+static void reads_fail_all(server_node_t *n, int code) {
+    for (size_t i = n->reads_head; i < n->n_reads; i++)
+        if (!n->reads[i].over && n->cb.read_failed)
+            n->cb.read_failed(n->cb.arg, n->reads[i].context, code);
+    n->reads_head = n->n_reads = 0;
+}
+
 /* Runs every pending Ready to completion. A persistence failure is fatal for
  * the member: raft's promises (votes, acknowledgements) rest on the disk. */
 static void drain_ready(server_node_t *n) {
@@ -442,7 +582,7 @@ static void drain_ready(server_node_t *n) {
         if (rd.n_committed && n->cb.committed)
             n->cb.committed(n->cb.arg, rd.committed, rd.n_committed);
         for (size_t i = 0; i < rd.n_reads; i++)
-            if (n->cb.read_ready)
+            if (read_answered(n, rd.reads[i].context) && n->cb.read_ready)
                 n->cb.read_ready(n->cb.arg, rd.reads[i].context, rd.reads[i].index);
         if (rd.soft_changed) {
             bool leader = rd.soft.role == RAFT_LEADER;
@@ -638,17 +778,19 @@ static void on_wake(uv_async_t *a) {
         if (n->snap)
             node_snap_stop(n->snap);
         fail_items(n, n->batch, count, -ESHUTDOWN);
+        reads_fail_all(n, -ESHUTDOWN);
         uv_timer_stop(&n->tick);
         uv_close((uv_handle_t *)&n->tick, NULL);
         uv_close((uv_handle_t *)&n->wake, NULL);
         return;
     }
     size_t np = 0;
+    struct raft_status st;
+    raft_status(n->raft, &st);
+    uint64_t now = util_now_mono_ns();
     for (size_t i = 0; i < count; i++) {
         if (!n->batch[i].data) {
-            int rc = raft_read_index(n->raft, n->batch[i].context);
-            if (rc != 0)
-                fail_items(n, &n->batch[i], 1, rc);
+            read_start(n, n->batch[i].context, &st, now);
             continue;
         }
         if (n->batch[i].conf) {
@@ -675,6 +817,7 @@ static void on_tick(uv_timer_t *t) {
     server_node_t *n = t->data;
     maybe_release(n);
     take_peer_events(n);
+    reads_check(n);
     raft_tick(n->raft);
     drain_ready(n);
 }
@@ -819,6 +962,7 @@ static void node_free(server_node_t *n) {
     free(n->batch);
     free(n->prop_data);
     free(n->prop_len);
+    free(n->reads);
     for (size_t i = 0; i < n->n_ccs; i++)
         free(n->ccs[i].data);
     free(n->ccs);
@@ -837,6 +981,8 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
     n->cb = *cb;
     n->id = cfg->id;
     n->heartbeat_ms = cfg->heartbeat_ms;
+    n->read_resend_ns = (uint64_t)cfg->election_ms * 1000000u;
+    n->read_timeout_ns = (NODE_REQUEST_TIMEOUT_MS + 2ull * cfg->election_ms) * 1000000u;
     n->max_queued = cfg->max_queued ? cfg->max_queued : 8192;
     pthread_mutex_init(&n->mu, NULL);
     pthread_mutex_init(&n->prog_mu, NULL);

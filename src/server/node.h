@@ -106,8 +106,14 @@ int server_node_start(const struct node_config *cfg, const struct node_callbacks
  * cb->propose_failed. */
 int server_node_propose(server_node_t *n, const void *data, size_t len);
 
-/* Queues a linearizable-read request. Any thread. Returns as propose; the
- * answer comes through cb->read_ready or cb->read_failed. */
+/* Queues a linearizable-read request (context: unique among the requests
+ * waiting). Any thread. Returns as propose; the answer comes through exactly
+ * one call of cb->read_ready or cb->read_failed: at once failed with
+ * RAFT_ENOLEADER when no leader is known; else the raft loop keeps the
+ * request and asks raft again whenever another leader or term is known or an
+ * election timeout passed unanswered, until etcd's request timeout (5 s + 2
+ * election timeouts), when it fails with RAFT_ENOLEADER (no leader known
+ * then) or -ETIMEDOUT; -EAGAIN when 65536 requests are waiting already. */
 int server_node_read_index(server_node_t *n, uint64_t context);
 
 /* Queues a membership change (cc and its context copied). Any thread.

@@ -147,6 +147,23 @@ static void on_signal(uv_signal_t *h, int signum) {
     server_stop(s);
 }
 
+/* etcd 3.4's learner serves only Maintenance.Status and serializable
+ * ranges; every other call, streams included, is refused with its words.
+ * io loop, before the call reaches its method. */
+static enum api_grpc_code learner_gate(const char *path, const ProtobufCMessage *msg,
+                                       const char **message, void *arg) {
+    struct server *s = arg;
+    struct node_status st;
+    server_node_status(s->node, &st);
+    if (!st.is_learner || strcmp(path, "/etcdserverpb.Maintenance/Status") == 0)
+        return API_GRPC_OK;
+    if (strcmp(path, "/etcdserverpb.KV/Range") == 0 && msg &&
+        ((const Etcdserverpb__RangeRequest *)msg)->serializable)
+        return API_GRPC_OK;
+    *message = "etcdserver: rpc not supported for learner";
+    return API_GRPC_UNAVAILABLE;
+}
+
 /* Binds every listen URL; the first failure stops the start-up. */
 static int listen_all(struct server *s, struct util_err *err) {
     const struct config *cfg = s->cfg;
@@ -154,8 +171,10 @@ static int listen_all(struct server *s, struct util_err *err) {
     api_config_default(&acfg);
     acfg.max_request_bytes = (size_t)cfg->max_request_bytes;
     int rc = api_server_new(&s->loop, s->lg, &acfg, &s->api, err);
-    if (rc == 0)
+    if (rc == 0) {
         api_server_set_call_observer(s->api, v3_call_over, s);
+        api_server_set_call_gate(s->api, learner_gate, s);
+    }
     if (rc == 0)
         rc = v3_kv_register(s, err);
     if (rc == 0)

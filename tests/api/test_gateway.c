@@ -107,6 +107,24 @@ static void setup(api_server_t *srv, void *arg) {
     assert_int_equal(api_server_register(srv, &t), 0);
 }
 
+/* Refuses UserGet of the name "refused", and every Snapshot. */
+static enum api_grpc_code gate(const char *path, const ProtobufCMessage *msg, const char **message,
+                               void *arg) {
+    (void)arg;
+    *message = "not served here";
+    if (strcmp(path, "/etcdserverpb.Maintenance/Snapshot") == 0)
+        return msg ? API_GRPC_INTERNAL : API_GRPC_UNAVAILABLE; /* a stream: no message */
+    if (strcmp(path, "/etcdserverpb.Auth/UserGet") == 0 &&
+        strcmp(((const Etcdserverpb__AuthUserGetRequest *)msg)->name, "refused") == 0)
+        return API_GRPC_UNAVAILABLE;
+    return API_GRPC_OK;
+}
+
+static void setup_gated(api_server_t *srv, void *arg) {
+    setup(srv, arg);
+    api_server_set_call_gate(srv, gate, arg);
+}
+
 /* POSTs body to path with HTTP/1.<minor>; returns the whole response (caller frees). */
 static char *post_raw(int port, int minor, const char *path, const char *body) {
     char head[256];
@@ -202,11 +220,34 @@ static void oneofs_enums_and_int64(void **state) {
     harness_stop(&h);
 }
 
+/* The server's gate sees a unary call's decoded request and refuses it, or
+ * a streaming call at its start, before any handler runs. */
+static void gate_refuses_gateway_calls(void **state) {
+    (void)state;
+    struct harness h;
+    harness_start(&h, NULL, setup_gated, NULL);
+    char *r = post(h.port, "/v3/auth/user/get", "{\"name\": \"fine\"}");
+    assert_string_equal(r, "{\"roles\":[\"fine\",\"fine!\"]}");
+    free(r);
+    r = post(h.port, "/v3/auth/user/get", "{\"name\": \"refused\"}");
+    assert_non_null(strstr(r, "\"not served here\""));
+    assert_non_null(strstr(r, "\"code\":14}"));
+    free(r);
+    /* Nothing streamed yet: a plain error answer, as for a unary call. */
+    r = post(h.port, "/v3/maintenance/snapshot", "");
+    assert_non_null(strstr(r, "\"not served here\""));
+    assert_non_null(strstr(r, "\"code\":14}"));
+    assert_null(strstr(r, "result"));
+    free(r);
+    harness_stop(&h);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(strings_and_repeated_fields),
         cmocka_unit_test(oneofs_enums_and_int64),
         cmocka_unit_test(streams_end_with_error_line),
+        cmocka_unit_test(gate_refuses_gateway_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

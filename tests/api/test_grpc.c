@@ -24,6 +24,8 @@ struct seen {
     atomic_int writable;
     atomic_int eagain;
     atomic_int finished;
+    atomic_int opens;
+    atomic_bool gate_on;        /* the gate refuses every method but Echo */
     _Atomic(api_call_t *) held; /* a call a test finishes itself */
     size_t flood_left;
     size_t flood_size;
@@ -149,8 +151,19 @@ static void cancel_only(api_call_t *call, void *arg) {
 }
 
 static void stream_open(api_call_t *call, void *arg) {
+    struct seen *s = arg;
     (void)call;
-    (void)arg;
+    s->opens++;
+}
+
+static enum api_grpc_code gate(const char *path, const ProtobufCMessage *msg, const char **message,
+                               void *arg) {
+    struct seen *s = arg;
+    (void)msg;
+    if (!s->gate_on || strcmp(path, "/t.S/Echo") == 0)
+        return API_GRPC_OK;
+    *message = "not served here";
+    return API_GRPC_UNAVAILABLE;
 }
 
 /* Flood: sends flood_left bytes in flood_size messages, obeying -EAGAIN. */
@@ -231,6 +244,7 @@ static void register_all(api_server_t *srv, void *arg) {
         assert_int_equal(api_server_register(srv, &m), 0);
     }
     api_server_set_call_observer(srv, observe, arg);
+    api_server_set_call_gate(srv, gate, arg);
 }
 
 static struct h2c_stream *call(struct h2c *c, const char *path, const char *const *extra,
@@ -462,6 +476,28 @@ static void streams_past_the_limit_are_refused(void **state) {
     util_buf_free(&b);
 }
 
+/* The server's gate ends the calls it refuses, unary or streaming, with its
+ * status before any handler sees them; the calls it lets through run. */
+static void gate_refuses_before_the_handler(void **state) {
+    struct fixture *f = *state;
+    struct seen *s = &f->seen;
+    s->gate_on = true;
+    struct h2c_stream *st = call(&f->c, "/t.S/Echo", NULL, "hi");
+    assert_int_equal(st->grpc_status, API_GRPC_OK);
+    st = call(&f->c, "/t.S/Hold", NULL, "x");
+    assert_int_equal(st->grpc_status, API_GRPC_UNAVAILABLE);
+    assert_string_equal(st->grpc_message, "not served here");
+    st = call(&f->c, "/t.S/Flood", NULL, "x");
+    assert_int_equal(st->grpc_status, API_GRPC_UNAVAILABLE);
+    assert_string_equal(st->grpc_message, "not served here");
+    assert_int_equal(s->messages, 1);
+    assert_null(s->held);
+    assert_int_equal(s->opens, 0);
+    pthread_mutex_lock(&s->mu);
+    assert_string_equal(s->observed, "/t.S/Echo=0;/t.S/Hold=14;/t.S/Flood=14;");
+    pthread_mutex_unlock(&s->mu);
+}
+
 static void register_validates(void **state) {
     (void)state;
     uv_loop_t loop;
@@ -499,6 +535,7 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(streams_past_the_limit_are_refused, setup_four_streams,
                                         teardown),
+        cmocka_unit_test_setup_teardown(gate_refuses_before_the_handler, setup, teardown),
         cmocka_unit_test(register_validates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -102,20 +102,13 @@ static void test_failover_when_member_killed(void **state) {
 /* The leader is killed under a client that talks to it: a linearizable read
  * made at once moves to a follower and is answered once a new leader is
  * elected (etcd fails a read waiting on a vanished leader with "leader
- * changed", Unavailable, and the client sends it again). */
+ * changed", Unavailable, and the client sends it again; quoin's follower
+ * sends the read index request again to the new leader itself). */
 static void test_read_rides_through_leader_loss(void **state) {
     struct fixture *f = *state;
     quoin_client_t *c;
     quoin_resp_t *r = NULL;
     quoin_error_t e;
-    if (f->c.m[0].kind == SRV_QUOIN) {
-        /* a quoin follower forwards the read index request to the dead leader
-         * and never answers it, nor fails it when the leadership changes: the
-         * read waits for its deadline (server bug, reported by the bench
-         * branch; src/server is not this branch's to change) */
-        print_message("skipped on quoin: a read forwarded to a dead leader is never answered\n");
-        skip();
-    }
     c = client_of(f, f->leader, f->f1, f->f2);
     assert_int_equal(quoin_put(c, "rl/k", "v", 0, 0, &e), 0);
     srv_stop(&f->c.m[f->leader], 1);

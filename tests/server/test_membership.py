@@ -202,6 +202,31 @@ def single(tmp_path, name="m0"):
     return s
 
 
+def check_learner_refuses_rpcs(leader, learner):
+    """A started learner answers as etcd 3.4's: serializable ranges and
+    endpoint status only; every other call, a watch included, fails with
+    etcd's "rpc not supported for learner" (Unavailable)."""
+    assert ctl([ep(leader)], "put", "/learner/k", "v").returncode == 0
+    wait_for("the learner has the key", lambda: ctl(
+        [ep(learner)], "get", "/learner/k", "--consistency=s", "--print-value-only").stdout == "v\n")
+    st = ctl([ep(learner)], "endpoint", "status", "-w", "json")
+    assert st.returncode == 0 and json.loads(st.stdout)[0]["Status"]["isLearner"] is True, st
+    for args in (["put", "/learner/k", "w"], ["get", "/learner/k"], ["member", "list"],
+                 ["del", "/learner/k"], ["lease", "grant", "10"]):
+        r = ctl([ep(learner)], *args)
+        assert r.returncode != 0, (args, r.stdout)
+        assert "etcdserver: rpc not supported for learner" in r.stderr, (args, r.stderr)
+    with grpc.insecure_channel(ep(learner)) as ch:
+        try:
+            list(etcd3.etcdrpc.WatchStub(ch).Watch(iter([etcd3.etcdrpc.WatchRequest(
+                create_request=etcd3.etcdrpc.WatchCreateRequest(key=b"/learner/k"))]), 5))
+            raise AssertionError("a learner served a watch")
+        except grpc.RpcError as e:
+            assert (e.code(), e.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                               "etcdserver: rpc not supported for learner")
+    assert ctl([ep(leader)], "get", "/learner/k", "--print-value-only").stdout == "v\n"
+
+
 def test_learner_promotion_waits_for_it_to_catch_up(tmp_path):
     m0 = single(tmp_path)
     extra = []
@@ -217,6 +242,7 @@ def test_learner_promotion_waits_for_it_to_catch_up(tmp_path):
         extra.append(n1)
         n1.start()
         wait_for("n1 published", lambda: published(m0, 2))
+        check_learner_refuses_rpcs(m0, n1)
         assert n1.stop(signal.SIGTERM) == 0
         c = etcd3.client(host="127.0.0.1", port=m0.client_port, timeout=10)
         for i in range(300):
@@ -235,6 +261,10 @@ def test_learner_promotion_waits_for_it_to_catch_up(tmp_path):
         assert not any(m.get("isLearner") for m in members(m0))
         r = ctl([ep(m0)], "member", "promote", mid)
         assert "etcdserver: can only promote a learner member" in r.stderr
+        # Writes on n1 once it applied its promotion.
+        wait_for("n1 takes writes",
+                 lambda: ctl([ep(n1)], "put", "/learner/k", "by-n1").returncode == 0)
+        assert ctl([ep(n1)], "get", "/learner/k", "--print-value-only").stdout == "by-n1\n"
         # n1 is a voter with the whole key space.
         n1c = etcd3.client(host="127.0.0.1", port=n1.client_port, timeout=10)
         assert len(list(n1c.get_prefix("/fill/"))) == 300

@@ -179,6 +179,11 @@ def test_restored_members_start_without_cluster_flags(tmp_path):
         wait_for("the joined member has the data", lambda: etcdctl(
             [j], "get", "/after", "--consistency=s", "--print-value-only").stdout.strip() == "x")
         assert "installed a raft snapshot" in j.logs()
+        # A learner serves no MemberList (etcd 3.4): promoted, it lists them.
+        wait_for("the joined member promoted", lambda: etcdctl(
+            [new[0]], "member", "promote", mid).returncode == 0)
+        wait_for("the joined member lists the members", lambda: etcdctl(
+            [j], "member", "list").returncode == 0)
         assert {mm["name"] for mm in member_list(j)["members"]} == {m.name for m in new}
     finally:
         for m in new:
