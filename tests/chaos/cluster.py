@@ -379,6 +379,29 @@ class Cluster:
                 for x in members for u in x.peerURLs]
         return new_id, ",".join(conf)
 
+    def wait_listed(self, member_id, timeout=10):
+        """Waits until every live member (each answers MemberList from its own
+        store) lists member_id. A new member asks the members of its
+        --initial-cluster for the member list and stops ("member count is
+        unequal") if the one it asks has not applied its addition yet, as
+        etcd does: an operator checks `etcdctl member list` first."""
+        deadline = time.monotonic() + timeout
+        pending = [m for m in self.live() if m.alive()]
+        while pending and time.monotonic() < deadline:
+            for m in list(pending):
+                ch, stub = self._stub(m, etcdrpc.ClusterStub)
+                try:
+                    r = stub.MemberList(etcdrpc.MemberListRequest(), timeout=2)
+                    if any(x.ID == member_id for x in r.members):
+                        pending.remove(m)
+                except grpc.RpcError:
+                    pass
+                finally:
+                    ch.close()
+            if pending:
+                time.sleep(0.2)
+        return not pending
+
     def _members(self):
         resp, _ = self._change(self.live, lambda st: st.MemberList(
             etcdrpc.MemberListRequest(), timeout=3), 10)

@@ -317,7 +317,9 @@ def _rejoin(ctx, m, name):
     m.cluster_state = "existing"
     m.removed = False
     ctx.set_id(m.i, new_id)
-    ctx.log("  %s added back as %x" % (name, new_id))
+    listed = ctx.c.wait_listed(new_id)
+    ctx.log("  %s added back as %x%s" % (name, new_id, "" if listed else
+                                         " (not listed by every member after 10s)"))
     m.start()
 
 
