@@ -54,7 +54,7 @@ def parser():
     p.add_argument("--members", type=int, choices=[3, 5], default=3)
     p.add_argument("--duration", type=int, default=60, help="seconds of workload under faults")
     p.add_argument("--faults", default="all",
-                   help="comma-separated kinds or groups (net, process, disk, power), "
+                   help="comma-separated kinds or groups (net, process, disk, power, membership), "
                         "'all' or 'none'; kinds: " + ", ".join(F.FAULTS))
     p.add_argument("--clients", type=int, default=10, help="key-value clients")
     p.add_argument("--lease-clients", type=int, default=2)
