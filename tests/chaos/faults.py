@@ -452,7 +452,7 @@ class Scheduler:
     def stop(self):
         self.stop_ev.set()
         if self.thread.is_alive():
-            self.thread.join(60)
+            self.thread.join(150)  # a membership heal retries for up to 90s
 
     def counts(self):
         out = {}

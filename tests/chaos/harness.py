@@ -275,7 +275,7 @@ class Run:
                                    "excerpt": sum((m.log_tail(8) for m in stuck), [])})
         self.workload.lease_pass()
         self.workload.final_reads()
-        self._compare_members()
+        self._compare_members(min(30, o.settle))
         self.workload.stop_watchers()
         self._monitor()
         h.close()

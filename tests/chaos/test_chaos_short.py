@@ -79,7 +79,7 @@ def test_disk_faults_and_power_cuts_lose_nothing(tmp_path):
 
 @needs_builds
 def test_members_removed_readded_and_replaced_catch_up(tmp_path):
-    s = chaos(tmp_path, "--duration", 24, "--faults", "membership,kill", "--seed", 3,
+    s = chaos(tmp_path, "--duration", 18, "--faults", "membership,kill", "--seed", 3,
               "--interval", 1, 2, "--hold", 2, 4)
     assert s["verdict"] == "clean", describe(s)
     assert {"member-readd", "member-replace"} <= set(s["faults"]), s["faults"]
