@@ -340,14 +340,16 @@ def f_member_readd(ctx, rng):
     deadline = time.monotonic() + 10
     while m.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
-    if m.alive():
+    stopped = not m.alive()
+    if not stopped:
         ctx.anomalies.append({"kind": "REMOVED-MEMBER-RAN",
                               "text": "%s still ran 10s after its removal" % m.name,
                               "excerpt": m.log_tail(10)})
     m.kill()
     m.wipe()
-    return ("%s (%x) removed, stopped by itself, data wiped" % (m.name, old), [i],
-            lambda: _rejoin(ctx, m, m.name))
+    return ("%s (%x) removed, %s, data wiped" % (
+        m.name, old, "stopped by itself" if stopped else "killed after 10s"), [i],
+        lambda: _rejoin(ctx, m, m.name))
 
 
 def f_member_replace(ctx, rng):
