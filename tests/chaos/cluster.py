@@ -15,6 +15,7 @@ members of a run with power cuts take --snapshot-count 1000000000 (no
 checkpoint, so no WAL segment is ever released).
 """
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -41,10 +42,18 @@ class Member:
     def __init__(self, cluster, i):
         self.c = cluster
         self.i = i
-        self.name = "m%d" % (i + 1)
-        self.data_dir = os.path.join(cluster.workdir, self.name + ".data")
-        self.log_path = os.path.join(cluster.workdir, self.name + ".log")
-        self.mark_path = os.path.join(cluster.workdir, self.name + ".syncmark")
+        # The slot (m1, m2...) keeps its peer URL, data directory and log
+        # through membership faults; the name is the current member's (a
+        # replacement gets a new one).
+        self.slot = "m%d" % (i + 1)
+        self.name = self.slot
+        self.data_dir = os.path.join(cluster.workdir, self.slot + ".data")
+        self.log_path = os.path.join(cluster.workdir, self.slot + ".log")
+        self.mark_path = os.path.join(cluster.workdir, self.slot + ".syncmark")
+        self.initial_cluster = None  # the cluster's bootstrap list, until it rejoins
+        self.cluster_state = "new"
+        self.removed = False  # out of the cluster (a membership fault): not checked
+        self.generation = 0  # replacements so far
         self.proc = None
         self.log = None
         self.binary = None
@@ -65,8 +74,8 @@ class Member:
              "--advertise-client-urls", net.listen_client_url(self.i),
              "--listen-peer-urls", net.listen_peer_url(self.i),
              "--initial-advertise-peer-urls", net.peer_url(self.i),
-             "--initial-cluster", self.c.initial_cluster,
-             "--initial-cluster-state", "new",
+             "--initial-cluster", self.initial_cluster or self.c.initial_cluster,
+             "--initial-cluster-state", self.cluster_state,
              "--initial-cluster-token", self.c.token,
              "--heartbeat-interval", "100",
              "--election-timeout", "1000"]
@@ -87,8 +96,8 @@ class Member:
                 e["QUOIN_BUG"] = self.c.bug
         e.update(env or {})
         self.log = open(self.log_path, "ab")
-        self.log.write(("\n=== %s start %s%s\n" % (
-            time.strftime("%H:%M:%S"), os.path.basename(self.binary),
+        self.log.write(("\n=== %s start %s %s%s\n" % (
+            time.strftime("%H:%M:%S"), self.name, os.path.basename(self.binary),
             "".join(" %s=%s" % kv for kv in sorted((env or {}).items())))).encode())
         self.log.flush()
         # A session of its own: a Ctrl-C at the terminal reaches the harness
@@ -179,6 +188,14 @@ class Member:
         return "WAL cut at %s+%d (%d unsynced bytes lost), key space rebuilt from the WAL" % (
             seg[:16].lstrip("0") or "0", off, cut)
 
+    def wipe(self):
+        """Deletes the data directory (and its sync mark): a lost disk."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        try:
+            os.unlink(self.mark_path)
+        except FileNotFoundError:
+            pass
+
     def log_lines(self):
         """The log of the member's current (or last) process: the lines after
         the last start marker."""
@@ -237,16 +254,20 @@ class Cluster:
         ch = grpc.insecure_channel("%s:%d" % (host, port))
         return ch, kind(ch)
 
+    def live(self):
+        """The members in the cluster now (a membership fault may hold one out)."""
+        return [m for m in self.members if not m.removed]
+
     def member_ids(self, timeout=20):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for m in self.members:
+            for m in self.live():
                 ch, stub = self._stub(m, etcdrpc.ClusterStub)
                 try:
                     r = stub.MemberList(etcdrpc.MemberListRequest(), timeout=2)
                     names = {x.name: x.ID for x in r.members}
-                    if all(mm.name in names for mm in self.members):
-                        return {names[mm.name]: mm.i for mm in self.members}
+                    if all(mm.name in names for mm in self.live()):
+                        return {names[mm.name]: mm.i for mm in self.live()}
                 except grpc.RpcError:
                     pass
                 finally:
@@ -298,6 +319,93 @@ class Cluster:
             return None
         finally:
             ch.close()
+
+    def _change(self, via, call, timeout):
+        """Runs call(ClusterStub) through the members via() lists, one after
+        another, until one answers or `timeout` passes.
+        Returns (response, None) or (None, the last error's text)."""
+        deadline = time.monotonic() + timeout
+        last = "no member to ask"
+        while time.monotonic() < deadline:
+            for m in via():
+                if not m.alive() or m.paused:
+                    continue
+                ch, stub = self._stub(m, etcdrpc.ClusterStub)
+                try:
+                    return call(stub), None
+                except grpc.RpcError as e:
+                    last = "%s: %s" % (e.code().name, e.details())
+                    if "member not found" in last or "Peer URLs already exists" in last:
+                        return None, last
+                finally:
+                    ch.close()
+            time.sleep(0.5)
+        return None, last
+
+    def member_remove(self, member_id, skip, timeout=40):
+        """MemberRemove through a live member other than index `skip`; retried
+        while the cluster refuses (a strict reconfiguration check) or times
+        out. Returns None when done, else the last error."""
+        resp, err = self._change(
+            lambda: [m for m in self.live() if m.i != skip],
+            lambda st: st.MemberRemove(etcdrpc.MemberRemoveRequest(ID=member_id), timeout=8),
+            timeout)
+        if resp is not None or (err and "member not found" in err):
+            return None  # not found: an earlier attempt that timed out was applied
+        return err
+
+    def member_add(self, m, name, timeout=40):
+        """MemberAdd of slot m's peer URL through a live member, retried as
+        member_remove. Returns (new id, the --initial-cluster to start it
+        with, as `etcdctl member add` prints it), or (None, the last error)."""
+        url = self.net.peer_url(m.i)
+        resp, err = self._change(
+            lambda: [x for x in self.live() if x.i != m.i],
+            lambda st: st.MemberAdd(etcdrpc.MemberAddRequest(peerURLs=[url]), timeout=8),
+            timeout)
+        if resp is not None:
+            new_id, members = resp.member.ID, resp.members
+        elif err and "Peer URLs already exists" in err:
+            # An earlier attempt that timed out was applied: the member list
+            # says which id it got (the unstarted one with that URL).
+            members = self._members()
+            new = [x for x in members if url in x.peerURLs and not x.name]
+            if not new:
+                return None, err
+            new_id = new[0].ID
+        else:
+            return None, err
+        conf = ["%s=%s" % (name if x.ID == new_id else x.name, u)
+                for x in members for u in x.peerURLs]
+        return new_id, ",".join(conf)
+
+    def wait_listed(self, member_id, timeout=10):
+        """Waits until every live member (each answers MemberList from its own
+        store) lists member_id. A new member asks the members of its
+        --initial-cluster for the member list and stops ("member count is
+        unequal") if the one it asks has not applied its addition yet, as
+        etcd does: an operator checks `etcdctl member list` first."""
+        deadline = time.monotonic() + timeout
+        pending = [m for m in self.live() if m.alive()]
+        while pending and time.monotonic() < deadline:
+            for m in list(pending):
+                ch, stub = self._stub(m, etcdrpc.ClusterStub)
+                try:
+                    r = stub.MemberList(etcdrpc.MemberListRequest(), timeout=2)
+                    if any(x.ID == member_id for x in r.members):
+                        pending.remove(m)
+                except grpc.RpcError:
+                    pass
+                finally:
+                    ch.close()
+            if pending:
+                time.sleep(0.2)
+        return not pending
+
+    def _members(self):
+        resp, _ = self._change(self.live, lambda st: st.MemberList(
+            etcdrpc.MemberListRequest(), timeout=3), 10)
+        return resp.members if resp is not None else []
 
     def stop(self):
         for m in self.members:

@@ -29,10 +29,25 @@ Kinds, by group (FAULTS below is the list; --faults picks from it):
                                cut back to its last fdatasync)
            power-all           every member at once
 
-Not yet: membership faults (a member removed and re-added, a data directory
-wiped and the member replaced) need MemberAdd/MemberRemove, which quoin does
-not serve yet; MEMBERSHIP_FAULTS names them so they can be added here.
+  membership
+           member-readd        MemberRemove of a member (through another);
+                               it must stop by itself; its data directory is
+                               wiped; after the hold it is added back
+                               (MemberAdd: a new id) with its name and peer
+                               URL and started with --initial-cluster-state
+                               existing and the list MemberAdd gave
+           member-replace      SIGKILL, data directory wiped; after the hold
+                               the member is removed and a replacement (a new
+                               name, the same peer URL) added and started as
+                               above (docs/cluster.md's runbook)
+
+Membership faults start only when no other fault holds a member (a voter
+down makes the strict reconfiguration check refuse changes, as etcd does),
+never join a round as its second fault, and heal last; their changes are
+retried while the cluster refuses them. They run outside the scheduler's
+lock (a change may wait for a crashed member the monitor restarts).
 """
+import contextlib
 import threading
 import time
 
@@ -41,12 +56,12 @@ NET_FAULTS = ["partition-minority", "partition-leader", "partition-bridge", "par
 PROCESS_FAULTS = ["kill", "pause"]
 DISK_FAULTS = ["disk-eio", "disk-enospc"]
 POWER_FAULTS = ["power", "power-all"]
-MEMBERSHIP_FAULTS = ["member-readd", "member-replace"]  # not implemented yet
-FAULTS = NET_FAULTS + PROCESS_FAULTS + DISK_FAULTS + POWER_FAULTS
+MEMBERSHIP_FAULTS = ["member-readd", "member-replace"]
+FAULTS = NET_FAULTS + PROCESS_FAULTS + DISK_FAULTS + POWER_FAULTS + MEMBERSHIP_FAULTS
 
 GROUPS = {}
 for _g, _names in (("net", NET_FAULTS), ("process", PROCESS_FAULTS), ("disk", DISK_FAULTS),
-                   ("power", POWER_FAULTS)):
+                   ("power", POWER_FAULTS), ("membership", MEMBERSHIP_FAULTS)):
     for _f in _names:
         GROUPS[_f] = _g
 
@@ -60,12 +75,10 @@ def parse_faults(text):
         word = word.strip()
         if word == "all":
             out += FAULTS
-        elif word in ("net", "process", "disk", "power"):
+        elif word in ("net", "process", "disk", "power", "membership"):
             out += [f for f in FAULTS if GROUPS[f] == word]
         elif word in FAULTS:
             out.append(word)
-        elif word in MEMBERSHIP_FAULTS:
-            raise ValueError("%s needs membership changes, which are not served yet" % word)
         else:
             raise ValueError("unknown fault %r (kinds: %s)" % (word, ", ".join(FAULTS)))
     return list(dict.fromkeys(out))
@@ -90,7 +103,7 @@ class Context:
         return self.c.leader(self.ids)
 
     def free_members(self):
-        return [m.i for m in self.c.members if m.i not in self.busy]
+        return [m.i for m in self.c.live() if m.i not in self.busy]
 
     def minority(self, rng, pool=None):
         pool = list(range(self.n())) if pool is None else pool
@@ -104,6 +117,17 @@ class Context:
     def remove_links(self, links):
         self.blocked -= links
         self.net.set_blocked(self.blocked)
+
+    def id_of(self, i):
+        return next((mid for mid, j in self.ids.items() if j == i), None)
+
+    def set_id(self, i, new_id):
+        """Member slot i is now member new_id (None: out of the cluster)."""
+        for mid in [mid for mid, j in self.ids.items() if j == i]:
+            del self.ids[mid]
+        if new_id is not None:
+            self.ids[new_id] = i
+        self.net.set_member_ids(self.ids)
 
     def restart(self, i, **kw):
         m = self.c.members[i]
@@ -252,15 +276,102 @@ def f_power_all(ctx, rng):
     if ctx.busy:
         return None
     what = []
-    for m in ctx.c.members:
+    live = ctx.c.live()
+    for m in live:
         m.expect_exit = True
-    for m in ctx.c.members:
+    for m in live:
         what.append("%s: %s" % (m.name, m.power_cut()))
 
     def heal():
-        for m in ctx.c.members:
+        for m in live:
             m.start()
-    return "power cut of every member (%s)" % "; ".join(what), list(range(ctx.n())), heal
+    return "power cut of every member (%s)" % "; ".join(what), [m.i for m in live], heal
+
+
+def _membership_target(ctx, rng):
+    """A member for a membership fault: only when every member is up and no
+    other fault holds one."""
+    if ctx.busy or any(not m.alive() for m in ctx.c.live()) or len(ctx.c.live()) < ctx.n():
+        return None
+    return _pick_process_target(ctx, rng)
+
+
+def _refused(ctx, m, what, err):
+    ctx.anomalies.append({"kind": "RECONFIG-REFUSED",
+                          "text": "%s of %s was refused for 40s with every other member up" % (
+                              what, m.name),
+                          "excerpt": [err or "?"]})
+    ctx.log("  %s of %s refused: %s" % (what, m.name, err))
+
+
+def _rejoin(ctx, m, name):
+    """Heals a membership fault: MemberAdd of slot m as `name`, then starts it
+    on an empty data directory with --initial-cluster-state existing. A
+    refused add leaves the slot out of the cluster (and is a finding)."""
+    new_id, conf = ctx.c.member_add(m, name)
+    if new_id is None:
+        _refused(ctx, m, "MemberAdd", conf)
+        return
+    m.name = name
+    m.initial_cluster = conf
+    m.cluster_state = "existing"
+    m.removed = False
+    ctx.set_id(m.i, new_id)
+    listed = ctx.c.wait_listed(new_id)
+    ctx.log("  %s added back as %x%s" % (name, new_id, "" if listed else
+                                         " (not listed by every member after 10s)"))
+    m.start()
+
+
+def f_member_readd(ctx, rng):
+    i = _membership_target(ctx, rng)
+    if i is None:
+        return None
+    m = ctx.c.members[i]
+    old = ctx.id_of(i)
+    m.expect_exit = True
+    err = ctx.c.member_remove(old, i)
+    if err is not None:
+        m.expect_exit = False
+        _refused(ctx, m, "MemberRemove", err)
+        return None
+    m.removed = True
+    ctx.set_id(i, None)
+    deadline = time.monotonic() + 10
+    while m.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = not m.alive()
+    if not stopped:
+        ctx.anomalies.append({"kind": "REMOVED-MEMBER-RAN",
+                              "text": "%s still ran 10s after its removal" % m.name,
+                              "excerpt": m.log_tail(10)})
+    m.kill()
+    m.wipe()
+    return ("%s (%x) removed, %s, data wiped" % (
+        m.name, old, "stopped by itself" if stopped else "killed after 10s"), [i],
+        lambda: _rejoin(ctx, m, m.name))
+
+
+def f_member_replace(ctx, rng):
+    i = _membership_target(ctx, rng)
+    if i is None:
+        return None
+    m = ctx.c.members[i]
+    m.expect_exit = True
+    m.kill()
+    m.wipe()
+
+    def heal():
+        old = ctx.id_of(i)
+        err = ctx.c.member_remove(old, i)
+        m.removed = True
+        ctx.set_id(i, None)
+        if err is not None:
+            _refused(ctx, m, "MemberRemove", err)
+            return
+        m.generation += 1
+        _rejoin(ctx, m, "%s.%d" % (m.slot, m.generation))
+    return "SIGKILL %s, data wiped; removed and replaced at heal" % m.name, [i], heal
 
 
 KINDS = {name: globals()["f_" + name.replace("-", "_")] for name in FAULTS}
@@ -294,8 +405,11 @@ class Scheduler:
     def now(self):
         return round(time.monotonic() - self.t0, 3)
 
+    def _locked(self, kind):
+        return self.lock if GROUPS[kind] != "membership" else contextlib.nullcontext()
+
     def _inject(self, kind):
-        with self.lock:
+        with self._locked(kind):
             res = KINDS[kind](self.ctx, self.rng)
         if res is None:
             return None
@@ -310,7 +424,7 @@ class Scheduler:
 
     def _heal(self, item):
         ev, members, heal = item
-        with self.lock:
+        with self._locked(ev["kind"]):
             heal()
         ev["healed"] = self.now()
         if GROUPS[ev["kind"]] != "net":
@@ -322,13 +436,16 @@ class Scheduler:
             while not self.stop_ev.wait(self.rng.uniform(*self.interval)):
                 first = self.rng.choice(self.kinds)
                 chosen = [first]
-                others = [k for k in self.kinds if GROUPS[k] != GROUPS[first]]
+                others = [k for k in self.kinds
+                          if GROUPS[k] != GROUPS[first] and GROUPS[k] != "membership"]
                 if others and self.rng.random() < self.combine:
                     chosen.append(self.rng.choice(others))
                 active = [x for x in (self._inject(k) for k in chosen) if x]
                 hold = self.rng.uniform(*self.hold)
                 self.stop_ev.wait(hold)
-                for item in reversed(active):
+                # Membership last: adding a voter needs every other one up.
+                for item in sorted(reversed(active),
+                                   key=lambda it: GROUPS[it[0]["kind"]] == "membership"):
                     self._heal(item)
         except Exception as e:  # reported by the harness, which then stops
             self.error = e
@@ -337,7 +454,7 @@ class Scheduler:
     def stop(self):
         self.stop_ev.set()
         if self.thread.is_alive():
-            self.thread.join(60)
+            self.thread.join(150)  # a membership heal retries for up to 90s
 
     def counts(self):
         out = {}

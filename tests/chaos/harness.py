@@ -54,7 +54,7 @@ def parser():
     p.add_argument("--members", type=int, choices=[3, 5], default=3)
     p.add_argument("--duration", type=int, default=60, help="seconds of workload under faults")
     p.add_argument("--faults", default="all",
-                   help="comma-separated kinds or groups (net, process, disk, power), "
+                   help="comma-separated kinds or groups (net, process, disk, power, membership), "
                         "'all' or 'none'; kinds: " + ", ".join(F.FAULTS))
     p.add_argument("--clients", type=int, default=10, help="key-value clients")
     p.add_argument("--lease-clients", type=int, default=2)
@@ -189,7 +189,7 @@ class Run:
         with self.mu:
             self.net.clear()
             self.ctx.blocked.clear()
-            for m in self.cluster.members:
+            for m in self.cluster.live():
                 if m.paused:
                     m.resume()
                 if not m.alive() or m.binary != self.cluster.binary:
@@ -199,7 +199,7 @@ class Run:
     def _settled(self, timeout=60):
         """Waits until every member answers a linearizable read."""
         deadline = time.monotonic() + timeout
-        pending = list(self.cluster.members)
+        pending = self.cluster.live()
         while pending and time.monotonic() < deadline:
             for m in list(pending):
                 host, port = m.endpoint
@@ -211,14 +211,14 @@ class Run:
                         pass
             if pending:
                 time.sleep(0.5)
-        return [m.name for m in pending]
+        return pending
 
     def _compare_members(self, timeout=30):
         """Every member must reach the same revision with the same key-space hash."""
         deadline = time.monotonic() + timeout
         revs = {}
         while time.monotonic() < deadline:
-            revs = {m.name: self.cluster.revision(m) for m in self.cluster.members}
+            revs = {m.name: self.cluster.revision(m) for m in self.cluster.live()}
             if None not in revs.values() and len(set(revs.values())) == 1:
                 break
             time.sleep(0.5)
@@ -228,7 +228,7 @@ class Run:
                                    "excerpt": ["%s: %s" % kv for kv in sorted(revs.items())]})
             return
         rev = next(iter(revs.values()))
-        hashes = {m.name: self.cluster.hash_kv(m, rev) for m in self.cluster.members}
+        hashes = {m.name: self.cluster.hash_kv(m, rev) for m in self.cluster.live()}
         self.log("  every member at revision %d; hashes %s" % (rev, sorted(set(hashes.values()),
                                                                            key=str)))
         if len(set(hashes.values())) != 1:
@@ -271,12 +271,11 @@ class Run:
         if stuck:
             self.anomalies.append({"kind": "CLUSTER-UNAVAILABLE",
                                    "text": "after healing, %s answered no read in %ds" % (
-                                       stuck, o.settle),
-                                   "excerpt": sum((self.cluster.members[int(n[1:]) - 1].log_tail(8)
-                                                   for n in stuck), [])})
+                                       [m.name for m in stuck], o.settle),
+                                   "excerpt": sum((m.log_tail(8) for m in stuck), [])})
         self.workload.lease_pass()
         self.workload.final_reads()
-        self._compare_members()
+        self._compare_members(min(30, o.settle))
         self.workload.stop_watchers()
         self._monitor()
         h.close()

@@ -8,6 +8,11 @@
 - the test build under disk faults (failing WAL writes) and power cuts (the
   WAL cut back to its last fdatasync), on the proxy network with message
   loss: clean as well;
+- membership faults with kills: members removed and added back (a new id,
+  the same name), and killed, wiped and replaced (a new name), each started
+  on an empty data directory with --initial-cluster-state existing: the
+  history must stay clean and every member, the new ones included, must end
+  with the same key space;
 - the two deliberate bugs of the test build, each caught: a follower serving
   linearizable reads from its own state (stale reads), and a WAL that reports
   writes durable before fdatasync (acknowledged writes lost at a power cut of
@@ -15,6 +20,7 @@
 - and the faults are real: cutting the leader off (namespaces, and proxies)
   makes the others elect a new one, which the old one follows once healed.
 """
+import json
 import os
 import random
 import sys
@@ -69,6 +75,22 @@ def test_disk_faults_and_power_cuts_lose_nothing(tmp_path):
     assert s["config"]["net"] == "proxy" and "build-san" in s["config"]["binary"]
     assert set(s["faults"]) & {"power", "power-all"}, s["faults"]
     assert set(s["faults"]) & {"disk-eio", "disk-enospc"}, s["faults"]
+
+
+@needs_builds
+def test_members_removed_readded_and_replaced_catch_up(tmp_path):
+    s = chaos(tmp_path, "--duration", 18, "--faults", "membership,kill", "--seed", 3,
+              "--interval", 1, 2, "--hold", 2, 4)
+    assert s["verdict"] == "clean", describe(s)
+    assert {"member-readd", "member-replace"} <= set(s["faults"]), s["faults"]
+    assert all("healed" in ev for ev in s["fault_log"]), s["fault_log"]
+    # Every slot is a member at the end, a replacement (m<i>.<n>) among them,
+    # and each answered the final read.
+    with open(s["files"]["history"]) as f:
+        ops = [json.loads(line) for line in f]
+    finals = {o["client"] for o in ops if o.get("final") and o["status"] == "ok"}
+    assert len(finals) == 3 and any("." in c for c in finals), finals
+    assert s["operations"]["total"]["ok"] > 1000
 
 
 @needs_builds

@@ -177,14 +177,15 @@ class Workload:
 
     def lease_pass(self):
         """Records, for every lease tried, whether it is gone now."""
-        rec = Recorder(self.h, "lease-final", self.client(0), timeout=5)
+        host, port = self.c.live()[0].endpoint
+        rec = Recorder(self.h, "lease-final", etcd3.client(host, port, timeout=5), timeout=5)
         for lease in self.leases:
             rec.lease_ttl(lease)
 
     def final_reads(self):
         """A linearizable read of the whole prefix through every member: each
         must hold every acknowledged write and no key of an ended lease."""
-        for m in self.c.members:
+        for m in self.c.live():
             host, port = m.endpoint
             rec = Recorder(self.h, "final-%s" % m.name, etcd3.client(host, port, timeout=10),
                            timeout=10)
