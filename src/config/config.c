@@ -562,7 +562,9 @@ static struct config_member *member_slot(struct config *cfg, const char *name, s
     return m;
 }
 
-/* Parses "name=url,name=url" (a name may repeat, once per URL). */
+/* Parses "name=url,name=url" (a name may repeat, once per URL). A name may
+ * be empty, as etcd allows: `etcdctl member add` prints members that have
+ * not started yet (and so have published no name) as "=url". */
 static int parse_initial_cluster(struct config *cfg, const char *s, struct util_err *err) {
     char *list = strdup(s);
     if (!list)
@@ -571,7 +573,7 @@ static int parse_initial_cluster(struct config *cfg, const char *s, struct util_
     char *save = NULL;
     for (char *tok = strtok_r(list, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
-        if (!eq || eq == tok) {
+        if (!eq) {
             rc = util_errorf(err, -EINVAL,
                              "invalid value \"%s\" for flag -initial-cluster: \"%s\" is not of "
                              "the form name=URL",

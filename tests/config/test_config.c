@@ -250,6 +250,24 @@ static void unsupported_flags_are_refused_unless_default(void **state) {
     config_free(cfg);
 }
 
+/* `etcdctl member add` prints a member that has not started yet as "=url";
+ * etcd takes such a list, so quoin must too. A token without "=" stays an
+ * error. */
+static void initial_cluster_with_an_unnamed_member(void **state) {
+    (void)state;
+    struct config *cfg =
+        ok(ARGV("--name", "n4", "--initial-advertise-peer-urls", "http://127.0.0.1:2384",
+                "--initial-cluster-state", "existing", "--initial-cluster",
+                "n4=http://127.0.0.1:2384,n1=http://127.0.0.1:2381,=http://127.0.0.1:2383"),
+           no_env);
+    assert_int_equal(cfg->n_initial_cluster, 3);
+    assert_string_equal(cfg->initial_cluster[2].name, "");
+    assert_string_equal(cfg->initial_cluster[2].peer_urls.v[0].text, "http://127.0.0.1:2383");
+    config_free(cfg);
+    bad(ARGV("--initial-cluster", "default=http://127.0.0.1:2380,http://127.0.0.1:2383"), no_env,
+        -EINVAL, "is not of the form name=URL");
+}
+
 static void help_and_version(void **state) {
     (void)state;
     struct config *cfg = ok(ARGV("--version"), no_env);
@@ -292,6 +310,7 @@ int main(void) {
         cmocka_unit_test(config_file_transport_security_maps_to_flags),
         cmocka_unit_test(bad_values_get_etcd_wording),
         cmocka_unit_test(unsupported_flags_are_refused_unless_default),
+        cmocka_unit_test(initial_cluster_with_an_unnamed_member),
         cmocka_unit_test(help_and_version),
         cmocka_unit_test(ids_match_etcd),
     };
