@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "api/proto/rpc.pb-c.h"
 #include "server/v3.h"
@@ -968,10 +967,6 @@ static int join(struct server *s, struct member_set *boot, struct member_set *cu
     return 0;
 }
 
-/* How long a member whose store was lost waits for another member to tell
- * it the bootstrap set. */
-#define REBUILD_WAIT_NS (300ull * 1000000000ull)
-
 /* A restart that finds no member in the store: the key space was lost (a
  * power cut can take LMDB's unsynced pages; the member rebuilds it from a WAL
  * that starts at index 1). The bootstrap set is written again — the flags'
@@ -981,17 +976,10 @@ static int rebuild_store(struct server *s, struct util_err *err) {
     struct member_set boot = {0}, current = {0};
     uint64_t theirs = s->cluster_id;
     int rc;
-    if (s->cfg->initial_cluster_new && s->cfg->cluster_id == s->cluster_id) {
+    if (s->cfg->initial_cluster_new && s->cfg->cluster_id == s->cluster_id)
         rc = members_initial_set(s->cfg, &boot);
-    } else {
-        /* Only the others know the set this member joined: wait for one of
-         * them (after a power cut of every member they restart too). */
-        uint64_t give_up = util_now_mono_ns() + REBUILD_WAIT_NS;
-        struct timespec nap = {.tv_sec = 1, .tv_nsec = 0};
-        while ((rc = fetch_cluster(s, &theirs, &boot, &current, err)) == -ENOENT &&
-               util_now_mono_ns() < give_up)
-            nanosleep(&nap, NULL);
-    }
+    else
+        rc = fetch_cluster(s, &theirs, &boot, &current, err);
     members_free(&current);
     if (rc == 0 && theirs != s->cluster_id)
         rc = util_errorf(err, -EINVAL,
