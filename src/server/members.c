@@ -514,10 +514,44 @@ int members_initial_set(const struct config *cfg, struct member_set *set) {
 
 /* ---- the identity file ---- */
 
+/* Reads the optional "bootstrap <hex>" line: the set the member started from. */
+/* Reads the optional "bootstrap <hex>" line: the set the member started from. */
+static int identity_read_boot(FILE *f, const char *path, struct member_set *boot,
+                              struct util_err *err) {
+    char *line = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    while (getline(&line, &cap, f) >= 0) {
+        if (strncmp(line, "bootstrap ", 10) != 0)
+            continue;
+        const char *hex = line + 10;
+        size_t n = strcspn(hex, "\n");
+        uint8_t *raw = malloc(n / 2 + 1);
+        rc = !raw ? -ENOMEM : n % 2 == 0 ? 0 : -EINVAL;
+        for (size_t i = 0; rc == 0 && i < n / 2; i++) {
+            unsigned v;
+            if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+                rc = -EINVAL;
+            raw[i] = (uint8_t)v;
+        }
+        if (rc == 0)
+            rc = members_decode_set(raw, n / 2, boot);
+        free(raw);
+        break;
+    }
+    free(line);
+    if (rc != 0)
+        return util_errorf(err, rc == -ENOMEM ? rc : -EINVAL,
+                           "%s: its bootstrap member list cannot be read", path);
+    return 0;
+}
+
 int members_identity_read(const char *dir, uint64_t *member_id, uint64_t *cluster_id,
-                          struct util_err *err) {
+                          struct member_set *boot, struct util_err *err) {
     char path[4096];
     snprintf(path, sizeof(path), "%s/identity", dir);
+    if (boot)
+        *boot = (struct member_set){0};
     FILE *f = fopen(path, "r");
     if (!f) {
         if (errno == ENOENT)
@@ -525,23 +559,45 @@ int members_identity_read(const char *dir, uint64_t *member_id, uint64_t *cluste
         return util_errorf(err, -errno, "cannot read %s: %s", path, strerror(errno));
     }
     int got = fscanf(f, "member-id %" SCNx64 " cluster-id %" SCNx64, member_id, cluster_id);
-    fclose(f);
+    int rc = 0;
     if (got != 2 || *member_id == 0)
-        return util_errorf(err, -EINVAL, "%s does not name this member and its cluster", path);
-    return 0;
+        rc = util_errorf(err, -EINVAL, "%s does not name this member and its cluster", path);
+    else if (boot)
+        rc = identity_read_boot(f, path, boot, err);
+    fclose(f);
+    return rc;
 }
 
 int members_identity_write(const char *dir, uint64_t member_id, uint64_t cluster_id,
-                           struct util_err *err) {
-    char path[4096], tmp[4200], text[80];
+                           const struct member_set *boot, struct util_err *err) {
+    char path[4096], tmp[4200];
+    struct util_buf text = {0}, raw = {0};
     snprintf(path, sizeof(path), "%s/identity", dir);
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    int n = snprintf(text, sizeof(text), "member-id %016" PRIx64 "\ncluster-id %016" PRIx64 "\n",
-                     member_id, cluster_id);
+    int rc = util_buf_printf(&text, "member-id %016" PRIx64 "\ncluster-id %016" PRIx64 "\n",
+                             member_id, cluster_id);
+    if (rc == 0 && boot && boot->n > 0 && (rc = members_encode_set(boot, &raw)) == 0) {
+        rc = util_buf_printf(&text, "bootstrap ");
+        for (size_t i = 0; rc == 0 && i < raw.len; i++)
+            rc = util_buf_printf(&text, "%02x", (unsigned)(uint8_t)raw.data[i]);
+        if (rc == 0)
+            rc = util_buf_printf(&text, "\n");
+    }
+    util_buf_free(&raw);
+    if (rc != 0) {
+        util_buf_free(&text);
+        return util_errorf(err, -ENOMEM, "out of memory");
+    }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return util_errorf(err, -errno, "cannot write %s: %s", tmp, strerror(errno));
-    int rc = write(fd, text, (size_t)n) == n && fsync(fd) == 0 ? 0 : -errno;
+    if (fd < 0) {
+        rc = -errno;
+        util_buf_free(&text);
+        return util_errorf(err, rc, "cannot write %s: %s", tmp, strerror(-rc));
+    }
+    rc = write(fd, text.data, text.len) == (ssize_t)text.len && fsync(fd) == 0 ? 0
+         : errno                                                               ? -errno
+                                                                               : -EIO;
+    util_buf_free(&text);
     close(fd);
     if (rc == 0 && rename(tmp, path) != 0)
         rc = -errno;

@@ -21,9 +21,12 @@
  * Integers are big-endian.
  *
  * The identity file `<data-dir>/identity` says which member this data directory
- * is and of which cluster ("member-id <hex>\ncluster-id <hex>\n"); it is per
- * member, so it lives outside the store (a snapshot from another member
- * replaces the store, never the identity).
+ * is and of which cluster ("member-id <hex>\ncluster-id <hex>\n"), then the
+ * bootstrap set the member's log starts from ("bootstrap <hex of
+ * members_encode_set>\n"). It is per member, so it lives outside the store (a
+ * snapshot from another member replaces the store, never the identity), and
+ * outside LMDB so that a member whose store a power cut took can rebuild it
+ * alone.
  *
  * Threads: the functions on a struct member_set are plain data and not
  * locked; the store functions run on the thread of the transaction given. */
@@ -150,12 +153,15 @@ int members_store_replace(mvcc_t *db, MDB_dbi dbi, const struct member_set *set,
 
 /* ---- The identity file ---- */
 
-/* Reads <dir>/identity. Returns 0, -ENOENT (a data directory never started),
- * or -EINVAL / -EIO with err filled. */
+/* Reads <dir>/identity; boot (may be NULL) gets the bootstrap set it records,
+ * empty for a directory written before it recorded one. Returns 0, -ENOENT (a
+ * data directory never started), or -EINVAL / -EIO / -ENOMEM with err filled. */
 int members_identity_read(const char *dir, uint64_t *member_id, uint64_t *cluster_id,
-                          struct util_err *err);
-/* Writes it durably (temporary file, fsync, rename, fsync of dir). */
+                          struct member_set *boot, struct util_err *err);
+/* Writes it durably (temporary file, fsync, rename, fsync of dir), with boot
+ * (may be NULL) as the bootstrap set: a member whose store is lost replays
+ * its log from index 1 on top of it, without asking the other members. */
 int members_identity_write(const char *dir, uint64_t member_id, uint64_t cluster_id,
-                           struct util_err *err);
+                           const struct member_set *boot, struct util_err *err);
 
 #endif

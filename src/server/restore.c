@@ -257,7 +257,9 @@ static int build(const char *file, int in, uint64_t db_len, const uint8_t *want,
         rc = write_wal(path, lg, err);
     }
     if (rc == 0)
-        rc = members_identity_write(tmp, cfg->member_id, cfg->cluster_id, err);
+        /* No bootstrap set: the restored log starts at a snapshot, so a lost
+         * store cannot be rebuilt by replaying it from index 1. */
+        rc = members_identity_write(tmp, cfg->member_id, cfg->cluster_id, NULL, err);
     snprintf(path, sizeof(path), "%s/snap", tmp);
     if (rc == 0 && mkdir(path, 0700) != 0)
         rc = util_errorf(err, -errno, "cannot create %s: %s", path, strerror(errno));

@@ -969,16 +969,18 @@ static int join(struct server *s, struct member_set *boot, struct member_set *cu
 
 /* A restart that finds no member in the store: the key space was lost (a
  * power cut can take LMDB's unsynced pages; the member rebuilds it from a WAL
- * that starts at index 1). The bootstrap set is written again — the flags'
- * when they make this cluster's id, else the other members' — and the log
- * replays every change since. */
-static int rebuild_store(struct server *s, struct util_err *err) {
-    struct member_set boot = {0}, current = {0};
+ * that starts at index 1). The bootstrap set is written again — the identity
+ * file's; for a directory from before it recorded one, the flags' when they
+ * make this cluster's id, else the other members' — and the log replays every
+ * change since. Takes *recorded. */
+static int rebuild_store(struct server *s, struct member_set *recorded, struct util_err *err) {
+    struct member_set boot = *recorded, current = {0};
     uint64_t theirs = s->cluster_id;
-    int rc;
-    if (s->cfg->initial_cluster_new && s->cfg->cluster_id == s->cluster_id)
+    int rc = 0;
+    *recorded = (struct member_set){0};
+    if (boot.n == 0 && s->cfg->initial_cluster_new && s->cfg->cluster_id == s->cluster_id)
         rc = members_initial_set(s->cfg, &boot);
-    else
+    else if (boot.n == 0)
         rc = fetch_cluster(s, &theirs, &boot, &current, err);
     members_free(&current);
     if (rc == 0 && theirs != s->cluster_id)
@@ -1001,8 +1003,8 @@ int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_er
     if (rc != 0)
         return util_errorf(err, rc, "cannot open the member store: %s", mvcc_strerror(rc));
     uint64_t mid = 0, cid = 0;
-    struct member_set current = {0}, set = {0};
-    rc = members_identity_read(dir, &mid, &cid, err);
+    struct member_set current = {0}, set = {0}, recorded = {0};
+    rc = members_identity_read(dir, &mid, &cid, &recorded, err);
     if (rc == 0) {
         /* A restart: the store says who the members are, not the flags. */
         s->member_id = mid;
@@ -1017,12 +1019,12 @@ int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_er
             return rc;
         }
         rc = members_store_replace(s->db, s->members_dbi, &first, s->cluster_id);
+        if (rc != 0)
+            util_errorf(err, rc, "cannot write the member store: %s", mvcc_strerror(rc));
+        else
+            rc = members_identity_write(dir, s->member_id, s->cluster_id, &first, err);
         members_free(&first);
         if (rc != 0) {
-            members_free(&current);
-            return util_errorf(err, rc, "cannot write the member store: %s", mvcc_strerror(rc));
-        }
-        if ((rc = members_identity_write(dir, s->member_id, s->cluster_id, err)) != 0) {
             members_free(&current);
             return rc;
         }
@@ -1032,9 +1034,10 @@ int v3_cluster_open(struct server *s, struct raft_conf_state *cs, struct util_er
     rc = members_store_read(s->db, s->members_dbi, &set, &cid, NULL);
     if (rc == 0 && set.n == 0) {
         members_free(&set);
-        if ((rc = rebuild_store(s, err)) == 0)
+        if ((rc = rebuild_store(s, &recorded, err)) == 0)
             rc = members_store_read(s->db, s->members_dbi, &set, &cid, NULL);
     }
+    members_free(&recorded);
     if (rc != 0) {
         members_free(&current);
         return err && err->code

@@ -222,18 +222,51 @@ static void test_identity_file(void **state) {
     struct fx *f = *state;
     struct util_err err = {0};
     uint64_t m, c;
-    assert_int_equal(members_identity_read(f->dir, &m, &c, &err), -ENOENT);
-    assert_int_equal(members_identity_write(f->dir, 0xabcdef0123456789ull, 42, &err), 0);
-    assert_int_equal(members_identity_read(f->dir, &m, &c, &err), 0);
+    struct member_set boot;
+    assert_int_equal(members_identity_read(f->dir, &m, &c, &boot, &err), -ENOENT);
+    assert_int_equal(members_identity_write(f->dir, 0xabcdef0123456789ull, 42, NULL, &err), 0);
+    assert_int_equal(members_identity_read(f->dir, &m, &c, &boot, &err), 0);
     assert_int_equal(m, 0xabcdef0123456789ull);
     assert_int_equal(c, 42);
+    assert_int_equal(boot.n, 0); /* none recorded: the caller falls back to asking */
     char path[160];
     snprintf(path, sizeof(path), "%s/identity", f->dir);
     FILE *fp = fopen(path, "w");
     fputs("garbage\n", fp);
     fclose(fp);
-    assert_int_equal(members_identity_read(f->dir, &m, &c, &err), -EINVAL);
+    assert_int_equal(members_identity_read(f->dir, &m, &c, NULL, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "identity"));
+}
+
+/* The bootstrap set survives in the identity file, and a damaged one is an
+ * error that names the file rather than an empty set. */
+static void test_identity_keeps_the_bootstrap_set(void **state) {
+    struct fx *f = *state;
+    struct util_err err = {0};
+    struct member_set set = {0}, got = {0};
+    struct member a = mk(1, "a", urls_a, 2, false), b = mk(2, "", urls_b, 1, true);
+    assert_int_equal(members_put(&set, &a), 0);
+    assert_int_equal(members_put(&set, &b), 0);
+    assert_int_equal(members_identity_write(f->dir, 7, 9, &set, &err), 0);
+    uint64_t m, c;
+    assert_int_equal(members_identity_read(f->dir, &m, &c, &got, &err), 0);
+    assert_int_equal(m, 7);
+    assert_int_equal(c, 9);
+    assert_int_equal(got.n, 2);
+    assert_same(members_find(&got, 1), &a);
+    assert_same(members_find(&got, 2), &b);
+    members_free(&got);
+
+    char path[160];
+    snprintf(path, sizeof(path), "%s/identity", f->dir);
+    FILE *fp = fopen(path, "r+");
+    assert_int_equal(fseek(fp, -5, SEEK_END), 0);
+    fputs("zz", fp); /* not hex */
+    fclose(fp);
+    assert_int_equal(members_identity_read(f->dir, &m, &c, &got, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "bootstrap member list"));
+    assert_int_equal(got.n, 0);
+    members_free(&set);
 }
 
 int main(void) {
@@ -243,6 +276,7 @@ int main(void) {
         cmocka_unit_test(test_checks_are_etcds),
         cmocka_unit_test_setup_teardown(test_store_survives_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_identity_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_identity_keeps_the_bootstrap_set, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@ go on; a learner whose promotion is refused while it lags and accepted once
 it caught up; peer URLs updated; members that do not belong refused; etcd's
 error strings."""
 import json
+import os
 import re
 import signal
 import threading
@@ -383,5 +384,52 @@ def test_removing_the_leader(tmp_path):
         leader.start(wait=False)
         assert leader.proc.wait(20) != 0
         assert "permanently removed" in leader.logs().splitlines()[-1]
+    finally:
+        stop_all(ms)
+
+
+def test_a_joined_member_rebuilds_a_lost_store_alone(tmp_path):
+    """A power cut can take a member's key space (LMDB is written without its
+    own sync) and leave its fsynced WAL. A member that joined after the
+    cluster's bootstrap rebuilds the store by replaying its log on top of the
+    bootstrap member set its identity file keeps, while every other member is
+    still down and none can tell it that set."""
+    m0 = single(tmp_path)
+    ms = [m0]
+    try:
+        c = etcd3.client(host="127.0.0.1", port=m0.client_port, timeout=10)
+        for i in range(20):
+            c.put("/before/%d" % i, "v%d" % i)
+        _, port, env = add_member(m0, "m1")
+        m1 = joiner(tmp_path, "m1", port, env)
+        ms.append(m1)
+        m1.start()
+        wait_for("both members published", lambda: published(m0, 2))
+        for i in range(20):
+            rev = c.put("/after/%d" % i, "w%d" % i).header.revision
+        wait_for("the joined member has every write", lambda: ctl(
+            [ep(m1)], "get", "/after/19", "--consistency=s", "--print-value-only").stdout == "w19\n")
+
+        stop_all(ms)
+        for name in ("db", "db-lock"):
+            os.unlink(os.path.join(m1.data_dir, name))
+        m1.start()  # alone: m0 is down
+        time.sleep(2)
+        assert m1.proc.poll() is None, m1.logs()
+        assert "rebuilt it from the bootstrap members" in m1.logs()
+
+        m0.start()
+        wait_leader(ms)
+        r = ctl([ep(m1)], "get", "/", "--prefix", "--consistency=s", "-w", "json")
+        assert r.returncode == 0 and json.loads(r.stdout)["count"] == 40, r.stdout + r.stderr
+        assert sorted(m["name"] for m in members(m1)) == ["m0", "m1"]
+
+        def same_hash():
+            r = ctl([ep(s) for s in ms], "endpoint", "hashkv", "--rev=%d" % rev, "-w", "json")
+            got = json.loads(r.stdout) if r.returncode == 0 else []
+            return len(got) == 2 and len({h["HashKV"]["hash"] for h in got}) == 1
+        wait_for("equal HashKV on both members", same_hash)
+        c1 = etcd3.client(host="127.0.0.1", port=m1.client_port, timeout=10)
+        wait_for("a write through the rebuilt member", lambda: put(c1, "/later", "x"))
     finally:
         stop_all(ms)
