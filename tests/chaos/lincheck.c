@@ -36,6 +36,7 @@ struct lc_part {
     size_t nk, nl;
     const int *kloc, *lloc;        /* global -> local, valid for this partition's members */
     const struct lc_learned *gaps; /* NULL in an open world */
+    const int64_t *vver;           /* per value: the version its write made, 0 unknown */
     size_t S;                      /* state words */
 };
 
@@ -216,6 +217,13 @@ static int lc_step_txn(const struct lc_part *p, int64_t *st, const struct lc_op 
         case LC_PUT:
             if (s->lease != 0 && !st[1 + p->lloc[s->lidx]])
                 return 0; /* etcd refuses a put on a lease that is gone */
+            /* A read of this value showed the version the put made: refusing
+             * the put here, rather than at that read, makes the search place
+             * the delete or lease expiry it needed first without backtracking
+             * across everything linearized in between. */
+            if (p->vver[s->value] > 0 &&
+                p->vver[s->value] != 1 + (k[LC_KV_VALUE] == LC_ABSENT ? 0 : k[LC_KV_VER]))
+                return 0;
             if (k[LC_KV_VALUE] == LC_ABSENT) {
                 k[LC_KV_VER] = 0;
                 k[LC_KV_CREATE] = LC_PENDING;
@@ -471,6 +479,7 @@ struct lc_search {
     size_t nw, wptr;      /* wop[0..wptr) are all linearized */
     unsigned char *lin;   /* per op */
     unsigned char *never; /* per stack entry: a "never happened" move */
+    int *blocked;         /* per depth: the op whose completion its node could not pass */
     size_t best_len, best_nseq, best_nopen;
     int best_block;
     struct lc_memo memo;
@@ -488,6 +497,7 @@ static void lc_search_free(struct lc_search *s) {
     free(s->best_st);
     free(s->stack);
     free(s->never);
+    free(s->blocked);
     free(s->wop);
     free(s->wlim);
     free(s->wpos);
@@ -568,6 +578,7 @@ static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
     s->best_st = calloc(p->S, sizeof(int64_t));
     s->stack = calloc(n, sizeof(int));
     s->never = calloc(n + 1, 1);
+    s->blocked = calloc(n + 1, sizeof(int));
     s->wop = calloc(n + 1, sizeof(int));
     s->wlim = calloc(n + 1, sizeof(int64_t));
     s->wpos = calloc(n + 1, sizeof(int));
@@ -575,8 +586,8 @@ static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
     s->best_seq = calloc(n, sizeof(int));
     s->best_open = calloc(n, sizeof(int));
     if (!s->ent || !s->next || !s->prev || !s->match || !s->zob || !s->st || !s->cand ||
-        !s->stack_st || !s->best_st || !s->stack || !s->never || !s->wop || !s->wlim || !s->wpos ||
-        !s->lin || !s->best_seq || !s->best_open)
+        !s->stack_st || !s->best_st || !s->stack || !s->never || !s->blocked || !s->wop ||
+        !s->wlim || !s->wpos || !s->lin || !s->best_seq || !s->best_open)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         s->ent[2 * i + 1] = (struct lc_ent){(int)i, 0, p->ops[i]->call};
@@ -623,11 +634,33 @@ static int lc_search_init(struct lc_search *s, const struct lc_part *p) {
     return 0;
 }
 
+/* Whether a lease's expiry can help at the current node. Only a completion
+ * that cannot be passed sends the search to optional moves; a lease expiry
+ * that deletes no key is only ever needed by an observation of that lease
+ * gone (nothing else can tell a lease gone from one that expires later: no
+ * put on it, "alive" or revoke of it may follow the expiry), so it is tried
+ * only when that observation is what blocks. Trying it anywhere else would
+ * make each of hundreds of idle leases alive or gone in turn. */
+static int lc_expiry_helps(const struct lc_search *s, const struct lc_part *p,
+                           const struct lc_op *op, size_t depth) {
+    const struct lc_op *b = p->ops[s->blocked[depth]];
+    if (b->kind == LC_EXPIRED && b->lidx == op->lidx)
+        return 1;
+    for (size_t i = 0; i < p->nk; i++) {
+        const int64_t *k = s->st + 1 + p->nl + i * LC_KW;
+        if (k[LC_KV_VALUE] != LC_ABSENT && k[LC_KV_LEASE] == op->lease)
+            return 1;
+    }
+    return 0;
+}
+
 /* Tries move o (a step, or "never" for an optional op) from the current
  * node; on success pushes it (c = its invocation entry) and returns 1. */
 static int lc_try(struct lc_search *s, const struct lc_part *p, int o, int c, int never,
                   size_t *depth, uint64_t *za, uint64_t *zb) {
     size_t S = p->S;
+    if (!never && p->ops[o]->kind == LC_EXPIRE && !lc_expiry_helps(s, p, p->ops[o], *depth))
+        return 0;
     memcpy(s->cand, s->st, S * sizeof(int64_t));
     if (!never &&
         !(lc_step(p, s->cand, p->ops[o], p->rev[o]) && s->cand[0] <= lc_floor_limit(s, o)))
@@ -697,6 +730,7 @@ static int lc_search(struct lc_search *s, const struct lc_part *p, uint64_t max_
                 continue;
             }
             phase = 1;
+            s->blocked[depth] = o;
             e = s->prev[e];
             continue;
         }
@@ -732,6 +766,7 @@ static int lc_search(struct lc_search *s, const struct lc_part *p, uint64_t max_
             s->wptr = (size_t)s->wpos[o];
         if (s->never[depth]) {
             phase = 1;
+            s->blocked[depth] = o;
             e = s->prev[s->match[top]];
         } else if (p->opt[o]) {
             phase = 1;
@@ -970,6 +1005,7 @@ static int lc_check_lin(const struct lincheck_history *h, const struct lc_learne
             }
         }
         p.gaps = opt != NULL && opt->open_world ? NULL : learned;
+        p.vver = learned->vver;
         p.kloc = loc;
         p.lloc = loc + nk;
         p.S = 1 + p.nl + p.nk * LC_KW;

@@ -131,6 +131,7 @@ struct lc_learned {
     /* per value: earliest time seen, revision seen at, operations writing it */
     uint64_t *seen;
     int64_t *vrev;
+    int64_t *vver; /* the key's version the value's write made, 0 unknown */
     int *writers;
     /* revisions taken by known writes, sorted, with the end of each run */
     int64_t *used, *run_end;

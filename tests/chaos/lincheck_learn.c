@@ -14,13 +14,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void lc_seen(struct lc_learned *l, int value, int64_t rev, uint64_t t) {
+static void lc_seen(struct lc_learned *l, int value, int64_t rev, int64_t version, uint64_t t) {
     if (value == LC_ABSENT)
         return;
     if (t < l->seen[value])
         l->seen[value] = t;
     if (l->vrev[value] == 0)
         l->vrev[value] = rev;
+    if (version > 0 && l->vver[value] >= 0)
+        l->vver[value] = l->vver[value] == 0 || l->vver[value] == version ? version : -1;
 }
 
 /* Counts, for each value, the operations that may put it (once per op,
@@ -49,19 +51,19 @@ static void lc_observe(const struct lincheck_history *h, struct lc_learned *l) {
         if (op->status != LC_OK)
             continue;
         for (size_t j = 0; j < op->nkvs; j++)
-            lc_seen(l, op->kvs[j].value, op->kvs[j].mod, op->ret);
+            lc_seen(l, op->kvs[j].value, op->kvs[j].mod, op->kvs[j].version, op->ret);
         for (size_t j = 0; j < op->nevs; j++)
             if (op->evs[j].type == LC_EV_PUT)
-                lc_seen(l, op->evs[j].value, op->evs[j].rev, op->ret);
+                lc_seen(l, op->evs[j].value, op->evs[j].rev, op->evs[j].version, op->ret);
         if (op->kind != LC_TXN || op->succeeded < 0)
             continue;
         for (size_t j = 0; j < op->nsubs[op->succeeded]; j++)
             if (op->subs[op->succeeded][j].kind == LC_GET)
                 lc_seen(l, op->subs[op->succeeded][j].res.value, op->subs[op->succeeded][j].res.mod,
-                        op->ret);
+                        op->subs[op->succeeded][j].res.version, op->ret);
         for (size_t j = 0; j < op->ncmps && op->succeeded; j++)
             if (op->cmps[j].target == LC_T_VALUE && op->cmps[j].op == LC_EQ)
-                lc_seen(l, op->cmps[j].value, 0, op->ret);
+                lc_seen(l, op->cmps[j].value, 0, 0, op->ret);
     }
 }
 
@@ -249,13 +251,18 @@ int lc_learn(const struct lincheck_history *h, struct lc_learned *l) {
     memset(l, 0, sizeof(*l));
     l->seen = calloc(h->values.n + 1, sizeof(*l->seen));
     l->vrev = calloc(h->values.n + 1, sizeof(*l->vrev));
+    l->vver = calloc(h->values.n + 1, sizeof(*l->vver));
     l->writers = calloc(h->values.n + 1, sizeof(*l->writers));
     l->rev = calloc(h->nops + 1, sizeof(*l->rev));
     l->by = calloc(h->nops + 1, sizeof(*l->by));
     l->must = calloc(h->nops + 1, 1);
-    if (!l->seen || !l->vrev || !l->writers || !l->rev || !l->by || !l->must)
+    if (!l->seen || !l->vrev || !l->vver || !l->writers || !l->rev || !l->by || !l->must)
         return -ENOMEM;
     lc_observe(h, l);
+    /* A version only says which write made it when one operation writes the value. */
+    for (size_t v = 0; v < h->values.n; v++)
+        if (l->writers[v] != 1 || l->vver[v] < 0)
+            l->vver[v] = 0;
     for (size_t i = 0; i < h->nops; i++) {
         const struct lc_op *op = &h->ops[i];
         if (op->status != LC_INDET) {
@@ -287,6 +294,7 @@ int lc_learn(const struct lincheck_history *h, struct lc_learned *l) {
 void lc_learned_free(struct lc_learned *l) {
     free(l->seen);
     free(l->vrev);
+    free(l->vver);
     free(l->writers);
     free(l->rev);
     free(l->by);

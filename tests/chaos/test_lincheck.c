@@ -383,6 +383,62 @@ static void lease_expiry_passes(void **state) {
     assert_int_equal(check(buf), LINCHECK_A_NONLINEARIZABLE);
 }
 
+/* Lease clients taking turns on one key, n times: grant a lease, put the key
+ * with it, read it back (each put replaces the last before its lease
+ * expires, so every earlier lease is left idle: alive or gone, nothing says
+ * which). Then the key is found gone — its last lease expired — and every
+ * lease is observed gone at the end. With contradiction, that last lease is
+ * also seen alive after the key vanished. Returns a malloc'd history. */
+static char *lease_turns(int n, int contradiction) {
+    size_t cap = (size_t)n * 1024 + 2048, len = 0;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    for (int i = 0; i < n; i++) {
+        int t = 100 * i + 10, rev = i + 2;
+        len += (size_t)snprintf(
+            buf + len, cap - len,
+            "{\"client\":1,\"op\":\"lease_grant\",\"lease\":%d,\"ttl\":1,\"call\":%d,"
+            "\"return\":%d,\"status\":\"ok\",\"rev\":%d}\n"
+            "{\"client\":1,\"op\":\"put\",\"key\":\"l\",\"value\":\"v%d\",\"lease\":%d,"
+            "\"call\":%d,\"return\":%d,\"status\":\"ok\",\"rev\":%d}\n"
+            "{\"client\":2,\"op\":\"get\",\"key\":\"l\",\"value\":\"v%d\",\"mod_rev\":%d,"
+            "\"create_rev\":2,\"version\":%d,\"lease\":%d,\"call\":%d,\"return\":%d,"
+            "\"status\":\"ok\",\"rev\":%d}\n",
+            1000 + i, t, t + 1, rev - 1, i, 1000 + i, t + 2, t + 3, rev, i, rev, i + 1, 1000 + i,
+            t + 4, t + 5, rev);
+    }
+    int t = 100 * n + 10;
+    len += (size_t)snprintf(buf + len, cap - len,
+                            "{\"client\":2,\"op\":\"get\",\"key\":\"l\",\"found\":false,"
+                            "\"call\":%d,\"return\":%d,\"status\":\"ok\",\"rev\":%d}\n",
+                            t, t + 1, n + 2);
+    if (contradiction)
+        len += (size_t)snprintf(buf + len, cap - len,
+                                "{\"client\":3,\"op\":\"lease_alive\",\"lease\":%d,"
+                                "\"call\":%d,\"return\":%d,\"status\":\"ok\",\"rev\":%d}\n",
+                                1000 + n - 1, t + 2, t + 3, n + 2);
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(buf + len, cap - len,
+                                "{\"client\":9,\"op\":\"lease_expired\",\"lease\":%d,"
+                                "\"call\":%d,\"return\":%d,\"status\":\"ok\"}\n",
+                                1000 + i, t + 10 + 2 * i, t + 11 + 2 * i);
+    return buf;
+}
+
+/* Forty idle leases, each expiring at some unrecorded moment: the search must
+ * not try them alive or gone in every combination, so a small budget decides
+ * the history both ways. */
+static void many_idle_leases_are_decided(void **state) {
+    (void)state;
+    struct lincheck_options opt = {.max_steps = 200000};
+    char *h = lease_turns(40, 0);
+    assert_int_equal(check_opts(h, &opt), 0);
+    free(h);
+    h = lease_turns(40, 1);
+    assert_int_equal(check_opts(h, &opt), LINCHECK_A_NONLINEARIZABLE);
+    free(h);
+}
+
 /* A history too concurrent for a tiny budget is UNKNOWN, not a guess. */
 static void budget_gives_unknown(void **state) {
     (void)state;
@@ -535,6 +591,7 @@ int main(void) {
         cmocka_unit_test(indeterminate_ops_pass),
         cmocka_unit_test(indeterminate_delete_seen_by_watcher),
         cmocka_unit_test(lease_expiry_passes),
+        cmocka_unit_test(many_idle_leases_are_decided),
         cmocka_unit_test(budget_gives_unknown),
         cmocka_unit_test(bad_lines_are_refused),
         cmocka_unit_test(parser_survives_garbage),
