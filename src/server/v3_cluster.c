@@ -240,7 +240,11 @@ static int check_healthy(struct server *s, const struct member_set *set, enum me
         if (set->v[i].learner)
             continue;
         voters++;
-        active += reached(s, &set->v[i]);
+        if (reached(s, &set->v[i]))
+            active++;
+        else
+            LOG_WARN(s->lg, "a membership change may be refused: a voter is not connected",
+                     LOG_STR("voter-name", set->v[i].name), LOG_UINT("voter-id", set->v[i].id));
     }
     if (op == MEMBERS_OP_ADD)
         return active == voters ? 0 : MEMBERS_EUNHEALTHY;

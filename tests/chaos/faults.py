@@ -343,7 +343,8 @@ def f_member_readd(ctx, rng):
     stopped = not m.alive()
     if not stopped:
         ctx.anomalies.append({"kind": "REMOVED-MEMBER-RAN",
-                              "text": "%s still ran 10s after its removal" % m.name,
+                              "text": "%s still ran 10s after its removal%s" % (
+                                  m.name, m.dump_stacks()),
                               "excerpt": m.log_tail(10)})
     m.kill()
     m.wipe()
