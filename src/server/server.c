@@ -4,6 +4,7 @@
 #include "server/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <malloc.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "server/v3.h"
 
@@ -254,6 +256,10 @@ static void batch_end_hook(void *arg, bool committed, uint64_t index) {
     uint64_t every = s->cfg->snapshot_count ? s->cfg->snapshot_count : 100000;
     if (committed && index >= s->last_checkpoint + every) {
         int rc = mvcc_sync(s->db);
+#ifdef QUOIN_TESTING
+        if (rc == 0)
+            server_test_keep_synced(s);
+#endif
         if (rc == 0) {
             server_node_checkpoint(s->node, index);
             s->last_checkpoint = index;
@@ -263,6 +269,25 @@ static void batch_end_hook(void *arg, bool committed, uint64_t index) {
         }
     }
 }
+
+#ifdef QUOIN_TESTING
+void server_test_keep_synced(struct server *s) {
+    const char *path = getenv("QUOIN_TEST_DB_SYNCED");
+    if (!path)
+        return;
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int rc = fd < 0 ? -errno : mvcc_snapshot_to_fd(s->db, fd);
+    if (fd >= 0 && close(fd) != 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -errno;
+    if (rc != 0)
+        LOG_ERROR(s->lg, "cannot keep the synced copy of the key space", LOG_STR("file", path),
+                  LOG_STR("error", mvcc_strerror(rc)));
+}
+#endif
 
 /* etcd's default --experimental-watch-progress-notify-interval (10 minutes),
  * in 500 ms ticks. */

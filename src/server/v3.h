@@ -338,6 +338,15 @@ void v3_snapshot_restored(void *arg, uint64_t index);
 void v3_snapshot_install(void *arg, const char *file, uint64_t index, uint64_t term,
                          struct raft_conf_state *cs);
 
+#ifdef QUOIN_TESTING
+/* Test builds: with QUOIN_TEST_DB_SYNCED=<file>, keeps in <file> a copy of the
+ * key space as of its last sync (a checkpoint, an installed snapshot), so the
+ * chaos harness's power cut can leave LMDB as a real one would: what was
+ * synced and nothing after (commits are not synced; the WAL is). Apply
+ * thread, right after the sync: no commit comes between. */
+void server_test_keep_synced(struct server *s);
+#endif
+
 /* The api's call observer: frees the big-range slot of a finished call. io loop. */
 void v3_call_over(const char *path, int code, uint64_t duration_ns, void *call_data, void *arg);
 

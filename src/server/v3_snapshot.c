@@ -82,6 +82,9 @@ static void sync_datadir(struct server *s) {
 void v3_snapshot_restored(void *arg, uint64_t index) {
     struct server *s = arg;
     sync_datadir(s);
+#ifdef QUOIN_TESTING
+    server_test_keep_synced(s);
+#endif
     s->last_checkpoint = index;
     int rc = v3_alarm_reload(s);
     if (rc != 0)

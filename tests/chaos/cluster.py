@@ -5,14 +5,15 @@ only.
 
 Power cut (quoin's test build only): a member started with
 QUOIN_TEST_SYNC_MARK=<file> rewrites that file after every fdatasync of its
-WAL with "<segment> <durable bytes>". power_cut() kills the member with
-SIGKILL, then takes its disk back to what a power loss leaves: the WAL cut at
-the mark (later segments deleted, the rest of the marked one zeroed) and the
-key-space database removed, so the member rebuilds it from its WAL on restart
-(a power loss may lose LMDB commits made without a sync; losing all of them is
-the worst case). For that to be possible the WAL must still hold the whole log:
-members of a run with power cuts take --snapshot-count 1000000000 (no
-checkpoint, so no WAL segment is ever released).
+WAL with "<segment> <durable bytes>", and with QUOIN_TEST_DB_SYNCED=<file>
+keeps there a copy of its key space (LMDB, which commits without syncing) as
+of its last sync: a checkpoint every --snapshot-count entries, or an installed
+raft snapshot. power_cut() kills the member with SIGKILL, then takes its disk
+back to what a power loss leaves: the WAL cut at the mark (later segments
+deleted, the rest of the marked one zeroed) and the key space put back to
+that copy (removed when it was never synced), so the member replays its WAL
+from the checkpoint on restart. A real power loss may keep some later LMDB
+pages too; keeping none of them is the worst case.
 """
 import os
 import shutil
@@ -50,6 +51,7 @@ class Member:
         self.data_dir = os.path.join(cluster.workdir, self.slot + ".data")
         self.log_path = os.path.join(cluster.workdir, self.slot + ".log")
         self.mark_path = os.path.join(cluster.workdir, self.slot + ".syncmark")
+        self.synced_db_path = os.path.join(cluster.workdir, self.slot + ".dbsynced")
         self.initial_cluster = None  # the cluster's bootstrap list, until it rejoins
         self.cluster_state = "new"
         self.removed = False  # out of the cluster (a membership fault): not checked
@@ -81,8 +83,8 @@ class Member:
              "--election-timeout", "1000"]
         if self.c.target == "etcd":
             a += ["--experimental-watch-progress-notify-interval", "1s"]
-        if self.c.no_checkpoints:
-            a += ["--snapshot-count", "1000000000"]
+        if self.c.snapshot_count:
+            a += ["--snapshot-count", str(self.c.snapshot_count)]
         return a
 
     def start(self, binary=None, env=None):
@@ -91,6 +93,7 @@ class Member:
         e = clean_env()
         if self.c.target == "quoin" and self.binary == self.c.san_binary:
             e["QUOIN_TEST_SYNC_MARK"] = self.mark_path
+            e["QUOIN_TEST_DB_SYNCED"] = self.synced_db_path
             e.setdefault("ASAN_OPTIONS", "detect_leaks=0")
             if self.c.bug:
                 e["QUOIN_BUG"] = self.c.bug
@@ -185,16 +188,34 @@ class Member:
                 os.unlink(os.path.join(self.data_dir, name))
             except FileNotFoundError:
                 pass
-        return "WAL cut at %s+%d (%d unsynced bytes lost), key space rebuilt from the WAL" % (
-            seg[:16].lstrip("0") or "0", off, cut)
+        if os.path.exists(self.synced_db_path):
+            shutil.copyfile(self.synced_db_path, os.path.join(self.data_dir, "db"))
+            kept = "key space back to its last sync"
+        else:
+            kept = "key space never synced: rebuilt from the WAL"
+        return "WAL cut at %s+%d (%d unsynced bytes lost), %s" % (
+            seg[:16].lstrip("0") or "0", off, cut, kept)
+
+    def dump_stacks(self):
+        """Writes every thread's stack of the running member (gdb, when
+        installed) next to its log; returns a note naming the file, or ""."""
+        if self.proc is None or self.proc.poll() is not None or not shutil.which("gdb"):
+            return ""
+        path = os.path.join(self.c.workdir, "%s.stacks.%d.txt" % (self.slot, self.proc.pid))
+        with open(path, "wb") as f:
+            subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-ex",
+                            "thread apply all bt"], stdout=f, stderr=subprocess.STDOUT,
+                           timeout=60, check=False)
+        return " (its threads' stacks: %s)" % path
 
     def wipe(self):
         """Deletes the data directory (and its sync mark): a lost disk."""
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        try:
-            os.unlink(self.mark_path)
-        except FileNotFoundError:
-            pass
+        for path in (self.mark_path, self.synced_db_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def log_lines(self):
         """The log of the member's current (or last) process: the lines after
@@ -230,7 +251,7 @@ class Cluster:
             self.binary = ETCD
         else:
             self.binary = self.san_binary if opts.san else self.release_binary
-        self.no_checkpoints = opts.no_checkpoints
+        self.snapshot_count = opts.snapshot_count
         self.members = [Member(self, i) for i in range(opts.members)]
         self.initial_cluster = ",".join(
             "%s=%s" % (m.name, net.peer_url(m.i)) for m in self.members)

@@ -72,6 +72,9 @@ def parser():
                    help="seconds a fault lasts")
     p.add_argument("--combine", type=float, default=0.3,
                    help="probability that a second fault of another group joins the first")
+    p.add_argument("--snapshot-count", type=int, default=10000,
+                   help="members' --snapshot-count: a checkpoint (and raft log compaction, "
+                        "so lagging members catch up by snapshot) every N entries; 0 = default")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--bug", choices=BUGS, default=None,
                    help="run quoin's test build with this deliberate bug switched on")
@@ -156,13 +159,13 @@ class Run:
             self.notes.append("%s network cannot inject %s here: skipped" % (
                 kind, ", ".join(unsupported)))
         self.fault_kinds = [k for k in self.fault_kinds if k not in unsupported]
-        o.no_checkpoints = any(F.GROUPS[k] == "power" for k in self.fault_kinds)
 
     def config(self):
         o = self.o
         return {"target": o.target, "members": o.members, "duration": o.duration,
                 "faults": ",".join(self.fault_kinds) or "none", "clients": o.clients,
                 "lease_clients": o.lease_clients, "watchers": o.watchers, "keys": o.keys,
+                "snapshot_count": o.snapshot_count,
                 "op_timeout": o.op_timeout, "net": self.net.kind if self.net else o.net,
                 "seed": self.seed, "bug": o.bug or "none",
                 "binary": os.path.basename(os.path.dirname(self.cluster.binary)) + "/" +
