@@ -120,6 +120,7 @@ class Recorder:
         self.lease = etcd.leasestub
         self.timeout = timeout
         self.last_status = None  # "ok", "fail" or "indeterminate": the last call's outcome
+        self.last_lease_gone = False  # the last TimeToLive said the lease is gone
 
     def rebind(self, etcd):
         """Sends the following calls through another client (another member)."""
@@ -242,22 +243,27 @@ class Recorder:
     def lease_ttl(self, lease_id):
         """Asks for the lease's time to live and records what it shows: the
         lease gone ("lease_expired": its keys must be gone) or still there
-        ("lease_alive": its keys cannot have expired yet). Returns the TTL
-        (-1 when gone), or None when the call failed (nothing is recorded)."""
+        ("lease_alive": its keys cannot have expired yet). A lease the server
+        does not have answers TTL -1 and grantedTTL 0; one whose time ran out
+        but whose revoke is not applied yet answers TTL -1 with its grantedTTL,
+        and its keys are still there: alive. Returns the TTL, or None when the
+        call failed (nothing is recorded)."""
         call_at = self.h.now()
         try:
             r = self.lease.LeaseTimeToLive(etcdrpc.LeaseTimeToLiveRequest(ID=lease_id),
                                            self.timeout)
         except grpc.RpcError:
             return None
-        self.h.write({"client": self.id, "op": "lease_expired" if r.TTL == -1 else "lease_alive",
+        gone = self.last_lease_gone = r.TTL == -1 and r.grantedTTL == 0
+        self.h.write({"client": self.id, "op": "lease_expired" if gone else "lease_alive",
                       "lease": lease_id, "call": call_at, "return": self.h.now(),
-                      "status": "ok", "rev": r.header.revision})
+                      "status": "ok", "rev": r.header.revision, "ttl": r.TTL,
+                      "granted_ttl": r.grantedTTL})
         return r.TTL
 
     def lease_expired(self, lease_id):
         """Whether the lease is gone, recorded as lease_ttl does."""
-        return self.lease_ttl(lease_id) == -1
+        return self.lease_ttl(lease_id) is not None and self.last_lease_gone
 
 
 def _compare(c):

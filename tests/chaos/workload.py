@@ -153,7 +153,7 @@ class Workload:
                     ttl_left = rec.lease_ttl(lease)
                     if ttl_left is None:
                         self._rotate(rec, member)
-                    elif ttl_left == -1:
+                    elif rec.last_lease_gone:
                         break
                     time.sleep(0.4)
             rec.get(key)
