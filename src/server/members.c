@@ -515,7 +515,6 @@ int members_initial_set(const struct config *cfg, struct member_set *set) {
 /* ---- the identity file ---- */
 
 /* Reads the optional "bootstrap <hex>" line: the set the member started from. */
-/* Reads the optional "bootstrap <hex>" line: the set the member started from. */
 static int identity_read_boot(FILE *f, const char *path, struct member_set *boot,
                               struct util_err *err) {
     char *line = NULL;
@@ -594,9 +593,9 @@ int members_identity_write(const char *dir, uint64_t member_id, uint64_t cluster
         util_buf_free(&text);
         return util_errorf(err, rc, "cannot write %s: %s", tmp, strerror(-rc));
     }
-    rc = write(fd, text.data, text.len) == (ssize_t)text.len && fsync(fd) == 0 ? 0
-         : errno                                                               ? -errno
-                                                                               : -EIO;
+    errno = 0;
+    bool written = write(fd, text.data, text.len) == (ssize_t)text.len && fsync(fd) == 0;
+    rc = written ? 0 : -(errno ? errno : EIO);
     util_buf_free(&text);
     close(fd);
     if (rc == 0 && rename(tmp, path) != 0)
