@@ -25,6 +25,36 @@ def ctl(endpoints, *args):
                           + list(args), capture_output=True, text=True, env=env, timeout=30)
 
 
+class Writers:
+    """Four clients putting /w/<writer>/<n> through the given members (in
+    turn) while a test breaks the cluster; a failed put is retried."""
+
+    def __init__(self, members):
+        self.acked, self._stop = [], threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(members[w % len(members)], w))
+                         for w in range(4)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, s, w):
+        c = etcd3.client(host="127.0.0.1", port=s.client_port, timeout=3)
+        i = 0
+        while not self._stop.is_set():
+            try:
+                c.put("/w/%d/%d" % (w, i), str(i))
+                self.acked.append("/w/%d/%d" % (w, i))
+                i += 1
+            except Exception:
+                time.sleep(0.05)
+
+    def stop(self):
+        """Stops them; returns the keys whose put was acknowledged."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+        return self.acked
+
+
 def make_cluster(tmp_path, n=3, extra=()):
     peers = [free_port() for _ in range(n)]
     cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(peers))
@@ -76,23 +106,8 @@ def test_members_survive_the_leader_being_killed(tmp_path, n):
         listed = json.loads(ctl(eps[:1], "member", "list", "-w", "json").stdout)["members"]
         assert sorted(m["name"] for m in listed) == ["m%d" % i for i in range(n)]
 
-        acked, stop = [], threading.Event()
-
-        def writer(s, w):
-            c = etcd3.client(host="127.0.0.1", port=s.client_port, timeout=3)
-            i = 0
-            while not stop.is_set():
-                try:
-                    c.put("/w/%d/%d" % (w, i), str(i))
-                    acked.append("/w/%d/%d" % (w, i))
-                    i += 1
-                except Exception:
-                    time.sleep(0.1)
-
         survivors = [s for s in members if s is not leader]
-        threads = [threading.Thread(target=writer, args=(survivors[w % 2], w)) for w in range(4)]
-        for t in threads:
-            t.start()
+        writers = Writers(survivors[:2])
         time.sleep(1)
         killed_at = time.time()
         leader.proc.send_signal(signal.SIGKILL)
@@ -102,9 +117,7 @@ def test_members_survive_the_leader_being_killed(tmp_path, n):
         assert new_term > term
         assert took < 2 * 1.0 + 1.5, "new leader after %.1fs" % took  # 2 election timeouts + polling
         time.sleep(1)
-        stop.set()
-        for t in threads:
-            t.join(30)
+        acked = writers.stop()
         assert len(acked) > 20
 
         leader.start()  # the killed member comes back and catches up

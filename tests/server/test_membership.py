@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 
 import etcd3
@@ -16,7 +15,7 @@ import grpc
 import pytest
 
 from qtest import Server, free_port
-from test_cluster import ctl, make_cluster, wait_leader
+from test_cluster import Writers, ctl, make_cluster, wait_leader
 
 
 def ep(s):
@@ -91,22 +90,7 @@ def test_replace_a_member_under_writes(tmp_path):
         gone = next(s for s in ms if s is not leader)
         stay = [s for s in ms if s is not gone]
 
-        acked, stop = [], threading.Event()
-
-        def writer(s, w):
-            c = etcd3.client(host="127.0.0.1", port=s.client_port, timeout=3)
-            i = 0
-            while not stop.is_set():
-                try:
-                    c.put("/w/%d/%d" % (w, i), str(i))
-                    acked.append("/w/%d/%d" % (w, i))
-                    i += 1
-                except Exception:
-                    time.sleep(0.05)
-
-        threads = [threading.Thread(target=writer, args=(stay[w % 2], w)) for w in range(4)]
-        for t in threads:
-            t.start()
+        writers = Writers(stay[:2])
         time.sleep(0.5)
         # Replacing: the new member is added first (it has not started yet),
         # then the old one removed; it stops by itself.
@@ -132,9 +116,7 @@ def test_replace_a_member_under_writes(tmp_path):
         extra.append(n3)
         n3.start()
         time.sleep(1)
-        stop.set()
-        for t in threads:
-            t.join(30)
+        acked = writers.stop()
         assert len(acked) > 20
 
         now = stay + [n3]
