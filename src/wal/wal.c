@@ -333,6 +333,21 @@ static int write_out(struct wal *w, const uint8_t *p, size_t n) {
     return rc;
 }
 
+/* etcd's threshold for its "slow fdatasync" warning. A sync that long holds
+ * the raft loop (it waits for each Ready to be durable), so a leader sends no
+ * heartbeat meanwhile: the log line explains the election that follows. */
+#define WAL_SLOW_SYNC_NS 1000000000ull
+
+static int sync_timed(struct wal *w) {
+    uint64_t start = util_now_mono_ns();
+    int rc = wal_io_fdatasync(w, w->fd);
+    uint64_t took = util_now_mono_ns() - start;
+    if (took > WAL_SLOW_SYNC_NS)
+        LOG_WARN(w->log, "slow fdatasync", LOG_DOUBLE("took-seconds", (double)took / 1e9),
+                 LOG_STR("expected-duration", "1s"), LOG_STR("dir", w->dir));
+    return rc;
+}
+
 /* Writes one batch and makes it durable: a write per segment it touches and
  * one fdatasync at the end. */
 static int flush(struct wal *w, struct wal_batch *b) {
@@ -350,11 +365,11 @@ static int flush(struct wal *w, struct wal_batch *b) {
 #ifdef QUOIN_TESTING
     /* The ack-before-fsync bug: skip the sync unless a second has passed. */
     bool lazy = w->lazy_sync && util_now_mono_ns() - w->last_sync_ns < 1000000000ull;
-    if (rc == 0 && b->len > 0 && !lazy && (rc = wal_io_fdatasync(w, w->fd)) == 0)
+    if (rc == 0 && b->len > 0 && !lazy && (rc = sync_timed(w)) == 0)
         test_mark_synced(w, w->off);
 #else
     if (rc == 0 && b->len > 0)
-        rc = wal_io_fdatasync(w, w->fd);
+        rc = sync_timed(w);
 #endif
     if (rc < 0) {
         LOG_ERROR(w->log, "wal: write failed; the log is read-only until reopened",
